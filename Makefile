@@ -1,0 +1,33 @@
+# The two entry points of vigil: `make demo` (the main job) and `make test` (the suite).
+# Each creates .venv and installs the project into it when needed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vigil demo --launch launch/demo.yaml --duration 20 --summary run/demo-summary.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	# mypy sees the repository root as the package `vigil` through a link.
+	mkdir -p .typecheck && ln -sfn .. .typecheck/vigil
+	MYPYPATH=.typecheck $(BIN)/mypy --config-file pyproject.toml -p vigil
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) run build *.egg-info

@@ -1,0 +1,241 @@
+"""Typed publish/subscribe over the bus proxy, with per-topic sequence numbers and gap counts."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+import zmq
+
+from vigil.bus.codec import Codec, parse_topic_frame, topic_frame
+from vigil.bus.envelope import Envelope, TraceContext
+from vigil.schemas import Message, schema_id
+
+__all__ = ["Publisher", "Received", "Subscriber", "TopicStats"]
+
+Buffer = bytes | memoryview | zmq.Frame
+
+
+class Publisher:
+    """Publishes typed messages on topics; numbers them per topic so receivers see gaps.
+
+    A PUB socket drops at its high-water mark instead of blocking: nothing that publishes
+    may ever stall the request path or the heartbeat.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        *,
+        source: str,
+        instance: int = 0,
+        hwm: int = 10_000,
+        bind: bool = False,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        if bind:
+            self.socket.bind(endpoint)
+        else:
+            self.socket.connect(endpoint)
+        self._source = source
+        self._instance = instance
+        self._clock = clock
+        self._session = secrets.randbits(31)
+        self._codec = Codec()
+        self._seq: dict[str, int] = {}
+        self._frames: dict[str, bytes] = {}
+        self._schemas: dict[type[Message], str] = {}
+
+    def publish(
+        self,
+        topic: str,
+        body: Message,
+        *,
+        trace: TraceContext | None = None,
+        buffers: Sequence[Buffer] = (),
+        deadline_ns: int = 0,
+        priority: int = 0,
+        tenant: str = "",
+    ) -> int:
+        """Publish one message; returns its sequence number on that topic."""
+        frame = self._frames.get(topic)
+        if frame is None:
+            frame = self._frames[topic] = topic_frame(topic)
+        seq = self._seq.get(topic, 0) + 1
+        self._seq[topic] = seq
+        cls = type(body)
+        schema = self._schemas.get(cls)
+        if schema is None:
+            schema = self._schemas[cls] = schema_id(cls)
+        envelope = Envelope(
+            schema=schema,
+            seq=seq,
+            source=self._source,
+            instance=self._instance,
+            stamp_ns=self._clock(),
+            trace_id=trace.trace_id if trace else b"",
+            span_id=trace.span_id if trace else b"",
+            trace_flags=trace.flags if trace else 0,
+            deadline_ns=deadline_ns,
+            priority=priority,
+            tenant=tenant,
+            session=self._session,
+        )
+        parts: list[Buffer] = [frame, self._codec.encode(envelope), self._codec.encode(body)]
+        parts.extend(buffers)
+        self.socket.send_multipart(parts, copy=not buffers)
+        return seq
+
+    def publish_raw(self, frames: Sequence[Buffer]) -> None:
+        """Forward already-encoded frames unchanged (bag replay keeps recorded envelopes)."""
+        self.socket.send_multipart(list(frames), copy=False)
+
+    def close(self) -> None:
+        """Close the socket without lingering."""
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass(slots=True)
+class Received:
+    """One message from the bus: its topic, envelope, decoded body and raw tensor buffers."""
+
+    topic: str
+    envelope: Envelope
+    body: Any
+    buffers: list[zmq.Frame]
+    frames: list[zmq.Frame]
+    size: int
+
+
+@dataclass(slots=True)
+class TopicStats:
+    """What a subscriber saw on one topic: messages, bytes and sequence gaps (drops)."""
+
+    messages: int = 0
+    bytes: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    last_seq: dict[tuple[str, int, int], int] = field(default_factory=dict)
+
+
+class Subscriber:
+    """Receives typed messages on topics; counts gaps in each publisher's sequence numbers.
+
+    A topic is subscribed exactly (name + NUL) unless `prefix=True`, when every topic that
+    starts with the name matches (`""` then means every topic).
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        topics: Iterable[str],
+        *,
+        prefix: bool = False,
+        typed: bool = True,
+        hwm: int = 100_000,
+        bind: bool = False,
+    ) -> None:
+        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, hwm)
+        for topic in topics:
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode() if prefix else topic_frame(topic))
+        if bind:
+            self.socket.bind(endpoint)
+        else:
+            self.socket.connect(endpoint)
+        self._typed = typed
+        self._codec = Codec()
+        self.stats: dict[str, TopicStats] = {}
+
+    def recv(self, timeout_ms: int | None = None) -> Received | None:
+        """The next well-formed message, or None on timeout or a malformed/duplicate one.
+
+        Malformed messages and duplicates (a latched value re-sent to a late joiner that had
+        it already) are counted in `stats`, never raised.
+        """
+        if timeout_ms is not None and not self.socket.poll(timeout_ms):
+            return None
+        frames = self.socket.recv_multipart(copy=False)
+        return self.decode(frames)
+
+    def decode(self, frames: list[zmq.Frame]) -> Received | None:
+        """Decode frames already read from `socket` (for callers that poll many sockets)."""
+        size = sum(len(f) for f in frames)
+        try:
+            topic = parse_topic_frame(frames[0].buffer)
+        except (ValueError, UnicodeDecodeError):
+            self._stats("?").malformed += 1
+            return None
+        stats = self._stats(topic)
+        if len(frames) < 3:
+            stats.malformed += 1
+            return None
+        try:
+            envelope = self._codec.decode_envelope(frames[1].buffer)
+            if self._typed:
+                body = self._codec.decode_body(envelope.schema, frames[2].buffer)
+            else:
+                body = self._codec.decode_any(frames[2].buffer)
+        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+            stats.malformed += 1
+            return None
+        key = (envelope.source, envelope.instance, envelope.session)
+        last = stats.last_seq.get(key)
+        if last is not None and envelope.seq <= last:
+            stats.duplicates += 1
+            return None
+        if last is not None and envelope.seq > last + 1:
+            stats.lost += envelope.seq - last - 1
+        stats.last_seq[key] = envelope.seq
+        stats.messages += 1
+        stats.bytes += size
+        return Received(topic, envelope, body, frames[3:], frames, size)
+
+    def _stats(self, topic: str) -> TopicStats:
+        stats = self.stats.get(topic)
+        if stats is None:
+            stats = self.stats[topic] = TopicStats()
+        return stats
+
+    @property
+    def lost(self) -> int:
+        """Messages lost on every topic so far (sequence gaps)."""
+        return sum(s.lost for s in self.stats.values())
+
+    def close(self) -> None:
+        """Close the socket without lingering."""
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

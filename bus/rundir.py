@@ -1,0 +1,96 @@
+"""The private run directory: ipc endpoints and the run's graph (nodes, pids, topics)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import msgspec
+
+__all__ = ["GraphNode", "RunDir", "RunGraph", "find_run_dir"]
+
+# sockaddr_un.sun_path holds 107 bytes plus a NUL.
+_MAX_IPC_PATH = 107
+CURRENT_LINK = "current"
+
+
+class GraphNode(msgspec.Struct, kw_only=True):
+    """One running node process as the launcher sees it."""
+
+    name: str
+    kind: str
+    instance: int
+    pid: int
+    publishes: list[str] = []
+    subscribes: list[str] = []
+    endpoints: dict[str, str] = {}
+    restarts: int = 0
+    host: str = ""
+
+
+class RunGraph(msgspec.Struct, kw_only=True):
+    """What the launcher writes to `graph.json` for the CLI tools."""
+
+    launch_file: str
+    launcher_pid: int
+    started_ns: int
+    endpoints: dict[str, str]
+    topics: dict[str, str]
+    nodes: list[GraphNode] = []
+
+
+class RunDir:
+    """A run directory (mode 0700) and the endpoints inside it."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path).resolve()
+        if create:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)
+        elif not self.path.is_dir():
+            raise FileNotFoundError(f"no run directory at {self.path}")
+
+    def ipc(self, name: str) -> str:
+        """The ipc:// endpoint of a socket named `name` in this directory."""
+        sock = self.path / f"{name}.sock"
+        if len(str(sock)) > _MAX_IPC_PATH:
+            raise ValueError(f"ipc path too long for a unix socket ({len(str(sock))} bytes)")
+        return f"ipc://{sock}"
+
+    @property
+    def pub(self) -> str:
+        """Where publishers connect (the proxy's XSUB)."""
+        return self.ipc("pub")
+
+    @property
+    def sub(self) -> str:
+        """Where subscribers connect (the proxy's XPUB)."""
+        return self.ipc("sub")
+
+    @property
+    def control(self) -> str:
+        """Where nodes report readiness to the launcher."""
+        return self.ipc("control")
+
+    @property
+    def graph_path(self) -> Path:
+        """The run's graph file."""
+        return self.path / "graph.json"
+
+    def write_graph(self, graph: RunGraph) -> None:
+        """Replace graph.json atomically (readers never see half a file)."""
+        tmp = self.graph_path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(graph)))
+        os.chmod(tmp, stat.S_IRUSR | stat.S_IWUSR)
+        tmp.replace(self.graph_path)
+
+    def read_graph(self) -> RunGraph:
+        """The run's graph; FileNotFoundError when no launch has written one."""
+        return msgspec.json.decode(self.graph_path.read_bytes(), type=RunGraph)
+
+
+def find_run_dir(explicit: str | None = None) -> RunDir:
+    """The run directory a CLI tool should use: `--run-dir`, $VIGIL_RUN_DIR or ./run/current."""
+    candidate = explicit or os.environ.get("VIGIL_RUN_DIR") or str(Path("run") / CURRENT_LINK)
+    return RunDir(candidate, create=False)

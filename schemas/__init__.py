@@ -1,0 +1,45 @@
+"""Every message type on the vigil bus, the topic catalogue, diagnostic and audit codes."""
+
+from vigil.schemas._base import Config, Message
+from vigil.schemas.audit import AuditEvent, AuditId
+from vigil.schemas.catalogue import LATCHED_TOPICS, SCHEMAS, TOPICS, Topic, schema_id, topic_type
+from vigil.schemas.control import NodeReady, WorkerCredit
+from vigil.schemas.diagnostics import DIAG_CODES, DiagCode, DiagnosticEvent, Severity
+from vigil.schemas.errors import ErrorCode, ErrorReply
+from vigil.schemas.health import Heartbeat, SafetyState, StateChange
+from vigil.schemas.infer import Box, InferRequest, InferResult, PerceptionOutput, TensorRef
+from vigil.schemas.log import LogRecord
+from vigil.schemas.model import ModelAnnouncement, ModelEvent, ModelStep
+
+__all__ = [
+    "DIAG_CODES",
+    "LATCHED_TOPICS",
+    "SCHEMAS",
+    "TOPICS",
+    "AuditEvent",
+    "AuditId",
+    "Box",
+    "Config",
+    "DiagCode",
+    "DiagnosticEvent",
+    "ErrorCode",
+    "ErrorReply",
+    "Heartbeat",
+    "InferRequest",
+    "InferResult",
+    "LogRecord",
+    "Message",
+    "ModelAnnouncement",
+    "ModelEvent",
+    "ModelStep",
+    "NodeReady",
+    "PerceptionOutput",
+    "SafetyState",
+    "Severity",
+    "StateChange",
+    "TensorRef",
+    "Topic",
+    "WorkerCredit",
+    "schema_id",
+    "topic_type",
+]

@@ -1,0 +1,69 @@
+"""Diagnostic events and the table of diagnostic codes."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+from vigil.schemas._base import Message
+
+__all__ = ["DIAG_CODES", "DiagCode", "DiagnosticEvent", "Severity"]
+
+
+class DiagCode(enum.StrEnum):
+    """Diagnostic trouble codes; the numbering follows the deployment guide."""
+
+    MALFORMED_FRAME = "DIA-2001"
+    SCHEMA_VIOLATION = "DIA-2002"
+    SIZE_LIMIT = "DIA-2010"
+    RANGE_OR_SEQUENCE = "DIA-2047"
+    RATE_LIMITED = "DIA-2050"
+    DEADLINE_EXCEEDED = "DIA-3002"
+    WORKER_LOST = "DIA-3010"
+    INFERENCE_FAILED = "DIA-3020"
+    HEARTBEAT_MISSING = "DIA-4001"
+    TOPIC_STALE = "DIA-4002"
+    NODE_RESTARTED = "DIA-4010"
+    MODEL_INTEGRITY = "DIA-5001"
+    MODEL_LOAD_FAILED = "DIA-5002"
+
+
+DIAG_CODES: dict[DiagCode, str] = {
+    DiagCode.MALFORMED_FRAME: "a request frame could not be decoded (framing or MessagePack)",
+    DiagCode.SCHEMA_VIOLATION: "a request does not match its schema (type, field, tag)",
+    DiagCode.SIZE_LIMIT: "a request exceeds a size limit (bytes, frames, lengths)",
+    DiagCode.RANGE_OR_SEQUENCE: "a value is out of range or a timestamp is out of sequence",
+    DiagCode.RATE_LIMITED: "a request was refused by the rate limiter",
+    DiagCode.DEADLINE_EXCEEDED: "a request reached its deadline before a result",
+    DiagCode.WORKER_LOST: "a worker stopped while holding in-flight requests",
+    DiagCode.INFERENCE_FAILED: "the inference engine failed on a batch",
+    DiagCode.HEARTBEAT_MISSING: "a node's heartbeat is overdue",
+    DiagCode.TOPIC_STALE: "a topic stopped arriving within its staleness deadline",
+    DiagCode.NODE_RESTARTED: "the launcher restarted a node",
+    DiagCode.MODEL_INTEGRITY: "a model failed digest or signature verification",
+    DiagCode.MODEL_LOAD_FAILED: "a verified model could not be loaded",
+}
+
+
+class Severity(enum.StrEnum):
+    """How serious a diagnostic is."""
+
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+class DiagnosticEvent(Message, kw_only=True, frozen=True, tag="diag.event"):
+    """A detected fault or rejected input, with the rule it broke."""
+
+    code: DiagCode
+    severity: Severity
+    node: Annotated[str, msgspec.Meta(max_length=64)]
+    instance: int = 0
+    message: Annotated[str, msgspec.Meta(max_length=512)]
+    field: str = ""
+    rule: str = ""
+    stream_id: str = ""
