@@ -90,7 +90,7 @@ class Channel:
 
     def envelope(
         self,
-        body: Message,
+        body: Message | type[Message],
         *,
         seq: int | None = None,
         trace: TraceContext | None = None,
@@ -98,8 +98,8 @@ class Channel:
         priority: int = 0,
         tenant: str = "",
     ) -> Envelope:
-        """An envelope for `body` from this channel's node."""
-        cls = type(body)
+        """An envelope for `body` (a message or a message type) from this channel's node."""
+        cls = body if isinstance(body, type) else type(body)
         schema = self._schemas.get(cls)
         if schema is None:
             schema = self._schemas[cls] = schema_id(cls)
@@ -117,6 +117,10 @@ class Channel:
             tenant=tenant,
         )
 
+    def encode(self, obj: Envelope | Message) -> bytes:
+        """MessagePack bytes of an envelope or body, with this channel's encoder."""
+        return self._codec.encode(obj)
+
     def send(
         self,
         body: Message,
@@ -133,9 +137,17 @@ class Channel:
         self.socket.send_multipart(parts, flags=flags, copy=not buffers)
         return env
 
-    def forward(self, frames: Sequence[Buffer], identity: Sequence[bytes] = ()) -> None:
-        """Send already-encoded frames on, without copying tensor buffers."""
-        self.socket.send_multipart([*identity, *frames], copy=False)
+    def forward(
+        self,
+        frames: Sequence[Buffer],
+        *,
+        identity: Sequence[bytes] = (),
+        envelope: Envelope | None = None,
+    ) -> None:
+        """Send already-encoded body and buffer frames on under a new envelope (or none),
+        without copying tensor buffers."""
+        head = [self._codec.encode(envelope)] if envelope is not None else []
+        self.socket.send_multipart([*identity, *head, *frames], copy=False)
 
     def recv(self, flags: int = 0) -> Incoming:
         """Receive and decode one message; raises FrameFault for frames that do not decode."""

@@ -101,7 +101,7 @@ class Publisher:
 
     def close(self) -> None:
         """Close the socket without lingering."""
-        self.socket.close(linger=0)
+        self.socket.close()
 
     def __enter__(self) -> Self:
         return self
@@ -227,7 +227,7 @@ class Subscriber:
 
     def close(self) -> None:
         """Close the socket without lingering."""
-        self.socket.close(linger=0)
+        self.socket.close()
 
     def __enter__(self) -> Self:
         return self

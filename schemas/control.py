@@ -29,3 +29,5 @@ class WorkerCredit(Message, kw_only=True, frozen=True, tag="control.credit"):
     credit: Annotated[int, msgspec.Meta(ge=0, le=4096)]
     model: str = ""
     version: str = ""
+    pid: Annotated[int, msgspec.Meta(ge=0)] = 0
+    host: str = ""

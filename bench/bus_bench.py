@@ -1,0 +1,259 @@
+"""Bus benchmark: small-message publish->receive rate and round-trip latency, vigil vs raw pyzmq.
+
+Both sides run in separate processes over ipc in a temporary directory, measured in the same
+run: raw pyzmq PUB/SUB with a bytes payload, and vigil's typed Publisher/Subscriber (envelope,
+per-topic sequence numbers, typed decode and validation, gap counting), directly and through
+the bus proxy. Prints a table; `--json PATH` writes vigil_msgs_s, raw_msgs_s, vigil_rtt_us and
+raw_rtt_us (p50/p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from vigil.bus.proxy import Proxy
+from vigil.bus.pubsub import Publisher, Subscriber
+from vigil.schemas import Heartbeat
+
+TOPIC = "bench/small"
+PAYLOAD = b"x" * 64
+
+
+def _small() -> Heartbeat:
+    return Heartbeat(node="bench", instance=0, pid=1, period_ms=100, kind="bench")
+
+
+# -- rate ------------------------------------------------------------------------------------
+
+
+def _raw_receiver(endpoint: str, count: int, out: Any, ready: Any, started: Any) -> None:
+    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as sub:
+        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, TOPIC.encode() + b"\0")
+        sub.connect(endpoint)
+        ready.set()
+        sub.recv_multipart()  # the warm-up message
+        started.set()
+        start = time.perf_counter()
+        got = 0
+        while got < count:
+            if not sub.poll(2000):
+                break
+            sub.recv_multipart()
+            got += 1
+        out.put((got, time.perf_counter() - start))
+
+
+def _vigil_receiver(endpoint: str, count: int, out: Any, ready: Any, started: Any) -> None:
+    with zmq.Context() as ctx, Subscriber(ctx, endpoint, [TOPIC], hwm=0) as sub:
+        ready.set()
+        while sub.recv(2000) is None:
+            pass
+        started.set()
+        start = time.perf_counter()
+        got = 0
+        while got < count:
+            if sub.recv(2000) is not None:
+                got += 1
+            elif not sub.socket.poll(0):
+                break
+        out.put((got, time.perf_counter() - start))
+
+
+def _rate(kind: str, endpoint_pub: str, endpoint_sub: str, count: int) -> float:
+    ctx_mp = mp.get_context("spawn")
+    out, ready, started = ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Event()
+    target = _raw_receiver if kind == "raw" else _vigil_receiver
+    proc = ctx_mp.Process(target=target, args=(endpoint_sub, count, out, ready, started))
+    proc.start()
+    ready.wait()
+    with zmq.Context() as ctx:
+        if kind == "raw":
+            sock = ctx.socket(zmq.PUB)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.LINGER, -1)
+            sock.connect(endpoint_pub) if endpoint_pub != endpoint_sub else sock.bind(endpoint_pub)
+            frame = TOPIC.encode() + b"\0"
+            _until_received(lambda: sock.send_multipart([frame, PAYLOAD]), started)
+            for _ in range(count):
+                sock.send_multipart([frame, PAYLOAD])
+            got, seconds = out.get()
+            sock.close()
+        else:
+            bind = endpoint_pub == endpoint_sub
+            with Publisher(ctx, endpoint_pub, source="bench", hwm=0, bind=bind) as pub:
+                pub.socket.setsockopt(zmq.LINGER, -1)
+                body = _small()
+                _until_received(lambda: pub.publish(TOPIC, body), started)
+                for _ in range(count):
+                    pub.publish(TOPIC, body)
+                got, seconds = out.get()
+    proc.join()
+    if got < count:
+        print(f"  ({kind}: {count - got} of {count} not received)")
+    return got / seconds
+
+
+def _until_received(send: Callable[[], Any], started: Any) -> None:
+    """Publish warm-up messages until the receiver has one (the slow-joiner trap); the
+    receiver starts its clock there and counts only what follows."""
+    while True:
+        send()
+        if started.wait(0.02):
+            return
+
+
+# -- round trip ------------------------------------------------------------------------------
+
+
+def _raw_echo(ping: str, pong: str, n: int) -> None:
+    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as sub, ctx.socket(zmq.PUB) as pub:
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(ping)
+        pub.bind(pong)
+        for _ in range(n):
+            if not sub.poll(5000):
+                return
+            pub.send_multipart(sub.recv_multipart())
+
+
+def _vigil_echo(ping: str, pong: str, n: int) -> None:
+    with (
+        zmq.Context() as ctx,
+        Subscriber(ctx, ping, [TOPIC]) as sub,
+        Publisher(ctx, pong, source="echo", bind=True) as pub,
+    ):
+        for _ in range(n):
+            got = sub.recv(5000)
+            if got is None:
+                return
+            pub.publish(TOPIC + "/pong", got.body)
+
+
+def _rtt(kind: str, tmp: Path, n: int) -> list[float]:
+    ping, pong = f"ipc://{tmp}/{kind}-ping", f"ipc://{tmp}/{kind}-pong"
+    ctx_mp = mp.get_context("spawn")
+    warm = 200
+    proc = ctx_mp.Process(
+        target=_raw_echo if kind == "raw" else _vigil_echo, args=(ping, pong, n + warm + 1000)
+    )
+    samples: list[float] = []
+    with zmq.Context() as ctx:
+        if kind == "raw":
+            pub = ctx.socket(zmq.PUB)
+            pub.bind(ping)
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            proc.start()
+            sub.connect(pong)
+            frame = TOPIC.encode() + b"\0"
+
+            def once() -> bool:
+                pub.send_multipart([frame, PAYLOAD])
+                if not sub.poll(50):
+                    return False
+                sub.recv_multipart()
+                return True
+        else:
+            vpub = Publisher(ctx, ping, source="bench", bind=True)
+            proc.start()
+            vsub = Subscriber(ctx, pong, [TOPIC + "/pong"])
+            body = _small()
+
+            def once() -> bool:
+                vpub.publish(TOPIC, body)
+                return vsub.recv(50) is not None
+
+        while not once():  # both subscriptions have propagated once a round trip succeeds
+            pass
+        for i in range(n + warm):
+            t0 = time.perf_counter()
+            if not once():
+                continue
+            if i >= warm:
+                samples.append((time.perf_counter() - t0) * 1e6)
+        if kind == "raw":
+            pub.close(linger=0)
+            sub.close(linger=0)
+        else:
+            vpub.close()
+            vsub.close()
+    proc.kill()
+    proc.join()
+    return samples
+
+
+def _pct(samples: list[float]) -> dict[str, float]:
+    arr = np.asarray(samples)
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 1),
+        "p99": round(float(np.percentile(arr, 99)), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vigil bench bus", description=__doc__)
+    parser.add_argument("--count", type=int, default=200_000)
+    parser.add_argument("--rtt", type=int, default=3000)
+    parser.add_argument("--json", dest="json_path", default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        direct = f"ipc://{tmp}/direct"
+        raw = _rate("raw", direct + "-raw", direct + "-raw", args.count)
+        vig = _rate("vigil", direct + "-vigil", direct + "-vigil", args.count)
+        with zmq.Context() as ctx, Proxy(ctx, f"ipc://{tmp}/xsub", f"ipc://{tmp}/xpub") as proxy:
+            stop = threading.Event()
+
+            def pump() -> None:
+                poller = zmq.Poller()
+                proxy.register(poller)
+                while not stop.is_set():
+                    proxy.handle(dict(poller.poll(50)))
+
+            # The proxy runs in its own process in a launch; a thread here shares the GIL with
+            # the publisher, so this row is a lower bound.
+            thread = threading.Thread(target=pump)
+            thread.start()
+            try:
+                proxied = _rate("vigil", f"ipc://{tmp}/xsub", f"ipc://{tmp}/xpub", args.count // 4)
+            finally:
+                stop.set()
+                thread.join()
+        raw_rtt = _rtt("raw", tmp, args.rtt)
+        vig_rtt = _rtt("vigil", tmp, args.rtt)
+    result = {
+        "vigil_msgs_s": round(vig),
+        "raw_msgs_s": round(raw),
+        "vigil_proxied_msgs_s": round(proxied),
+        "ratio": round(vig / raw, 3),
+        "vigil_rtt_us": _pct(vig_rtt),
+        "raw_rtt_us": _pct(raw_rtt),
+    }
+    rows = [
+        ("raw pyzmq PUB/SUB", raw, result["raw_rtt_us"]),
+        ("vigil Publisher/Subscriber", vig, result["vigil_rtt_us"]),
+    ]
+    print(f"{'':<28}{'msgs/s':>12}{'RTT p50 us':>12}{'RTT p99 us':>12}")
+    for label, rate, rtt in rows:
+        print(f"{label:<28}{rate:>12,.0f}{rtt['p50']:>12}{rtt['p99']:>12}")
+    print(f"{'vigil through proxy thread':<28}{proxied:>12,.0f}")
+    print(f"vigil / raw rate: {result['ratio']:.2f} (goal >= 0.5)")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

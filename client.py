@@ -1,0 +1,189 @@
+"""Clients of the ingest: send a frame, get its perception result or a typed error."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import ExitStack
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+import numpy.typing as npt
+import zmq
+
+from vigil.bus.channel import Channel, FrameFault
+from vigil.bus.envelope import TraceContext
+from vigil.errors import DeadlineExceeded, InternalError, RequestError, error_from_reply
+from vigil.schemas import ErrorCode, ErrorReply, InferRequest, InferResult, TensorRef
+
+__all__ = ["Client", "Reply"]
+
+Reply = tuple[int, InferResult | RequestError]
+
+# How long past its deadline a client waits for the ingest's own DEADLINE_EXCEEDED before it
+# gives up locally: the ingest answers at the deadline, this only covers a dead ingest.
+_GRACE_NS = 500_000_000
+
+
+class Client:
+    """A synchronous client: `infer()` for one request, `submit()`/`poll()` for many in flight.
+
+    Every request ends: with its result, with the typed error the ingest sent, or — if the
+    ingest itself is gone — with a local DeadlineExceeded shortly after the deadline.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        name: str = "client",
+        tenant: str = "",
+        priority: int = 0,
+        ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self._stack = ExitStack()
+        if ctx is None:
+            ctx = self._stack.enter_context(zmq.Context())
+        self.socket: zmq.Socket[bytes] = self._stack.enter_context(ctx.socket(zmq.DEALER))
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self.channel = Channel(self.socket, source=name)
+        self.tenant = tenant
+        self.priority = priority
+        self._deadlines: dict[int, int] = {}
+
+    def submit(
+        self,
+        frame: npt.NDArray[np.uint8],
+        *,
+        stream_id: str,
+        frame_ts_us: int,
+        deadline_s: float = 2.0,
+        trace: TraceContext | None = None,
+        priority: int | None = None,
+        model: str = "",
+    ) -> int:
+        """Send one uint8 HWC frame; returns the request id that its reply will carry."""
+        image = np.ascontiguousarray(frame)
+        request = InferRequest(
+            stream_id=stream_id,
+            frame_ts_us=frame_ts_us,
+            image=TensorRef(dtype=str(image.dtype), shape=image.shape),  # type: ignore[arg-type]
+            model=model,
+        )
+        now = time.time_ns()
+        deadline_ns = now + int(deadline_s * 1e9)
+        envelope = self.channel.envelope(
+            request,
+            trace=trace or TraceContext.new(),
+            deadline_ns=deadline_ns,
+            priority=self.priority if priority is None else priority,
+            tenant=self.tenant,
+        )
+        self.channel.send(request, envelope=envelope, buffers=[image.reshape(-1).data])
+        self._deadlines[envelope.seq] = time.monotonic_ns() + (deadline_ns - now) + _GRACE_NS
+        return envelope.seq
+
+    def submit_raw(self, body: bytes, buffers: list[bytes], *, deadline_s: float = 2.0) -> int:
+        """Send a well-formed envelope with arbitrary body and buffer bytes; returns its id.
+
+        For sources and tests that must show how the pipeline answers broken input.
+        """
+        now = time.time_ns()
+        envelope = self.channel.envelope(
+            InferRequest, deadline_ns=now + int(deadline_s * 1e9), tenant=self.tenant
+        )
+        self.socket.send_multipart([self.channel.encode(envelope), body, *buffers])
+        self._deadlines[envelope.seq] = time.monotonic_ns() + int(deadline_s * 1e9) + _GRACE_NS
+        return envelope.seq
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        """Send raw frames as they are (for tests that speak for a broken client)."""
+        self.socket.send_multipart(frames)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._deadlines)
+
+    def poll(self, timeout_ms: float) -> Reply | None:
+        """The next reply within `timeout_ms`, or a local deadline error, or None."""
+        expired = self._expired()
+        if expired is not None:
+            return expired
+        wait = timeout_ms
+        if self._deadlines:
+            wait = min(wait, max(0.0, (min(self._deadlines.values()) - time.monotonic_ns()) / 1e6))
+        if not self.socket.poll(math.ceil(wait)):
+            return self._expired()
+        try:
+            incoming = self.channel.recv()
+        except FrameFault as fault:
+            reply = ErrorReply(code=ErrorCode.INTERNAL, message="undecodable reply")
+            self._deadlines.pop(fault.seq, None)
+            return fault.seq, InternalError(reply)
+        seq = incoming.envelope.seq
+        self._deadlines.pop(seq, None)
+        body = incoming.body
+        if isinstance(body, InferResult):
+            return seq, body
+        if isinstance(body, ErrorReply):
+            return seq, error_from_reply(body)
+        return seq, InternalError(ErrorReply(code=ErrorCode.INTERNAL, message="unexpected reply"))
+
+    def _expired(self) -> Reply | None:
+        now = time.monotonic_ns()
+        for seq, deadline in self._deadlines.items():
+            if deadline <= now:
+                del self._deadlines[seq]
+                reply = ErrorReply(
+                    code=ErrorCode.DEADLINE_EXCEEDED, message="no reply from the ingest"
+                )
+                return seq, DeadlineExceeded(reply)
+        return None
+
+    def infer(
+        self,
+        frame: npt.NDArray[np.uint8],
+        *,
+        stream_id: str,
+        frame_ts_us: int,
+        deadline_s: float = 2.0,
+        trace: TraceContext | None = None,
+        priority: int | None = None,
+    ) -> InferResult:
+        """Run one frame through the pipeline; raises the typed error it ended with."""
+        seq = self.submit(
+            frame,
+            stream_id=stream_id,
+            frame_ts_us=frame_ts_us,
+            deadline_s=deadline_s,
+            trace=trace,
+            priority=priority,
+        )
+        while True:
+            reply = self.poll(deadline_s * 1000 + _GRACE_NS / 1e6)
+            if reply is None:
+                continue
+            got, outcome = reply
+            if got != seq:
+                continue  # a straggler of an earlier submit(); infer() owns only its own
+            if isinstance(outcome, RequestError):
+                raise outcome
+            return outcome
+
+    def close(self) -> None:
+        """Close the socket (and the context, when this client made it)."""
+        self._stack.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,298 @@
+"""What every node process shares: identity, the bus, signals, heartbeats and readiness."""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Annotated, Any, Self
+
+import msgspec
+import structlog
+import zmq
+
+from vigil.bus.envelope import TraceContext
+from vigil.bus.pubsub import Publisher, Subscriber
+from vigil.bus.rundir import RunDir
+from vigil.schemas import (
+    AuditEvent,
+    AuditId,
+    DiagCode,
+    DiagnosticEvent,
+    Heartbeat,
+    LogRecord,
+    NodeReady,
+    Severity,
+    Topic,
+)
+
+__all__ = ["ExitCode", "HeartbeatThread", "Node", "NodeArgs"]
+
+
+class ExitCode(enum.IntEnum):
+    """Why a node process ended; the launcher reads it to decide on a restart."""
+
+    OK = 0
+    FAILURE = 1
+    CONFIG = 2
+    DEPENDENCY = 3  # something the node needs never arrived (e.g. no model announced)
+    INTEGRITY = 4  # verified data failed its check (a model, a store)
+
+
+class NodeArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Identity and placement of one node process, filled in by the launcher."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    kind: str
+    instance: Annotated[int, msgspec.Meta(ge=0)] = 0
+    run_dir: str
+    heartbeat_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 200
+    launch_dir: str = "."
+
+    @property
+    def label(self) -> str:
+        """`name` or `name.instance` for replicas; unique within a run."""
+        return self.name if self.instance == 0 else f"{self.name}.{self.instance}"
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class HeartbeatThread(threading.Thread):
+    """Publishes the node's heartbeat from its own thread and socket.
+
+    Liveness must not depend on the node loop: a worker deep in a long batch is alive. The
+    beat carries how long ago the loop last turned (`loop_age_ms`), so a stuck loop is still
+    visible; a stopped or killed process stops beating altogether.
+    """
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(name=f"heartbeat-{node.args.label}", daemon=True)
+        self._node = node
+        self._stop_event = threading.Event()
+        self._final: dict[str, str] | None = None
+
+    def run(self) -> None:
+        node = self._node
+        period = node.args.heartbeat_ms / 1000
+        with Publisher(
+            node.ctx, node.run.pub, source=node.args.name, instance=node.args.instance
+        ) as pub:
+            while True:
+                stopping = self._stop_event.is_set()
+                detail = dict(node.heartbeat_detail)
+                detail["loop_age_ms"] = str((node.clock() - node.loop_ns) // 1_000_000)
+                if stopping:
+                    detail["lifecycle"] = "stopping"
+                pub.publish(
+                    Topic.HEARTBEAT,
+                    Heartbeat(
+                        node=node.args.label,
+                        instance=node.args.instance,
+                        pid=os.getpid(),
+                        period_ms=node.args.heartbeat_ms,
+                        kind=node.args.kind,
+                        detail=detail,
+                    ),
+                )
+                if stopping:
+                    # The last beat says the node stops on purpose, so the watchdog stops
+                    # watching it instead of reporting a missing heartbeat; let it leave.
+                    pub.socket.setsockopt(zmq.LINGER, 200)
+                    return
+                self._stop_event.wait(period)
+
+    def stop(self) -> None:
+        """Send the final 'stopping' beat and end the thread."""
+        self._stop_event.set()
+        self.join()
+
+
+class Node:
+    """Owns a node's zmq context, its bus publisher, its poller, signals and heartbeat.
+
+    A node loop is `while not node.stopping: events = node.poll(timeout_ms)`; `poll` wakes on
+    sockets, on SIGTERM/SIGINT (through a wake-up fd, so a signal never waits for a timeout)
+    and when the heartbeat is due, which it publishes itself.
+    """
+
+    def __init__(
+        self,
+        args: NodeArgs,
+        *,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.args = args
+        self.run = RunDir(args.run_dir, create=False)
+        self.clock = clock
+        self.stopping = False
+        self.stop_reason = ""
+        self._stack = ExitStack()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = self._stack.enter_context(zmq.Context())
+        self.publisher = self._stack.enter_context(
+            Publisher(self.ctx, self.run.pub, source=args.name, instance=args.instance)
+        )
+        self.poller = zmq.Poller()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stack.callback(self._wake_r.close)
+        self._stack.callback(self._wake_w.close)
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        self.loop_ns = clock()
+        self.heartbeat_detail: dict[str, str] = {}
+        self._heartbeat = HeartbeatThread(self)
+        self.log = structlog.get_logger(node=args.label, kind=args.kind)
+
+    def __enter__(self) -> Self:
+        previous_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self._stack.callback(signal.set_wakeup_fd, previous_fd)
+        for sig in _STOP_SIGNALS:
+            previous = signal.signal(sig, self._on_signal)
+            self._stack.callback(signal.signal, sig, previous)
+        self._heartbeat.start()
+        self._stack.callback(self._heartbeat.stop)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stack.close()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        self.stop_reason = signal.Signals(signum).name
+
+    def enter(self, cm: Any) -> Any:
+        """Let the node own a socket or resource: closed when the node exits, on every path."""
+        return self._stack.enter_context(cm)
+
+    def socket(self, kind: int, *, linger_ms: int = 0) -> zmq.Socket[bytes]:
+        """A new socket owned by this node, with LINGER set explicitly."""
+        sock: zmq.Socket[bytes] = self._stack.enter_context(self.ctx.socket(kind))
+        sock.setsockopt(zmq.LINGER, linger_ms)
+        return sock
+
+    def subscriber(self, topics: list[str], *, prefix: bool = False) -> Subscriber:
+        """A subscriber on the proxy, owned by this node and registered with its poller."""
+        sub: Subscriber = self._stack.enter_context(
+            Subscriber(self.ctx, self.run.sub, topics, prefix=prefix)
+        )
+        self.poller.register(sub.socket, zmq.POLLIN)
+        return sub
+
+    def resolve(self, path: str) -> Path:
+        """A configured path: absolute as given, else relative to the run directory."""
+        p = Path(path)
+        return p if p.is_absolute() else self.run.path / p
+
+    def ready(
+        self,
+        *,
+        publishes: list[str],
+        subscribes: list[str],
+        endpoints: dict[str, str] | None = None,
+    ) -> None:
+        """Tell the launcher this node is up (its sockets bound or connected)."""
+        with self.ctx.socket(zmq.PUSH) as push:
+            push.setsockopt(zmq.LINGER, 2000)
+            push.connect(self.run.control)
+            report = NodeReady(
+                name=self.args.name,
+                instance=self.args.instance,
+                pid=os.getpid(),
+                kind=self.args.kind,
+                publishes=sorted({*publishes, Topic.HEARTBEAT, Topic.LOG}),
+                subscribes=sorted(subscribes),
+                endpoints=endpoints or {},
+            )
+            push.send(msgspec.msgpack.encode(report))
+        self.log.info("node.ready", pid=os.getpid())
+
+    def poll(self, timeout_ms: float | None = None) -> dict[Any, int]:
+        """Wait for socket events or a stop signal (at most `timeout_ms`, else 100 ms)."""
+        self.loop_ns = self.clock()
+        wait = 100.0 if timeout_ms is None else timeout_ms
+        events = dict(self.poller.poll(math.ceil(wait)))
+        if events.pop(self._wake_r.fileno(), 0):
+            self._drain_wakeups()
+        return events
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except BlockingIOError:
+            return
+
+    def diag(
+        self,
+        code: DiagCode,
+        message: str,
+        *,
+        severity: Severity = Severity.WARNING,
+        field: str = "",
+        rule: str = "",
+        stream_id: str = "",
+        trace: TraceContext | None = None,
+    ) -> None:
+        """Publish a diagnostic event (the logger seals it) and log it locally."""
+        self.publisher.publish(
+            Topic.DIAGNOSTIC,
+            DiagnosticEvent(
+                code=code,
+                severity=severity,
+                node=self.args.label,
+                instance=self.args.instance,
+                message=message[:512],
+                field=field[:128],
+                rule=rule[:256],
+                stream_id=stream_id,
+            ),
+            trace=trace,
+        )
+
+    def audit(self, event: AuditId, detail: str = "", *, trace: TraceContext | None = None) -> None:
+        """Publish an audit event for the sealed store."""
+        self.publisher.publish(
+            Topic.AUDIT,
+            AuditEvent(
+                event=event, node=self.args.label, instance=self.args.instance, detail=detail[:1024]
+            ),
+            trace=trace,
+        )
+
+    def record(
+        self,
+        level: str,
+        event: str,
+        *,
+        trace: TraceContext | None = None,
+        **fields: str | int | float | bool | None,
+    ) -> None:
+        """Log a structured record locally and send it to the logger over the bus."""
+        getattr(self.log, level)(event, **fields)
+        self.publisher.publish(
+            Topic.LOG,
+            LogRecord(
+                level=level,
+                event=event[:256],
+                node=self.args.label,
+                instance=self.args.instance,
+                trace_id=trace.trace_id.hex() if trace else "",
+                span_id=trace.span_id.hex() if trace else "",
+                fields=fields,
+            ),
+            trace=trace,
+        )

@@ -1,0 +1,199 @@
+"""The demo source node: camera frames at a set rate, some deliberately invalid, through the
+client API; it keeps the tally the demo summary reports."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import zmq
+
+from vigil.client import Client
+from vigil.errors import InvalidArgument, RequestError
+from vigil.nodes._endpoints import resolve_endpoint
+from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._scene import render_scene
+from vigil.schemas import InferResult
+from vigil.schemas._base import Config as NodeConfig
+
+__all__ = ["Config", "SourceConfig", "run"]
+
+
+class SourceConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Rate, streams, how often a frame is broken on purpose, and where the tally goes."""
+
+    endpoint: str = "ingest"
+    rate_hz: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 10.0
+    streams: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    invalid_every: Annotated[int, msgspec.Meta(ge=0)] = 8
+    deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 3000
+    height: Annotated[int, msgspec.Meta(ge=32, le=1080)] = 384
+    width: Annotated[int, msgspec.Meta(ge=32, le=1920)] = 640
+    scenes: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 32
+    report: str = "source-report.json"
+
+
+Config = SourceConfig
+
+
+class Fault(enum.Enum):
+    """The ways the source breaks a frame on purpose; each must come back INVALID_ARGUMENT."""
+
+    WRONG_CHANNELS = "wrong_channels"
+    STALE_TIMESTAMP = "stale_timestamp"
+    TOO_LARGE = "too_large"
+    WRONG_DTYPE = "wrong_dtype"
+    GARBAGE_BODY = "garbage_body"
+
+
+@dataclass
+class Tally:
+    """What became of every frame the source sent."""
+
+    sent: int = 0
+    sent_invalid: int = 0
+    answered: int = 0
+    rejected: int = 0
+    errors: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    boxes: int = 0
+
+
+class _Source:
+    def __init__(self, node: Node, config: SourceConfig) -> None:
+        self.node = node
+        self.config = config
+        self.client: Client = node.enter(
+            Client(resolve_endpoint(node.run, config.endpoint), name=node.args.label, ctx=node.ctx)
+        )
+        node.poller.register(self.client.socket, zmq.POLLIN)
+        self.frames = [render_scene(i, config.height, config.width) for i in range(config.scenes)]
+        self.period_ns = int(1e9 / config.rate_hz)
+        self.next_send = node.clock()
+        self.tally = Tally()
+        self.sent_at: dict[int, tuple[int, bool]] = {}
+        self.last_ts: dict[str, int] = {}
+        self.count = 0
+        self.faults = list(Fault)
+
+    def send_due(self) -> None:
+        now = self.node.clock()
+        while now >= self.next_send:
+            self.next_send += self.period_ns
+            if self.client.in_flight >= self.config.max_in_flight:
+                continue  # open loop: a frame that cannot go now is skipped, as a camera would
+            self._send_one(now)
+
+    def _send_one(self, now: int) -> None:
+        index = self.count
+        self.count += 1
+        stream = f"cam{index % self.config.streams}"
+        ts = max(self.last_ts.get(stream, 0) + 1, now // 1000)
+        frame = self.frames[index % len(self.frames)]
+        every = self.config.invalid_every
+        fault = (
+            self.faults[(index // every) % len(self.faults)]
+            if every and index % every == (every - 1)
+            else None
+        )
+        deadline_s = self.config.deadline_ms / 1000
+        if fault is None:
+            self.last_ts[stream] = ts
+            seq = self.client.submit(frame, stream_id=stream, frame_ts_us=ts, deadline_s=deadline_s)
+        else:
+            seq = self._send_invalid(fault, frame, stream, ts, deadline_s)
+        self.sent_at[seq] = (now, fault is not None)
+        self.tally.sent += 1
+        self.tally.sent_invalid += fault is not None
+
+    def _send_invalid(
+        self, fault: Fault, frame: npt.NDArray[np.uint8], stream: str, ts: int, deadline_s: float
+    ) -> int:
+        if fault is Fault.GARBAGE_BODY:
+            return self.client.submit_raw(b"\xc1\xff not msgpack", [], deadline_s=deadline_s)
+        bad: npt.NDArray[np.uint8] = frame
+        if fault is Fault.WRONG_CHANNELS:
+            bad = np.ascontiguousarray(frame[:, :, :2])
+        elif fault is Fault.STALE_TIMESTAMP:
+            ts = self.last_ts.get(stream, ts)  # a repeat of the last accepted timestamp
+        elif fault is Fault.TOO_LARGE:
+            bad = np.zeros((1200, 64, 3), dtype=np.uint8)
+        elif fault is Fault.WRONG_DTYPE:
+            return self.client.submit(
+                frame.astype(np.float32),  # wrong on purpose
+                stream_id=stream,
+                frame_ts_us=ts,
+                deadline_s=deadline_s,
+            )
+        return self.client.submit(bad, stream_id=stream, frame_ts_us=ts, deadline_s=deadline_s)
+
+    def on_replies(self) -> None:
+        while (reply := self.client.poll(0)) is not None:
+            seq, outcome = reply
+            sent = self.sent_at.pop(seq, None)
+            if sent is None:
+                continue
+            sent_ns, invalid = sent
+            if isinstance(outcome, InferResult) and not invalid:
+                self.tally.answered += 1
+                self.tally.boxes += len(outcome.output.boxes)
+                self.tally.latencies_ms.append((self.node.clock() - sent_ns) / 1e6)
+            elif isinstance(outcome, InvalidArgument) and invalid:
+                self.tally.rejected += 1
+            else:
+                self.tally.errors += 1
+                code = outcome.code if isinstance(outcome, RequestError) else "UNREJECTED"
+                self.tally.error_codes[code] = self.tally.error_codes.get(code, 0) + 1
+
+    def timeout_ms(self) -> float:
+        return max(0.0, (self.next_send - self.node.clock()) / 1e6)
+
+    def write_report(self) -> None:
+        lat = np.asarray(self.tally.latencies_ms or [0.0])
+        report = {
+            "sent": self.tally.sent,
+            "sent_invalid": self.tally.sent_invalid,
+            "answered": self.tally.answered,
+            "rejected": self.tally.rejected,
+            "errors": self.tally.errors,
+            "error_codes": self.tally.error_codes,
+            "unanswered": len(self.sent_at),
+            "boxes": self.tally.boxes,
+            "latency_ms": {
+                "p50": float(np.percentile(lat, 50)),
+                "p99": float(np.percentile(lat, 99)),
+            },
+        }
+        path = self.node.resolve(self.config.report)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)
+
+
+def run(config: SourceConfig, args: NodeArgs) -> ExitCode:
+    """Send frames until SIGTERM/SIGINT, then wait for every outstanding reply and report."""
+    with Node(args) as node:
+        source = _Source(node, config)
+        node.ready(publishes=[], subscribes=[], endpoints={"ingest": config.endpoint})
+        while not node.stopping:
+            events = node.poll(source.timeout_ms())
+            if events.get(source.client.socket):
+                source.on_replies()
+            source.send_due()
+        # Drain: every request ends with a reply or the client's own deadline error.
+        while source.client.in_flight:
+            node.poll(50)
+            source.on_replies()
+        source.on_replies()
+        source.tally.errors += len(source.sent_at)
+        source.write_report()
+        node.log.info("node.stopping", reason=node.stop_reason, sent=source.tally.sent)
+    return ExitCode.OK

@@ -1,0 +1,477 @@
+"""The ingest node's loop: clients on a ROUTER, workers on a ROUTER, the bus on the side."""
+
+from __future__ import annotations
+
+import enum
+import socket
+import time
+from typing import Annotated
+
+import msgspec
+import psutil
+import zmq
+
+from vigil.bus.channel import Channel, FrameFault
+from vigil.bus.envelope import TraceContext
+from vigil.nodes._endpoints import resolve_endpoint
+from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes.ingest._dispatch import Dispatcher, Request
+from vigil.nodes.ingest._ratelimit import RateLimitConfig, RateLimiter
+from vigil.nodes.ingest._validate import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Limits,
+    Rejection,
+    RequestValidator,
+    rejection_from_fault,
+)
+from vigil.schemas import (
+    AuditId,
+    DiagCode,
+    ErrorCode,
+    ErrorReply,
+    Heartbeat,
+    InferRequest,
+    InferResult,
+    SafetyState,
+    Severity,
+    StateChange,
+    Topic,
+    WorkerCredit,
+)
+from vigil.schemas._base import Config as NodeConfig
+
+__all__ = ["Config", "DegradedPolicy", "IngestConfig", "run"]
+
+_BURST = 64
+
+
+class DegradedPolicy(enum.StrEnum):
+    """What the ingest does with new requests while the system is not NORMAL."""
+
+    FLAG = "flag"  # serve everything, flag every result as degraded
+    SHED_LOW_PRIORITY = "shed_low_priority"  # refuse low priority with UNAVAILABLE, flag the rest
+    REJECT = "reject"  # refuse everything with UNAVAILABLE
+
+
+class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ingest's endpoints, limits and policies."""
+
+    frontend: str = "ingest"
+    backend: str = "workers"
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)] = DEFAULT_MAX_MESSAGE_BYTES
+    max_height: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1080
+    max_width: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1920
+    max_queue: Annotated[int, msgspec.Meta(ge=1)] = 256
+    default_deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 2000
+    max_deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 30_000
+    # A worker that holds work and says nothing for this long is presumed hung.
+    worker_silence_ms: Annotated[int, msgspec.Meta(ge=10)] = 1500
+    degraded_policy: DegradedPolicy = DegradedPolicy.SHED_LOW_PRIORITY
+    shed_below_priority: Annotated[int, msgspec.Meta(ge=0, le=8)] = 4
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    publish_requests: bool = True
+
+
+Config = IngestConfig
+
+
+class _Ingest:
+    """State and handlers of one ingest process (the loop lives in `run`)."""
+
+    def __init__(self, node: Node, config: IngestConfig) -> None:
+        self.node = node
+        self.config = config
+        self.frontend = node.socket(zmq.ROUTER)
+        self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.frontend.setsockopt(zmq.SNDHWM, 0)
+        self.frontend.bind(resolve_endpoint(node.run, config.frontend))
+        self.backend = node.socket(zmq.ROUTER)
+        self.backend.setsockopt(zmq.SNDHWM, 0)
+        self.backend.bind(resolve_endpoint(node.run, config.backend))
+        # A worker's disconnect wakes the ingest at once; it then checks which local worker
+        # process is gone and re-dispatches that worker's work (silence covers remote ones).
+        self.monitor = node.enter(self.backend.get_monitor_socket(zmq.EVENT_DISCONNECTED))
+        self.monitor.setsockopt(zmq.LINGER, 0)
+        node.poller.register(self.monitor, zmq.POLLIN)
+        self.hostname = socket.gethostname()
+        self.clients = Channel(self.frontend, source=node.args.name, routed=True)
+        self.workers = Channel(self.backend, source=node.args.name, routed=True)
+        # Worker heartbeats (from their own thread) prove a busy worker alive; a stopped or
+        # hung one falls silent and its work is re-dispatched.
+        self.state_sub = node.subscriber([Topic.SAFETY_STATE, Topic.HEARTBEAT])
+        node.poller.register(self.frontend, zmq.POLLIN)
+        node.poller.register(self.backend, zmq.POLLIN)
+        self.validator = RequestValidator(
+            Limits(
+                max_message_bytes=config.max_message_bytes,
+                max_height=config.max_height,
+                max_width=config.max_width,
+            )
+        )
+        self.limiter = RateLimiter(config.rate_limit, node.clock)
+        self.dispatcher = Dispatcher(max_queue=config.max_queue)
+        self.state = SafetyState.NORMAL
+        self.counts = {"accepted": 0, "answered": 0, "rejected": 0, "errors": 0}
+
+    # -- clients -------------------------------------------------------------------------
+
+    def on_client(self) -> None:
+        for _ in range(_BURST):
+            try:
+                frames = self.frontend.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._admit(frames)
+
+    def _admit(self, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
+        now = self.node.clock()
+        try:
+            self.validator.check_size(frames[1:])
+            incoming = self.clients.decode(frames)
+            request = self.validator.check(incoming)
+        except FrameFault as fault:
+            self._refuse(identity, fault.seq, rejection_from_fault(fault), None, None)
+            return
+        except Rejection as rejection:
+            # Only reachable once the envelope decoded: `incoming` exists.
+            body = incoming.body if isinstance(incoming.body, InferRequest) else None
+            self._refuse(identity, incoming.envelope.seq, rejection, body, _trace(incoming))
+            return
+        envelope = incoming.envelope
+        trace = _trace(incoming)
+        verdict = self._policy_verdict(envelope.priority)
+        if verdict is not None:
+            self._refuse(identity, envelope.seq, verdict, request, trace)
+            return
+        decision = self.limiter.decide(envelope.tenant, envelope.priority)
+        if not decision.allowed:
+            self._refuse(
+                identity,
+                envelope.seq,
+                Rejection(
+                    DiagCode.RATE_LIMITED,
+                    "$.tenant",
+                    "rate limit exceeded",
+                    code=ErrorCode.RESOURCE_EXHAUSTED,
+                ),
+                request,
+                trace,
+                retry_after_ms=decision.retry_after_ms,
+            )
+            return
+        budget_ms = self.config.default_deadline_ms
+        if envelope.deadline_ns:
+            budget_ms = min(
+                (envelope.deadline_ns - envelope.stamp_ns) // 1_000_000,
+                self.config.max_deadline_ms,
+            )
+        if budget_ms <= 0:
+            self._refuse(
+                identity,
+                envelope.seq,
+                Rejection(
+                    DiagCode.DEADLINE_EXCEEDED,
+                    "$.deadline_ns",
+                    "deadline already passed",
+                    code=ErrorCode.DEADLINE_EXCEEDED,
+                ),
+                request,
+                trace,
+            )
+            return
+        pending = Request(
+            rid=self.dispatcher.new_rid(),
+            client=identity,
+            client_seq=envelope.seq,
+            trace=trace,
+            deadline_ns=now + budget_ms * 1_000_000,
+            received_ns=now,
+            frames=[frames[2], *incoming.buffers],
+            stream_id=request.stream_id,
+            frame_ts_us=request.frame_ts_us,
+            priority=envelope.priority,
+            tenant=envelope.tenant,
+        )
+        if not self.dispatcher.admit(pending):
+            self._refuse(
+                identity,
+                envelope.seq,
+                Rejection(
+                    DiagCode.RATE_LIMITED,
+                    "$",
+                    "ingest queue is full",
+                    code=ErrorCode.RESOURCE_EXHAUSTED,
+                ),
+                request,
+                trace,
+                retry_after_ms=self.config.default_deadline_ms // 10,
+            )
+            return
+        self.validator.accept(request)
+        self.counts["accepted"] += 1
+        if self.config.publish_requests:
+            self.node.publisher.publish(
+                Topic.INFER_REQUEST,
+                request,
+                trace=trace,
+                buffers=incoming.buffers,
+                priority=envelope.priority,
+                tenant=envelope.tenant,
+            )
+
+    def _policy_verdict(self, priority: int) -> Rejection | None:
+        if self.state is SafetyState.NORMAL:
+            return None
+        policy = self.config.degraded_policy
+        refuse = policy is DegradedPolicy.REJECT or self.state is SafetyState.SAFE_STOP
+        if policy is DegradedPolicy.SHED_LOW_PRIORITY:
+            refuse = refuse or priority < self.config.shed_below_priority
+        if not refuse:
+            return None
+        return Rejection(
+            DiagCode.RATE_LIMITED,
+            "$.priority",
+            f"system is {self.state}: {policy} policy refuses this request",
+            code=ErrorCode.UNAVAILABLE,
+        )
+
+    def _refuse(
+        self,
+        identity: bytes,
+        seq: int,
+        rejection: Rejection,
+        request: InferRequest | None,
+        trace: TraceContext | None,
+        *,
+        retry_after_ms: int = 0,
+    ) -> None:
+        reply = ErrorReply(
+            code=rejection.code,
+            message=_MESSAGES[rejection.code],
+            field=rejection.field[:128],
+            rule=rejection.rule[:128],
+            retry_after_ms=retry_after_ms,
+            diag_code=rejection.diag,
+            stream_id=request.stream_id if request else "",
+            frame_ts_us=request.frame_ts_us if request else 0,
+        )
+        self._answer_error(identity, seq, reply, trace)
+        self.counts["rejected"] += 1
+        self.node.diag(
+            rejection.diag,
+            f"request refused: {rejection.code}",
+            field=rejection.field,
+            rule=rejection.rule,
+            stream_id=reply.stream_id,
+            trace=trace,
+        )
+
+    def _answer_error(
+        self, identity: bytes, seq: int, reply: ErrorReply, trace: TraceContext | None
+    ) -> None:
+        env = self.clients.envelope(reply, seq=seq, trace=trace)
+        self.clients.send(reply, identity=[identity], envelope=env)
+        self.node.publisher.publish(Topic.INFER_ERROR, reply, trace=trace)
+
+    def _fail(self, request: Request, code: ErrorCode, diag: DiagCode, why: str) -> None:
+        reply = ErrorReply(
+            code=code,
+            message=why,
+            diag_code=diag,
+            stream_id=request.stream_id,
+            frame_ts_us=request.frame_ts_us,
+        )
+        self._answer_error(request.client, request.client_seq, reply, request.trace)
+        self.counts["errors"] += 1
+        self.node.diag(
+            diag,
+            why,
+            severity=Severity.ERROR,
+            stream_id=request.stream_id,
+            trace=request.trace,
+        )
+
+    # -- workers -------------------------------------------------------------------------
+
+    def on_worker(self) -> None:
+        for _ in range(_BURST):
+            try:
+                frames = self.backend.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._from_worker(frames)
+
+    def on_disconnect(self) -> None:
+        """A worker connection dropped: find the local worker processes that are gone."""
+        while True:
+            try:
+                self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        for identity, slot in list(self.dispatcher.workers.items()):
+            if slot.pid and slot.host == self.hostname and not _alive(slot.pid):
+                self._worker_lost(identity, "exited")
+
+    def _from_worker(self, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
+        now = self.node.clock()
+        try:
+            incoming = self.workers.decode(frames)
+        except FrameFault as fault:
+            self.node.record("error", "worker.bad_frame", what=fault.what, rule=fault.rule)
+            return
+        body = incoming.body
+        slot = self.dispatcher.worker_seen(identity, now, incoming.envelope.source)
+        if isinstance(body, WorkerCredit):
+            slot.credit = body.credit
+            slot.pid = body.pid
+            slot.host = body.host
+            return
+        request = self.dispatcher.complete(identity, incoming.envelope.seq)
+        if request is None:
+            return  # answered already (deadline) or a late reply from a presumed-hung worker
+        if isinstance(body, InferResult):
+            if self.state is not SafetyState.NORMAL:
+                body = msgspec.structs.replace(body, degraded=True)
+            env = self.clients.envelope(body, seq=request.client_seq, trace=request.trace)
+            self.clients.send(body, identity=[request.client], envelope=env)
+            self.node.publisher.publish(Topic.INFER_RESULT, body, trace=request.trace)
+            self.counts["answered"] += 1
+        elif isinstance(body, ErrorReply):
+            self._answer_error(request.client, request.client_seq, body, request.trace)
+            self.counts["errors"] += 1
+
+    def _worker_lost(self, identity: bytes, why: str) -> None:
+        slot = self.dispatcher.workers.get(identity)
+        name = slot.name if slot else identity.hex()
+        held = len(slot.inflight) if slot else 0
+        exhausted = self.dispatcher.worker_lost(identity)
+        if held:
+            self.node.diag(
+                DiagCode.WORKER_LOST,
+                f"worker {name} {why} holding {held} requests; re-dispatched",
+                severity=Severity.ERROR,
+            )
+            self.node.audit(AuditId.NODE_FAILED, f"worker {name} {why}")
+        for request in exhausted:
+            self._fail(request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "worker lost twice")
+
+    # -- time ----------------------------------------------------------------------------
+
+    def on_time(self) -> None:
+        now = self.node.clock()
+        for request in self.dispatcher.expired(now):
+            self._fail(
+                request,
+                ErrorCode.DEADLINE_EXCEEDED,
+                DiagCode.DEADLINE_EXCEEDED,
+                "deadline exceeded before a result",
+            )
+        silence_ns = self.config.worker_silence_ms * 1_000_000
+        for slot, exhausted in self.dispatcher.worker_silent(now, silence_ns):
+            self.node.diag(
+                DiagCode.WORKER_LOST,
+                f"worker {slot.name} silent for {self.config.worker_silence_ms} ms; "
+                "its work was re-dispatched",
+                severity=Severity.ERROR,
+            )
+            for request in exhausted:
+                self._fail(
+                    request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "worker lost twice"
+                )
+
+    def dispatch(self) -> None:
+        wall_offset = time.time_ns() - self.node.clock()
+        for slot, request in self.dispatcher.assignments():
+            envelope = self.workers.envelope(
+                InferRequest,
+                seq=request.rid,
+                trace=request.trace,
+                deadline_ns=request.deadline_ns + wall_offset,
+                priority=request.priority,
+                tenant=request.tenant,
+            )
+            self.workers.forward(request.frames, identity=[slot.identity], envelope=envelope)
+
+    def on_bus(self) -> None:
+        now = self.node.clock()
+        while (received := self.state_sub.recv(0)) is not None:
+            body = received.body
+            if isinstance(body, StateChange):
+                self.state = body.state
+            elif isinstance(body, Heartbeat) and body.kind == "worker":
+                for slot in self.dispatcher.workers.values():
+                    if slot.name == body.node and slot.pid == body.pid:
+                        slot.last_heard_ns = now
+
+    def timeout_ms(self) -> float | None:
+        deadline = self.dispatcher.next_deadline_ns()
+        if deadline is None:
+            return 100.0
+        return max(0.0, min(100.0, (deadline - self.node.clock()) / 1e6))
+
+
+_MESSAGES = {
+    ErrorCode.INVALID_ARGUMENT: "request failed validation",
+    ErrorCode.DEADLINE_EXCEEDED: "deadline exceeded",
+    ErrorCode.UNAVAILABLE: "service unavailable",
+    ErrorCode.RESOURCE_EXHAUSTED: "resource exhausted",
+    ErrorCode.INTERNAL: "internal error",
+}
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie awaiting its parent's reaping does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _trace(incoming: object) -> TraceContext:
+    envelope = getattr(incoming, "envelope", None)
+    if envelope is not None and len(envelope.trace_id) == 16 and len(envelope.span_id) == 8:
+        return TraceContext(envelope.trace_id, envelope.span_id, envelope.trace_flags).child()
+    return TraceContext.new()
+
+
+def run(config: IngestConfig, args: NodeArgs) -> ExitCode:
+    """Serve requests until SIGTERM/SIGINT, then answer what is still open and exit."""
+    with Node(args) as node:
+        ingest = _Ingest(node, config)
+        node.ready(
+            publishes=[
+                Topic.INFER_REQUEST,
+                Topic.INFER_RESULT,
+                Topic.INFER_ERROR,
+                Topic.DIAGNOSTIC,
+                Topic.AUDIT,
+            ],
+            subscribes=[Topic.SAFETY_STATE, Topic.HEARTBEAT],
+            endpoints={
+                "frontend": resolve_endpoint(node.run, config.frontend),
+                "backend": resolve_endpoint(node.run, config.backend),
+            },
+        )
+        while not node.stopping:
+            events = node.poll(ingest.timeout_ms())
+            if events.get(ingest.state_sub.socket):
+                ingest.on_bus()
+            if events.get(ingest.backend):
+                ingest.on_worker()
+            if events.get(ingest.monitor):
+                ingest.on_disconnect()
+            if events.get(ingest.frontend):
+                ingest.on_client()
+            ingest.on_time()
+            ingest.dispatch()
+        # Nothing is silently dropped on the way out: open requests get UNAVAILABLE.
+        for rid in list(ingest.dispatcher.open):
+            request = ingest.dispatcher.close(rid)
+            if request is not None:
+                ingest._fail(
+                    request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "ingest shutting down"
+                )
+        node.log.info("node.stopping", reason=node.stop_reason, **ingest.counts)
+    return ExitCode.OK

@@ -1,0 +1,114 @@
+"""The byte medium under the store: an mmap'd file, synced with msync outside the GIL."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+from typing import Protocol
+
+__all__ = ["Image", "Medium", "MmapMedium"]
+
+# Anything the scanner can unpack and slice: the live mmap, a bytes image, a simulated disk.
+Image = bytes | bytearray | memoryview | mmap.mmap
+
+_MS_SYNC = 4
+
+
+class Medium(Protocol):
+    """What the store needs from its storage; the simulated disk in `_crashsim` is the other one."""
+
+    @property
+    def size(self) -> int:
+        """Bytes in the medium."""
+        ...
+
+    @property
+    def image(self) -> Image:
+        """The current content, readable in place."""
+        ...
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Store `data` at `offset` (not durable until a `sync` covering it returns)."""
+        ...
+
+    def sync(self, offset: int, length: int) -> None:
+        """Make `[offset, offset + length)` durable; safe to call from one other thread."""
+        ...
+
+    def close(self) -> None:
+        """Release the medium; idempotent."""
+        ...
+
+
+class MmapMedium:
+    """A file mapped shared into memory; `sync` is msync(MS_SYNC) called through ctypes.
+
+    `mmap.flush` would hold the GIL through the whole msync; the ctypes call releases it, so a
+    group commit overlaps with sealing the next entries.
+    """
+
+    def __init__(self, path: str, size: int | None) -> None:
+        """Open (and when `size` is given and the file is new or empty, create) the store file."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            current = os.fstat(fd).st_size
+            if current == 0 and size is not None:
+                # Reserve the blocks now: a write into a hole of a full disk is a SIGBUS later.
+                os.posix_fallocate(fd, 0, size)
+                current = size
+            if current == 0:
+                raise FileNotFoundError(path)
+            self._map = mmap.mmap(fd, current, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._size = current
+        self.created = size is not None and current == size and _all_zero_start(self._map)
+        self._anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self._map)
+        self._base = ctypes.addressof(self._anchor)
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        msync = libc.msync
+        msync.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        msync.restype = ctypes.c_int
+        self._msync = msync
+        self._page = mmap.PAGESIZE
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file."""
+        return self._size
+
+    @property
+    def image(self) -> mmap.mmap:
+        """The mapping itself."""
+        return self._map
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Copy `data` into the mapping."""
+        self._map[offset : offset + len(data)] = data
+
+    def sync(self, offset: int, length: int) -> None:
+        """msync(MS_SYNC) over the pages that cover the range; OSError on failure."""
+        start = offset - offset % self._page
+        end = min(offset + length, self._size)
+        if end <= start:
+            return
+        if self._msync(self._base + start, end - start, _MS_SYNC) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    def close(self) -> None:
+        """Unmap and close the file; idempotent."""
+        if self._anchor is None:
+            return
+        # The ctypes view exports the mapping's buffer; it must go before the mapping closes.
+        self._anchor = None
+        self._map.close()
+        os.close(self._fd)
+
+
+def _all_zero_start(mapping: mmap.mmap) -> bool:
+    return not any(mapping[: min(len(mapping), 4096)])

@@ -1,0 +1,31 @@
+"""The bus proxy node: forwards every topic between publishers and subscribers."""
+
+from __future__ import annotations
+
+from vigil.bus.proxy import Proxy
+from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.schemas import LATCHED_TOPICS
+from vigil.schemas._base import Config as NodeConfig
+
+__all__ = ["Config", "run"]
+
+
+class ProxyConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The proxy needs nothing but its run directory's endpoints."""
+
+
+Config = ProxyConfig
+
+
+def run(config: ProxyConfig, args: NodeArgs) -> ExitCode:
+    """Bind the proxy's XSUB/XPUB endpoints and forward until told to stop."""
+    with Node(args) as node:
+        proxy = node.enter(Proxy(node.ctx, node.run.pub, node.run.sub, LATCHED_TOPICS))
+        proxy.register(node.poller)
+        node.ready(
+            publishes=[], subscribes=[], endpoints={"xsub": node.run.pub, "xpub": node.run.sub}
+        )
+        while not node.stopping:
+            proxy.handle(node.poll())
+        node.log.info("node.stopping", reason=node.stop_reason, forwarded=proxy.forwarded)
+    return ExitCode.OK

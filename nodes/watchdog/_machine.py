@@ -1,0 +1,108 @@
+"""The safety state machine: NORMAL, DEGRADED, RECOVERING and SAFE_STOP, driven by events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vigil.schemas import SafetyState
+
+__all__ = ["MachineConfig", "SafetyMachine", "Transition"]
+
+
+@dataclass(frozen=True, slots=True)
+class MachineConfig:
+    """Thresholds of the state machine (from the watchdog's configuration)."""
+
+    timeout_limit: int = 3
+    recovery_delay_ns: int = 1_000_000_000
+    max_recoveries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change and its cause."""
+
+    previous: SafetyState
+    state: SafetyState
+    cause: str
+    at_ns: int
+
+
+class SafetyMachine:
+    """Pure transition logic; the watchdog node feeds it events and the clock.
+
+    NORMAL -> DEGRADED on `timeout_limit` consecutive inference timeouts or any fault
+    (missing heartbeat, stale topic). DEGRADED -> RECOVERING when the watchdog timer
+    (`recovery_delay_ns` without a new fault) expires. RECOVERING -> NORMAL when the
+    known-answer probe passes, else back to DEGRADED. After `max_recoveries` failed
+    recoveries in a row the machine goes to SAFE_STOP and stays there.
+    """
+
+    def __init__(
+        self,
+        config: MachineConfig,
+        now_ns: int,
+        state: SafetyState = SafetyState.NORMAL,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.since_ns = now_ns
+        self.consecutive_timeouts = 0
+        self.failed_recoveries = 0
+        self.transitions = 0
+        self._last_fault_ns = now_ns if state is not SafetyState.NORMAL else 0
+
+    def _go(self, state: SafetyState, cause: str, now_ns: int) -> Transition:
+        transition = Transition(self.state, state, cause, now_ns)
+        self.state = state
+        self.since_ns = now_ns
+        self.transitions += 1
+        return transition
+
+    def fault(self, cause: str, now_ns: int) -> Transition | None:
+        """A detected fault: degrade (or, while recovering, fail the recovery)."""
+        self._last_fault_ns = now_ns
+        if self.state is SafetyState.NORMAL:
+            return self._go(SafetyState.DEGRADED, cause, now_ns)
+        if self.state is SafetyState.RECOVERING:
+            return self._failed_recovery(cause, now_ns)
+        return None
+
+    def inference_timeout(self, now_ns: int) -> Transition | None:
+        """One request ended in DEADLINE_EXCEEDED."""
+        self.consecutive_timeouts += 1
+        if self.consecutive_timeouts >= self.config.timeout_limit:
+            self.consecutive_timeouts = 0
+            return self.fault(f"{self.config.timeout_limit} consecutive inference timeouts", now_ns)
+        return None
+
+    def inference_ok(self) -> None:
+        """One request ended with a result: the timeout run is broken."""
+        self.consecutive_timeouts = 0
+
+    def tick(self, now_ns: int, *, faults_active: bool) -> Transition | None:
+        """Let time pass: the watchdog timer moves DEGRADED to RECOVERING once no fault is
+        active and none was seen for the recovery delay."""
+        if self.state is not SafetyState.DEGRADED or faults_active:
+            return None
+        if now_ns - max(self.since_ns, self._last_fault_ns) >= self.config.recovery_delay_ns:
+            return self._go(SafetyState.RECOVERING, "watchdog timer expired", now_ns)
+        return None
+
+    def probe_result(self, passed: bool, detail: str, now_ns: int) -> Transition | None:
+        """The known-answer probe came back (only meaningful while RECOVERING)."""
+        if self.state is not SafetyState.RECOVERING:
+            return None
+        if passed:
+            self.failed_recoveries = 0
+            return self._go(SafetyState.NORMAL, f"health probe passed: {detail}", now_ns)
+        return self._failed_recovery(f"health probe failed: {detail}", now_ns)
+
+    def _failed_recovery(self, cause: str, now_ns: int) -> Transition:
+        self.failed_recoveries += 1
+        self._last_fault_ns = now_ns
+        if self.failed_recoveries >= self.config.max_recoveries:
+            return self._go(
+                SafetyState.SAFE_STOP, f"{cause}; recovery failed {self.failed_recoveries}x", now_ns
+            )
+        return self._go(SafetyState.DEGRADED, cause, now_ns)

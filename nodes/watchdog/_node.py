@@ -1,0 +1,329 @@
+"""The watchdog's loop: watch heartbeats, timeouts and topics; probe; publish every transition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import zmq
+
+from vigil.bus.pubsub import Received, Subscriber
+from vigil.client import Client
+from vigil.errors import RequestError
+from vigil.nodes._endpoints import resolve_endpoint
+from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._scene import render_scene
+from vigil.nodes.watchdog._machine import MachineConfig, SafetyMachine, Transition
+from vigil.nodes.watchdog._probe import compare_outputs, next_probe_ts_us
+from vigil.schemas import (
+    AuditId,
+    DiagCode,
+    ErrorCode,
+    ErrorReply,
+    Heartbeat,
+    InferResult,
+    PerceptionOutput,
+    SafetyState,
+    Severity,
+    StateChange,
+    Topic,
+)
+from vigil.schemas._base import Config as NodeConfig
+
+__all__ = ["Config", "ProbeConfig", "WatchdogConfig", "run"]
+
+PROBE_STREAM = "vigil.health-probe"
+PROBE_PRIORITY = 7  # the safety class: never shed by the degraded policy
+
+
+class ProbeConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The known-answer health probe."""
+
+    endpoint: str = "ingest"
+    timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 3000
+    height: Annotated[int, msgspec.Meta(ge=32, le=1080)] = 384
+    width: Annotated[int, msgspec.Meta(ge=32, le=1920)] = 640
+    scene: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # A JSON PerceptionOutput to compare against; empty means: learn it from the first
+    # probe answered while NORMAL after start-up (recorded in the log as the golden answer).
+    expected: str = ""
+    min_iou: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.7
+    score_tol: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    learn_interval_ms: Annotated[int, msgspec.Meta(ge=10)] = 500
+
+
+class WatchdogConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Thresholds of the safety state machine and what it watches."""
+
+    # 0: a node is overdue after 3 of its own heartbeat periods.
+    heartbeat_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    watch: list[str] = []
+    timeout_limit: Annotated[int, msgspec.Meta(ge=1)] = 3
+    recovery_delay_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    max_recoveries: Annotated[int, msgspec.Meta(ge=1)] = 3
+    staleness_ms: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
+    # How long a (re)started watchdog waits for the latched state before it declares its own.
+    resume_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 300
+    probe: ProbeConfig = ProbeConfig()
+
+
+Config = WatchdogConfig
+
+
+@dataclass(slots=True)
+class _Watched:
+    deadline_ns: int
+    timeout_ns: int
+    overdue: bool = False
+
+
+class _Watchdog:
+    def __init__(self, node: Node, config: WatchdogConfig) -> None:
+        self.node = node
+        self.config = config
+        self.sub = node.subscriber(
+            [
+                Topic.HEARTBEAT,
+                Topic.INFER_RESULT,
+                Topic.INFER_ERROR,
+                *[t for t in config.staleness_ms if t not in _CORE],
+            ]
+        )
+        self.client: Client = node.enter(
+            Client(
+                resolve_endpoint(node.run, config.probe.endpoint),
+                name=node.args.label,
+                priority=PROBE_PRIORITY,
+                ctx=node.ctx,
+            )
+        )
+        node.poller.register(self.client.socket, zmq.POLLIN)
+        self.frame = render_scene(config.probe.scene, config.probe.height, config.probe.width)
+        self.expected = (
+            _load_expected(node.resolve(config.probe.expected)) if (config.probe.expected) else None
+        )
+        self.machine: SafetyMachine | None = None
+        self.nodes: dict[str, _Watched] = {}
+        now = node.clock()
+        for label in config.watch:
+            self.nodes[label] = self._watch_entry(now, config.heartbeat_timeout_ms or 1000)
+        self.topics = {
+            t: _Watched(now + ms * 1_000_000, ms * 1_000_000)
+            for t, ms in config.staleness_ms.items()
+        }
+        self.probe_seq = 0
+        self.next_learn_ns = now
+
+    def _watch_entry(self, now: int, timeout_ms: int) -> _Watched:
+        return _Watched(now + timeout_ms * 1_000_000, timeout_ms * 1_000_000)
+
+    # -- start-up: resume from the latched state ----------------------------------------
+
+    def resume(self) -> None:
+        """Take over the last published state (a restarted watchdog must not reset it)."""
+        state = SafetyState.NORMAL
+        cause = "watchdog started"
+        with Subscriber(self.node.ctx, self.node.run.sub, [Topic.SAFETY_STATE]) as latched:
+            deadline = self.node.clock() + self.config.resume_wait_ms * 1_000_000
+            while not self.node.stopping:
+                left_ms = (deadline - self.node.clock()) / 1e6
+                if left_ms <= 0:
+                    break
+                received = latched.recv(int(left_ms) + 1)
+                if received is not None and isinstance(received.body, StateChange):
+                    state = received.body.state
+                    cause = f"watchdog resumed in {state}"
+                    break
+        now = self.node.clock()
+        self.machine = SafetyMachine(
+            MachineConfig(
+                timeout_limit=self.config.timeout_limit,
+                recovery_delay_ns=self.config.recovery_delay_ms * 1_000_000,
+                max_recoveries=self.config.max_recoveries,
+            ),
+            now,
+            state,
+        )
+        self._publish(Transition(state, state, cause, now))
+
+    # -- events --------------------------------------------------------------------------
+
+    def on_bus(self) -> None:
+        assert self.machine is not None
+        while (received := self.sub.recv(0)) is not None:
+            self._on_message(received)
+
+    def _on_message(self, received: Received) -> None:
+        assert self.machine is not None
+        now = self.node.clock()
+        topic = self.topics.get(received.topic)
+        if topic is not None:
+            topic.deadline_ns = now + topic.timeout_ns
+            topic.overdue = False
+        body = received.body
+        if isinstance(body, Heartbeat):
+            self._on_heartbeat(body, now)
+        elif isinstance(body, InferResult):
+            self.machine.inference_ok()
+        elif isinstance(body, ErrorReply) and body.code is ErrorCode.DEADLINE_EXCEEDED:
+            self._apply(self.machine.inference_timeout(now))
+
+    def _on_heartbeat(self, beat: Heartbeat, now: int) -> None:
+        if beat.detail.get("lifecycle") == "stopping":
+            self.nodes.pop(beat.node, None)  # a clean stop is not a fault
+            return
+        timeout_ms = self.config.heartbeat_timeout_ms or 3 * beat.period_ms
+        watched = self.nodes.get(beat.node)
+        if watched is None:
+            self.nodes[beat.node] = self._watch_entry(now, timeout_ms)
+            return
+        watched.timeout_ns = timeout_ms * 1_000_000
+        watched.deadline_ns = now + watched.timeout_ns
+        if watched.overdue:
+            watched.overdue = False
+            self.node.record("info", "watchdog.heartbeat_back", node=beat.node)
+
+    def check(self) -> None:
+        """Overdue heartbeats and stale topics are faults; then let the timer run."""
+        assert self.machine is not None
+        now = self.node.clock()
+        for label, watched in self.nodes.items():
+            if not watched.overdue and now > watched.deadline_ns:
+                watched.overdue = True
+                self.node.diag(
+                    DiagCode.HEARTBEAT_MISSING,
+                    f"heartbeat of {label} overdue",
+                    severity=Severity.ERROR,
+                )
+                self._apply(self.machine.fault(f"heartbeat missing: {label}", now))
+        for name, topic in self.topics.items():
+            if not topic.overdue and now > topic.deadline_ns:
+                topic.overdue = True
+                self.node.diag(DiagCode.TOPIC_STALE, f"topic {name} stale", severity=Severity.ERROR)
+                self._apply(self.machine.fault(f"topic stale: {name}", now))
+        active = any(w.overdue for w in self.nodes.values()) or any(
+            t.overdue for t in self.topics.values()
+        )
+        transition = self.machine.tick(now, faults_active=active)
+        self._apply(transition)
+        if transition is not None and transition.state is SafetyState.RECOVERING:
+            self._send_probe()
+        if (
+            self.expected is None
+            and self.probe_seq == 0
+            and self.machine.state is SafetyState.NORMAL
+            and now >= self.next_learn_ns
+        ):
+            self.next_learn_ns = now + self.config.probe.learn_interval_ms * 1_000_000
+            self._send_probe()
+
+    # -- probe ---------------------------------------------------------------------------
+
+    def _send_probe(self) -> None:
+        self.probe_seq = self.client.submit(
+            self.frame,
+            stream_id=PROBE_STREAM,
+            frame_ts_us=next_probe_ts_us(),
+            deadline_s=self.config.probe.timeout_ms / 1000,
+        )
+
+    def on_probe(self) -> None:
+        """A probe came back: learn the known answer, or judge the recovery by it."""
+        assert self.machine is not None
+        reply = self.client.poll(0)
+        if reply is None:
+            return
+        seq, outcome = reply
+        if seq != self.probe_seq:
+            return
+        self.probe_seq = 0
+        now = self.node.clock()
+        if isinstance(outcome, RequestError):
+            if self.machine.state is SafetyState.RECOVERING:
+                self._apply(self.machine.probe_result(False, str(outcome.reply.code), now))
+            return
+        if self.expected is None:
+            self.expected = outcome.output
+            self.node.record(
+                "info",
+                "watchdog.known_answer_learned",
+                boxes=len(outcome.output.boxes),
+                model=outcome.model,
+                version=outcome.version,
+            )
+            return
+        verdict = compare_outputs(
+            self.expected,
+            outcome.output,
+            min_iou=self.config.probe.min_iou,
+            score_tol=self.config.probe.score_tol,
+        )
+        self._apply(self.machine.probe_result(verdict.passed, verdict.detail, now))
+
+    def poll_timeout_ms(self) -> float:
+        if self.client.in_flight:
+            return 20.0
+        return 50.0
+
+    # -- output --------------------------------------------------------------------------
+
+    def _apply(self, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        self._publish(transition)
+        if transition.state is SafetyState.RECOVERING:
+            return
+        if transition.state is SafetyState.DEGRADED and self.machine is not None:
+            self.probe_seq = 0
+
+    def _publish(self, t: Transition) -> None:
+        assert self.machine is not None
+        self.node.publisher.publish(
+            Topic.SAFETY_STATE,
+            StateChange(
+                state=t.state,
+                previous=t.previous,
+                cause=t.cause[:256],
+                since_ns=t.at_ns,
+                transitions=self.machine.transitions,
+            ),
+        )
+        self.node.audit(AuditId.STATE_TRANSITION, f"{t.previous} -> {t.state}: {t.cause}")
+        self.node.record(
+            "warning" if t.state is not SafetyState.NORMAL else "info",
+            "watchdog.transition",
+            previous=t.previous.value,
+            state=t.state.value,
+            cause=t.cause,
+        )
+        self.node.heartbeat_detail = {"state": t.state.value}
+
+
+_CORE = {Topic.HEARTBEAT, Topic.INFER_RESULT, Topic.INFER_ERROR}
+
+
+def _load_expected(path: Path) -> PerceptionOutput:
+    return msgspec.json.decode(path.read_bytes(), type=PerceptionOutput)
+
+
+def run(config: WatchdogConfig, args: NodeArgs) -> ExitCode:
+    """Run the safety state machine until SIGTERM/SIGINT."""
+    with Node(args) as node:
+        watchdog = _Watchdog(node, config)
+        node.ready(
+            publishes=[Topic.SAFETY_STATE, Topic.AUDIT, Topic.DIAGNOSTIC],
+            subscribes=[Topic.HEARTBEAT, Topic.INFER_RESULT, Topic.INFER_ERROR],
+        )
+        watchdog.resume()
+        while not node.stopping:
+            events = node.poll(watchdog.poll_timeout_ms())
+            if events.get(watchdog.sub.socket):
+                watchdog.on_bus()
+            if events.get(watchdog.client.socket) or watchdog.client.in_flight:
+                watchdog.on_probe()
+            watchdog.check()
+        assert watchdog.machine is not None
+        node.log.info("node.stopping", reason=node.stop_reason, state=watchdog.machine.state)
+    return ExitCode.OK

@@ -1,0 +1,140 @@
+"""The inference engine: one onnxruntime session, its batch buffers, pre- and post-processing."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Sequence
+from typing import Annotated
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from vigil.nodes.worker._buffers import BufferPool
+from vigil.nodes.worker._postprocess import Task, classification, text_detection
+from vigil.schemas import PerceptionOutput
+from vigil.schemas._base import Config as NodeConfig
+
+__all__ = ["Device", "Engine", "EngineConfig"]
+
+
+class Device(enum.StrEnum):
+    """Where inference runs."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    AUTO = "auto"  # CUDA when onnxruntime offers it, else CPU
+
+
+class EngineConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a worker runs its model."""
+
+    task: Task = Task.TEXT_DETECTION
+    device: Device = Device.CPU
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # Detectors take any size that is a multiple of their stride; frames are zero-padded.
+    pad_to: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
+
+
+def _providers(device: Device) -> list[str]:
+    available = ort.get_available_providers()
+    if device is Device.CPU:
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device is Device.CUDA:
+        raise RuntimeError("CUDAExecutionProvider is not available in this onnxruntime build")
+    return ["CPUExecutionProvider"]
+
+
+class Engine:
+    """A loaded model version: its session and everything it needs to serve a batch."""
+
+    def __init__(self, model: bytes, config: EngineConfig, *, name: str, version: str) -> None:
+        self.name = name
+        self.version = version
+        self.sha256 = hashlib.sha256(model).hexdigest()
+        self.config = config
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.intra_op_threads
+        options.inter_op_num_threads = 1
+        # Bytes, not a path: the session is built from exactly the bytes that were verified.
+        self.session = ort.InferenceSession(
+            model, sess_options=options, providers=_providers(config.device)
+        )
+        self.providers: list[str] = self.session.get_providers()
+        model_input = self.session.get_inputs()[0]
+        self.input_name: str = model_input.name
+        self.input_shape: list[int | str | None] = list(model_input.shape)
+        self.dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+        std = np.asarray(config.std, dtype=np.float32)
+        self._scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+        self._bias = (-np.asarray(config.mean, dtype=np.float32) / std)[:, None, None]
+        self._pool = BufferPool()
+
+    def fixed_size(self) -> tuple[int, int] | None:
+        """(height, width) when the model only takes one input size."""
+        h, w = self.input_shape[2], self.input_shape[3]
+        return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+    def padded(self, height: int, width: int) -> tuple[int, int]:
+        """The input size a frame of this size is padded to."""
+        fixed = self.fixed_size()
+        if fixed is not None:
+            return fixed
+        step = self.config.pad_to
+        return (-(-height // step) * step, -(-width // step) * step)
+
+    def preprocess(self, images: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.generic]:
+        """uint8 HWC frames -> one normalised NCHW batch in a reused aligned buffer."""
+        height = max(img.shape[0] for img in images)
+        width = max(img.shape[1] for img in images)
+        ph, pw = self.padded(height, width)
+        batch = self._pool.get((len(images), 3, ph, pw), self.dtype)
+        batch.fill(0)
+        for i, img in enumerate(images):
+            h, w = img.shape[0], img.shape[1]
+            out = batch[i, :, :h, :w]
+            np.multiply(img.transpose(2, 0, 1), self._scale, out=out, casting="unsafe")
+            np.add(out, self._bias, out=out, casting="unsafe")
+        return batch
+
+    def infer(self, batch: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+        """Run the session on a prepared batch; returns the first output."""
+        outputs = self.session.run(None, {self.input_name: batch})
+        result: npt.NDArray[np.float32] = np.asarray(outputs[0], dtype=np.float32)
+        return result
+
+    def postprocess(
+        self,
+        output: npt.NDArray[np.float32],
+        sizes: Sequence[tuple[int, int]],
+        timestamps_us: Sequence[int],
+    ) -> list[PerceptionOutput]:
+        """One perception output per image of the batch."""
+        if self.config.task is Task.CLASSIFICATION:
+            return [
+                classification(output[i], h, w, ts)
+                for i, ((h, w), ts) in enumerate(zip(sizes, timestamps_us, strict=True))
+            ]
+        return [
+            text_detection(output[i, 0], h, w, ts)
+            for i, ((h, w), ts) in enumerate(zip(sizes, timestamps_us, strict=True))
+        ]
+
+    def run(
+        self, images: Sequence[npt.NDArray[np.uint8]], timestamps_us: Sequence[int]
+    ) -> list[PerceptionOutput]:
+        """Pre-process, infer and post-process one batch of frames."""
+        output = self.infer(self.preprocess(images))
+        return self.postprocess(output, [img.shape[:2] for img in images], timestamps_us)
+
+    def warm(self, height: int, width: int) -> None:
+        """Run one batch so the first real request pays no start-up cost."""
+        fixed = self.fixed_size()
+        h, w = fixed if fixed is not None else (height, width)
+        self.run([np.zeros((h, w, 3), dtype=np.uint8)], [1])

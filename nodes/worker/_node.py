@@ -1,0 +1,277 @@
+"""The worker node: pull requests by credit, batch them, run the model, answer each one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import zmq
+
+from vigil.bus.channel import Channel, FrameFault, Incoming
+from vigil.bus.envelope import TraceContext
+from vigil.nodes._endpoints import resolve_endpoint
+from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes.worker._engine import Engine, EngineConfig
+from vigil.schemas import (
+    DiagCode,
+    ErrorCode,
+    ErrorReply,
+    InferRequest,
+    InferResult,
+    ModelAnnouncement,
+    ModelEvent,
+    ModelStep,
+    Severity,
+    Topic,
+    WorkerCredit,
+)
+from vigil.schemas._base import Config as NodeConfig
+
+__all__ = ["Config", "WorkerConfig", "run"]
+
+_BURST = 64
+
+
+class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Batching, the model to serve and how to run it."""
+
+    backend: str = "workers"
+    model: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+    max_queue_delay_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 2000
+    # Requests the worker may hold at once; 0 means two batches (one running, one forming).
+    credit: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 0
+    engine: EngineConfig = EngineConfig()
+    warm_height: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 384
+    warm_width: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 640
+
+
+Config = WorkerConfig
+
+
+@dataclass(slots=True)
+class _Job:
+    rid: int
+    trace: TraceContext
+    request: InferRequest
+    image: npt.NDArray[np.uint8]
+    received_ns: int
+    deadline_wall_ns: int
+
+
+class _Worker:
+    def __init__(self, node: Node, config: WorkerConfig) -> None:
+        self.node = node
+        self.config = config
+        self.dealer = node.socket(zmq.DEALER)
+        self.dealer.connect(resolve_endpoint(node.run, config.backend))
+        self.channel = Channel(self.dealer, source=node.args.label, instance=node.args.instance)
+        node.poller.register(self.dealer, zmq.POLLIN)
+        self.models = node.subscriber([Topic.MODEL_ACTIVE])
+        self.engine: Engine | None = None
+        self.pending: deque[_Job] = deque()
+        self.batch_ids = itertools.count(1)
+        self.delay_ns = config.max_queue_delay_us * 1000
+        self.served = 0
+
+    # -- model ---------------------------------------------------------------------------
+
+    def on_model(self) -> None:
+        while (received := self.models.recv(0)) is not None:
+            if isinstance(received.body, ModelAnnouncement):
+                self._load(received.body)
+
+    def _event(self, step: ModelStep, a: ModelAnnouncement, detail: str = "") -> None:
+        self.node.publisher.publish(
+            Topic.MODEL_EVENT,
+            ModelEvent(
+                step=step,
+                name=a.name,
+                version=a.version,
+                node=self.node.args.label,
+                instance=self.node.args.instance,
+                detail=detail,
+            ),
+        )
+
+    def _load(self, a: ModelAnnouncement) -> None:
+        if self.config.model and a.name != self.config.model:
+            return
+        if self.engine is not None and self.engine.sha256 == a.sha256:
+            return
+        self._event(ModelStep.LOADING, a)
+        try:
+            data = Path(a.path).read_bytes()
+        except OSError as exc:
+            self._refuse(a, DiagCode.MODEL_LOAD_FAILED, f"model file unreadable: {exc.strerror}")
+            return
+        # The digest is taken of the very bytes the session is built from: a file swapped
+        # after the loader checked it is refused here.
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != a.sha256:
+            self._refuse(a, DiagCode.MODEL_INTEGRITY, "model bytes do not match the announcement")
+            return
+        try:
+            engine = Engine(data, self.config.engine, name=a.name, version=a.version)
+            engine.warm(self.config.warm_height, self.config.warm_width)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base below Exception
+            self._refuse(a, DiagCode.MODEL_LOAD_FAILED, f"session failed: {type(exc).__name__}")
+            return
+        first = self.engine is None
+        self.engine = engine  # swapped between batches: a batch never mixes versions
+        self._event(ModelStep.READY, a, detail=",".join(engine.providers))
+        self.node.heartbeat_detail = {"model": a.name, "version": a.version}
+        if first:
+            credit = self.config.credit or 2 * self.config.max_batch
+            self.channel.send(
+                WorkerCredit(
+                    credit=credit,
+                    model=a.name,
+                    version=a.version,
+                    pid=os.getpid(),
+                    host=socket.gethostname(),
+                )
+            )
+
+    def _refuse(self, a: ModelAnnouncement, code: DiagCode, why: str) -> None:
+        self._event(ModelStep.REFUSED, a, detail=why)
+        self.node.diag(code, f"{a.name} {a.version}: {why}", severity=Severity.ERROR)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def on_requests(self) -> None:
+        for _ in range(_BURST):
+            try:
+                frames = self.dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                incoming = self.channel.decode(frames)
+            except FrameFault as fault:
+                self.node.record("error", "worker.bad_frame", what=fault.what, rule=fault.rule)
+                self._error(fault.seq, None, ErrorCode.INTERNAL, "undecodable dispatch")
+                continue
+            self._queue(incoming)
+
+    def _queue(self, incoming: Incoming) -> None:
+        env = incoming.envelope
+        trace = TraceContext(env.trace_id, env.span_id, env.trace_flags).child()
+        request = incoming.body
+        if not isinstance(request, InferRequest):
+            self._error(env.seq, trace, ErrorCode.INTERNAL, "unexpected message")
+            return
+        h, w, c = request.image.shape
+        buf = incoming.buffers[0].buffer
+        image = np.frombuffer(buf, dtype=np.uint8, count=h * w * c, offset=request.image.offset)
+        self.pending.append(
+            _Job(
+                env.seq,
+                trace,
+                request,
+                image.reshape(h, w, c),
+                self.node.clock(),
+                env.deadline_ns,
+            )
+        )
+
+    def due(self, now: int) -> bool:
+        """Whether a batch should run now: full, or its oldest request waited long enough."""
+        if not self.pending or self.engine is None:
+            return False
+        if len(self.pending) >= self.config.max_batch or self.node.stopping:
+            return True
+        return now - self.pending[0].received_ns >= self.delay_ns
+
+    def timeout_ms(self) -> float | None:
+        if not self.pending or self.engine is None:
+            return None
+        left = self.pending[0].received_ns + self.delay_ns - self.node.clock()
+        return max(0.0, left / 1e6)
+
+    def run_batch(self) -> None:
+        engine = self.engine
+        assert engine is not None  # due() checked it
+        shape = self.pending[0].image.shape
+        jobs: list[_Job] = []
+        rest: deque[_Job] = deque()
+        wall = time.time_ns()
+        while self.pending and len(jobs) < self.config.max_batch:
+            job = self.pending.popleft()
+            if job.deadline_wall_ns and job.deadline_wall_ns <= wall:
+                self._error(job.rid, job.trace, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
+            elif job.image.shape == shape:
+                jobs.append(job)
+            else:
+                rest.append(job)
+        self.pending.extendleft(reversed(rest))
+        if not jobs:
+            return
+        batch_id = next(self.batch_ids)
+        started = self.node.clock()
+        try:
+            outputs = engine.run([j.image for j in jobs], [j.request.frame_ts_us for j in jobs])
+        # onnxruntime's errors share no base below Exception; one batch's failure must not
+        # become the node's.
+        except Exception as exc:  # noqa: BLE001
+            self.node.diag(
+                DiagCode.INFERENCE_FAILED,
+                f"batch {batch_id} failed: {type(exc).__name__}",
+                severity=Severity.ERROR,
+            )
+            for job in jobs:
+                self._error(job.rid, job.trace, ErrorCode.INTERNAL, "inference failed")
+            return
+        infer_us = (self.node.clock() - started) // 1000
+        for job, output in zip(jobs, outputs, strict=True):
+            result = InferResult(
+                stream_id=job.request.stream_id,
+                frame_ts_us=job.request.frame_ts_us,
+                output=output,
+                model=engine.name,
+                version=engine.version,
+                worker=self.node.args.label,
+                batch_id=batch_id,
+                batch_size=len(jobs),
+                queue_us=(started - job.received_ns) // 1000,
+                infer_us=infer_us,
+            )
+            env = self.channel.envelope(result, seq=job.rid, trace=job.trace)
+            self.channel.send(result, envelope=env)
+        self.served += len(jobs)
+
+    def _error(self, rid: int, trace: TraceContext | None, code: ErrorCode, why: str) -> None:
+        reply = ErrorReply(code=code, message=why)
+        self.channel.send(reply, envelope=self.channel.envelope(reply, seq=rid, trace=trace))
+
+
+def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:
+    """Serve batches until SIGTERM/SIGINT; what is queued is still answered before exit."""
+    with Node(args) as node:
+        worker = _Worker(node, config)
+        node.ready(
+            publishes=[Topic.MODEL_EVENT, Topic.DIAGNOSTIC],
+            subscribes=[Topic.MODEL_ACTIVE],
+            endpoints={"backend": resolve_endpoint(node.run, config.backend)},
+        )
+        while not node.stopping:
+            events = node.poll(worker.timeout_ms())
+            if events.get(worker.models.socket):
+                worker.on_model()
+            if events.get(worker.dealer):
+                worker.on_requests()
+            while worker.due(node.clock()):
+                worker.run_batch()
+        while worker.pending and worker.engine is not None:
+            worker.run_batch()
+        node.log.info("node.stopping", reason=node.stop_reason, served=worker.served)
+    return ExitCode.OK

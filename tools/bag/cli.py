@@ -1,0 +1,294 @@
+"""The `vigil bag` command group: record, info and play."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from types import FrameType
+
+import click
+import msgspec
+import zmq
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from vigil.bus.rundir import find_run_dir
+from vigil.errors import VigilError
+from vigil.tools.bag.info import bag_info, format_info
+from vigil.tools.bag.play import PlayConfig, Player, parse_remap
+from vigil.tools.bag.record import (
+    RecordConfig,
+    Recorder,
+    RecordStats,
+    host_metadata,
+    launch_metadata,
+)
+
+__all__ = ["bag"]
+
+_SignalHandler = Callable[[int, FrameType | None], object] | int | None
+
+
+def _handler(action: Callable[[], None]) -> Callable[[int, FrameType | None], None]:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        action()
+
+    return handle
+
+
+@contextmanager
+def _signals(handlers: dict[signal.Signals, Callable[[], None]]) -> Iterator[None]:
+    """Install handlers for the duration of a command and put the old ones back."""
+    previous: dict[signal.Signals, _SignalHandler] = {}
+    for sig, action in handlers.items():
+        previous[sig] = signal.signal(sig, _handler(action))
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _endpoint(explicit: str | None, run_dir: str | None, side: str) -> tuple[str, str | None]:
+    """The proxy endpoint to use and the run directory it came from (None when explicit)."""
+    if explicit:
+        return explicit, None
+    try:
+        found = find_run_dir(run_dir)
+    except FileNotFoundError as exc:
+        raise click.UsageError(f"{exc}; pass --run-dir or --endpoint") from exc
+    return (found.sub if side == "sub" else found.pub), str(found.path)
+
+
+@click.group("bag")
+def bag() -> None:
+    """Record bus traffic to MCAP bags, inspect them and play them back."""
+
+
+class _LiveLine:
+    """The one-line live view of a recording: rates, drops and files."""
+
+    def __init__(self, live: Live) -> None:
+        self._live = live
+        self._last = (time.monotonic_ns(), 0, 0)
+
+    def __call__(self, stats: RecordStats) -> None:
+        now = time.monotonic_ns()
+        then, messages, size = self._last
+        dt = max(1e-9, (now - then) / 1e9)
+        self._last = (now, stats.recorded, stats.bytes)
+        rate = (stats.recorded - messages) / dt
+        mbps = (stats.bytes - size) / dt / 1e6
+        style = "bold red" if stats.lost else "green"
+        line = Text.assemble(
+            ("● rec ", "red"),
+            f"{rate:9.0f} msg/s  {mbps:7.2f} MB/s  ",
+            (f"drops {stats.lost}", style),
+            f"  malformed {stats.malformed}  total {stats.recorded} msgs "
+            f"{stats.bytes / 1e6:.1f} MB  files {len(stats.files)}",
+            f"  snapshots {stats.snapshots}" if stats.snapshots else "",
+        )
+        self._live.update(line)
+
+
+@bag.command("record")
+@click.argument("topics", nargs=-1)
+@click.option("-a", "--all", "all_topics", is_flag=True, help="Record every topic.")
+@click.option("-e", "--regex", "include", multiple=True, help="Record topics matching REGEX.")
+@click.option("-x", "--exclude", multiple=True, help="Skip topics matching REGEX.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Bag file (.mcap).")
+@click.option("--run-dir", help="Run directory (default $VIGIL_RUN_DIR or ./run/current).")
+@click.option("--endpoint", help="Subscribe here instead of the run's proxy.")
+@click.option("-b", "--max-bag-size", type=int, default=0, help="Split at BYTES (0: never).")
+@click.option("-d", "--max-bag-duration", type=float, default=0.0, help="Split every SECONDS.")
+@click.option("--compression", type=click.Choice(["zstd", "lz4", "none"]), default="zstd")
+@click.option("--chunk-size", type=int, default=1 << 20, help="Chunk size in bytes.")
+@click.option(
+    "--flush-interval", type=float, default=1.0, help="Close a chunk at least every SECONDS."
+)
+@click.option("--fsync", is_flag=True, help="fsync every chunk (power-loss safe, slower).")
+@click.option("--snapshot-mode", is_flag=True, help="Keep a ring; write it on SIGUSR1.")
+@click.option("--snapshot-duration", type=float, default=30.0, help="Ring length in seconds.")
+@click.option("--snapshot-size", type=int, default=256 << 20, help="Ring size in bytes.")
+@click.option("--snapshot-on", multiple=True, help="Also write the ring on a message on TOPIC.")
+@click.option("-q", "--quiet", is_flag=True, help="No live line.")
+def record(  # noqa: PLR0917 - click passes every option as an argument
+    topics: tuple[str, ...],
+    all_topics: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    output: str | None,
+    run_dir: str | None,
+    endpoint: str | None,
+    max_bag_size: int,
+    max_bag_duration: float,
+    compression: str,
+    chunk_size: int,
+    flush_interval: float,
+    fsync: bool,
+    snapshot_mode: bool,
+    snapshot_duration: float,
+    snapshot_size: int,
+    snapshot_on: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Record TOPICS (or --all, or --regex) from the bus proxy until Ctrl-C."""
+    sub, found = _endpoint(endpoint, run_dir, "sub")
+    try:
+        config = msgspec.convert(
+            {
+                "output": output or time.strftime("bag_%Y%m%d-%H%M%S.mcap"),
+                "topics": topics,
+                "all_topics": all_topics,
+                "include": include,
+                "exclude": exclude,
+                "max_bag_size": max_bag_size,
+                "max_bag_duration_s": max_bag_duration,
+                "compression": compression,
+                "chunk_size": chunk_size,
+                "flush_interval_s": flush_interval,
+                "fsync": fsync,
+                "snapshot": snapshot_mode,
+                "snapshot_duration_s": snapshot_duration,
+                "snapshot_max_bytes": snapshot_size,
+                "snapshot_on": snapshot_on,
+            },
+            RecordConfig,
+        )
+    except msgspec.ValidationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    metadata = {"vigil.host": host_metadata()}
+    if found is not None:
+        launch = launch_metadata(find_run_dir(found))
+        if launch:
+            metadata["vigil.launch"] = launch
+    console = Console(stderr=True)
+    with (
+        zmq.Context() as ctx,
+        Recorder(config, sub, metadata=metadata) as recorder,
+        _signals(
+            {
+                signal.SIGINT: recorder.request_stop,
+                signal.SIGTERM: recorder.request_stop,
+                signal.SIGUSR1: recorder.request_snapshot,
+            }
+        ),
+        Live(Text("waiting for messages..."), console=console)
+        if not quiet
+        else nullcontext() as live,
+    ):
+        stats = recorder.run(ctx, report=_LiveLine(live) if live is not None else None)
+    console.print(
+        f"recorded {stats.recorded} messages, {stats.bytes / 1e6:.1f} MB, {stats.lost} dropped, "
+        f"{stats.malformed} malformed, into {', '.join(stats.files) or 'no file'}"
+    )
+
+
+@bag.command("info")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(paths: tuple[str, ...], as_json: bool) -> None:
+    """Summarise bags: topics, message counts, times, compression and metadata."""
+    try:
+        infos = [bag_info(p) for p in paths]
+    except VigilError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(infos)).decode())
+        return
+    click.echo("\n\n".join(format_info(i) for i in infos))
+
+
+@bag.command("play")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-r", "--rate", type=float, default=1.0, help="Speed factor (2: twice as fast).")
+@click.option("-l", "--loop", is_flag=True, help="Play again from the start until Ctrl-C.")
+@click.option("--start-offset", type=float, default=0.0, help="Skip the first SECONDS.")
+@click.option("--duration", type=float, default=0.0, help="Play only SECONDS (0: all).")
+@click.option("-t", "--topic", "topics", multiple=True, help="Play only TOPIC.")
+@click.option("-e", "--regex", "include", multiple=True, help="Play topics matching REGEX.")
+@click.option("-x", "--exclude", multiple=True, help="Skip topics matching REGEX.")
+@click.option("--remap", multiple=True, help="Publish OLD topic as NEW (OLD:=NEW).")
+@click.option("--wait-for-subscribers", is_flag=True, help="Start once every topic has one.")
+@click.option("--wait-timeout", type=float, default=10.0, help="Give up waiting after SECONDS.")
+@click.option("--run-dir", help="Run directory (default $VIGIL_RUN_DIR or ./run/current).")
+@click.option("--endpoint", help="Publish to this proxy input instead of the run's.")
+@click.option("--bind", "bind_endpoint", help="Bind ENDPOINT and publish there (no proxy).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def play(  # noqa: PLR0917 - click passes every option as an argument
+    paths: tuple[str, ...],
+    rate: float,
+    loop: bool,
+    start_offset: float,
+    duration: float,
+    topics: tuple[str, ...],
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    remap: tuple[str, ...],
+    wait_for_subscribers: bool,
+    wait_timeout: float,
+    run_dir: str | None,
+    endpoint: str | None,
+    bind_endpoint: str | None,
+    quiet: bool,
+) -> None:
+    """Publish bags on the bus on their recorded schedule and report the timing fidelity."""
+    if bind_endpoint:
+        target = bind_endpoint
+    else:
+        target, _ = _endpoint(endpoint, run_dir, "pub")
+    try:
+        config = msgspec.convert(
+            {
+                "rate": rate,
+                "loop": loop,
+                "start_offset_s": start_offset,
+                "duration_s": duration,
+                "topics": topics,
+                "include": include,
+                "exclude": exclude,
+                "remap": parse_remap(remap),
+                "wait_for_subscribers": wait_for_subscribers,
+                "wait_timeout_s": wait_timeout,
+                "bind": bool(bind_endpoint),
+            },
+            PlayConfig,
+        )
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]playing"),
+        BarColumn(),
+        TextColumn("{task.fields[at]:>8.2f} s / {task.fields[span]:.2f} s"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+    )
+    try:
+        with (
+            zmq.Context() as ctx,
+            Player(config, list(paths), target) as player,
+            _signals({signal.SIGINT: player.request_stop, signal.SIGTERM: player.request_stop}),
+            progress,
+        ):
+            span = player.span_ns
+            task = progress.add_task("play", total=max(span, 1), at=0.0, span=span / 1e9)
+
+            shown = [0]
+
+            def advance(done_ns: int, span_ns: int) -> None:
+                # Redrawing per message would cost more than the schedule's slack.
+                now = time.monotonic_ns()
+                if now - shown[0] >= 50_000_000 or done_ns >= span_ns:
+                    shown[0] = now
+                    progress.update(task, completed=done_ns, at=done_ns / 1e9)
+
+            report = player.run(ctx, progress=advance)
+    except VigilError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(report.summary())

@@ -1,0 +1,32 @@
+"""The `vigil` command line."""
+
+from __future__ import annotations
+
+import click
+
+from vigil.nodes._entry import configure_logging
+from vigil.tools.bench_cmd import bench
+from vigil.tools.demo_cmd import demo
+from vigil.tools.launch_cmd import launch
+from vigil.tools.log_cmd import log
+from vigil.tools.model_cmd import model
+from vigil.tools.schema_cmd import schema
+from vigil.tools.topic_cmd import topic
+
+__all__ = ["cli", "main"]
+
+
+@click.group()
+@click.version_option(package_name="vigil")
+def cli() -> None:
+    """vigil: a safety-minded ML inference pipeline on a ZeroMQ bus."""
+    configure_logging()
+
+
+for _command in (bench, demo, launch, log, model, schema, topic):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,235 @@
+"""`vigil log`: verify, show, export and trace the logger's sealed store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from vigil.errors import VigilError
+from vigil.nodes.logger.store import (
+    Entry,
+    FaultClass,
+    export_watermark_path,
+    read_entries,
+    verify_store,
+)
+
+__all__ = ["log"]
+
+_VERIFY_HELP = f"""Verify every seal, chain link, sequence number and timestamp of a store.
+
+\b
+Exit code: 0 when nothing was found, else the OR of the fault classes found:
+  {int(FaultClass.UNREADABLE):>3}  UNREADABLE  not a store, or superblock and metadata unusable
+  {int(FaultClass.DIGEST):>3}  DIGEST      a CRC32C, SHA-256, header or metadata seal fails
+  {int(FaultClass.CHAIN):>3}  CHAIN       an entry does not link to its predecessor
+                    (deletion, insertion, reordering, duplication)
+  {int(FaultClass.GAP):>3}  GAP         sequence numbers are missing
+  {int(FaultClass.TIME):>3}  TIME        a timestamp goes backwards
+  {int(FaultClass.CLOCK):>3}  CLOCK       entries were stamped by a fallback clock, not the PHC
+                    (left out with --allow-fallback-clock)
+  2 is a usage error.
+"""
+
+
+@click.group("log")
+def log() -> None:
+    """Read the logger's sealed store: verify it, show, export and trace its entries."""
+
+
+@log.command("verify", help=_VERIFY_HELP)
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--allow-fallback-clock", is_flag=True, help="Do not count fallback-clock entries.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_cmd(*, path: str, allow_fallback_clock: bool, as_json: bool) -> None:
+    report = verify_store(path, allow_fallback_clock=allow_fallback_clock)
+    if as_json:
+        click.echo(msgspec.json.encode(report).decode())
+    else:
+        span = f"{report.first_seq}..{report.last_seq}" if report.entries else "none"
+        state = "clean close" if report.clean else "not closed cleanly"
+        click.echo(f"{path}: {report.entries} entries (seq {span}), {state}")
+        for fault in report.faults:
+            click.echo(f"  {fault.fault:<10} {fault.where}: {fault.detail}")
+        for note in report.notes:
+            click.echo(f"  note       {note}")
+        click.echo("OK" if report.exit_code == 0 else f"FAULTS (exit {report.exit_code})")
+    sys.exit(report.exit_code)
+
+
+def _time_ns(value: str | None) -> int | None:
+    """An integer of nanoseconds, or an ISO 8601 time (UTC when it carries no zone)."""
+    if value is None:
+        return None
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is neither nanoseconds nor ISO 8601") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+def _trace(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError as exc:
+        raise click.BadParameter("a trace id is 32 hex digits") from exc
+    if len(raw) != 16:
+        raise click.BadParameter("a trace id is 32 hex digits")
+    return raw
+
+
+def _entries(
+    path: str,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    node: tuple[str, ...] = (),
+    event: tuple[str, ...] = (),
+    trace: bytes | None = None,
+) -> Iterator[Entry]:
+    try:
+        for entry in read_entries(path):
+            if since is not None and entry.timestamp_ns < since:
+                continue
+            if until is not None and entry.timestamp_ns > until:
+                continue
+            if node and entry.node not in node:
+                continue
+            if event and entry.event not in event:
+                continue
+            if trace is not None and entry.trace_id != trace:
+                continue
+            yield entry
+    except VigilError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _payload(entry: Entry) -> Any:
+    try:
+        return msgspec.msgpack.decode(entry.payload)
+    except msgspec.DecodeError:
+        return {"undecodable_payload_hex": entry.payload.hex()}
+
+
+def _stamp(ns: int) -> str:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    when = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{when}.{rest:09d}"
+
+
+@log.command("show")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--since", help="Earliest timestamp: nanoseconds or ISO 8601.")
+@click.option("--until", help="Latest timestamp: nanoseconds or ISO 8601.")
+@click.option("--node", multiple=True, help="Only entries of this node (repeatable).")
+@click.option("--event", multiple=True, help="Only entries of this event (repeatable).")
+@click.option("--trace", help="Only entries of this trace id (32 hex digits).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+def show_cmd(
+    *,
+    path: str,
+    since: str | None,
+    until: str | None,
+    node: tuple[str, ...],
+    event: tuple[str, ...],
+    trace: str | None,
+    limit: int | None,
+) -> None:
+    """Print entries, oldest first, filtered by time, node, event and trace."""
+    selected = _entries(
+        path, since=_time_ns(since), until=_time_ns(until), node=node, event=event,
+        trace=_trace(trace),
+    )  # fmt: skip
+    for count, entry in enumerate(selected, 1):
+        body = msgspec.json.encode(_payload(entry)).decode()
+        trace_hex = entry.trace_id.hex() or "-"
+        click.echo(
+            f"{entry.seq:>8} {_stamp(entry.timestamp_ns)} {entry.clock_source.name:<8} "
+            f"{entry.node:<12} {entry.event:<16} {trace_hex} {body}"
+        )
+        if limit is not None and count >= limit:
+            break
+
+
+@log.command("export")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (default -).")
+@click.option(
+    "--mark",
+    is_flag=True,
+    help="After the export is on disk, record its last sequence number so that a store with "
+    "retention 'exported' may overwrite what it preserved.",
+)
+def export_cmd(*, path: str, output: str | None, mark: bool) -> None:
+    """Write every entry as one JSON object per line (payload decoded from MessagePack)."""
+    encoder = msgspec.json.Encoder()
+    last = 0
+    if output is None or output == "-":
+        if mark:
+            raise click.UsageError("--mark needs --output: stdout is not known to be durable")
+        for entry in _entries(path):
+            sys.stdout.write(encoder.encode(_export_record(entry)).decode() + "\n")
+        return
+    with open(output, "wb") as out:
+        for entry in _entries(path):
+            out.write(encoder.encode(_export_record(entry)) + b"\n")
+            last = entry.seq
+        out.flush()
+        os.fsync(out.fileno())
+    if mark and last:
+        # Write-then-rename, so the store never reads a half-written watermark.
+        target = export_watermark_path(path)
+        scratch = Path(str(target) + ".tmp")
+        with open(scratch, "w") as fh:
+            fh.write(f"{last}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        scratch.replace(target)
+    click.echo(f"exported up to seq {last} to {output}", err=True)
+
+
+def _export_record(entry: Entry) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "timestamp_ns": entry.timestamp_ns,
+        "clock_source": entry.clock_source.name,
+        "node": entry.node,
+        "event": entry.event,
+        "trace_id": entry.trace_id.hex(),
+        "payload": _payload(entry),
+        "chain": entry.chain.hex(),
+    }
+
+
+@log.command("trace")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("trace_id")
+def trace_cmd(*, path: str, trace_id: str) -> None:
+    """Follow one request across nodes: every entry of TRACE_ID in time order, with timings."""
+    entries = sorted(_entries(path, trace=_trace(trace_id)), key=lambda e: (e.timestamp_ns, e.seq))
+    if not entries:
+        raise click.ClickException(f"no entry carries trace {trace_id}")
+    start = previous = entries[0].timestamp_ns
+    click.echo(f"trace {trace_id}: {len(entries)} entries")
+    for entry in entries:
+        since_start = (entry.timestamp_ns - start) / 1e6
+        step = (entry.timestamp_ns - previous) / 1e6
+        previous = entry.timestamp_ns
+        click.echo(
+            f"  +{since_start:10.3f} ms  (+{step:8.3f})  {entry.node:<12} {entry.event:<16} "
+            f"seq {entry.seq}"
+        )
+    click.echo(f"total {(entries[-1].timestamp_ns - start) / 1e6:.3f} ms")

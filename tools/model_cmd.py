@@ -1,0 +1,154 @@
+"""`vigil model`: make signing keys, sign and verify model versions, list a repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import msgspec
+
+from vigil.nodes.loader.keys import (
+    KeyFileError,
+    generate_key_pair,
+    load_private_key,
+    load_trusted_keys,
+)
+from vigil.nodes.loader.repository import (
+    METADATA_FILE,
+    ModelMetadata,
+    RepositoryError,
+    list_models,
+    load_verified,
+    set_latest,
+)
+from vigil.nodes.loader.signing import ModelRefused, SigningError, sign_directory
+
+__all__ = ["model"]
+
+
+@click.group()
+def model() -> None:
+    """Signed model repository: keys, signatures, versions."""
+
+
+@model.command()
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for NAME.key (private, mode 0600) and NAME.pub.",
+)
+@click.option("--name", default="vigil", show_default=True, help="Base name of the key files.")
+def keygen(out_dir: Path, name: str) -> None:
+    """Create an ECDSA P-384 signing key pair."""
+    try:
+        pair = generate_key_pair(out_dir, name)
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"private key  {pair.private}  (keep it off the target)")
+    click.echo(f"public key   {pair.public}  (copy it into the target's trusted key directory)")
+    click.echo(f"key id       {pair.key_id}")
+
+
+def _check_metadata(directory: Path) -> None:
+    path = directory / METADATA_FILE
+    try:
+        metadata = msgspec.json.decode(path.read_bytes(), type=ModelMetadata)
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"{path}: missing (see docs/model-repository.md)") from exc
+    except (msgspec.DecodeError, OSError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+    named = [metadata.model_file]
+    if metadata.known_answer is not None:
+        named += [metadata.known_answer.inputs, metadata.known_answer.expected]
+    for file in named:
+        if not (directory / file).is_file():
+            raise click.ClickException(f"{path}: names {file!r}, which is not in {directory}")
+
+
+@model.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM private key (from `vigil model keygen`).",
+)
+@click.option(
+    "--check-metadata/--no-check-metadata",
+    default=True,
+    show_default=True,
+    help="Refuse a directory whose metadata.json the loader would refuse.",
+)
+def sign(directory: Path, key_path: Path, check_metadata: bool) -> None:
+    """Sign every file of a model version DIRECTORY into DIRECTORY/model.sig."""
+    if check_metadata:
+        _check_metadata(directory)
+    try:
+        key = load_private_key(key_path)
+        signature = sign_directory(directory, key)
+    except (KeyFileError, SigningError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"signed {signature} with key {key.public.key_id}")
+
+
+@model.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--trusted",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Trusted key directory (*.pub) or one public key file.",
+)
+def verify(directory: Path, trusted: Path) -> None:
+    """Verify a model version DIRECTORY as the loader would; exit 1 naming what failed."""
+    try:
+        model_version = load_verified(directory, load_trusted_keys(trusted))
+    except ModelRefused as exc:
+        raise click.ClickException(
+            f"REFUSED {exc.reason.name}: {exc.directory}"
+            + (f"/{exc.file}" if exc.file else "")
+            + f": {exc.detail}"
+        ) from exc
+    except KeyFileError as exc:
+        raise click.ClickException(f"trusted keys: {exc}") from exc
+    click.echo(f"verified {model_version.name}/{model_version.version} ({model_version.directory})")
+    click.echo(f"  signer      {model_version.signer}")
+    click.echo(
+        f"  model       {model_version.metadata.model_file} sha256 {model_version.model_sha256}"
+    )
+    click.echo(f"  files       {len(model_version.files)}")
+    click.echo(f"  root digest {model_version.root_digest}")
+
+
+@model.command(name="list")
+@click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
+def list_cmd(repo: Path) -> None:
+    """List the models in REPO, their versions, and which one is active."""
+    try:
+        models = list_models(repo)
+    except RepositoryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not models:
+        click.echo(f"no models in {repo}")
+    for entry in models:
+        click.echo(f"{entry.name}  (active: {entry.active or 'none'})")
+        for v in entry.versions:
+            marks = ["active"] if v.version == entry.active else []
+            marks.append("signed" if v.has_signature else "UNSIGNED")
+            click.echo(f"  {v.version:<16} {', '.join(marks)}")
+
+
+@model.command()
+@click.argument("repo", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("name")
+@click.argument("version")
+def activate(repo: Path, name: str, version: str) -> None:
+    """Point NAME's `latest` link in REPO at VERSION (atomically; verification is the loader's)."""
+    try:
+        set_latest(repo, name, version)
+    except RepositoryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{name}: latest -> {version}")
