@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 import numpy as np
 import numpy.typing as npt
 import zmq
+import zmq.asyncio
 
 from vigil.bus.channel import Channel, FrameFault
 from vigil.bus.envelope import TraceContext
-from vigil.errors import DeadlineExceeded, InternalError, RequestError, error_from_reply
+from vigil.errors import (
+    DeadlineExceeded,
+    InternalError,
+    RequestError,
+    Unavailable,
+    error_from_reply,
+)
 from vigil.schemas import ErrorCode, ErrorReply, InferRequest, InferResult, TensorRef
 
-__all__ = ["Client", "Reply"]
+__all__ = ["AsyncClient", "Client", "Reply"]
 
 Reply = tuple[int, InferResult | RequestError]
 
@@ -187,3 +195,163 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _outcome(incoming_body: object) -> InferResult | RequestError:
+    """A decoded reply body as the result or the typed error it stands for."""
+    if isinstance(incoming_body, InferResult):
+        return incoming_body
+    if isinstance(incoming_body, ErrorReply):
+        return error_from_reply(incoming_body)
+    return InternalError(ErrorReply(code=ErrorCode.INTERNAL, message="unexpected reply"))
+
+
+class AsyncClient:
+    """An asyncio client: any number of `await infer()` in flight on one DEALER socket.
+
+    One reader task receives every reply and resolves the waiting request by its envelope
+    sequence number. Every request ends: with its result, with the typed error the ingest
+    sent, or with a local DeadlineExceeded when nothing came back by deadline plus grace.
+    Use as `async with AsyncClient(endpoint) as client:`; leaving it closes the socket (and
+    the context, when this client made it) and fails whatever is still waiting.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        name: str = "client",
+        tenant: str = "",
+        priority: int = 0,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self._stack = ExitStack()
+        if ctx is None:
+            ctx = self._stack.enter_context(zmq.asyncio.Context())
+        self.socket: zmq.asyncio.Socket = self._stack.enter_context(ctx.socket(zmq.DEALER))
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        # The channel only numbers, encodes and decodes here; every send and receive goes
+        # through the awaitable socket itself.
+        self.channel = Channel(cast("zmq.Socket[bytes]", self.socket), source=name)
+        self.tenant = tenant
+        self.priority = priority
+        self._waiting: dict[int, asyncio.Future[InferResult | RequestError]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._waiting)
+
+    def _start(self) -> None:
+        if self._closed:
+            raise RuntimeError("AsyncClient is closed")
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read(), name="vigil-client-reader"
+            )
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.socket.recv_multipart(copy=False)
+            try:
+                incoming = self.channel.decode(frames)
+            except FrameFault as fault:
+                seq = fault.seq
+                outcome: InferResult | RequestError = InternalError(
+                    ErrorReply(code=ErrorCode.INTERNAL, message="undecodable reply")
+                )
+            else:
+                seq = incoming.envelope.seq
+                outcome = _outcome(incoming.body)
+            waiter = self._waiting.pop(seq, None)
+            # A reply for a request that already ended (local deadline, cancelled) is a
+            # straggler: there is nobody left to tell.
+            if waiter is not None and not waiter.done():
+                waiter.set_result(outcome)
+
+    async def infer(
+        self,
+        frame: npt.NDArray[np.uint8],
+        *,
+        stream_id: str,
+        frame_ts_us: int,
+        deadline_s: float = 2.0,
+        priority: int | None = None,
+        trace: TraceContext | None = None,
+        model: str = "",
+    ) -> InferResult:
+        """Run one uint8 HWC frame through the pipeline; raises the typed error it ended with."""
+        self._start()
+        image = np.ascontiguousarray(frame)
+        request = InferRequest(
+            stream_id=stream_id,
+            frame_ts_us=frame_ts_us,
+            image=TensorRef(dtype=str(image.dtype), shape=image.shape),  # type: ignore[arg-type]
+            model=model,
+        )
+        budget_ns = int(deadline_s * 1e9)
+        envelope = self.channel.envelope(
+            request,
+            trace=trace or TraceContext.new(),
+            deadline_ns=time.time_ns() + budget_ns,
+            priority=self.priority if priority is None else priority,
+            tenant=self.tenant,
+        )
+        waiter: asyncio.Future[InferResult | RequestError] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiting[envelope.seq] = waiter
+        try:
+            await self.socket.send_multipart(
+                [
+                    self.channel.encode(envelope),
+                    self.channel.encode(request),
+                    image.reshape(-1).data,
+                ],
+                copy=False,
+            )
+            try:
+                outcome = await asyncio.wait_for(waiter, (budget_ns + _GRACE_NS) / 1e9)
+            except TimeoutError:
+                reply = ErrorReply(
+                    code=ErrorCode.DEADLINE_EXCEEDED, message="no reply from the ingest"
+                )
+                raise DeadlineExceeded(reply) from None
+        finally:
+            self._waiting.pop(envelope.seq, None)
+        if isinstance(outcome, RequestError):
+            raise outcome
+        return outcome
+
+    async def close(self) -> None:
+        """Stop the reader, fail what still waits, close the socket (and own context)."""
+        if self._closed:
+            return
+        self._closed = True
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with suppress(asyncio.CancelledError):
+                await reader
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            if not waiter.done():
+                waiter.set_result(
+                    Unavailable(ErrorReply(code=ErrorCode.UNAVAILABLE, message="client closed"))
+                )
+        self._stack.close()
+
+    async def __aenter__(self) -> Self:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

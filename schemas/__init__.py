@@ -9,7 +9,13 @@ from vigil.schemas.errors import ErrorCode, ErrorReply
 from vigil.schemas.health import Heartbeat, SafetyState, StateChange
 from vigil.schemas.infer import Box, InferRequest, InferResult, PerceptionOutput, TensorRef
 from vigil.schemas.log import LogRecord
-from vigil.schemas.model import ModelAnnouncement, ModelEvent, ModelStep
+from vigil.schemas.model import (
+    ModelAction,
+    ModelAnnouncement,
+    ModelCommand,
+    ModelEvent,
+    ModelStep,
+)
 
 __all__ = [
     "DIAG_CODES",
@@ -29,7 +35,9 @@ __all__ = [
     "InferResult",
     "LogRecord",
     "Message",
+    "ModelAction",
     "ModelAnnouncement",
+    "ModelCommand",
     "ModelEvent",
     "ModelStep",
     "NodeReady",

@@ -12,7 +12,7 @@ from vigil.schemas.errors import ErrorReply
 from vigil.schemas.health import Heartbeat, StateChange
 from vigil.schemas.infer import InferRequest, InferResult
 from vigil.schemas.log import LogRecord
-from vigil.schemas.model import ModelAnnouncement, ModelEvent
+from vigil.schemas.model import ModelAnnouncement, ModelCommand, ModelEvent
 
 __all__ = ["LATCHED_TOPICS", "SCHEMAS", "TOPICS", "Topic", "schema_id", "topic_type"]
 
@@ -30,6 +30,7 @@ class Topic:
     LOG: Final = "log/record"
     MODEL_EVENT: Final = "model/event"
     MODEL_ACTIVE: Final = "model/active"
+    MODEL_COMMAND: Final = "model/command"
 
 
 TOPICS: Final[dict[str, type[Message]]] = {
@@ -43,6 +44,7 @@ TOPICS: Final[dict[str, type[Message]]] = {
     Topic.LOG: LogRecord,
     Topic.MODEL_EVENT: ModelEvent,
     Topic.MODEL_ACTIVE: ModelAnnouncement,
+    Topic.MODEL_COMMAND: ModelCommand,
 }
 
 # Topics whose last value the proxy keeps and re-sends to every new subscriber, so a late

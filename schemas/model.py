@@ -9,7 +9,7 @@ import msgspec
 
 from vigil.schemas._base import Message
 
-__all__ = ["ModelAnnouncement", "ModelEvent", "ModelStep"]
+__all__ = ["ModelAction", "ModelAnnouncement", "ModelCommand", "ModelEvent", "ModelStep"]
 
 
 class ModelStep(enum.StrEnum):
@@ -25,7 +25,11 @@ class ModelStep(enum.StrEnum):
 
 
 class ModelAnnouncement(Message, kw_only=True, frozen=True, tag="model.announce"):
-    """A verified model version that workers may load (latched on its topic)."""
+    """A verified model version that workers may load (the committed one is latched).
+
+    Workers read the files again and check each against the digest announced here, which the
+    loader took from the signed manifest: bytes changed after the check are refused.
+    """
 
     name: Annotated[str, msgspec.Meta(max_length=64)]
     version: Annotated[str, msgspec.Meta(max_length=64)]
@@ -34,6 +38,30 @@ class ModelAnnouncement(Message, kw_only=True, frozen=True, tag="model.announce"
     size: Annotated[int, msgspec.Meta(ge=0)]
     input_name: str = ""
     generation: Annotated[int, msgspec.Meta(ge=0)] = 0
+    signer: str = ""
+    # Known-answer test vector: .npz files beside the model, with their signed digests.
+    kat_inputs: str = ""
+    kat_inputs_sha256: str = ""
+    kat_expected: str = ""
+    kat_expected_sha256: str = ""
+    kat_rtol: float = 1e-5
+    kat_atol: float = 1e-6
+
+
+class ModelAction(enum.StrEnum):
+    """The phases of a switch across the worker pool (two-phase commit)."""
+
+    PREPARE = "prepare"  # load and warm beside the serving version, run the known answer
+    COMMIT = "commit"  # serve the prepared version from the next batch on
+    ABORT = "abort"  # drop the prepared version; the serving one stays
+
+
+class ModelCommand(Message, kw_only=True, frozen=True, tag="model.command"):
+    """The loader's instruction to every worker for one switch generation."""
+
+    action: ModelAction
+    generation: Annotated[int, msgspec.Meta(ge=1)]
+    model: ModelAnnouncement
 
 
 class ModelEvent(Message, kw_only=True, frozen=True, tag="model.event"):
@@ -45,3 +73,4 @@ class ModelEvent(Message, kw_only=True, frozen=True, tag="model.event"):
     node: str
     instance: int = 0
     detail: Annotated[str, msgspec.Meta(max_length=512)] = ""
+    generation: Annotated[int, msgspec.Meta(ge=0)] = 0

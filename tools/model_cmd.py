@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 import msgspec
+import zmq
 
+from vigil.bus.pubsub import Subscriber
+from vigil.bus.rundir import find_run_dir
 from vigil.nodes.loader.keys import (
     KeyFileError,
     generate_key_pair,
@@ -22,6 +26,7 @@ from vigil.nodes.loader.repository import (
     set_latest,
 )
 from vigil.nodes.loader.signing import ModelRefused, SigningError, sign_directory
+from vigil.schemas import Heartbeat, ModelAnnouncement, Topic
 
 __all__ = ["model"]
 
@@ -152,3 +157,43 @@ def activate(repo: Path, name: str, version: str) -> None:
     except RepositoryError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{name}: latest -> {version}")
+
+
+@model.command()
+@click.option("--run-dir", default=None, help="Run directory (default: run/current).")
+@click.option("--wait", type=float, default=1.0, show_default=True, help="Seconds to listen.")
+def status(run_dir: str | None, wait: float) -> None:
+    """What every worker of a running launch serves, and what the loader committed."""
+    try:
+        run = find_run_dir(run_dir)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    workers: dict[str, dict[str, str]] = {}
+    committed: ModelAnnouncement | None = None
+    with (
+        zmq.Context() as ctx,
+        Subscriber(ctx, run.sub, [Topic.HEARTBEAT, Topic.MODEL_ACTIVE]) as sub,
+    ):
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            got = sub.recv(int(left * 1000) + 1)
+            if got is None:
+                continue
+            if isinstance(got.body, ModelAnnouncement):
+                committed = got.body
+            elif isinstance(got.body, Heartbeat) and got.body.kind == "worker":
+                workers[got.body.node] = got.body.detail
+    if committed is not None:
+        click.echo(
+            f"committed: {committed.name} {committed.version} "
+            f"(generation {committed.generation}, sha256 {committed.sha256[:16]}…)"
+        )
+    else:
+        click.echo("committed: none announced")
+    for name, detail in sorted(workers.items()):
+        click.echo(
+            f"  {name:<12} {detail.get('model', '-')} {detail.get('version', '-')} "
+            f"(generation {detail.get('generation', '-')})"
+        )
+    if not workers:
+        click.echo("  no worker heartbeats heard")

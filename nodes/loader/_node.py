@@ -1,4 +1,4 @@
-"""The loader node's loop: verify the configured model, announce it, report every step."""
+"""The loader node's loop: verify models, announce them, drive the switch across workers."""
 
 from __future__ import annotations
 
@@ -9,11 +9,26 @@ from typing import Annotated
 
 import msgspec
 
+from vigil.bus.pubsub import Received
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes.loader._switch import Switch, SwitchOutcome
+from vigil.nodes.loader._watch import RepositoryWatch
+from vigil.nodes.loader.keys import KeyFileError, TrustedKeys, load_trusted_keys
+from vigil.nodes.loader.repository import (
+    RepositoryConfig,
+    RepositoryError,
+    VerifiedModel,
+    resolve_version,
+)
+from vigil.nodes.loader.repository import load_active as load_active_version
+from vigil.nodes.loader.signing import ModelRefused
 from vigil.schemas import (
     AuditId,
     DiagCode,
+    Heartbeat,
+    ModelAction,
     ModelAnnouncement,
+    ModelCommand,
     ModelEvent,
     ModelStep,
     Severity,
@@ -21,86 +36,316 @@ from vigil.schemas import (
 )
 from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["Config", "LoaderConfig", "run"]
+__all__ = ["Config", "LoaderConfig", "PinnedModel", "run"]
 
 _PACKAGE = "package:"
+_AUDIT = {
+    ModelStep.SEEN: AuditId.MODEL_SEEN,
+    ModelStep.VERIFIED: AuditId.MODEL_VERIFIED,
+    ModelStep.REFUSED: AuditId.MODEL_REFUSED,
+    ModelStep.LOADING: AuditId.MODEL_LOADING,
+    ModelStep.COMMITTED: AuditId.MODEL_COMMITTED,
+    ModelStep.ROLLED_BACK: AuditId.MODEL_ROLLED_BACK,
+}
 
 
-class LoaderConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Which model to serve and the digest it must have."""
+class PinnedModel(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One model file with a pinned SHA-256 (for a model that ships inside a wheel)."""
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    # A file path, or `package:<distribution module>/<path inside it>` for a model that
-    # ships inside an installed wheel (read from disk, never fetched).
+    # A file path, or `package:<module>/<path inside it>` for a file inside an installed wheel.
     path: str
-    # The pinned SHA-256 of the model file; the loader refuses any other bytes.
     sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class LoaderConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where models come from: a signed repository (watched), or one pinned file."""
+
+    repository: RepositoryConfig | None = None
+    pinned: PinnedModel | None = None
+    switch_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 30_000
+    # File events come in bursts (a copy, then a rename): act once they settle.
+    settle_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
+    worker_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 1000
+
+    def __post_init__(self) -> None:
+        if (self.repository is None) == (self.pinned is None):
+            raise ValueError("configure exactly one of `repository` and `pinned`")
 
 
 Config = LoaderConfig
 
 
-def resolve_model_path(node: Node, path: str) -> Path:
-    """The file a configured model path names."""
+class _Loader:
+    def __init__(self, node: Node, config: LoaderConfig) -> None:
+        self.node = node
+        self.config = config
+        self.sub = node.subscriber([Topic.HEARTBEAT, Topic.MODEL_EVENT])
+        self.serving: ModelAnnouncement | None = None
+        self.serving_dir = ""
+        self.generation = 0
+        self.switch: Switch | None = None
+        self.workers: dict[str, int] = {}
+        self.dirty_at: int | None = node.clock()
+        self.refused_key: tuple[str, str] | None = None
+        self.trusted: TrustedKeys | None = None
+        self.repo: RepositoryConfig | None = None
+        self.switches = 0
+        self.pending_dir = ""
+        if config.repository is not None:
+            root = str(_launch_path(node, config.repository.root))
+            keys = str(_launch_path(node, config.repository.trusted_keys))
+            self.repo = msgspec.structs.replace(config.repository, root=root, trusted_keys=keys)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def event(self, step: ModelStep, name: str, version: str, detail: str = "") -> None:
+        self.node.publisher.publish(
+            Topic.MODEL_EVENT,
+            ModelEvent(
+                step=step,
+                name=name,
+                version=version,
+                node=self.node.args.label,
+                detail=detail[:512],
+                generation=self.generation,
+            ),
+        )
+        audit = _AUDIT.get(step)
+        if audit is not None:
+            self.node.audit(audit, f"{name} {version} gen {self.generation}: {detail}"[:1024])
+
+    def refuse(self, name: str, version: str, why: str) -> None:
+        self.event(ModelStep.REFUSED, name, version, why)
+        self.node.diag(
+            DiagCode.MODEL_INTEGRITY,
+            f"{name} {version} refused: {why}; serving version unchanged",
+            severity=Severity.CRITICAL,
+        )
+
+    # -- the bus ---------------------------------------------------------------------------
+
+    def on_bus(self) -> None:
+        now = self.node.clock()
+        while (received := self.sub.recv(0)) is not None:
+            self._on_message(received, now)
+
+    def _on_message(self, received: Received, now: int) -> None:
+        body = received.body
+        if isinstance(body, Heartbeat) and body.kind == "worker":
+            if body.detail.get("lifecycle") == "stopping":
+                self.workers.pop(body.node, None)
+                if self.switch is not None:
+                    self.switch.on_worker_gone(body.node)
+            else:
+                self.workers[body.node] = now
+        elif isinstance(body, ModelEvent) and self.switch is not None:
+            if body.generation != self.switch.generation:
+                return
+            if body.step is ModelStep.READY:
+                self.switch.on_ready(body.node)
+            elif body.step is ModelStep.REFUSED:
+                self.switch.on_refused(body.node, body.detail)
+
+    def alive_workers(self, now: int) -> set[str]:
+        horizon = self.config.worker_timeout_ms * 1_000_000
+        return {w for w, seen in self.workers.items() if now - seen <= horizon}
+
+    # -- verification ----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Re-resolve the active version; verify and switch to it when it changed."""
+        self.dirty_at = None
+        if self.config.pinned is not None:
+            if self.serving is None:
+                self._check_pinned(self.config.pinned)
+            return
+        repo = self.repo
+        assert repo is not None
+        try:
+            if self.trusted is None:
+                self.trusted = load_trusted_keys(repo.trusted_keys)
+            directory = str(resolve_version(repo.root, repo.model, repo.version))
+        except (ModelRefused, RepositoryError, KeyFileError) as exc:
+            self.refuse(repo.model, repo.version or "latest", str(exc))
+            return
+        try:
+            stamp = str(Path(directory, "model.sig").stat().st_mtime_ns)
+        except OSError:
+            stamp = "unsigned"
+        if directory == self.serving_dir and self.refused_key is None:
+            return
+        if (directory, stamp) == self.refused_key:
+            return  # refused already; wait for the folder to change
+        version = Path(directory).name
+        self.event(ModelStep.SEEN, repo.model, version, directory)
+        try:
+            model = load_active_version(repo.root, repo.model, self.trusted, repo.version)
+        except (ModelRefused, RepositoryError) as exc:
+            self.refused_key = (directory, stamp)
+            self.refuse(repo.model, version, str(exc))
+            return
+        self.refused_key = None
+        if model.directory == self.serving_dir:
+            return
+        self.event(ModelStep.VERIFIED, model.name, model.version, f"signer {model.signer}")
+        self.begin(_announcement(model), model.directory)
+
+    def _check_pinned(self, pinned: PinnedModel) -> None:
+        path = _model_path(self.node, pinned.path)
+        self.event(ModelStep.SEEN, pinned.name, pinned.version, path.name)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.refuse(pinned.name, pinned.version, f"unreadable: {exc.strerror}")
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != pinned.sha256:
+            self.refuse(pinned.name, pinned.version, f"sha256 {digest} != pinned {pinned.sha256}")
+            return
+        self.event(ModelStep.VERIFIED, pinned.name, pinned.version, f"sha256 {digest}")
+        model = ModelAnnouncement(
+            name=pinned.name,
+            version=pinned.version,
+            path=str(path.resolve()),
+            sha256=digest,
+            size=len(data),
+        )
+        self.begin(model, str(path.resolve()))
+
+    # -- switching -------------------------------------------------------------------------
+
+    def begin(self, model: ModelAnnouncement, directory: str) -> None:
+        """Switch to a verified version: at once when no worker serves, else two-phase."""
+        now = self.node.clock()
+        self.generation += 1
+        model = msgspec.structs.replace(model, generation=self.generation)
+        expected = self.alive_workers(now)
+        if self.serving is None or not expected:
+            self.commit(model, directory)
+            return
+        self.switch = Switch(
+            generation=self.generation,
+            model=model,
+            expected=expected,
+            deadline_ns=now + self.config.switch_timeout_ms * 1_000_000,
+            started_ns=now,
+        )
+        self.pending_dir = directory
+        self.event(ModelStep.LOADING, model.name, model.version, f"prepare on {len(expected)}")
+        self.node.publisher.publish(
+            Topic.MODEL_COMMAND,
+            ModelCommand(action=ModelAction.PREPARE, generation=self.generation, model=model),
+        )
+
+    def advance(self) -> None:
+        """Commit or roll back the switch in progress once its outcome is known."""
+        switch = self.switch
+        if switch is None:
+            return
+        outcome = switch.outcome(self.node.clock())
+        if outcome is SwitchOutcome.PENDING:
+            return
+        self.switch = None
+        if outcome is SwitchOutcome.COMMIT:
+            self.commit(switch.model, self.pending_dir)
+            return
+        self.node.publisher.publish(
+            Topic.MODEL_COMMAND,
+            ModelCommand(
+                action=ModelAction.ABORT, generation=switch.generation, model=switch.model
+            ),
+        )
+        self.refused_key = (self.pending_dir, "switch")
+        self.event(
+            ModelStep.ROLLED_BACK, switch.model.name, switch.model.version, switch.why_aborted()
+        )
+
+    def commit(self, model: ModelAnnouncement, directory: str) -> None:
+        self.node.publisher.publish(
+            Topic.MODEL_COMMAND,
+            ModelCommand(action=ModelAction.COMMIT, generation=model.generation, model=model),
+        )
+        # Latched: a worker that starts (or restarts) later loads what is committed now.
+        self.node.publisher.publish(Topic.MODEL_ACTIVE, model)
+        self.serving = model
+        self.serving_dir = directory
+        self.switches += 1
+        self.event(ModelStep.COMMITTED, model.name, model.version, f"sha256 {model.sha256}")
+        self.node.heartbeat_detail = {
+            "model": model.name,
+            "version": model.version,
+            "generation": str(model.generation),
+        }
+
+    def timeout_ms(self) -> float:
+        now = self.node.clock()
+        waits = [100.0]
+        if self.dirty_at is not None:
+            waits.append(max(0.0, (self.dirty_at - now) / 1e6))
+        return min(waits)
+
+
+def _announcement(model: VerifiedModel) -> ModelAnnouncement:
+    directory = Path(model.directory)
+    kat = model.metadata.known_answer
+    digest = hashlib.sha256
+    return ModelAnnouncement(
+        name=model.name,
+        version=model.version,
+        path=str(directory / model.metadata.model_file),
+        sha256=model.model_sha256,
+        size=len(model.model_bytes),
+        input_name=model.metadata.inputs[0].name,
+        signer=model.signer,
+        kat_inputs=str(directory / kat.inputs) if kat else "",
+        kat_inputs_sha256=digest(model.files[kat.inputs]).hexdigest() if kat else "",
+        kat_expected=str(directory / kat.expected) if kat else "",
+        kat_expected_sha256=digest(model.files[kat.expected]).hexdigest() if kat else "",
+        kat_rtol=kat.rtol if kat else 1e-5,
+        kat_atol=kat.atol if kat else 1e-6,
+    )
+
+
+def _launch_path(node: Node, path: str) -> Path:
+    """A configured repository path: absolute, or relative to the launch file's folder."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(node.args.launch_dir) / p
+
+
+def _model_path(node: Node, path: str) -> Path:
     if path.startswith(_PACKAGE):
         package, _, inside = path[len(_PACKAGE) :].partition("/")
         with resources.as_file(resources.files(package) / inside) as found:
             return Path(found)
-    return node.resolve(path)
+    return _launch_path(node, path)
 
 
 def run(config: LoaderConfig, args: NodeArgs) -> ExitCode:
-    """Verify the model and announce it (latched), then serve until SIGTERM/SIGINT."""
+    """Verify and announce the active model; follow the repository until SIGTERM/SIGINT."""
     with Node(args) as node:
-        node.ready(publishes=[Topic.MODEL_ACTIVE, Topic.MODEL_EVENT, Topic.AUDIT], subscribes=[])
-
-        def event(step: ModelStep, detail: str = "") -> None:
-            node.publisher.publish(
-                Topic.MODEL_EVENT,
-                ModelEvent(
-                    step=step,
-                    name=config.name,
-                    version=config.version,
-                    node=args.label,
-                    detail=detail,
-                ),
-            )
-
-        path = resolve_model_path(node, config.path)
-        event(ModelStep.SEEN, path.name)
-        node.audit(AuditId.MODEL_SEEN, f"{config.name} {config.version}")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            event(ModelStep.REFUSED, f"unreadable: {exc.strerror}")
-            node.diag(DiagCode.MODEL_INTEGRITY, "model unreadable", severity=Severity.CRITICAL)
-            return ExitCode.INTEGRITY
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != config.sha256:
-            event(ModelStep.REFUSED, "sha256 mismatch")
-            node.audit(AuditId.MODEL_REFUSED, f"{config.name} {config.version}: sha256 mismatch")
-            node.diag(
-                DiagCode.MODEL_INTEGRITY,
-                f"{config.name} {config.version}: sha256 {digest} != pinned {config.sha256}",
-                severity=Severity.CRITICAL,
-            )
-            return ExitCode.INTEGRITY
-        event(ModelStep.VERIFIED, f"sha256 {digest}")
-        node.audit(AuditId.MODEL_VERIFIED, f"{config.name} {config.version} sha256 {digest}")
-        node.publisher.publish(
-            Topic.MODEL_ACTIVE,
-            ModelAnnouncement(
-                name=config.name,
-                version=config.version,
-                path=str(path.resolve()),
-                sha256=digest,
-                size=len(data),
-                generation=1,
-            ),
+        loader = _Loader(node, config)
+        watch: RepositoryWatch | None = None
+        if loader.repo is not None:
+            folder = Path(loader.repo.root) / loader.repo.model
+            folder.mkdir(parents=True, exist_ok=True)
+            watch = node.enter(RepositoryWatch(folder))
+            node.poller.register(watch.fileno(), 1)
+        node.ready(
+            publishes=[Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND, Topic.MODEL_EVENT, Topic.AUDIT],
+            subscribes=[Topic.HEARTBEAT, Topic.MODEL_EVENT],
         )
-        event(ModelStep.COMMITTED)
-        node.audit(AuditId.MODEL_COMMITTED, f"{config.name} {config.version}")
         while not node.stopping:
-            node.poll()
+            events = node.poll(loader.timeout_ms())
+            if events.get(loader.sub.socket):
+                loader.on_bus()
+            if watch is not None and events.get(watch.fileno()):
+                watch.drain()
+                loader.dirty_at = node.clock() + config.settle_ms * 1_000_000
+            if loader.switch is not None:
+                loader.advance()
+            elif loader.dirty_at is not None and node.clock() >= loader.dirty_at:
+                loader.check()
+        node.log.info("node.stopping", reason=node.stop_reason, switches=loader.switches)
     return ExitCode.OK

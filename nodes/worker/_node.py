@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import os
 import socket
-import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -21,14 +19,17 @@ from vigil.bus.channel import Channel, FrameFault, Incoming
 from vigil.bus.envelope import TraceContext
 from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
-from vigil.nodes.worker._engine import Engine, EngineConfig
+from vigil.nodes.worker._engine import EngineConfig
+from vigil.nodes.worker._models import ModelLoadError, ModelManager
 from vigil.schemas import (
     DiagCode,
     ErrorCode,
     ErrorReply,
     InferRequest,
     InferResult,
+    ModelAction,
     ModelAnnouncement,
+    ModelCommand,
     ModelEvent,
     ModelStep,
     Severity,
@@ -77,8 +78,13 @@ class _Worker:
         self.dealer.connect(resolve_endpoint(node.run, config.backend))
         self.channel = Channel(self.dealer, source=node.args.label, instance=node.args.instance)
         node.poller.register(self.dealer, zmq.POLLIN)
-        self.models = node.subscriber([Topic.MODEL_ACTIVE])
-        self.engine: Engine | None = None
+        self.models = node.subscriber([Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND])
+        self.manager = ModelManager(
+            config.engine,
+            warm=(config.warm_height, config.warm_width),
+            event=self._event,
+        )
+        self.credited = False
         self.pending: deque[_Job] = deque()
         self.batch_ids = itertools.count(1)
         self.delay_ns = config.max_queue_delay_us * 1000
@@ -88,50 +94,57 @@ class _Worker:
 
     def on_model(self) -> None:
         while (received := self.models.recv(0)) is not None:
-            if isinstance(received.body, ModelAnnouncement):
-                self._load(received.body)
+            body = received.body
+            if isinstance(body, ModelAnnouncement):
+                self._activate(body, body.generation)
+            elif isinstance(body, ModelCommand):
+                self._command(body)
 
-    def _event(self, step: ModelStep, a: ModelAnnouncement, detail: str = "") -> None:
-        self.node.publisher.publish(
-            Topic.MODEL_EVENT,
-            ModelEvent(
-                step=step,
-                name=a.name,
-                version=a.version,
-                node=self.node.args.label,
-                instance=self.node.args.instance,
-                detail=detail,
-            ),
-        )
-
-    def _load(self, a: ModelAnnouncement) -> None:
+    def _command(self, cmd: ModelCommand) -> None:
+        a = cmd.model
         if self.config.model and a.name != self.config.model:
             return
-        if self.engine is not None and self.engine.sha256 == a.sha256:
+        if cmd.action is ModelAction.PREPARE:
+            try:
+                how = self.manager.prepare(a, cmd.generation)
+            except ModelLoadError as exc:
+                self._refuse(a, exc, cmd.generation)
+                return
+            self._event(ModelStep.READY, a, how, cmd.generation)
+        elif cmd.action is ModelAction.COMMIT:
+            self._activate(a, cmd.generation)
+        else:
+            self.manager.abort(cmd.generation)
+
+    def _activate(self, a: ModelAnnouncement, generation: int) -> None:
+        if self.config.model and a.name != self.config.model:
             return
-        self._event(ModelStep.LOADING, a)
+        if self.manager.serving is not None and generation <= self.manager.generation:
+            return
+        # Finish what is queued on the serving version first: a batch never mixes versions.
+        while self.pending and self.manager.engine is not None:
+            self.run_batch()
+        previous = self.manager.serving
         try:
-            data = Path(a.path).read_bytes()
-        except OSError as exc:
-            self._refuse(a, DiagCode.MODEL_LOAD_FAILED, f"model file unreadable: {exc.strerror}")
+            switched = self.manager.activate(a, generation)
+        except ModelLoadError as exc:
+            self._refuse(a, exc, generation)
+            if previous is not None:
+                # Return to the version that served before; it loaded once, it loads again.
+                self.manager.activate(previous, generation)
             return
-        # The digest is taken of the very bytes the session is built from: a file swapped
-        # after the loader checked it is refused here.
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != a.sha256:
-            self._refuse(a, DiagCode.MODEL_INTEGRITY, "model bytes do not match the announcement")
+        if not switched:
             return
-        try:
-            engine = Engine(data, self.config.engine, name=a.name, version=a.version)
-            engine.warm(self.config.warm_height, self.config.warm_width)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base below Exception
-            self._refuse(a, DiagCode.MODEL_LOAD_FAILED, f"session failed: {type(exc).__name__}")
-            return
-        first = self.engine is None
-        self.engine = engine  # swapped between batches: a batch never mixes versions
-        self._event(ModelStep.READY, a, detail=",".join(engine.providers))
-        self.node.heartbeat_detail = {"model": a.name, "version": a.version}
-        if first:
+        engine = self.manager.engine
+        assert engine is not None
+        self._event(ModelStep.COMMITTED, a, ",".join(engine.providers), generation)
+        self.node.heartbeat_detail = {
+            "model": a.name,
+            "version": a.version,
+            "generation": str(generation),
+        }
+        if not self.credited:
+            self.credited = True
             credit = self.config.credit or 2 * self.config.max_batch
             self.channel.send(
                 WorkerCredit(
@@ -143,9 +156,23 @@ class _Worker:
                 )
             )
 
-    def _refuse(self, a: ModelAnnouncement, code: DiagCode, why: str) -> None:
-        self._event(ModelStep.REFUSED, a, detail=why)
-        self.node.diag(code, f"{a.name} {a.version}: {why}", severity=Severity.ERROR)
+    def _event(self, step: ModelStep, a: ModelAnnouncement, detail: str, generation: int) -> None:
+        self.node.publisher.publish(
+            Topic.MODEL_EVENT,
+            ModelEvent(
+                step=step,
+                name=a.name,
+                version=a.version,
+                node=self.node.args.label,
+                instance=self.node.args.instance,
+                detail=detail[:512],
+                generation=generation,
+            ),
+        )
+
+    def _refuse(self, a: ModelAnnouncement, exc: ModelLoadError, generation: int) -> None:
+        self._event(ModelStep.REFUSED, a, exc.reason, generation)
+        self.node.diag(exc.code, f"{a.name} {a.version}: {exc.reason}", severity=Severity.ERROR)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -186,20 +213,20 @@ class _Worker:
 
     def due(self, now: int) -> bool:
         """Whether a batch should run now: full, or its oldest request waited long enough."""
-        if not self.pending or self.engine is None:
+        if not self.pending or self.manager.engine is None:
             return False
         if len(self.pending) >= self.config.max_batch or self.node.stopping:
             return True
         return now - self.pending[0].received_ns >= self.delay_ns
 
     def timeout_ms(self) -> float | None:
-        if not self.pending or self.engine is None:
+        if not self.pending or self.manager.engine is None:
             return None
         left = self.pending[0].received_ns + self.delay_ns - self.node.clock()
         return max(0.0, left / 1e6)
 
     def run_batch(self) -> None:
-        engine = self.engine
+        engine = self.manager.engine
         assert engine is not None  # due() checked it
         shape = self.pending[0].image.shape
         jobs: list[_Job] = []
@@ -260,7 +287,7 @@ def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:
         worker = _Worker(node, config)
         node.ready(
             publishes=[Topic.MODEL_EVENT, Topic.DIAGNOSTIC],
-            subscribes=[Topic.MODEL_ACTIVE],
+            subscribes=[Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND],
             endpoints={"backend": resolve_endpoint(node.run, config.backend)},
         )
         while not node.stopping:
@@ -271,7 +298,7 @@ def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:
                 worker.on_requests()
             while worker.due(node.clock()):
                 worker.run_batch()
-        while worker.pending and worker.engine is not None:
+        while worker.pending and worker.manager.engine is not None:
             worker.run_batch()
         node.log.info("node.stopping", reason=node.stop_reason, served=worker.served)
     return ExitCode.OK

@@ -31,7 +31,7 @@ def pipeline_launch(**overrides: object) -> dict[str, object]:
                 "required": True,
                 "config": {"store": {"path": "log.store"}},
             },
-            {"name": "loader", "kind": "loader", "config": DETECTOR},
+            {"name": "loader", "kind": "loader", "config": {"pinned": DETECTOR}},
             {
                 "name": "worker",
                 "kind": "worker",

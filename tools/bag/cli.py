@@ -92,7 +92,7 @@ class _LiveLine:
             f"{stats.bytes / 1e6:.1f} MB  files {len(stats.files)}",
             f"  snapshots {stats.snapshots}" if stats.snapshots else "",
         )
-        self._live.update(line)
+        self._live.update(line, refresh=True)
 
 
 @bag.command("record")
@@ -177,7 +177,7 @@ def record(  # noqa: PLR0917 - click passes every option as an argument
                 signal.SIGUSR1: recorder.request_snapshot,
             }
         ),
-        Live(Text("waiting for messages..."), console=console)
+        Live(Text("waiting for messages..."), console=console, auto_refresh=False)
         if not quiet
         else nullcontext() as live,
     ):
@@ -218,6 +218,9 @@ def info(paths: tuple[str, ...], as_json: bool) -> None:
 @click.option("--run-dir", help="Run directory (default $VIGIL_RUN_DIR or ./run/current).")
 @click.option("--endpoint", help="Publish to this proxy input instead of the run's.")
 @click.option("--bind", "bind_endpoint", help="Bind ENDPOINT and publish there (no proxy).")
+@click.option(
+    "--spin-us", type=int, default=1000, help="Spin this long before each deadline (timing)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def play(  # noqa: PLR0917 - click passes every option as an argument
     paths: tuple[str, ...],
@@ -234,6 +237,7 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
     run_dir: str | None,
     endpoint: str | None,
     bind_endpoint: str | None,
+    spin_us: int,
     quiet: bool,
 ) -> None:
     """Publish bags on the bus on their recorded schedule and report the timing fidelity."""
@@ -255,6 +259,7 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
                 "wait_for_subscribers": wait_for_subscribers,
                 "wait_timeout_s": wait_timeout,
                 "bind": bool(bind_endpoint),
+                "spin_us": spin_us,
             },
             PlayConfig,
         )
@@ -268,6 +273,8 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
         TimeRemainingColumn(),
         console=console,
         disable=quiet,
+        # A refresh thread would take the GIL at moments the schedule does not choose.
+        auto_refresh=False,
     )
     try:
         with (
@@ -284,9 +291,9 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
             def advance(done_ns: int, span_ns: int) -> None:
                 # Redrawing per message would cost more than the schedule's slack.
                 now = time.monotonic_ns()
-                if now - shown[0] >= 50_000_000 or done_ns >= span_ns:
+                if now - shown[0] >= 100_000_000 or done_ns >= span_ns:
                     shown[0] = now
-                    progress.update(task, completed=done_ns, at=done_ns / 1e9)
+                    progress.update(task, completed=done_ns, at=done_ns / 1e9, refresh=True)
 
             report = player.run(ctx, progress=advance)
     except VigilError as exc:

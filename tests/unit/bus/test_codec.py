@@ -23,7 +23,9 @@ from vigil.schemas import (
     InferResult,
     LogRecord,
     Message,
+    ModelAction,
     ModelAnnouncement,
+    ModelCommand,
     ModelEvent,
     ModelStep,
     NodeReady,
@@ -117,6 +119,13 @@ SAMPLES: dict[type[Message], Message] = {
         size=1024,
         input_name="x",
         generation=3,
+    ),
+    ModelCommand: ModelCommand(
+        action=ModelAction.PREPARE,
+        generation=2,
+        model=ModelAnnouncement(
+            name="m", version="2", path="/models/m/2/model.onnx", sha256="b" * 64, size=2048
+        ),
     ),
     NodeReady: NodeReady(
         name="ingest",

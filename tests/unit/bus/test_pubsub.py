@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 import numpy as np
@@ -68,9 +68,8 @@ def _sync(pub: Publisher, sub: Subscriber, topic: str = SYNC) -> None:
         pass
 
 
-def _wait_for(predicate: object, sub: Subscriber) -> None:
+def _wait_for(predicate: Callable[[], bool], sub: Subscriber) -> None:
     """Read (and discard) until `predicate()` holds; fails the test after WAIT_S."""
-    assert callable(predicate)
     deadline = time.monotonic() + WAIT_S
     while not predicate():
         if time.monotonic() > deadline:

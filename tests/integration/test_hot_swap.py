@@ -1,0 +1,219 @@
+"""Signed models hot-swapped under load: no failed request, no unverified byte ever served."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zmq
+
+from vigil.bus.pubsub import Subscriber
+from vigil.bus.rundir import RunDir
+from vigil.client import Client
+from vigil.errors import RequestError
+from vigil.launch import Launcher, load
+from vigil.nodes.loader.keys import generate_key_pair, load_private_key
+from vigil.nodes.loader.repository import set_latest
+from vigil.schemas import DiagCode, DiagnosticEvent, InferResult, ModelEvent, ModelStep, Topic
+from vigil.tools.modelgen import add_version, tiny_classifier
+
+FRAME = np.full((32, 32, 3), 128, dtype=np.uint8)
+
+
+@dataclass
+class Repo:
+    root: Path
+    keys: Path
+    launcher: Launcher
+    other_key: Path = field(default=Path())
+
+
+@pytest.fixture
+def repo(short_tmp: Path) -> Iterator[Repo]:
+    """Two signed versions of a small classifier served by two workers."""
+    trusted = short_tmp / "trusted"
+    private = short_tmp / "private"
+    pair = generate_key_pair(private, name="release")
+    trusted.mkdir()
+    (trusted / "release.pub").write_bytes(pair.public.read_bytes())
+    key = load_private_key(pair.private)
+    root = short_tmp / "models"
+    add_version(root, "tiny", "1", tiny_classifier(1), key, activate=True)
+    add_version(root, "tiny", "2", tiny_classifier(2), key)
+    launch = {
+        "name": "swap",
+        "heartbeat_ms": 100,
+        "nodes": [
+            {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}},
+            {
+                "name": "loader",
+                "kind": "loader",
+                "config": {
+                    "repository": {"root": str(root), "model": "tiny", "trusted_keys": str(trusted)}
+                },
+            },
+            {
+                "name": "worker",
+                "kind": "worker",
+                "replicas": 2,
+                "config": {
+                    "max_batch": 4,
+                    "max_queue_delay_us": 1000,
+                    "warm_height": 32,
+                    "warm_width": 32,
+                    "engine": {
+                        "task": "classification",
+                        "mean": [0, 0, 0],
+                        "std": [1, 1, 1],
+                        "intra_op_threads": 1,
+                    },
+                },
+            },
+            {"name": "ingest", "kind": "ingest", "config": {"default_deadline_ms": 10000}},
+        ],
+    }
+    path = short_tmp / "swap.yaml"
+    path.write_text(yaml.safe_dump(launch))
+    run = RunDir(short_tmp / "run")
+    with Launcher(load(path, run.path), run) as launcher:
+        launcher.start()
+        yield Repo(root, trusted, launcher, other_key=private)
+
+
+def _loader_event(sub: Subscriber, steps: set[ModelStep], timeout_s: float) -> ModelEvent:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = sub.recv(100)
+        body = got.body if got is not None else None
+        if isinstance(body, ModelEvent) and body.node == "loader" and body.step in steps:
+            return body
+    raise AssertionError(f"no loader event {steps} within {timeout_s} s")
+
+
+def _serving(client: Client, ts: int) -> InferResult:
+    return client.infer(FRAME, stream_id="s", frame_ts_us=ts, deadline_s=10)
+
+
+def test_fifty_switches_under_load_fail_no_request(repo: Repo) -> None:
+    """50 switches between two versions under continuous load: every request ends with a
+    result, tagged with a version that was committed while it was in flight."""
+    ctx = repo.launcher.ctx
+    with (
+        Client(repo.launcher.run.ipc("ingest"), name="load", ctx=ctx) as client,
+        Subscriber(ctx, repo.launcher.run.sub, [Topic.MODEL_EVENT]) as events,
+    ):
+        first = _serving(client, 1)  # version 1 is up before the switching starts
+        assert first.version == "1"
+        committed: list[tuple[int, str]] = [(0, "1")]
+        sent: dict[int, int] = {}
+        outcomes: list[tuple[int, int, InferResult | RequestError]] = []
+        ts = 1
+        poller = zmq.Poller()
+        poller.register(client.socket, zmq.POLLIN)
+        poller.register(events.socket, zmq.POLLIN)
+        switches = 0
+        want = "2"
+        set_latest(repo.root, "tiny", want)
+        deadline = time.monotonic() + 240
+        while switches < 50:
+            assert time.monotonic() < deadline, f"only {switches} switches in time"
+            while client.in_flight < 4:
+                ts += 1
+                sent[client.submit(FRAME, stream_id="s", frame_ts_us=ts, deadline_s=10)] = (
+                    time.monotonic_ns()
+                )
+            ready = dict(poller.poll(100))
+            if ready.get(client.socket):
+                while (reply := client.poll(0)) is not None:
+                    seq, outcome = reply
+                    outcomes.append((sent.pop(seq), time.monotonic_ns(), outcome))
+            if ready.get(events.socket):
+                while (got := events.recv(0)) is not None:
+                    body = got.body
+                    if not isinstance(body, ModelEvent) or body.node != "loader":
+                        continue
+                    assert body.step is not ModelStep.ROLLED_BACK, body.detail
+                    if body.step is ModelStep.COMMITTED and body.version == want:
+                        committed.append((time.monotonic_ns(), want))
+                        switches += 1
+                        want = "1" if want == "2" else "2"
+                        set_latest(repo.root, "tiny", want)
+        while client.in_flight:
+            reply = client.poll(10_000)
+            assert reply is not None
+            outcomes.append((sent.pop(reply[0]), time.monotonic_ns(), reply[1]))
+    failures = [o for _, _, o in outcomes if not isinstance(o, InferResult)]
+    assert not failures, failures[:5]
+    assert len(outcomes) > 100
+    for sent_ns, done_ns, result in outcomes:
+        assert isinstance(result, InferResult)
+        # The version serving when the request was sent, or any committed while it was open
+        # (a commit reaches workers a moment after the loader announces it).
+        at_send = [v for t, v in committed if t <= sent_ns][-1]
+        during = {v for t, v in committed if sent_ns < t <= done_ns + 1_000_000_000}
+        assert result.version in {at_send, *during}
+    assert {r.version for _, _, r in outcomes if isinstance(r, InferResult)} == {"1", "2"}
+
+
+def _bad_versions(repo: Repo) -> dict[str, str]:
+    """Each kind of bad version the issue names, as version folder -> what is wrong."""
+    key = load_private_key(next(repo.other_key.glob("*.key")))
+    bad: dict[str, str] = {}
+    flipped = add_version(repo.root, "tiny", "10", tiny_classifier(3), key)
+    data = bytearray((flipped / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (flipped / "model.onnx").write_bytes(bytes(data))
+    bad["10"] = "flipped bit"
+    truncated = add_version(repo.root, "tiny", "11", tiny_classifier(3), key)
+    (truncated / "model.onnx").write_bytes((truncated / "model.onnx").read_bytes()[:-7])
+    bad["11"] = "truncated"
+    stranger = generate_key_pair(repo.root.parent / "stranger", name="stranger")
+    add_version(repo.root, "tiny", "12", tiny_classifier(3), load_private_key(stranger.private))
+    bad["12"] = "untrusted key"
+    unsigned = add_version(repo.root, "tiny", "13", tiny_classifier(3), key)
+    os.remove(unsigned / "model.sig")
+    bad["13"] = "missing signature"
+    elsewhere = repo.root.parent / "unsigned" / "14"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "model.onnx").write_bytes(tiny_classifier(3))
+    bad[str(elsewhere)] = "latest re-pointed to an unsigned folder"
+    return bad
+
+
+def _point_latest(root: Path, target: str) -> None:
+    """Re-point `latest` the way an attacker with write access would (any target at all)."""
+    link = root / "tiny" / "latest"
+    tmp = root / "tiny" / ".latest.tmp"
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def test_bad_models_are_refused_and_serving_continues(repo: Repo) -> None:
+    """A flipped bit, a truncation, an untrusted key, no signature and a link to an unsigned
+    folder: each is refused with a diagnostic, none is served, version 1 keeps serving."""
+    ctx = repo.launcher.ctx
+    with (
+        Client(repo.launcher.run.ipc("ingest"), name="probe", ctx=ctx) as client,
+        Subscriber(ctx, repo.launcher.run.sub, [Topic.MODEL_EVENT, Topic.DIAGNOSTIC]) as sub,
+    ):
+        assert _serving(client, 1).version == "1"
+        ts = 1
+        for version, what in _bad_versions(repo).items():
+            _point_latest(repo.root, version)
+            event = _loader_event(sub, {ModelStep.REFUSED, ModelStep.COMMITTED}, 30)
+            assert event.step is ModelStep.REFUSED, f"{what} was committed"
+            deadline = time.monotonic() + 10
+            diag = None
+            while diag is None and time.monotonic() < deadline:
+                got = sub.recv(100)
+                if got is not None and isinstance(got.body, DiagnosticEvent):
+                    diag = got.body
+            assert diag is not None and diag.code is DiagCode.MODEL_INTEGRITY, what
+            ts += 1
+            assert _serving(client, ts).version == "1", what

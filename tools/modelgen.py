@@ -1,0 +1,98 @@
+"""Generate small signed model repositories: for tests, the swap benchmark and trying vigil out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from vigil.nodes.loader.keys import SigningKey
+from vigil.nodes.loader.repository import (
+    KnownAnswer,
+    metadata_from_onnx,
+    set_latest,
+    write_metadata,
+)
+from vigil.nodes.loader.signing import sign_directory
+
+__all__ = ["CLASSES", "add_version", "tiny_classifier"]
+
+CLASSES = 10
+
+
+def tiny_classifier(seed: int) -> bytes:
+    """A small classifier (global mean pool, then a dense layer) whose weights come from `seed`:
+    two seeds give two versions whose top class differs on most inputs."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(3, CLASSES)).astype(np.float32)
+    bias = rng.normal(size=(CLASSES,)).astype(np.float32)
+    bias[seed % CLASSES] += 5.0  # each version has its own clear favourite class
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x", "axes"], ["pooled"], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "w"], ["scores"]),
+            helper.make_node("Add", ["scores", "b"], ["logits"]),
+        ],
+        "tiny_classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        initializer=[
+            numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(bias, "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def add_version(
+    root: Path,
+    name: str,
+    version: str,
+    model: bytes,
+    key: SigningKey,
+    *,
+    known_answer: bool = True,
+    activate: bool = False,
+) -> Path:
+    """Write, describe and sign one version folder; optionally point `latest` at it.
+
+    The known-answer vector is computed here with onnxruntime on a fixed input, so every
+    worker that loads the version must reproduce it.
+    """
+    folder = root / name / version
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(model)
+    kat = None
+    if known_answer:
+        import onnxruntime as ort  # noqa: PLC0415 - only packaging needs a session here
+
+        x = np.linspace(-1, 1, 2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        outputs = dict(zip(names, session.run(None, {"x": x}), strict=True))
+        (folder / "kat-inputs.npz").write_bytes(_npz(x=x))
+        (folder / "kat-expected.npz").write_bytes(_npz(**outputs))
+        kat = KnownAnswer(inputs="kat-inputs.npz", expected="kat-expected.npz")
+    write_metadata(
+        folder,
+        metadata_from_onnx(model, created=dt.datetime.now(dt.UTC), known_answer=kat),
+    )
+    sign_directory(folder, key)
+    if activate:
+        set_latest(root, name, version)
+    return folder
