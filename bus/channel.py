@@ -163,19 +163,36 @@ class Channel:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             field, rule = validation_path(exc)
             raise FrameFault(identity, _peek_seq(rest[0]), "envelope", field, rule) from exc
+        except UnicodeDecodeError as exc:
+            raise FrameFault(identity, 0, "envelope", "$", "invalid UTF-8") from exc
+        except RecursionError as exc:  # msgspec recurses per nesting level
+            raise FrameFault(identity, 0, "envelope", "$", _TOO_DEEP) from exc
         try:
             body = self._codec.decode_body(envelope.schema, rest[1].buffer)
         except KeyError as exc:
             raise FrameFault(
                 identity, envelope.seq, "schema", "$.schema", "unknown schema id"
             ) from exc
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except msgspec.ValidationError as exc:
+            # A type error is reported first even in truncated input; tell the two apart so
+            # broken framing is never filed as a schema violation (error path only).
+            try:
+                self._codec.decode_any(rest[1].buffer)
+            except (msgspec.DecodeError, UnicodeDecodeError) as broken:
+                raise FrameFault(identity, envelope.seq, "body", "$", str(broken)) from broken
+            except RecursionError:
+                pass
             field, rule = validation_path(exc)
             raise FrameFault(identity, envelope.seq, "body", field, rule) from exc
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise FrameFault(identity, envelope.seq, "body", "$", str(exc)) from exc
+        except RecursionError as exc:
+            raise FrameFault(identity, envelope.seq, "body", "$", _TOO_DEEP) from exc
         return Incoming(identity, envelope, body, rest[2:])
 
 
 _PEEK = msgspec.msgpack.Decoder(list[Any])
+_TOO_DEEP = "nesting too deep"
 
 
 def _peek_seq(frame: zmq.Frame) -> int:
@@ -183,7 +200,7 @@ def _peek_seq(frame: zmq.Frame) -> int:
     sender can still match the rejection to its request."""
     try:
         items = _PEEK.decode(frame.buffer)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return 0
     seq = items[1] if len(items) > 1 else 0
     return seq if isinstance(seq, int) and seq >= 0 else 0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Annotated
 
 import msgspec
 
 __all__ = ["Envelope", "TraceContext", "new_span_id", "new_trace_id"]
+
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -47,9 +50,9 @@ class TraceContext(msgspec.Struct, frozen=True):
     @classmethod
     def parse(cls, traceparent: str) -> TraceContext:
         """Parse a `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`); ValueError if bad."""
+        if not _TRACEPARENT.fullmatch(traceparent.strip()):
+            raise ValueError("traceparent must be 00-<32 hex>-<16 hex>-<2 hex>, lower case")
         parts = traceparent.strip().split("-")
-        if len(parts) != 4 or parts[0] != "00":
-            raise ValueError("traceparent must be 00-<trace id>-<span id>-<flags>")
         trace_id, span_id, flags = (bytes.fromhex(p) for p in parts[1:])
         if len(trace_id) != 16 or len(span_id) != 8 or len(flags) != 1:
             raise ValueError("traceparent ids have the wrong length")

@@ -199,7 +199,13 @@ class Subscriber:
                 body = self._codec.decode_body(envelope.schema, frames[2].buffer)
             else:
                 body = self._codec.decode_any(frames[2].buffer)
-        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+        except (
+            msgspec.DecodeError,
+            msgspec.ValidationError,
+            KeyError,
+            RecursionError,
+            UnicodeDecodeError,
+        ):
             stats.malformed += 1
             return None
         key = (envelope.source, envelope.instance, envelope.session)

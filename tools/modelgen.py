@@ -96,3 +96,43 @@ def add_version(
     if activate:
         set_latest(root, name, version)
     return folder
+
+
+def signed_pair(folder: Path, model: str = "tiny") -> tuple[Path, Path, SigningKey]:
+    """A repository with versions "1" (active) and "2" of the small classifier, signed by a
+    new release key whose public half is the only trusted key.
+
+    Returns (repository root, trusted key folder, the signing key).
+    """
+    from vigil.nodes.loader.keys import generate_key_pair, load_private_key  # noqa: PLC0415
+
+    trusted = folder / "trusted"
+    pair = generate_key_pair(folder / "private", name="release")
+    trusted.mkdir()
+    (trusted / "release.pub").write_bytes(pair.public.read_bytes())
+    key = load_private_key(pair.private)
+    root = folder / "models"
+    add_version(root, model, "1", tiny_classifier(1), key, activate=True)
+    add_version(root, model, "2", tiny_classifier(2), key)
+    return root, trusted, key
+
+
+def classifier_workers(replicas: int = 2, *, threads: int = 1) -> dict[str, object]:
+    """The launch-file entry of workers serving the small classifier on 32x32 frames."""
+    return {
+        "name": "worker",
+        "kind": "worker",
+        "replicas": replicas,
+        "config": {
+            "max_batch": 4,
+            "max_queue_delay_us": 1000,
+            "warm_height": 32,
+            "warm_width": 32,
+            "engine": {
+                "task": "classification",
+                "mean": [0, 0, 0],
+                "std": [1, 1, 1],
+                "intra_op_threads": threads,
+            },
+        },
+    }

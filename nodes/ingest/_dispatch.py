@@ -73,6 +73,9 @@ class Dispatcher:
     def admit(self, request: Request) -> bool:
         """Queue a request; False when the queue is full (the caller answers for it)."""
         if len(self.queue) >= self.max_queue:
+            # Ids of requests that ended while queued still sit in the deque: drop them first.
+            self.queue = deque(rid for rid in self.queue if rid in self.open)
+        if len(self.queue) >= self.max_queue:
             return False
         self.open[request.rid] = request
         self.queue.append(request.rid)

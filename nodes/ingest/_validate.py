@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import msgspec
 import zmq
 
 from vigil.bus.channel import FrameFault, Incoming
@@ -57,7 +58,14 @@ def classify_rule(rule: str) -> DiagCode:
 
 def rejection_from_fault(fault: FrameFault) -> Rejection:
     """Map a frame that failed to decode onto its diagnostic code."""
-    if fault.what in ("framing", "envelope") and "Expected" not in fault.rule:
+    cause = fault.__cause__
+    if cause is None:  # built by hand: judge by the rule text msgspec writes
+        undecodable = fault.what == "envelope" and "Expected" not in fault.rule
+    else:  # a ValidationError is a DecodeError too, but one of a well-formed message
+        undecodable = isinstance(
+            cause, msgspec.DecodeError | RecursionError | UnicodeDecodeError
+        ) and not isinstance(cause, msgspec.ValidationError)
+    if fault.what == "framing" or undecodable:
         return Rejection(DiagCode.MALFORMED_FRAME, fault.field or "$", fault.rule)
     return Rejection(classify_rule(fault.rule), fault.field or "$", fault.rule)
 

@@ -38,6 +38,8 @@ def text_detection(
     offset area * ratio / perimeter, as the model's own post-processing does.
     """
     region = prob[:height, :width]
+    if not np.isfinite(region).all():
+        raise ValueError("the model produced a non-finite probability map")
     labels, _ = ndimage.label(region > threshold)
     boxes: list[Box] = []
     for index, found in enumerate(ndimage.find_objects(labels), start=1):
@@ -73,6 +75,8 @@ def classification(
 ) -> PerceptionOutput:
     """The top class of one image's logits, as a whole-image box with its probability."""
     z = logits.astype(np.float64).ravel()
+    if not np.isfinite(z).all():
+        raise ValueError("the model produced non-finite logits")
     p = np.exp(z - z.max())
     p /= p.sum()
     top = int(p.argmax())

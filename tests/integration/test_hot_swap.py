@@ -21,7 +21,7 @@ from vigil.launch import Launcher, load
 from vigil.nodes.loader.keys import generate_key_pair, load_private_key
 from vigil.nodes.loader.repository import set_latest
 from vigil.schemas import DiagCode, DiagnosticEvent, InferResult, ModelEvent, ModelStep, Topic
-from vigil.tools.modelgen import add_version, tiny_classifier
+from vigil.tools.modelgen import add_version, classifier_workers, signed_pair, tiny_classifier
 
 FRAME = np.full((32, 32, 3), 128, dtype=np.uint8)
 
@@ -37,15 +37,7 @@ class Repo:
 @pytest.fixture
 def repo(short_tmp: Path) -> Iterator[Repo]:
     """Two signed versions of a small classifier served by two workers."""
-    trusted = short_tmp / "trusted"
-    private = short_tmp / "private"
-    pair = generate_key_pair(private, name="release")
-    trusted.mkdir()
-    (trusted / "release.pub").write_bytes(pair.public.read_bytes())
-    key = load_private_key(pair.private)
-    root = short_tmp / "models"
-    add_version(root, "tiny", "1", tiny_classifier(1), key, activate=True)
-    add_version(root, "tiny", "2", tiny_classifier(2), key)
+    root, trusted, _ = signed_pair(short_tmp)
     launch = {
         "name": "swap",
         "heartbeat_ms": 100,
@@ -58,23 +50,7 @@ def repo(short_tmp: Path) -> Iterator[Repo]:
                     "repository": {"root": str(root), "model": "tiny", "trusted_keys": str(trusted)}
                 },
             },
-            {
-                "name": "worker",
-                "kind": "worker",
-                "replicas": 2,
-                "config": {
-                    "max_batch": 4,
-                    "max_queue_delay_us": 1000,
-                    "warm_height": 32,
-                    "warm_width": 32,
-                    "engine": {
-                        "task": "classification",
-                        "mean": [0, 0, 0],
-                        "std": [1, 1, 1],
-                        "intra_op_threads": 1,
-                    },
-                },
-            },
+            classifier_workers(2),
             {"name": "ingest", "kind": "ingest", "config": {"default_deadline_ms": 10000}},
         ],
     }
@@ -83,7 +59,7 @@ def repo(short_tmp: Path) -> Iterator[Repo]:
     run = RunDir(short_tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()
-        yield Repo(root, trusted, launcher, other_key=private)
+        yield Repo(root, trusted, launcher, other_key=short_tmp / "private")
 
 
 def _loader_event(sub: Subscriber, steps: set[ModelStep], timeout_s: float) -> ModelEvent:

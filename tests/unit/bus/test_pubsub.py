@@ -407,11 +407,6 @@ def test_decode_counts_frames_read_elsewhere(
     assert sub.stats["t"].malformed == 1
 
 
-@pytest.mark.xfail(
-    reason="Subscriber.decode (bus/pubsub.py:202) does not catch the RecursionError msgspec "
-    "raises for deeply nested MessagePack, so one small message kills the receiving node",
-    strict=True,
-)
 def test_deeply_nested_body_is_counted_as_malformed(
     ctx: zmq.Context[zmq.Socket[bytes]], ipc_dir: str
 ) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from vigil.bus.envelope import TraceContext
 from vigil.nodes.ingest._dispatch import Dispatcher, Request
 
@@ -300,11 +298,6 @@ def test_close_ends_an_open_request_once() -> None:
     assert dispatcher.close(request.rid) is None
 
 
-@pytest.mark.xfail(
-    reason="Dispatcher.admit (nodes/ingest/_dispatch.py:76) compares len(queue), which still "
-    "holds ids of requests that expired while queued, so a drained queue refuses new work",
-    strict=True,
-)
 def test_expired_requests_free_their_queue_places() -> None:
     """Requests that expired while queued no longer count against max_queue."""
     dispatcher = Dispatcher(max_queue=2)

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 import zmq
 
-from vigil.bus.channel import FrameFault, Incoming
+from vigil.bus.channel import Channel, FrameFault, Incoming
 from vigil.bus.envelope import Envelope
 from vigil.nodes.ingest._validate import (
     Limits,
@@ -254,18 +254,17 @@ def test_rejection_from_fault(
     assert (rejection.diag, rejection.field, rejection.rule) == (diag, out_field, rule)
 
 
-@pytest.mark.xfail(
-    reason="rejection_from_fault (nodes/ingest/_validate.py:60) maps only framing and "
-    "envelope faults to DIA-2001; a body that is not MessagePack becomes DIA-2002",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "raw", [b"\xc1", b"\x93\x01", b"\x80\x80"], ids=["opcode", "short", "trail"]
 )
 def test_undecodable_body_is_a_malformed_frame(raw: bytes) -> None:
     """A body that is not valid MessagePack is DIA-2001, like an undecodable envelope."""
-    with pytest.raises(msgspec.DecodeError) as info:
-        msgspec.msgpack.decode(raw, type=InferRequest)
-    fault = FrameFault([b"c"], 4, "body", "", str(info.value))
-    fault.__cause__ = info.value
-    assert rejection_from_fault(fault).diag == DiagCode.MALFORMED_FRAME
+    channel = Channel(_NoSocket(), source="t")  # type: ignore[arg-type]
+    envelope = msgspec.msgpack.encode(Envelope(schema="infer.request", seq=4, source="c"))
+    with pytest.raises(FrameFault) as info:
+        channel.decode([zmq.Frame(envelope), zmq.Frame(raw)])
+    assert rejection_from_fault(info.value).diag == DiagCode.MALFORMED_FRAME
+
+
+class _NoSocket:
+    """Decoding never touches the socket."""

@@ -151,11 +151,6 @@ def test_uniform_logits_give_uniform_confidence() -> None:
     assert (out.boxes[0].class_id, out.confidence) == (0, pytest.approx(0.25))
 
 
-@pytest.mark.xfail(
-    reason="classification (nodes/worker/_postprocess.py:75-79) turns NaN or infinite logits "
-    "into NaN probabilities, and min(1.0, nan) is 1.0: a broken model reports full confidence",
-    strict=True,
-)
 @pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
 def test_non_finite_logits_are_refused(bad: float) -> None:
     """Logits that are not finite raise ValueError instead of a confident answer."""
@@ -163,11 +158,6 @@ def test_non_finite_logits_are_refused(bad: float) -> None:
         classification(np.array([0.0, bad, 1.0], dtype=np.float32), 8, 8, 1)
 
 
-@pytest.mark.xfail(
-    reason="text_detection (nodes/worker/_postprocess.py:50-62) averages an infinite region "
-    "to score inf and clips it to 1.0: a broken model reports a box at full confidence",
-    strict=True,
-)
 def test_non_finite_probabilities_are_refused() -> None:
     """A probability map holding infinities raises ValueError instead of a sure box."""
     prob = _map(32, 32)
