@@ -15,6 +15,7 @@ import zmq
 import zmq.asyncio
 
 from vigil.bus.channel import Channel, FrameFault
+from vigil.bus.curve import CurveConfig, secure
 from vigil.bus.envelope import TraceContext
 from vigil.errors import (
     DeadlineExceeded,
@@ -49,12 +50,14 @@ class Client:
         tenant: str = "",
         priority: int = 0,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+        curve: CurveConfig | None = None,
     ) -> None:
         self._stack = ExitStack()
         if ctx is None:
             ctx = self._stack.enter_context(zmq.Context())
         self.socket: zmq.Socket[bytes] = self._stack.enter_context(ctx.socket(zmq.DEALER))
         self.socket.setsockopt(zmq.LINGER, 0)
+        secure(self.socket, endpoint, curve, "client")
         self.socket.connect(endpoint)
         self.channel = Channel(self.socket, source=name)
         self.tenant = tenant
@@ -224,12 +227,14 @@ class AsyncClient:
         tenant: str = "",
         priority: int = 0,
         ctx: zmq.asyncio.Context | None = None,
+        curve: CurveConfig | None = None,
     ) -> None:
         self._stack = ExitStack()
         if ctx is None:
             ctx = self._stack.enter_context(zmq.asyncio.Context())
         self.socket: zmq.asyncio.Socket = self._stack.enter_context(ctx.socket(zmq.DEALER))
         self.socket.setsockopt(zmq.LINGER, 0)
+        secure(self.socket, endpoint, curve, "client")
         self.socket.connect(endpoint)
         # The channel only numbers, encodes and decodes here; every send and receive goes
         # through the awaitable socket itself.

@@ -40,6 +40,7 @@ def measure(folder: Path, switches: int, steady_s: float, in_flight: int, worker
     launch = {
         "name": "swapbench",
         "heartbeat_ms": 100,
+        "allow_root": True,  # benchmarks run as whoever runs them, root in CI
         "nodes": [
             {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}},
             {

@@ -203,4 +203,5 @@ def _peek_seq(frame: zmq.Frame) -> int:
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return 0
     seq = items[1] if len(items) > 1 else 0
-    return seq if isinstance(seq, int) and seq >= 0 else 0
+    # MessagePack `true` decodes to a Python int too, but is no sequence number.
+    return seq if type(seq) is int and seq >= 0 else 0

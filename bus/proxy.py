@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import zmq
 
 from vigil.bus.codec import topic_frame
+from vigil.bus.curve import CurveConfig, Gate, secure
 
 __all__ = ["Proxy"]
 
@@ -32,6 +35,10 @@ class Proxy:
         frontend: str,
         backend: str,
         latched: Iterable[str] = (),
+        *,
+        keep: Path | None = None,
+        curve: CurveConfig | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.frontend: zmq.Socket[bytes] = ctx.socket(zmq.XSUB)
         self.backend: zmq.Socket[bytes] = ctx.socket(zmq.XPUB)
@@ -40,11 +47,26 @@ class Proxy:
             sock.setsockopt(zmq.SNDHWM, 100_000)
             sock.setsockopt(zmq.RCVHWM, 100_000)
         self.backend.setsockopt(zmq.XPUB_VERBOSE, 1)
+        secure(self.frontend, frontend, curve, "server", gate)
+        secure(self.backend, backend, curve, "server", gate)
         self.frontend.bind(frontend)
         self.backend.bind(backend)
         self._latched = {topic_frame(t) for t in latched}
+        # A PUB sends only what someone subscribed to: subscribe to latched topics here, so a
+        # value published before any subscriber joined is still kept for the first one.
+        for topic in self._latched:
+            self.frontend.send(b"\x01" + topic)
         self._last: dict[bytes, list[bytes]] = {}
         self.forwarded = 0
+        # Latched values survive a proxy restart: they are kept on disk as they change (rarely)
+        # and loaded back, so a late joiner still learns the state after the proxy died.
+        self._keep = keep
+        if keep is not None:
+            keep.mkdir(mode=0o700, exist_ok=True)
+            for path in sorted(keep.glob("*.frames")):
+                frames = _read_frames(path.read_bytes())
+                if frames and frames[0] in self._latched:
+                    self._last[frames[0]] = frames
 
     def register(self, poller: zmq.Poller) -> None:
         """Add both sockets to a poller."""
@@ -66,7 +88,9 @@ class Proxy:
                 return
             first = frames[0].bytes
             if first in self._latched:
-                self._last[first] = [f.bytes for f in frames]
+                kept = self._last[first] = [f.bytes for f in frames]
+                if self._keep is not None:
+                    _write_frames(self._keep / f"{first[:-1].hex()}.frames", kept)
             self.backend.send_multipart(frames, copy=False)
             self.forwarded += 1
 
@@ -98,3 +122,23 @@ class Proxy:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _write_frames(path: Path, frames: list[bytes]) -> None:
+    """Store frames length-prefixed, replacing the file atomically."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in frames))
+    os.replace(tmp, path)
+
+
+def _read_frames(data: bytes) -> list[bytes]:
+    """Frames written by `_write_frames`; [] for a damaged file (the value is then lost)."""
+    frames, at = [], 0
+    while at + 4 <= len(data):
+        size = int.from_bytes(data[at : at + 4], "little")
+        at += 4
+        if at + size > len(data):
+            return []
+        frames.append(data[at : at + size])
+        at += size
+    return frames if at == len(data) else []

@@ -13,6 +13,7 @@ import msgspec
 import zmq
 
 from vigil.bus.codec import Codec, parse_topic_frame, topic_frame
+from vigil.bus.curve import CurveConfig, secure
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.schemas import Message, schema_id
 
@@ -38,10 +39,12 @@ class Publisher:
         hwm: int = 10_000,
         bind: bool = False,
         clock: Callable[[], int] = time.time_ns,
+        curve: CurveConfig | None = None,
     ) -> None:
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
+        secure(self.socket, endpoint, curve, "server" if bind else "client")
         if bind:
             self.socket.bind(endpoint)
         else:
@@ -156,10 +159,12 @@ class Subscriber:
         typed: bool = True,
         hwm: int = 100_000,
         bind: bool = False,
+        curve: CurveConfig | None = None,
     ) -> None:
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
+        secure(self.socket, endpoint, curve, "server" if bind else "client")
         for topic in topics:
             self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode() if prefix else topic_frame(topic))
         if bind:
@@ -225,6 +230,22 @@ class Subscriber:
         if stats is None:
             stats = self.stats[topic] = TopicStats()
         return stats
+
+    def positions(self) -> dict[str, list[tuple[str, int, int, int]]]:
+        """The last sequence number seen per topic and publisher, to resume from later."""
+        return {
+            topic: [(src, inst, session, seq) for (src, inst, session), seq in s.last_seq.items()]
+            for topic, s in self.stats.items()
+            if s.last_seq
+        }
+
+    def resume(self, positions: dict[str, list[tuple[str, int, int, int]]]) -> None:
+        """Continue counting gaps from saved positions (a restarted receiver then sees what
+        it missed while it was down as lost, instead of starting afresh)."""
+        for topic, entries in positions.items():
+            last = self._stats(topic).last_seq
+            for src, inst, session, seq in entries:
+                last[(src, inst, session)] = seq
 
     @property
     def lost(self) -> int:

@@ -10,14 +10,32 @@ import msgspec
 import yaml
 
 from vigil.bus.channel import validation_path
+from vigil.bus.curve import CurveConfig
 from vigil.errors import ConfigError
 from vigil.nodes._entry import NODE_KINDS, config_type
 from vigil.nodes._runtime import NodeArgs
 from vigil.schemas import Config
 
-__all__ = ["LaunchFile", "LaunchPlan", "NodeSpec", "PlannedProcess", "RestartPolicy", "load"]
+__all__ = [
+    "BusSpec",
+    "LaunchFile",
+    "LaunchPlan",
+    "Limits",
+    "NodeSpec",
+    "PlannedProcess",
+    "RestartPolicy",
+    "SecuritySpec",
+    "load",
+]
 
 NodeName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+KeyName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+UserName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+# Node kinds that bind tcp endpoints others connect to: they are Curve servers and need the
+# server's key pair and the allow-list (the proxy, which the launcher adds, is one too).
+_BINDING_KINDS = frozenset({"ingest"})
 
 
 class RestartPolicy(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -27,6 +45,40 @@ class RestartPolicy(Config, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     backoff_initial_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
     backoff_max_ms: Annotated[int, msgspec.Meta(ge=0)] = 5000
+
+
+class Limits(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Resource limits of a node process (setrlimit in the child before exec)."""
+
+    address_space_mb: Annotated[int, msgspec.Meta(ge=16)] | None = None
+    open_files: Annotated[int, msgspec.Meta(ge=16)] | None = None
+    core_dumps: bool = True
+
+
+class SecuritySpec(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """CurveZMQ keys for tcp endpoints (`vigil keys gen` makes them).
+
+    `keys_dir` holds `NAME.key` (public) and `NAME.key_secret` files, relative to the launch
+    file. `allowed` names the client keys let in, or is a directory of public keys; the
+    nodes' own keys are always allowed.
+    """
+
+    keys_dir: str
+    server_key: KeyName = "server"
+    node_key: KeyName = "node"
+    allowed: list[KeyName] | str = []
+
+
+class BusSpec(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where the bus proxy binds when the bus runs over tcp (leave out for ipc).
+
+    `host` names an entry of `hosts` (a multi-host launch); `address` binds on this machine.
+    """
+
+    host: NodeName | None = None
+    address: str | None = None
+    pub_port: Port = 7650
+    sub_port: Port = 7651
 
 
 class NodeSpec(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -40,6 +92,14 @@ class NodeSpec(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
     restart: RestartPolicy = RestartPolicy()
     stop_grace_ms: Annotated[int, msgspec.Meta(ge=0)] = 5000
     config: dict[str, Any] = {}
+    host: NodeName | None = None
+    user: UserName | None = None
+    limits: Limits = Limits()
+    cpu_affinity: (
+        Annotated[list[Annotated[int, msgspec.Meta(ge=0)]], msgspec.Meta(min_length=1)] | None
+    ) = None
+    nice: Annotated[int, msgspec.Meta(ge=0, le=19)] | None = None
+    key: KeyName | None = None
 
 
 class LaunchFile(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -48,6 +108,11 @@ class LaunchFile(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: NodeName
     heartbeat_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 200
     ready_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Nodes refuse to run as root unless this says otherwise (give them a `user:` instead).
+    allow_root: bool = False
+    hosts: dict[NodeName, str] = {}
+    bus: BusSpec | None = None
+    security: SecuritySpec | None = None
     nodes: Annotated[list[NodeSpec], msgspec.Meta(min_length=1)]
 
 
@@ -65,17 +130,33 @@ class PlannedProcess(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LaunchPlan(msgspec.Struct, frozen=True, kw_only=True):
-    """A resolved launch file: every process in start order."""
+    """A resolved launch file: every process in start order (of one host, when placed).
+
+    `proxy` is the bus proxy when it runs here (None on a host that only connects to it);
+    `pub`/`sub` are the proxy's endpoints ("" for the run directory's ipc endpoints) and
+    `curve` the keys the launcher itself connects with.
+    """
 
     source: str
     launch: LaunchFile
     processes: list[PlannedProcess]
+    host: str = ""
+    proxy: PlannedProcess | None = None
+    pub: str = ""
+    sub: str = ""
+    curve: CurveConfig | None = None
 
     def describe(self) -> str:
         """The plan as text for `vigil launch --print`."""
-        lines = [f"launch {self.launch.name} from {self.source}"]
+        where = f" on host {self.host}" if self.host else ""
+        bus = f"; bus {self.pub} / {self.sub}" if self.pub else ""
+        lines = [f"launch {self.launch.name} from {self.source}{where}{bus}"]
         for p in self.processes:
             flags = " required" if p.spec.required else ""
+            if p.spec.host:
+                flags += f" host={p.spec.host}"
+            if p.spec.user:
+                flags += f" user={p.spec.user}"
             cfg = msgspec.json.encode(p.config).decode()
             lines.append(f"  {p.label:<16} {p.spec.kind:<12}{flags} {cfg}")
         return "\n".join(lines)
@@ -89,8 +170,12 @@ def _fail(source: str, exc: msgspec.ValidationError, prefix: str = "$") -> Confi
     return ConfigError(source, _INDEX.sub(prefix, path) if path else prefix, rule)
 
 
-def load(path: str | Path, run_dir: str | Path) -> LaunchPlan:
-    """Read, validate and resolve a launch file into a plan; ConfigError names what is wrong."""
+def load(path: str | Path, run_dir: str | Path, *, host: str | None = None) -> LaunchPlan:
+    """Read, validate and resolve a launch file into a plan; ConfigError names what is wrong.
+
+    With `host`, the plan holds only the nodes placed on that host (and the proxy when the
+    bus lives there); without it, every node of the file.
+    """
     source = str(path)
     try:
         raw = yaml.safe_load(Path(path).read_text())
@@ -102,9 +187,11 @@ def load(path: str | Path, run_dir: str | Path) -> LaunchPlan:
         launch = msgspec.convert(raw, type=LaunchFile)
     except msgspec.ValidationError as exc:
         raise _fail(source, exc) from exc
+    launch_dir = Path(path).resolve().parent
+    bus_host, pub, sub = _bus(source, launch, host)
+    keys = _Keys(source, launch, launch_dir)
     seen: set[str] = set()
     processes: list[PlannedProcess] = []
-    launch_dir = str(Path(path).resolve().parent)
     for index, spec in enumerate(launch.nodes):
         where = f"$.nodes[{index}]"
         if spec.name in seen:
@@ -119,16 +206,138 @@ def load(path: str | Path, run_dir: str | Path) -> LaunchPlan:
             config = msgspec.convert(spec.config, type=config_type(spec.kind))
         except msgspec.ValidationError as exc:
             raise _fail(source, exc, f"{where}.config") from exc
+        placed = spec.host or bus_host
+        if spec.host is not None and spec.host not in launch.hosts:
+            raise ConfigError(source, f"{where}.host", f"unknown host {spec.host!r}")
+        if launch.security is None and _uses_tcp(msgspec.to_builtins(config)):
+            raise ConfigError(
+                source, f"{where}.config", "tcp endpoints need a security: section (CurveZMQ)"
+            )
+        if host is not None and placed != host:
+            continue
+        curve = keys.curve(spec.key, serves=spec.kind in _BINDING_KINDS, where=where)
         for instance in range(spec.replicas):
             args = NodeArgs(
                 name=spec.name,
                 kind=spec.kind,
-                instance=instance if spec.replicas > 1 else 0,
+                instance=instance + 1 if spec.replicas > 1 else 0,
                 run_dir=str(run_dir),
                 heartbeat_ms=spec.heartbeat_ms or launch.heartbeat_ms,
-                launch_dir=launch_dir,
+                launch_dir=str(launch_dir),
+                pub_endpoint=pub,
+                sub_endpoint=sub,
+                curve=curve,
+                allow_root=launch.allow_root,
+                host=placed,
             )
-            if spec.replicas > 1:
-                args = msgspec.structs.replace(args, instance=instance + 1)
             processes.append(PlannedProcess(spec=spec, args=args, config=config))
-    return LaunchPlan(source=source, launch=launch, processes=processes)
+    proxy = None
+    if host is None or host == bus_host:
+        proxy_args = NodeArgs(
+            name="proxy",
+            kind="proxy",
+            run_dir=str(run_dir),
+            heartbeat_ms=launch.heartbeat_ms,
+            launch_dir=str(launch_dir),
+            pub_endpoint=pub,
+            sub_endpoint=sub,
+            curve=keys.curve(None, serves=True, where="$.bus"),
+            allow_root=launch.allow_root,
+            host=bus_host,
+        )
+        proxy = PlannedProcess(spec=PROXY_SPEC, args=proxy_args, config={})
+    return LaunchPlan(
+        source=source,
+        launch=launch,
+        processes=processes,
+        host=host or "",
+        proxy=proxy,
+        pub=pub,
+        sub=sub,
+        curve=keys.curve(None, serves=False, where="$.security"),
+    )
+
+
+PROXY_SPEC = NodeSpec(name="proxy", kind="proxy", required=True)
+
+
+def _bus(source: str, launch: LaunchFile, host: str | None) -> tuple[str, str, str]:
+    """(the bus's host name, pub endpoint, sub endpoint); endpoints "" for ipc."""
+    bus = launch.bus
+    if host is not None and host not in launch.hosts:
+        known = ", ".join(sorted(launch.hosts)) or "none"
+        raise ConfigError(source, "$.hosts", f"no host {host!r} in this file (hosts: {known})")
+    if bus is None:
+        if launch.hosts:
+            raise ConfigError(source, "$.bus", "a launch over hosts needs bus: {host: NAME}")
+        return "", "", ""
+    if launch.security is None:
+        raise ConfigError(source, "$.security", "a tcp bus needs a security: section (Curve)")
+    if (bus.host is None) == (bus.address is None):
+        raise ConfigError(source, "$.bus", "give exactly one of bus.host and bus.address")
+    if bus.host is not None:
+        if bus.host not in launch.hosts:
+            raise ConfigError(source, "$.bus.host", f"unknown host {bus.host!r}")
+        address = launch.hosts[bus.host]
+    else:
+        assert bus.address is not None
+        address = bus.address
+    if bus.pub_port == bus.sub_port:
+        raise ConfigError(source, "$.bus", "pub_port and sub_port must differ")
+    return (
+        bus.host or "",
+        f"tcp://{address}:{bus.pub_port}",
+        f"tcp://{address}:{bus.sub_port}",
+    )
+
+
+def _uses_tcp(value: object) -> bool:
+    if isinstance(value, str):
+        return value.startswith("tcp://")
+    if isinstance(value, dict):
+        return any(_uses_tcp(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_uses_tcp(v) for v in value)
+    return False
+
+
+class _Keys:
+    """Resolves key names of the security section into the paths each process needs."""
+
+    def __init__(self, source: str, launch: LaunchFile, launch_dir: Path) -> None:
+        self.source = source
+        self.security = launch.security
+        if self.security is None:
+            return
+        self.dir = (launch_dir / self.security.keys_dir).resolve()
+        own = {self.security.node_key, *(n.key for n in launch.nodes if n.key)}
+        allowed = self.security.allowed
+        if isinstance(allowed, str):
+            folder = (launch_dir / allowed).resolve()
+            if not folder.is_dir():
+                raise ConfigError(source, "$.security.allowed", f"no directory {folder}")
+            paths = [str(p) for p in sorted(folder.glob("*.key"))]
+        else:
+            paths = [str(self.dir / f"{name}.key") for name in allowed]
+        self.allowed = tuple(dict.fromkeys([*paths, *(str(self.dir / f"{k}.key") for k in own)]))
+
+    def curve(self, key: str | None, *, serves: bool, where: str) -> CurveConfig | None:
+        """The keys of one process; ConfigError when a file it needs is missing."""
+        if self.security is None:
+            return None
+        server = self.security.server_key
+        config = CurveConfig(
+            server_key=str(self.dir / f"{server}.key"),
+            client_secret=str(self.dir / f"{key or self.security.node_key}.key_secret"),
+            server_secret=str(self.dir / f"{server}.key_secret") if serves else "",
+            allowed=self.allowed if serves else (),
+        )
+        needed = [config.server_key, config.client_secret, *config.allowed]
+        if serves:
+            needed.append(config.server_secret)
+        for file in needed:
+            if not Path(file).is_file():
+                raise ConfigError(
+                    self.source, where, f"missing key file {file} (make it: vigil keys gen)"
+                )
+        return config

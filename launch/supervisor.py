@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
+import grp
 import math
 import os
 import signal
@@ -20,37 +20,38 @@ import msgspec
 import structlog
 import zmq
 
-from vigil.bus.pubsub import Publisher
+from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import GraphNode, RunDir, RunGraph
 from vigil.errors import VigilError
-from vigil.launch.model import LaunchPlan, NodeSpec, PlannedProcess
-from vigil.nodes._runtime import NodeArgs
+from vigil.launch._privileges import NodeUser, PrivilegeError, child_setup, node_user
+from vigil.launch.model import LaunchPlan, PlannedProcess
+from vigil.nodes._runtime import ExitCode
 from vigil.schemas import (
     TOPICS,
     AuditEvent,
     AuditId,
     DiagCode,
     DiagnosticEvent,
+    Heartbeat,
     NodeReady,
+    SafetyState,
     Severity,
+    StateChange,
     Topic,
     schema_id,
 )
 
 __all__ = ["LaunchError", "Launcher"]
 
-_PR_SET_PDEATHSIG = 1
-_PROXY_SPEC = NodeSpec(name="proxy", kind="proxy", required=True)
+# Files and sockets made by nodes stay private to the run directory's group.
+_SHARED_UMASK = 0o007
+# How long the launcher waits to see its SAFE_STOP come back through the proxy (so the
+# logger, subscribed to the same proxy, has it) before it stops the nodes.
+_SAFE_STOP_ECHO_S = 2.0
 
 
 class LaunchError(VigilError):
     """A node never became ready, or a required node failed for good."""
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # A node must not outlive a launcher that was SIGKILLed.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class _Child:
     endpoints: dict[str, str] = field(default_factory=dict)
     publishes: list[str] = field(default_factory=list)
     subscribes: list[str] = field(default_factory=list)
+    user: NodeUser | None = None
 
 
 class Launcher:
@@ -93,16 +95,38 @@ class Launcher:
         self.control: zmq.Socket[bytes] = self._stack.enter_context(self.ctx.socket(zmq.PULL))
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.bind(run.control)
-        self.publisher = self._stack.enter_context(Publisher(self.ctx, run.pub, source="launcher"))
         (run.path / "logs").mkdir(mode=0o700, exist_ok=True)
-        proxy_args = NodeArgs(
-            name="proxy",
-            kind="proxy",
-            run_dir=str(run.path),
-            heartbeat_ms=plan.launch.heartbeat_ms,
+        self.pub_endpoint = plan.pub or run.pub
+        self.sub_endpoint = plan.sub or run.sub
+        self.publisher = self._stack.enter_context(
+            Publisher(self.ctx, self.pub_endpoint, source="launcher", curve=plan.curve)
         )
-        proxy = PlannedProcess(spec=_PROXY_SPEC, args=proxy_args, config={})
-        self.children = [_Child(proxy), *(_Child(p) for p in plan.processes)]
+        # The launcher listens to the safety state (to name the state it leaves on SAFE_STOP)
+        # and to heartbeats (to know when the bus carries messages again after a proxy restart).
+        self.bus = self._stack.enter_context(
+            Subscriber(
+                self.ctx,
+                self.sub_endpoint,
+                [Topic.SAFETY_STATE, Topic.HEARTBEAT],
+                curve=plan.curve,
+            )
+        )
+        planned = [plan.proxy] if plan.proxy is not None else []
+        self.children = [_Child(p) for p in [*planned, *plan.processes]]
+        try:
+            for child in self.children:
+                if child.plan.spec.user:
+                    child.user = node_user(child.plan.spec.user)
+        except PrivilegeError as exc:
+            self._stack.close()
+            raise LaunchError(str(exc)) from exc
+        self._share_run_dir()
+        self.state: StateChange | None = None
+        self.safe_stopped = False
+        # Reports made while the proxy is down would be dropped by the PUB socket: they wait
+        # until the restarted proxy carries heartbeats from every logger again.
+        self._held: list[tuple[DiagnosticEvent, AuditEvent]] = []
+        self._beats_since_proxy: set[str] = set()
         self.stopping = False
         self.stop_reason = ""
         self.failure: str | None = None
@@ -149,14 +173,46 @@ class Launcher:
         self.write_graph()
         self.log.info("launch.ready", nodes=len(self.children), run_dir=str(self.run.path))
 
+    def _share_run_dir(self) -> None:
+        """Let nodes that run as an unprivileged user into the run directory.
+
+        The directory stays closed to everyone else: it belongs to the nodes' group (mode
+        2770, so files made inside inherit the group) and nodes start with umask 007.
+        """
+        groups = {c.user.gid for c in self.children if c.user is not None}
+        if not groups:
+            return
+        if len(groups) > 1:
+            raise LaunchError("nodes with user: must share one primary group (the run's group)")
+        gid = groups.pop()
+        for path in (self.run.path, self.run.path / "logs"):
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o2770)
+        control = self.run.control.removeprefix("ipc://")
+        os.chown(control, -1, gid)
+        os.chmod(control, 0o660)
+        self.log.info("launch.run_dir_shared", group=grp.getgrgid(gid).gr_name)
+
     def _spawn(self, child: _Child) -> None:
         args = child.plan.args
+        log_path = self.run.path / "logs" / f"{args.label}.log"
         if child.log is None:
-            child.log = self._stack.enter_context(
-                open(self.run.path / "logs" / f"{args.label}.log", "ab")  # noqa: SIM115
-            )
+            child.log = self._stack.enter_context(open(log_path, "ab"))  # noqa: SIM115
+            if child.user is not None:
+                os.chown(log_path, child.user.uid, child.user.gid)
+        shared = any(c.user is not None for c in self.children)
         child.ready = False
-        child.popen = subprocess.Popen(
+        try:
+            child.popen = self._popen(child, shared)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise LaunchError(f"cannot start {args.label}: {exc}") from exc
+        child.pid = child.popen.pid
+        self.log.info("node.started", node=args.label, pid=child.pid)
+
+    def _popen(self, child: _Child, shared: bool) -> subprocess.Popen[bytes]:
+        args = child.plan.args
+        spec = child.plan.spec
+        return subprocess.Popen(
             [
                 self.python,
                 "-m",
@@ -170,22 +226,39 @@ class Launcher:
             # Its own process group: a terminal's Ctrl-C reaches only the launcher, which then
             # stops the nodes in order instead of all at once.
             process_group=0,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded, async-signal-safe
+            user=child.user.uid if child.user else None,
+            group=child.user.gid if child.user else None,
+            extra_groups=[] if child.user else None,
+            umask=_SHARED_UMASK if shared else -1,
+            # Runs after the switch to the node's user: no_new_privs, limits, CPUs, nice.
+            preexec_fn=child_setup(  # noqa: PLW1509 - only system calls between fork and exec
+                address_space_mb=spec.limits.address_space_mb,
+                open_files=spec.limits.open_files,
+                core_dumps=spec.limits.core_dumps,
+                cpu_affinity=spec.cpu_affinity,
+                nice=spec.nice,
+            ),
         )
-        child.pid = child.popen.pid
-        self.log.info("node.started", node=args.label, pid=child.pid)
 
     def _await_ready(self, child: _Child) -> None:
+        """Wait until `child` is ready; a start-up crash is restarted like any other exit.
+
+        LaunchError when it fails for good (a required node), never gets ready in time,
+        or the launcher is interrupted. A node that is not required and fails for good is
+        left out, and the launch goes on.
+        """
         deadline = self.clock() + int(self.plan.launch.ready_timeout_s * 1e9)
         while not child.ready:
             if self.stopping:
                 raise LaunchError(f"interrupted while starting {child.plan.label}")
-            assert child.popen is not None
-            if child.popen.poll() is not None:
-                raise LaunchError(
-                    f"{child.plan.label} exited with code {child.popen.returncode} before ready;"
-                    f" see {self.run.path / 'logs' / (child.plan.label + '.log')}"
-                )
+            self._check_children(self.clock())
+            if child.failed:
+                if child.plan.spec.required:
+                    raise LaunchError(
+                        f"{child.plan.label} failed before ready; see"
+                        f" {self.run.path / 'logs' / (child.plan.label + '.log')}"
+                    )
+                return
             left_ms = (deadline - self.clock()) / 1e6
             if left_ms <= 0:
                 raise LaunchError(
@@ -196,6 +269,7 @@ class Launcher:
     def _poll(self, timeout_ms: float) -> None:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
+        poller.register(self.bus.socket, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
         events = dict(poller.poll(math.ceil(timeout_ms)))
         if events.get(self._wake_r.fileno()):
@@ -211,6 +285,22 @@ class Launcher:
                 except zmq.Again:
                     break
                 self._on_ready(msgspec.msgpack.decode(raw, type=NodeReady))
+        if events.get(self.bus.socket):
+            self._on_bus()
+
+    def _on_bus(self) -> None:
+        for _ in range(1024):
+            received = self.bus.recv(0)
+            if received is None:
+                if not self.bus.socket.poll(0):
+                    return
+                continue
+            body = received.body
+            if isinstance(body, StateChange):
+                self.state = body
+            elif isinstance(body, Heartbeat) and self._held:
+                self._beats_since_proxy.add(body.node)
+                self._release_held()
 
     def _on_ready(self, report: NodeReady) -> None:
         for child in self.children:
@@ -221,9 +311,26 @@ class Launcher:
                 child.publishes = report.publishes
                 child.subscribes = report.subscribes
                 self.log.info("node.ready", node=args.label, pid=report.pid)
+                if child is self._proxy_child():
+                    self._beats_since_proxy.clear()
                 if child.restarts:
                     self.write_graph()
                 return
+
+    def _proxy_child(self) -> _Child | None:
+        return self.children[0] if self.plan.proxy is not None else None
+
+    def _release_held(self) -> None:
+        proxy = self._proxy_child()
+        if proxy is None or not proxy.ready:
+            return
+        loggers = {c.plan.label for c in self.children if c.plan.spec.kind == "logger" and c.ready}
+        if not loggers <= self._beats_since_proxy:
+            return
+        held, self._held = self._held, []
+        for diag, audit in held:
+            self.publisher.publish(Topic.DIAGNOSTIC, diag)
+            self.publisher.publish(Topic.AUDIT, audit)
 
     # -- supervise -------------------------------------------------------------------------
 
@@ -241,7 +348,38 @@ class Launcher:
             self._check_children(now)
             wait = 100.0 if until is None else max(0.0, min(100.0, (until - now) / 1e6))
             self._poll(wait)
+        if self.failure is not None and not self.safe_stopped:
+            self._safe_stop(self.failure)
         return 1 if self.failure else 0
+
+    def _safe_stop(self, cause: str) -> None:
+        """Bring the system to SAFE_STOP: publish it (latched), audit it, then return so the
+        caller stops every node in order."""
+        self.safe_stopped = True
+        previous = self.state.state if self.state is not None else SafetyState.NORMAL
+        change = StateChange(
+            state=SafetyState.SAFE_STOP,
+            previous=previous,
+            cause=cause[:256],
+            since_ns=time.time_ns(),
+            transitions=(self.state.transitions + 1) if self.state is not None else 1,
+        )
+        self.log.error("launch.safe_stop", cause=cause, previous=str(previous))
+        self.publisher.publish(Topic.SAFETY_STATE, change)
+        self.publisher.publish(
+            Topic.AUDIT,
+            AuditEvent(
+                event=AuditId.STATE_TRANSITION,
+                node="launcher",
+                detail=f"{previous} -> SAFE_STOP: {cause}"[:1024],
+            ),
+        )
+        # Stop only once the proxy has carried it: the logger then has it too.
+        deadline = self.clock() + int(_SAFE_STOP_ECHO_S * 1e9)
+        while self.clock() < deadline:
+            self._poll(50.0)
+            if self.state is not None and self.state.state is SafetyState.SAFE_STOP:
+                return
 
     def _check_children(self, now: int) -> None:
         for child in self.children:
@@ -263,8 +401,14 @@ class Launcher:
         policy = spec.restart
         window_ns = int(policy.window_s * 1e9)
         child.restarts = [t for t in child.restarts if now - t < window_ns]
+        child.ready = False
         self.log.warning("node.exited", node=label, code=code)
-        if len(child.restarts) < policy.max_restarts:
+        if child is self._proxy_child():
+            self._beats_since_proxy.clear()
+        # A configuration refused at start (bad config, root not allowed) fails the same way
+        # every time: restarting it would only hide the cause.
+        permanent = code == ExitCode.CONFIG
+        if not permanent and len(child.restarts) < policy.max_restarts:
             backoff_ms = min(
                 policy.backoff_max_ms, policy.backoff_initial_ms * 2 ** len(child.restarts)
             )
@@ -278,27 +422,32 @@ class Launcher:
             )
             return
         child.failed = True
+        why = (
+            "its configuration was refused (not restarted)"
+            if permanent
+            else f"{policy.max_restarts} restarts in {policy.window_s} s used up"
+        )
         self._report(
             DiagCode.NODE_RESTARTED,
             AuditId.NODE_FAILED,
-            f"{label} exited with code {code}; {policy.max_restarts} restarts in "
-            f"{policy.window_s} s used up",
+            f"{label} exited with code {code}; {why}",
             severity=Severity.CRITICAL,
         )
         if spec.required:
-            self.failure = f"required node {label} failed permanently"
+            self.failure = f"required node {label} failed permanently (exit code {code})"
 
     def _report(
         self, code: DiagCode, audit: AuditId, message: str, *, severity: Severity = Severity.ERROR
     ) -> None:
         self.log.warning("launch.supervision", message=message)
-        self.publisher.publish(
-            Topic.DIAGNOSTIC,
-            DiagnosticEvent(code=code, severity=severity, node="launcher", message=message[:512]),
-        )
-        self.publisher.publish(
-            Topic.AUDIT, AuditEvent(event=audit, node="launcher", detail=message[:1024])
-        )
+        diag = DiagnosticEvent(code=code, severity=severity, node="launcher", message=message[:512])
+        event = AuditEvent(event=audit, node="launcher", detail=message[:1024])
+        proxy = self._proxy_child()
+        if self._held or (proxy is not None and not proxy.ready):
+            self._held.append((diag, event))
+            return
+        self.publisher.publish(Topic.DIAGNOSTIC, diag)
+        self.publisher.publish(Topic.AUDIT, event)
 
     # -- stop ------------------------------------------------------------------------------
 
@@ -322,7 +471,11 @@ class Launcher:
 
     def write_graph(self) -> None:
         """Write graph.json: nodes, pids, endpoints, topics and their types."""
-        endpoints = {"pub": self.run.pub, "sub": self.run.sub, "control": self.run.control}
+        endpoints = {
+            "pub": self.pub_endpoint,
+            "sub": self.sub_endpoint,
+            "control": self.run.control,
+        }
         for child in self.children:
             for key, value in child.endpoints.items():
                 endpoints.setdefault(f"{child.plan.label}.{key}", value)
@@ -343,6 +496,7 @@ class Launcher:
                         subscribes=c.subscribes,
                         endpoints=c.endpoints,
                         restarts=len(c.restarts),
+                        host=c.plan.args.host,
                     )
                     for c in self.children
                 ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -21,6 +22,7 @@ NODE_KINDS: dict[str, str] = {
     "watchdog": "vigil.nodes.watchdog",
     "logger": "vigil.nodes.logger",
     "loader": "vigil.nodes.loader",
+    "metrics": "vigil.nodes.metrics",
     "demo_source": "vigil.nodes.demo_source",
     "demo_sink": "vigil.nodes.demo_sink",
 }
@@ -64,6 +66,14 @@ def main(argv: list[str]) -> int:
         config = msgspec.json.decode(argv[1], type=module.Config)
     except (msgspec.ValidationError, msgspec.DecodeError, KeyError) as exc:
         log.error("node.config_invalid", error=str(exc))
+        return ExitCode.CONFIG
+    if os.geteuid() == 0 and not args.allow_root:
+        log.error(
+            "node.refused_root",
+            node=args.label,
+            reason="a node runs as root only when the launch file says allow_root: true;"
+            " give it a user: instead",
+        )
         return ExitCode.CONFIG
     try:
         code: int = module.run(config, args)

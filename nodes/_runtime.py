@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import queue
 import signal
 import socket
 import threading
@@ -19,9 +20,11 @@ import msgspec
 import structlog
 import zmq
 
+from vigil.bus.curve import CurveConfig, Gate, Refusal, secure
 from vigil.bus.envelope import TraceContext
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir
+from vigil.nodes._endpoints import resolve_endpoint
 from vigil.schemas import (
     AuditEvent,
     AuditId,
@@ -56,6 +59,14 @@ class NodeArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     run_dir: str
     heartbeat_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 200
     launch_dir: str = "."
+    # The bus proxy's endpoints; "" means the ipc endpoints in the run directory.
+    pub_endpoint: str = ""
+    sub_endpoint: str = ""
+    # Curve keys for tcp endpoints (ipc needs none: the run directory's mode guards it).
+    curve: CurveConfig | None = None
+    # A node refuses to run as root unless the launch file says so.
+    allow_root: bool = False
+    host: str = ""
 
     @property
     def label(self) -> str:
@@ -84,10 +95,17 @@ class HeartbeatThread(threading.Thread):
         node = self._node
         period = node.args.heartbeat_ms / 1000
         with Publisher(
-            node.ctx, node.run.pub, source=node.args.name, instance=node.args.instance
+            node.ctx,
+            node.pub_endpoint,
+            source=node.args.name,
+            instance=node.args.instance,
+            curve=node.args.curve,
         ) as pub:
             while True:
                 stopping = self._stop_event.is_set()
+                # Refusals are seen on the ZAP thread; this thread owns a publisher already.
+                for event in node.refusal_events():
+                    pub.publish(Topic.DIAGNOSTIC, event)
                 detail = dict(node.heartbeat_detail)
                 detail["loop_age_ms"] = str((node.clock() - node.loop_ns) // 1_000_000)
                 if stopping:
@@ -137,8 +155,22 @@ class Node:
         self.stop_reason = ""
         self._stack = ExitStack()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = self._stack.enter_context(zmq.Context())
+        self.pub_endpoint = args.pub_endpoint or self.run.pub
+        self.sub_endpoint = args.sub_endpoint or self.run.sub
+        self.refusals: queue.SimpleQueue[Refusal] = queue.SimpleQueue()
+        self.gate: Gate | None = None
+        if args.curve is not None and args.curve.server_secret:
+            self.gate = self._stack.enter_context(
+                Gate(self.ctx, args.curve, report=self.refusals.put)
+            )
         self.publisher = self._stack.enter_context(
-            Publisher(self.ctx, self.run.pub, source=args.name, instance=args.instance)
+            Publisher(
+                self.ctx,
+                self.pub_endpoint,
+                source=args.name,
+                instance=args.instance,
+                curve=args.curve,
+            )
         )
         self.poller = zmq.Poller()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -178,16 +210,46 @@ class Node:
         """Let the node own a socket or resource: closed when the node exits, on every path."""
         return self._stack.enter_context(cm)
 
-    def socket(self, kind: int, *, linger_ms: int = 0) -> zmq.Socket[bytes]:
-        """A new socket owned by this node, with LINGER set explicitly."""
+    def socket(
+        self, kind: int, *, linger_ms: int = 0, serve: str = "", dial: str = ""
+    ) -> zmq.Socket[bytes]:
+        """A new socket owned by this node, with LINGER set explicitly.
+
+        `serve`/`dial` name the endpoint it will bind/connect to: on tcp it is then made a
+        Curve server (guarded by ZAP) or client before it is used.
+        """
         sock: zmq.Socket[bytes] = self._stack.enter_context(self.ctx.socket(kind))
         sock.setsockopt(zmq.LINGER, linger_ms)
+        if serve:
+            secure(sock, resolve_endpoint(self.run, serve), self.args.curve, "server", self.gate)
+        elif dial:
+            secure(sock, resolve_endpoint(self.run, dial), self.args.curve, "client")
         return sock
+
+    def refusal_events(self) -> list[DiagnosticEvent]:
+        """Diagnostics for the handshakes refused since the last call (any thread may ask)."""
+        events: list[DiagnosticEvent] = []
+        while True:
+            try:
+                refusal = self.refusals.get_nowait()
+            except queue.Empty:
+                return events
+            events.append(
+                DiagnosticEvent(
+                    code=DiagCode.AUTH_REFUSED,
+                    severity=Severity.WARNING,
+                    node=self.args.label,
+                    instance=self.args.instance,
+                    message=refusal.describe()[:512],
+                    field=refusal.endpoint[:128],
+                    rule=refusal.reason[:256],
+                )
+            )
 
     def subscriber(self, topics: list[str], *, prefix: bool = False) -> Subscriber:
         """A subscriber on the proxy, owned by this node and registered with its poller."""
         sub: Subscriber = self._stack.enter_context(
-            Subscriber(self.ctx, self.run.sub, topics, prefix=prefix)
+            Subscriber(self.ctx, self.sub_endpoint, topics, prefix=prefix, curve=self.args.curve)
         )
         self.poller.register(sub.socket, zmq.POLLIN)
         return sub

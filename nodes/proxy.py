@@ -20,10 +20,22 @@ Config = ProxyConfig
 def run(config: ProxyConfig, args: NodeArgs) -> ExitCode:
     """Bind the proxy's XSUB/XPUB endpoints and forward until told to stop."""
     with Node(args) as node:
-        proxy = node.enter(Proxy(node.ctx, node.run.pub, node.run.sub, LATCHED_TOPICS))
+        proxy = node.enter(
+            Proxy(
+                node.ctx,
+                node.pub_endpoint,
+                node.sub_endpoint,
+                LATCHED_TOPICS,
+                keep=node.run.path / "latched",
+                curve=node.args.curve,
+                gate=node.gate,
+            )
+        )
         proxy.register(node.poller)
         node.ready(
-            publishes=[], subscribes=[], endpoints={"xsub": node.run.pub, "xpub": node.run.sub}
+            publishes=[],
+            subscribes=[],
+            endpoints={"xsub": node.pub_endpoint, "xpub": node.sub_endpoint},
         )
         while not node.stopping:
             proxy.handle(node.poll())

@@ -18,25 +18,46 @@ __all__ = ["launch"]
 @click.option("--run-dir", default=None, help="Run directory (default: run/<name>-<time>).")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--print", "print_plan", is_flag=True, help="Print the resolved plan and exit.")
-def launch(launch_file: str, run_dir: str | None, duration: float | None, print_plan: bool) -> None:
-    """Start every node of LAUNCH_FILE and supervise them until Ctrl-C or --duration."""
+@click.option(
+    "--host",
+    default=None,
+    help="Start only the nodes placed on this host (a name from the file's hosts:).",
+)
+def launch(
+    launch_file: str,
+    run_dir: str | None,
+    duration: float | None,
+    print_plan: bool,
+    host: str | None,
+) -> None:
+    """Start every node of LAUNCH_FILE and supervise them until Ctrl-C or --duration.
+
+    Exits 0 after a clean stop, 1 when a node failed to start or a required node failed
+    for good (the system is then brought to SAFE_STOP first), 2 for an invalid file.
+    """
     try:
-        probe = load(launch_file, run_dir or "run/<new>")
+        probe = load(launch_file, run_dir or "run/<new>", host=host)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     if print_plan:
         click.echo(probe.describe())
         return
+    if probe.launch.hosts and host is None:
+        hosts = ", ".join(sorted(probe.launch.hosts))
+        click.echo(
+            f"error: this file places nodes on hosts ({hosts}): pick one with --host", err=True
+        )
+        sys.exit(2)
     run = new_run_dir(probe.launch.name, run_dir)
-    plan = load(launch_file, run.path)
+    plan = load(launch_file, run.path, host=host)
     click.echo(f"run directory: {run.path}")
     try:
         with Launcher(plan, run) as launcher:
             launcher.start()
             code = launcher.supervise(duration)
             if launcher.failure:
-                click.echo(f"error: {launcher.failure}", err=True)
+                click.echo(f"error: {launcher.failure}; system in SAFE_STOP", err=True)
     except LaunchError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -81,11 +81,11 @@ class _Ingest:
     def __init__(self, node: Node, config: IngestConfig) -> None:
         self.node = node
         self.config = config
-        self.frontend = node.socket(zmq.ROUTER)
+        self.frontend = node.socket(zmq.ROUTER, serve=config.frontend)
         self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.frontend.setsockopt(zmq.SNDHWM, 0)
         self.frontend.bind(resolve_endpoint(node.run, config.frontend))
-        self.backend = node.socket(zmq.ROUTER)
+        self.backend = node.socket(zmq.ROUTER, serve=config.backend)
         self.backend.setsockopt(zmq.SNDHWM, 0)
         self.backend.bind(resolve_endpoint(node.run, config.backend))
         # A worker's disconnect wakes the ingest at once; it then checks which local worker
@@ -128,6 +128,11 @@ class _Ingest:
         now = self.node.clock()
         try:
             self.validator.check_size(frames[1:])
+        except Rejection as rejection:
+            # Refused before a byte of it is decoded: there is no envelope to answer by.
+            self._refuse(identity, 0, rejection, None, None)
+            return
+        try:
             incoming = self.clients.decode(frames)
             request = self.validator.check(incoming)
         except FrameFault as fault:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import msgspec
 
+from vigil.bus.pubsub import Subscriber
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
 from vigil.nodes.logger.store import LogStore, StoreConfig
 from vigil.schemas import AuditEvent, AuditId, Topic, schema_id
@@ -43,6 +45,8 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
     )
     with Node(args) as node, LogStore.open(store_config) as store:
         sub = node.subscriber(config.topics)
+        positions = Path(store_config.path + ".positions")
+        _resume(sub, positions)
         node.ready(publishes=[], subscribes=config.topics)
         encoder = msgspec.msgpack.Encoder()
         lost_seen = 0
@@ -79,6 +83,28 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
                 lost_seen = sub.lost
             if store.poll_timeout_ms() == 0:
                 store.commit()  # group commit: one msync for every entry since the last
+                _save_positions(sub, positions)
         store.commit()
+        _save_positions(sub, positions)
         node.log.info("node.stopping", reason=node.stop_reason, lost=sub.lost)
     return ExitCode.OK
+
+
+_POSITIONS = msgspec.msgpack.Decoder(dict[str, list[tuple[str, int, int, int]]])
+
+
+def _resume(sub: Subscriber, path: Path) -> None:
+    """Load where the previous logger stopped, so what was published while no logger ran is
+    recorded as a gap (LOG_GAP) instead of vanishing."""
+    try:
+        sub.resume(_POSITIONS.decode(path.read_bytes()))
+    except FileNotFoundError:
+        return
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return  # a torn positions file only costs gap detection across this restart
+
+
+def _save_positions(sub: Subscriber, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.msgpack.encode(sub.positions()))
+    os.replace(tmp, path)

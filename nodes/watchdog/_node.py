@@ -59,6 +59,8 @@ class WatchdogConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_field
 
     # 0: a node is overdue after 3 of its own heartbeat periods.
     heartbeat_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Per-node deadlines (node label -> ms), overriding the default above.
+    deadlines_ms: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
     watch: list[str] = []
     timeout_limit: Annotated[int, msgspec.Meta(ge=1)] = 3
     recovery_delay_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000
@@ -174,7 +176,12 @@ class _Watchdog:
         if beat.detail.get("lifecycle") == "stopping":
             self.nodes.pop(beat.node, None)  # a clean stop is not a fault
             return
-        timeout_ms = self.config.heartbeat_timeout_ms or 3 * beat.period_ms
+        timeout_ms = (
+            self.config.deadlines_ms.get(beat.node)
+            or self.config.deadlines_ms.get(beat.node.split(".")[0])
+            or self.config.heartbeat_timeout_ms
+            or 3 * beat.period_ms
+        )
         watched = self.nodes.get(beat.node)
         if watched is None:
             self.nodes[beat.node] = self._watch_entry(now, timeout_ms)
@@ -243,6 +250,13 @@ class _Watchdog:
         if isinstance(outcome, RequestError):
             if self.machine.state is SafetyState.RECOVERING:
                 self._apply(self.machine.probe_result(False, str(outcome.reply.code), now))
+            return
+        if self.expected is None and self.machine.state is SafetyState.RECOVERING:
+            # A known answer is only ever learned while NORMAL; until then a recovery can only
+            # be judged by a result coming back through the whole pipeline.
+            self._apply(
+                self.machine.probe_result(True, "result returned (no known answer yet)", now)
+            )
             return
         if self.expected is None:
             self.expected = outcome.output

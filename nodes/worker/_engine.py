@@ -13,6 +13,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from vigil.nodes.worker._buffers import BufferPool
+from vigil.nodes.worker._cuda import CudaPath, cuda_available
 from vigil.nodes.worker._postprocess import Task, classification, text_detection
 from vigil.schemas import PerceptionOutput
 from vigil.schemas._base import Config as NodeConfig
@@ -75,6 +76,22 @@ class Engine:
         self._scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
         self._bias = (-np.asarray(config.mean, dtype=np.float32) / std)[:, None, None]
         self._pool = BufferPool()
+        # Padding stays zero between batches only on the CPU path, which refills it; the GPU
+        # path keeps its own device buffers (zeroed once, written only inside the frame).
+        self._cuda: CudaPath | None = None
+        if self.providers[0] == "CUDAExecutionProvider" and cuda_available():
+            self._cuda = CudaPath(
+                self.session,
+                input_name=self.input_name,
+                dtype=self.dtype,
+                scale=self._scale,
+                bias=self._bias,
+            )
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether batches run through the CUDA path (pinned memory, CuPy, I/O binding)."""
+        return self._cuda is not None
 
     def fixed_size(self) -> tuple[int, int] | None:
         """(height, width) when the model only takes one input size."""
@@ -130,7 +147,11 @@ class Engine:
         self, images: Sequence[npt.NDArray[np.uint8]], timestamps_us: Sequence[int]
     ) -> list[PerceptionOutput]:
         """Pre-process, infer and post-process one batch of frames."""
-        output = self.infer(self.preprocess(images))
+        if self._cuda is not None and all(img.shape == images[0].shape for img in images):
+            h, w = images[0].shape[0], images[0].shape[1]
+            output = self._cuda.run(images, self.padded(h, w))
+        else:
+            output = self.infer(self.preprocess(images))
         return self.postprocess(output, [img.shape[:2] for img in images], timestamps_us)
 
     def warm(self, height: int, width: int) -> None:

@@ -41,6 +41,7 @@ from vigil.schemas._base import Config as NodeConfig
 __all__ = ["Config", "WorkerConfig", "run"]
 
 _BURST = 64
+FAULT_ABORT_STREAM = "vigil.fault.abort"
 
 
 class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -55,6 +56,9 @@ class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     engine: EngineConfig = EngineConfig()
     warm_height: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 384
     warm_width: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 640
+    # Fault injection for assessment (ISO 26262-4 asks for it): when on, a request on the
+    # stream `FAULT_ABORT_STREAM` makes the engine abort the process mid-batch. Off by default.
+    fault_injection: bool = False
 
 
 Config = WorkerConfig
@@ -74,7 +78,7 @@ class _Worker:
     def __init__(self, node: Node, config: WorkerConfig) -> None:
         self.node = node
         self.config = config
-        self.dealer = node.socket(zmq.DEALER)
+        self.dealer = node.socket(zmq.DEALER, dial=config.backend)
         self.dealer.connect(resolve_endpoint(node.run, config.backend))
         self.channel = Channel(self.dealer, source=node.args.label, instance=node.args.instance)
         node.poller.register(self.dealer, zmq.POLLIN)
@@ -229,6 +233,7 @@ class _Worker:
         engine = self.manager.engine
         assert engine is not None  # due() checked it
         shape = self.pending[0].image.shape
+        fixed = engine.fixed_size()
         jobs: list[_Job] = []
         rest: deque[_Job] = deque()
         wall = time.time_ns()
@@ -236,6 +241,15 @@ class _Worker:
             job = self.pending.popleft()
             if job.deadline_wall_ns and job.deadline_wall_ns <= wall:
                 self._error(job.rid, job.trace, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
+            elif fixed is not None and (
+                job.image.shape[0] > fixed[0] or job.image.shape[1] > fixed[1]
+            ):
+                self._error(
+                    job.rid,
+                    job.trace,
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"frame larger than the model input {fixed[0]}x{fixed[1]}",
+                )
             elif job.image.shape == shape:
                 jobs.append(job)
             else:
@@ -244,6 +258,10 @@ class _Worker:
         if not jobs:
             return
         batch_id = next(self.batch_ids)
+        if self.config.fault_injection and any(
+            j.request.stream_id == FAULT_ABORT_STREAM for j in jobs
+        ):
+            os.abort()  # what a crash inside the inference engine looks like from outside
         started = self.node.clock()
         try:
             outputs = engine.run([j.image for j in jobs], [j.request.frame_ts_us for j in jobs])

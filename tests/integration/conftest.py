@@ -24,6 +24,7 @@ def pipeline_launch(**overrides: object) -> dict[str, object]:
     launch: dict[str, object] = {
         "name": "itest",
         "heartbeat_ms": 100,
+        "allow_root": True,  # the tests run as root in CI
         "nodes": [
             {
                 "name": "logger",

@@ -41,6 +41,7 @@ def repo(short_tmp: Path) -> Iterator[Repo]:
     launch = {
         "name": "swap",
         "heartbeat_ms": 100,
+        "allow_root": True,  # the tests run as root in CI
         "nodes": [
             {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}},
             {

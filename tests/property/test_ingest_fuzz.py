@@ -78,13 +78,27 @@ def ingest_under_fuzz(short_tmp: Path) -> Iterator[tuple[Launcher, int]]:
     """Loader, one worker and an ingest with small limits; yields the launcher and ingest pid.
 
     The ingest may not be restarted: a crash must show as a dead process, not a new one.
+    The worker starts before the loader so that its subscription to the latched model topic
+    is in place when the loader announces (with no subscriber, the announcement is dropped).
     """
     model = short_tmp / "tiny.onnx"
     digest = _tiny_classifier(model)
     launch = {
         "name": "fuzz",
         "heartbeat_ms": 100,
+        "allow_root": True,  # the tests run as root in CI
         "nodes": [
+            {
+                "name": "worker",
+                "kind": "worker",
+                "config": {
+                    "max_batch": 8,
+                    "max_queue_delay_us": 500,
+                    "warm_height": 8,
+                    "warm_width": 8,
+                    "engine": {"task": "classification", "intra_op_threads": 1, "pad_to": 1},
+                },
+            },
             {
                 "name": "loader",
                 "kind": "loader",
@@ -95,17 +109,6 @@ def ingest_under_fuzz(short_tmp: Path) -> Iterator[tuple[Launcher, int]]:
                         "path": str(model),
                         "sha256": digest,
                     }
-                },
-            },
-            {
-                "name": "worker",
-                "kind": "worker",
-                "config": {
-                    "max_batch": 8,
-                    "max_queue_delay_us": 500,
-                    "warm_height": 8,
-                    "warm_width": 8,
-                    "engine": {"task": "classification", "intra_op_threads": 1, "pad_to": 1},
                 },
             },
             {

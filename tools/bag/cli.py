@@ -1,8 +1,9 @@
-"""The `vigil bag` command group: record, info and play."""
+"""The `vigil bag` command group: record, info, play and check."""
 
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -18,6 +19,8 @@ from rich.text import Text
 
 from vigil.bus.rundir import find_run_dir
 from vigil.errors import VigilError
+from vigil.tools.bag.check import CheckConfig, run_check
+from vigil.tools.bag.compare import format_report
 from vigil.tools.bag.info import bag_info, format_info
 from vigil.tools.bag.play import PlayConfig, Player, parse_remap
 from vigil.tools.bag.record import (
@@ -299,3 +302,56 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
     except VigilError as exc:
         raise click.ClickException(str(exc)) from exc
     console.print(report.summary())
+
+
+@bag.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--launch",
+    "launch_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The pipeline to check (its demo_source nodes are left out).",
+)
+@click.option("--tolerances", type=click.Path(exists=True, dir_okay=False), help="YAML file.")
+@click.option("--in-flight", type=int, default=8, help="Requests outstanding at once.")
+@click.option("--deadline", type=float, default=10.0, help="Deadline of each request (s).")
+@click.option("--pace", type=float, default=0.0, help="1: recorded schedule; 0: flat out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(  # noqa: PLR0917 - click passes every option as an argument
+    paths: tuple[str, ...],
+    launch_file: str,
+    tolerances: str | None,
+    in_flight: int,
+    deadline: float,
+    pace: float,
+    as_json: bool,
+) -> None:
+    """Replay the requests recorded in PATHS through a fresh pipeline from --launch and compare
+    its outputs with the recorded ones; exit 1 on any regression."""
+    try:
+        config = msgspec.convert(
+            {"in_flight": in_flight, "deadline_s": deadline, "pace": pace}, CheckConfig
+        )
+    except msgspec.ValidationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    started = time.monotonic()
+    try:
+        report, stats = run_check(list(paths), launch_file, tolerances, config)
+    except VigilError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(
+            msgspec.json.format(msgspec.json.encode({"report": report, "replay": stats})).decode()
+        )
+    else:
+        served = ", ".join(f"{w}: {v}" for w, v in sorted(stats.serving.items()))
+        click.echo(
+            f"replayed {stats.requests} requests -> {stats.results} results, {stats.errors} "
+            f"errors in {stats.replay_s:.2f} s (pipeline up in {stats.launch_s:.2f} s; "
+            f"{served}); {stats.skipped_outputs} recorded outputs had no recorded request; "
+            f"total {time.monotonic() - started:.2f} s"
+        )
+        click.echo(format_report(report))
+    if not report.passed:
+        sys.exit(1)

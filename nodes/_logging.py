@@ -1,0 +1,140 @@
+"""Structured log lines that say which node wrote them and which trace they belong to.
+
+Every node logs JSON lines through structlog. Two things are added to each line here:
+
+* the node's identity (`node`, `instance`, `kind`), set once per process as soon as the node
+  knows it, so even a line logged by a library or a helper thread names its writer;
+* the W3C trace (`trace_id`, `span_id`, lower-case hex) of the request being handled, bound
+  with `traced(trace)` for the extent of a block. The binding lives in a context variable, so it
+  follows the thread or asyncio task that made it and never leaks into another one.
+
+`current_trace()` gives the bound trace to code that publishes, so a `LogRecord` on the bus and
+the local line carry the same ids.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import structlog
+from structlog.contextvars import bind_contextvars, merge_contextvars, reset_contextvars
+from structlog.typing import Processor
+
+from vigil.bus.envelope import TraceContext
+
+__all__ = [
+    "Identity",
+    "configure_logging",
+    "current_trace",
+    "identity",
+    "processors",
+    "set_identity",
+    "trace_fields",
+    "traced",
+]
+
+_TRACE: ContextVar[TraceContext | None] = ContextVar("vigil_trace", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who writes the log lines of this process."""
+
+    node: str
+    instance: int = 0
+    kind: str = ""
+
+
+class _AddIdentity:
+    """A structlog processor adding the process's node identity to every event.
+
+    Process-wide on purpose: a context variable would not reach the heartbeat thread or a
+    library's threads, and the identity never changes once the node has started.
+    """
+
+    __slots__ = ("identity",)
+
+    def __init__(self) -> None:
+        self.identity: Identity | None = None
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        ident = self.identity
+        if ident is not None:
+            # What a call bound explicitly (a launcher logging about another node) wins.
+            event_dict.setdefault("node", ident.node)
+            event_dict.setdefault("instance", ident.instance)
+            if ident.kind:
+                event_dict.setdefault("kind", ident.kind)
+        return event_dict
+
+
+_IDENTITY = _AddIdentity()
+
+
+def set_identity(node: str, instance: int = 0, kind: str = "") -> None:
+    """Name the node whose lines this process writes (called once its arguments are read)."""
+    _IDENTITY.identity = Identity(node, instance, kind)
+
+
+def identity() -> Identity | None:
+    """The identity set for this process, if any."""
+    return _IDENTITY.identity
+
+
+def processors() -> list[Processor]:
+    """The processor chain of every vigil process: context, identity, level, time, JSON."""
+    return [
+        merge_contextvars,
+        _IDENTITY,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(),
+    ]
+
+
+def configure_logging(stream: TextIO | None = None) -> None:
+    """JSON lines on `stream` (stderr by default), one record per line."""
+    structlog.configure(
+        processors=processors(),
+        logger_factory=structlog.PrintLoggerFactory(stream if stream is not None else sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def trace_fields(trace: TraceContext | None) -> dict[str, str]:
+    """`trace_id` and `span_id` in lower-case hex (the W3C spelling), or nothing."""
+    if trace is None:
+        return {}
+    return {"trace_id": trace.trace_id.hex(), "span_id": trace.span_id.hex()}
+
+
+def current_trace() -> TraceContext | None:
+    """The trace bound by the innermost `traced()` block of this thread or task."""
+    return _TRACE.get()
+
+
+@contextmanager
+def traced(trace: TraceContext | None) -> Iterator[TraceContext | None]:
+    """Within the block, every log line (and every `Node.record`) carries `trace`'s ids.
+
+    `None` binds nothing, so callers need not branch on whether a request had a trace. Blocks
+    nest: leaving one restores the trace of the block around it.
+    """
+    if trace is None:
+        yield None
+        return
+    token = _TRACE.set(trace)
+    bound = bind_contextvars(**trace_fields(trace))
+    try:
+        yield trace
+    finally:
+        reset_contextvars(**bound)
+        _TRACE.reset(token)

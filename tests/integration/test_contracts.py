@@ -1,0 +1,66 @@
+"""The static node contracts agree with what real nodes announce when they start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from vigil.bus.rundir import RunDir
+from vigil.launch import Launcher, load
+from vigil.nodes._contracts import CONTRACTS, contract_for
+from vigil.nodes._endpoints import resolve_endpoint
+from vigil.nodes._entry import NODE_KINDS
+from vigil.tools.graph_check import check_plan
+
+SOURCES = {
+    "name": "sources",
+    "heartbeat_ms": 100,
+    "allow_root": True,  # the tests run as root in CI
+    "nodes": [
+        {"name": "sink", "kind": "demo_sink"},
+        {"name": "source", "kind": "demo_source", "config": {"rate_hz": 1, "height": 32}},
+    ],
+}
+
+
+def _assert_matches(launcher: Launcher) -> set[str]:
+    """Compare every started node's announcement with its kind's contract; the kinds seen."""
+    kinds: set[str] = set()
+    for child in launcher.children:
+        kind = child.plan.spec.kind
+        kinds.add(kind)
+        contract = contract_for(kind, child.plan.config)
+        label = child.plan.label
+        assert set(child.publishes) == contract.publishes, label
+        assert set(child.subscribes) == contract.subscribes, label
+        declared = {e.key: e for e in contract.endpoints if e.key}
+        for key, address in child.endpoints.items():
+            if kind == "proxy":
+                continue  # the proxy's endpoints are the run's bus, not configured
+            assert key in declared, f"{label} reports endpoint {key!r} its contract lacks"
+            configured = declared[key].name
+            assert address in {configured, resolve_endpoint(launcher.run, configured)}, label
+    return kinds
+
+
+def test_contracts_match_the_pipeline_nodes(launched: Launcher) -> None:
+    """Proxy, logger, loader, worker, ingest and watchdog announce exactly their contract."""
+    kinds = _assert_matches(launched)
+    assert kinds == {"proxy", "logger", "loader", "worker", "ingest", "watchdog"}
+    assert check_plan(launched.plan).ok
+
+
+def test_contracts_match_the_demo_nodes(short_tmp: Path) -> None:
+    """The demo source and sink announce exactly their contract."""
+    path = short_tmp / "sources.yaml"
+    path.write_text(yaml.safe_dump(SOURCES))
+    run = RunDir(short_tmp / "run")
+    with Launcher(load(path, run.path), run) as launcher:
+        launcher.start()
+        assert _assert_matches(launcher) == {"proxy", "demo_sink", "demo_source"}
+
+
+def test_every_node_kind_has_a_contract() -> None:
+    """A new node kind cannot be launched without its contract being written down."""
+    assert set(CONTRACTS) == set(NODE_KINDS)

@@ -1,0 +1,202 @@
+"""CurveZMQ on tcp: a peer without an allowed key is refused and logged; the bus serves on."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import pytest
+import yaml
+import zmq
+from click.testing import CliRunner
+
+from tests.integration.conftest import pipeline_launch
+from vigil.bus.curve import CurveConfig, load_public
+from vigil.bus.pubsub import Publisher, Subscriber
+from vigil.bus.rundir import RunDir
+from vigil.client import Client
+from vigil.errors import DeadlineExceeded
+from vigil.launch import Launcher, load
+from vigil.nodes._scene import render_scene
+from vigil.nodes.logger.store import read_entries
+from vigil.schemas import DiagCode, DiagnosticEvent, Heartbeat, InferResult, Severity, Topic
+from vigil.tools.cli import cli
+
+# How long an unauthorised peer is given to get anything through. Authorised peers see
+# heartbeats every 100 ms, so silence for this long is a refusal, not a slow start.
+_REFUSED_FOR_S = 1.5
+_MARK = "intruder publication"
+
+
+def _free_ports(count: int) -> list[int]:
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+@dataclass
+class Secured:
+    launcher: Launcher
+    frontend: str
+    pub: str
+    sub: str
+    client: CurveConfig
+    intruder: CurveConfig
+    refusals: list[DiagnosticEvent] = field(default_factory=list)
+
+
+def _gen(runner: CliRunner, folder: Path, name: str) -> None:
+    result = runner.invoke(cli, ["keys", "gen", "--out", str(folder), "--name", name])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def secured() -> Iterator[Secured]:
+    """The pipeline on tcp 127.0.0.1 with Curve, allowing the key `client` besides its own."""
+    with tempfile.TemporaryDirectory(prefix="vg-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        runner = CliRunner()
+        for name in ("server", "node", "client"):
+            _gen(runner, root / "keys", name)
+        _gen(runner, root / "elsewhere", "intruder")
+        pub_port, sub_port, front_port, back_port = _free_ports(4)
+        frontend = f"tcp://127.0.0.1:{front_port}"
+        backend = f"tcp://127.0.0.1:{back_port}"
+        launch = pipeline_launch(
+            bus={"address": "127.0.0.1", "pub_port": pub_port, "sub_port": sub_port},
+            security={"keys_dir": "keys", "allowed": ["client"]},
+        )
+        for node in launch["nodes"]:  # type: ignore[attr-defined]
+            if node["kind"] == "ingest":
+                node["config"].update(frontend=frontend, backend=backend)
+            if node["kind"] == "worker":
+                node["config"]["backend"] = backend
+        path = root / "secure.yaml"
+        path.write_text(yaml.safe_dump(launch))
+        run = RunDir(root / "run")
+        keys = root / "keys"
+        with Launcher(load(path, run.path), run) as launcher:
+            launcher.start()
+            yield Secured(
+                launcher=launcher,
+                frontend=frontend,
+                pub=f"tcp://127.0.0.1:{pub_port}",
+                sub=f"tcp://127.0.0.1:{sub_port}",
+                client=CurveConfig(
+                    server_key=str(keys / "server.key"),
+                    client_secret=str(keys / "client.key_secret"),
+                ),
+                intruder=CurveConfig(
+                    server_key=str(keys / "server.key"),
+                    client_secret=str(root / "elsewhere" / "intruder.key_secret"),
+                ),
+            )
+
+
+def _infer(endpoint: str, curve: CurveConfig | None, deadline_s: float) -> InferResult:
+    with Client(endpoint, name="curve-test", curve=curve) as client:
+        return client.infer(
+            render_scene(1, 96, 160),
+            stream_id="curve",
+            frame_ts_us=time.time_ns() // 1000,
+            deadline_s=deadline_s,
+        )
+
+
+def test_authorised_client_gets_results_over_curve(secured: Secured) -> None:
+    """A client whose key is allowed gets its result over the encrypted tcp endpoint."""
+    result = _infer(secured.frontend, secured.client, 20)
+    assert isinstance(result, InferResult)
+    assert result.worker.startswith("worker")
+
+
+@pytest.mark.parametrize("who", ["intruder key", "no key"])
+def test_unauthorised_peer_can_neither_subscribe_publish_nor_request(
+    secured: Secured, who: str
+) -> None:
+    """A peer with a key not allowed, or with none, gets nothing through on any endpoint,
+    and every refused endpoint is reported as an AUTH_REFUSED diagnostic."""
+    peer = secured.intruder if who == "intruder key" else None
+    with (
+        zmq.Context() as ctx,
+        Subscriber(
+            ctx, secured.sub, [Topic.DIAGNOSTIC, Topic.HEARTBEAT], curve=secured.client
+        ) as watch,
+        Subscriber(ctx, secured.sub, [Topic.HEARTBEAT, Topic.DIAGNOSTIC], curve=peer) as spy,
+        Publisher(ctx, secured.pub, source="intruder", curve=peer) as forger,
+    ):
+        beats = 0
+        forged = 0
+        deadline = time.monotonic() + _REFUSED_FOR_S
+        while time.monotonic() < deadline:
+            forger.publish(
+                Topic.DIAGNOSTIC,
+                DiagnosticEvent(
+                    code=DiagCode.MALFORMED_FRAME,
+                    severity=Severity.INFO,
+                    node="intruder",
+                    message=_MARK,
+                ),
+            )
+            got = watch.recv(100)
+            if got is None:
+                continue
+            if isinstance(got.body, Heartbeat):
+                beats += 1
+            elif isinstance(got.body, DiagnosticEvent):
+                forged += got.body.message == _MARK
+                if got.body.code == DiagCode.AUTH_REFUSED:
+                    secured.refusals.append(got.body)
+            assert spy.recv(0) is None, "an unauthorised subscriber received a message"
+        assert spy.recv(0) is None
+        assert beats > 0, "the authorised watcher saw no heartbeat: the bus is not flowing"
+        assert forged == 0, "an unauthorised publication reached the bus"
+        with pytest.raises(DeadlineExceeded):
+            _infer(secured.frontend, peer, 0.5)
+        # The refusal of the request is reported by the ingest's next heartbeat.
+        wanted = {secured.pub, secured.sub, secured.frontend}
+        key = load_public(peer.client_secret).decode() if peer else ""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            seen = {
+                r.field
+                for r in secured.refusals
+                if (key in r.message if key else "without a key" in r.message)
+            }
+            if wanted <= seen:
+                break
+            got = watch.recv(100)
+            if (
+                got is not None
+                and isinstance(got.body, DiagnosticEvent)
+                and got.body.code == DiagCode.AUTH_REFUSED
+            ):
+                secured.refusals.append(got.body)
+        assert wanted <= seen, f"refusals reported for {seen}, expected {wanted}"
+
+
+def test_refusals_are_sealed_and_the_pipeline_serves_on(secured: Secured) -> None:
+    """After the refused attempts the sealed log holds AUTH_REFUSED entries and an
+    authorised client is still served."""
+    result = _infer(secured.frontend, secured.client, 20)
+    assert isinstance(result, InferResult)
+    store = secured.launcher.run.path / "log.store"
+    deadline = time.monotonic() + 20
+    sealed: list[dict[str, object]] = []
+    while not sealed and time.monotonic() < deadline:
+        secured.launcher.supervise(0.2)
+        sealed = [
+            p
+            for e in read_entries(store)
+            if e.event == "diag.event"
+            and (p := msgspec.msgpack.decode(e.payload)).get("code") == DiagCode.AUTH_REFUSED
+        ]
+    assert sealed, "no AUTH_REFUSED diagnostic in the sealed log"

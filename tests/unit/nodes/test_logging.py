@@ -1,0 +1,93 @@
+"""Log lines name their node and carry the trace bound around them."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from vigil.bus.envelope import TraceContext
+from vigil.nodes import _logging
+from vigil.nodes._logging import configure_logging, current_trace, set_identity, traced
+
+Lines = Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def lines() -> Iterator[Lines]:
+    """structlog writing JSON lines to a buffer; the global configuration restored after."""
+    stream = io.StringIO()
+    before = _logging.identity()
+    configure_logging(stream)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    structlog.reset_defaults()
+    _logging._IDENTITY.identity = before
+
+
+def test_every_line_names_the_node(lines: Lines) -> None:
+    """The identity set once is on every line, without binding it per logger."""
+    set_identity("worker", 2, "worker")
+    structlog.get_logger().info("batch.done", size=4)
+    (line,) = lines()
+    assert line["node"] == "worker" and line["instance"] == 2 and line["kind"] == "worker"
+    assert line["event"] == "batch.done" and line["level"] == "info" and "timestamp" in line
+
+
+def test_explicit_node_wins_over_the_identity(lines: Lines) -> None:
+    """A line about another node keeps the node it names."""
+    set_identity("launcher")
+    structlog.get_logger().warning("node.exited", node="ingest")
+    assert lines()[0]["node"] == "ingest"
+
+
+def test_traced_block_adds_the_w3c_ids_and_removes_them_after(lines: Lines) -> None:
+    """Inside `traced` lines carry the hex ids; outside they carry none."""
+    trace = TraceContext.new()
+    log = structlog.get_logger()
+    with traced(trace) as bound:
+        assert bound is trace and current_trace() is trace
+        log.info("request.admitted")
+    log.info("idle")
+    inside, outside = lines()
+    assert inside["trace_id"] == trace.trace_id.hex() and len(inside["trace_id"]) == 32
+    assert inside["span_id"] == trace.span_id.hex() and len(inside["span_id"]) == 16
+    assert "trace_id" not in outside and "span_id" not in outside
+    assert current_trace() is None
+
+
+def test_traced_blocks_nest(lines: Lines) -> None:
+    """Leaving an inner block restores the outer trace."""
+    outer = TraceContext.new()
+    inner = outer.child()
+    log = structlog.get_logger()
+    with traced(outer):
+        with traced(inner):
+            log.info("inner")
+        log.info("outer")
+    first, second = lines()
+    assert first["span_id"] == inner.span_id.hex()
+    assert second["span_id"] == outer.span_id.hex()
+    assert first["trace_id"] == second["trace_id"] == outer.trace_id.hex()
+
+
+def test_traced_none_binds_nothing(lines: Lines) -> None:
+    """A request without a trace needs no branch at the call site."""
+    with traced(None) as bound:
+        structlog.get_logger().info("untraced")
+    assert bound is None
+    assert "trace_id" not in lines()[0]
+
+
+def test_a_trace_does_not_leak_into_another_thread(lines: Lines) -> None:
+    """The binding follows the thread that made it (the heartbeat thread stays untraced)."""
+    seen: list[TraceContext | None] = []
+    with traced(TraceContext.new()):
+        thread = threading.Thread(target=lambda: seen.append(current_trace()))
+        thread.start()
+        thread.join()
+    assert seen == [None]

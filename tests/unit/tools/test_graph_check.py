@@ -1,0 +1,175 @@
+"""`vigil graph check`: wiring faults in launch files are found before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from vigil.launch import load
+from vigil.nodes._contracts import CONTRACTS, NodeContract
+from vigil.schemas import Topic
+from vigil.tools.cli import cli
+from vigil.tools.graph_check import GraphReport, Level, check_file, check_plan
+
+DEMO = Path(__file__).resolve().parents[3] / "launch" / "demo.yaml"
+
+
+def _pipeline(**changes: Any) -> dict[str, Any]:
+    """A small complete pipeline; `changes` maps a node name to keys to set (None removes)."""
+    nodes: dict[str, dict[str, Any]] = {
+        "logger": {"name": "logger", "kind": "logger", "config": {"store": {"path": "l.store"}}},
+        "loader": {
+            "name": "loader",
+            "kind": "loader",
+            "config": {
+                "pinned": {"name": "m", "version": "1", "path": "m.onnx", "sha256": "0" * 64}
+            },
+        },
+        "worker": {"name": "worker", "kind": "worker", "replicas": 2},
+        "ingest": {"name": "ingest", "kind": "ingest"},
+        "watchdog": {"name": "watchdog", "kind": "watchdog"},
+        "sink": {"name": "sink", "kind": "demo_sink"},
+    }
+    for name, keys in changes.items():
+        if keys is None:
+            del nodes[name]
+        else:
+            nodes[name] = {**nodes.get(name, {"name": name}), **keys}
+    return {"name": "g", "nodes": list(nodes.values())}
+
+
+def _check(tmp_path: Path, launch: dict[str, Any], **kwargs: Any) -> GraphReport:
+    path = tmp_path / "launch.yaml"
+    path.write_text(yaml.safe_dump(launch))
+    return check_plan(load(path, tmp_path / "run"), **kwargs)
+
+
+def _rules(report: GraphReport, level: Level = Level.ERROR) -> set[tuple[str, str]]:
+    return {(f.rule, f.node) for f in report.findings if f.level is level}
+
+
+def test_the_demo_launch_is_clean_and_fully_covered() -> None:
+    """The shipped demo has no finding and every request-path process is covered."""
+    report = check_file(DEMO)
+    assert report.findings == []
+    assert report.coverage == 1.0
+    assert {e.node for e in report.elements} == {"ingest", "worker"}
+
+
+def test_a_complete_pipeline_passes(tmp_path: Path) -> None:
+    """The reference pipeline passes; its worker pool is redundant, its ingest supervised."""
+    report = _check(tmp_path, _pipeline())
+    assert report.ok, report.findings
+    ingest = next(e for e in report.elements if e.node == "ingest")
+    assert ingest.single_point and any(m.startswith("supervision") for m in ingest.mechanisms)
+    worker = next(e for e in report.elements if e.node == "worker")
+    assert not worker.single_point and any(m.startswith("redundancy") for m in worker.mechanisms)
+
+
+def test_a_watched_topic_nobody_publishes_is_an_error(tmp_path: Path) -> None:
+    """A watchdog watching a topic for staleness that no node publishes is reported."""
+    launch = _pipeline(
+        watchdog={"kind": "watchdog", "config": {"staleness_ms": {"cam/front": 500}}}
+    )
+    report = _check(tmp_path, launch)
+    assert ("no-publisher", "watchdog") in _rules(report)
+    assert ("unknown-topic", "watchdog") in _rules(report)
+    assert not report.ok
+
+
+def test_a_sink_without_an_ingest_is_an_error(tmp_path: Path) -> None:
+    """A demo sink needs results; without an ingest nobody publishes them (and the
+    workers have nobody to take work from)."""
+    report = _check(tmp_path, _pipeline(ingest=None, watchdog=None))
+    errors = _rules(report)
+    assert ("no-publisher", "sink") in errors
+    assert ("no-peer", "worker") in errors
+
+
+def test_an_optional_subscription_without_publisher_is_a_warning(tmp_path: Path) -> None:
+    """Without a watchdog nobody publishes the safety state: a warning, not an error."""
+    report = _check(tmp_path, _pipeline(watchdog=None))
+    assert report.ok
+    assert ("no-publisher", "ingest") in _rules(report, Level.WARNING)
+
+
+def test_an_ingest_without_workers_is_an_error(tmp_path: Path) -> None:
+    """An ingest backend nobody connects to would answer every request UNAVAILABLE."""
+    report = _check(tmp_path, _pipeline(worker=None))
+    assert ("no-peer", "ingest") in _rules(report)
+
+
+def test_a_client_pointed_at_the_wrong_socket_is_an_error(tmp_path: Path) -> None:
+    """A demo source connecting to the worker backend has no ingest frontend to talk to."""
+    launch = _pipeline(source={"kind": "demo_source", "config": {"endpoint": "workers"}})
+    report = _check(tmp_path, launch)
+    assert ("no-peer", "source") in _rules(report)
+
+
+def test_two_ingests_on_one_address_is_an_error(tmp_path: Path) -> None:
+    """Two nodes cannot bind one address."""
+    report = _check(tmp_path, _pipeline(ingest2={"kind": "ingest"}))
+    assert any(rule == "duplicate-bind" for rule, _ in _rules(report))
+
+
+def test_a_type_mismatch_is_an_error(tmp_path: Path) -> None:
+    """Two contracts that use one topic with different types are reported with both types."""
+
+    def sink_reading_requests(config: Any) -> NodeContract:
+        contract = CONTRACTS["demo_sink"](config)
+        return msgspec.structs.replace(contract, types={Topic.INFER_RESULT: "infer.request"})
+
+    contracts = {**CONTRACTS, "demo_sink": sink_reading_requests}
+    report = _check(tmp_path, _pipeline(), contracts=contracts)
+    (mismatch,) = [f for f in report.errors if f.rule == "type-mismatch"]
+    assert Topic.INFER_RESULT in mismatch.message
+    assert "infer.request by sink" in mismatch.message
+    assert "infer.result by ingest" in mismatch.message
+
+
+def test_an_unsupervised_single_point_is_an_error(tmp_path: Path) -> None:
+    """An ingest that is never restarted, with no watchdog, is an uncovered single point;
+    the coverage figure drops to the covered share of request-path processes."""
+    launch = _pipeline(watchdog=None, ingest={"kind": "ingest", "restart": {"max_restarts": 0}})
+    report = _check(tmp_path, launch)
+    assert ("uncovered-single-point", "ingest") in _rules(report)
+    assert report.coverage == pytest.approx(2 / 3)
+
+
+def test_a_watchdog_covers_an_unrestarted_single_point(tmp_path: Path) -> None:
+    """With a watchdog the same ingest's failure is detected: covered, no error."""
+    launch = _pipeline(ingest={"kind": "ingest", "restart": {"max_restarts": 0}})
+    report = _check(tmp_path, launch)
+    assert report.ok and report.coverage == 1.0
+    ingest = next(e for e in report.elements if e.node == "ingest")
+    assert ingest.mechanisms == ["heartbeat (watchdog)"]
+
+
+def test_queues_are_bounded_and_their_worst_case_stated(tmp_path: Path) -> None:
+    """Every request-path queue has a bound; the ingest's worst case in memory is given."""
+    report = _check(tmp_path, _pipeline(ingest={"kind": "ingest", "config": {"max_queue": 16}}))
+    queues = {(q.node, q.name): q for q in report.queues}
+    assert queues["ingest", "ingest.max_queue"].bound == 16
+    assert queues["ingest", "ingest.max_queue"].worst_bytes > 16 * 1920 * 1080 * 3
+    assert queues["worker", "worker.credit"].bound == 8
+
+
+def test_the_command_exits_non_zero_on_errors(tmp_path: Path) -> None:
+    """`vigil graph check` prints the findings and exits 1 on an error, 0 when clean."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_pipeline(worker=None)))
+    runner = CliRunner()
+    bad = runner.invoke(cli, ["graph", "check", str(path)])
+    assert bad.exit_code == 1
+    assert "no-peer" in bad.output and "every request would end UNAVAILABLE" in bad.output
+    good = runner.invoke(cli, ["graph", "check", str(DEMO)])
+    assert good.exit_code == 0, good.output
+    assert "single-point fault coverage 100.0%" in good.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nnodes: []\n")
+    assert runner.invoke(cli, ["graph", "check", str(broken)]).exit_code == 2

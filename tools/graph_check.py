@@ -1,0 +1,477 @@
+"""`vigil graph check`: find wiring faults in a launch plan before any process starts.
+
+The check reads each node's static contract (`vigil.nodes._contracts`) with its typed
+configuration and applies these rules:
+
+* **topics**: every subscribed topic has a publisher and one type across everyone who uses
+  it; a subscription the node cannot work without (`requires`) and nobody publishes is an
+  error, any other unpublished subscription a warning;
+* **point to point**: every worker backend connects to an ingest backend bound in the launch,
+  every client (demo source, watchdog probe) to an ingest frontend, every ingest backend has a
+  worker, and no two nodes bind one address;
+* **queues**: every buffer on the request path has a bound (and its worst case is stated);
+* **single points of failure**: each request-path node is listed with the safety mechanisms
+  that cover its failure — supervision (a restart policy with restarts), heartbeat (a
+  watchdog watches every node's heartbeat), redundancy (more than one replica) — and a single
+  point that none covers is an error.
+
+The coverage figure follows the single-point fault metric of ISO 26262-5 (SPFM =
+1 - sum(lambda_SPF + lambda_RF) / sum(lambda)) with every request-path process given the same
+failure rate, since none is known for a process: the fraction of request-path processes whose
+failure is covered by at least one safety mechanism.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+import click
+import msgspec
+
+from vigil.errors import ConfigError
+from vigil.launch.model import LaunchPlan, NodeSpec, load
+from vigil.nodes._contracts import (
+    LAUNCHER_PUBLISHES,
+    ContractFactory,
+    Endpoint,
+    EndpointRole,
+    NodeContract,
+    contract_for,
+)
+from vigil.schemas import TOPICS, schema_id
+
+__all__ = [
+    "Finding",
+    "GraphReport",
+    "Level",
+    "PathElement",
+    "QueueBound",
+    "TopicLink",
+    "check_file",
+    "check_plan",
+    "format_report",
+    "graph",
+]
+
+_LAUNCHER: Final = "launcher"
+_WILDCARD_HOSTS: Final = frozenset({"*", "0.0.0.0", "::", "[::]"})
+
+
+class Level(enum.StrEnum):
+    """How serious a finding is: errors stop `vigil launch`, warnings are printed."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class Finding(msgspec.Struct, frozen=True, kw_only=True):
+    """One rule broken somewhere in the plan."""
+
+    level: Level
+    rule: str
+    node: str
+    message: str
+
+
+class TopicLink(msgspec.Struct, frozen=True, kw_only=True):
+    """Who publishes and who subscribes one topic, and the types they use it with."""
+
+    topic: str
+    types: list[str]
+    publishers: list[str]
+    subscribers: list[str]
+
+
+class QueueBound(msgspec.Struct, frozen=True, kw_only=True):
+    """A bounded buffer of one node and its worst case in memory (0 when unknown)."""
+
+    node: str
+    name: str
+    bound: int
+    worst_bytes: int
+
+
+class PathElement(msgspec.Struct, frozen=True, kw_only=True):
+    """A request-path node: how many processes, and what covers the failure of each."""
+
+    node: str
+    kind: str
+    replicas: int
+    single_point: bool
+    mechanisms: list[str]
+
+    @property
+    def covered(self) -> bool:
+        """Whether at least one safety mechanism covers the failure of a process."""
+        return bool(self.mechanisms)
+
+
+class GraphReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of a graph check."""
+
+    source: str
+    findings: list[Finding]
+    topics: list[TopicLink]
+    queues: list[QueueBound]
+    elements: list[PathElement]
+    coverage: float
+    """Fraction of request-path processes whose failure a safety mechanism covers."""
+
+    @property
+    def errors(self) -> list[Finding]:
+        """The findings that stop a launch."""
+        return [f for f in self.findings if f.level is Level.ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        """The findings that are only reported."""
+        return [f for f in self.findings if f.level is Level.WARNING]
+
+    @property
+    def ok(self) -> bool:
+        """True when no rule is broken badly enough to stop a launch."""
+        return not self.errors
+
+
+class _Node(msgspec.Struct, frozen=True, kw_only=True):
+    spec: NodeSpec
+    contract: NodeContract
+    run_dir: str
+
+
+def _address(run_dir: str, name: str) -> str:
+    """The zmq address a configured endpoint name resolves to (as `resolve_endpoint` does)."""
+    return name if "://" in name else f"ipc://{Path(run_dir) / name}.sock"
+
+
+def _split_tcp(address: str) -> tuple[str, str] | None:
+    if not address.startswith("tcp://"):
+        return None
+    host, _, port = address[len("tcp://") :].rpartition(":")
+    return host, port
+
+
+def _reaches(bound: str, connected: str) -> bool:
+    """Whether a connect to `connected` reaches a socket bound at `bound`."""
+    if bound == connected:
+        return True
+    b, c = _split_tcp(bound), _split_tcp(connected)
+    if b is None or c is None:
+        return False
+    return b[1] == c[1] and (b[0] in _WILDCARD_HOSTS or b[0] == c[0])
+
+
+def _nodes(plan: LaunchPlan, contracts: Mapping[str, ContractFactory] | None) -> list[_Node]:
+    """One entry per launch-file node (replicas share a contract), the proxy first."""
+    seen: dict[str, _Node] = {}
+    run_dir = plan.processes[0].args.run_dir if plan.processes else "."
+    proxy = NodeSpec(name="proxy", kind="proxy", required=True)
+    seen["proxy"] = _Node(
+        spec=proxy, contract=contract_for("proxy", None, contracts), run_dir=run_dir
+    )
+    for process in plan.processes:
+        if process.spec.name not in seen:
+            seen[process.spec.name] = _Node(
+                spec=process.spec,
+                contract=contract_for(process.spec.kind, process.config, contracts),
+                run_dir=process.args.run_dir,
+            )
+    return list(seen.values())
+
+
+def _check_topics(nodes: list[_Node], findings: list[Finding]) -> list[TopicLink]:
+    publishers: dict[str, list[str]] = defaultdict(list)
+    subscribers: dict[str, list[str]] = defaultdict(list)
+    # topic -> type -> who uses the topic with that type
+    typed: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for topic in LAUNCHER_PUBLISHES:
+        publishers[topic].append(_LAUNCHER)
+        typed[topic][schema_id(TOPICS[topic])].append(_LAUNCHER)
+    for n in nodes:
+        c = n.contract
+        for topic in sorted(c.publishes):
+            publishers[topic].append(n.spec.name)
+        for topic in sorted(c.subscribes):
+            subscribers[topic].append(n.spec.name)
+        for topic in sorted(c.publishes | c.subscribes):
+            kind = c.topic_type(topic)
+            if kind is None:
+                findings.append(
+                    Finding(
+                        level=Level.ERROR,
+                        rule="unknown-topic",
+                        node=n.spec.name,
+                        message=f"uses {topic}, which the topic catalogue does not know",
+                    )
+                )
+            else:
+                typed[topic][kind].append(n.spec.name)
+    for n in nodes:
+        c = n.contract
+        for topic in sorted(c.subscribes):
+            others = [p for p in publishers.get(topic, []) if p != n.spec.name]
+            if others:
+                continue
+            required = topic in c.requires
+            findings.append(
+                Finding(
+                    level=Level.ERROR if required else Level.WARNING,
+                    rule="no-publisher",
+                    node=n.spec.name,
+                    message=f"subscribes {topic}, which no other node publishes"
+                    + ("" if required else " (it works without it)"),
+                )
+            )
+    for topic, kinds in sorted(typed.items()):
+        if len(kinds) > 1:
+            said = "; ".join(
+                f"{kind} by {', '.join(sorted(set(who)))}" for kind, who in sorted(kinds.items())
+            )
+            findings.append(
+                Finding(
+                    level=Level.ERROR,
+                    rule="type-mismatch",
+                    node=", ".join(sorted({w for who in kinds.values() for w in who})),
+                    message=f"{topic} is used with different types: {said}",
+                )
+            )
+    return [
+        TopicLink(
+            topic=topic,
+            types=sorted(typed.get(topic, {})),
+            publishers=sorted(set(publishers.get(topic, []))),
+            subscribers=sorted(set(subscribers.get(topic, []))),
+        )
+        for topic in sorted(set(publishers) | set(subscribers))
+    ]
+
+
+_ROLE_TEXT: Final = {
+    EndpointRole.INGEST_FRONTEND: "an ingest frontend",
+    EndpointRole.WORKER_BACKEND: "an ingest backend",
+}
+
+
+def _check_endpoints(nodes: list[_Node], findings: list[Finding]) -> None:
+    binds: list[tuple[_Node, Endpoint, str]] = []
+    connects: list[tuple[_Node, Endpoint, str]] = []
+    for n in nodes:
+        for e in n.contract.endpoints:
+            (binds if e.bind else connects).append((n, e, _address(n.run_dir, e.name)))
+    by_address: dict[str, list[str]] = defaultdict(list)
+    for n, _, address in binds:
+        by_address[address].append(n.spec.name)
+    for n, _, address in binds:
+        if n.spec.replicas > 1:
+            findings.append(
+                Finding(
+                    level=Level.ERROR,
+                    rule="duplicate-bind",
+                    node=n.spec.name,
+                    message=f"{n.spec.replicas} replicas would all bind {address}",
+                )
+            )
+    for address, owners in sorted(by_address.items()):
+        if len(owners) > 1:
+            findings.append(
+                Finding(
+                    level=Level.ERROR,
+                    rule="duplicate-bind",
+                    node=", ".join(owners),
+                    message=f"{address} is bound by more than one node",
+                )
+            )
+    served: set[int] = set()
+    for n, e, address in connects:
+        peers = [
+            (i, b)
+            for i, (_, b, bound) in enumerate(binds)
+            if b.role is e.role and _reaches(bound, address)
+        ]
+        served.update(i for i, _ in peers)
+        if peers:
+            continue
+        remote = address.startswith("tcp://")
+        findings.append(
+            Finding(
+                level=Level.WARNING if remote else Level.ERROR,
+                rule="no-peer",
+                node=n.spec.name,
+                message=f"connects to {address}, which is not {_ROLE_TEXT[e.role]} bound in this"
+                " launch" + (" (fine only if another host binds it)" if remote else ""),
+            )
+        )
+    for i, (n, e, address) in enumerate(binds):
+        if e.role is EndpointRole.WORKER_BACKEND and i not in served:
+            findings.append(
+                Finding(
+                    level=Level.ERROR,
+                    rule="no-peer",
+                    node=n.spec.name,
+                    message=f"no worker connects to its backend {address}: every request would"
+                    " end UNAVAILABLE",
+                )
+            )
+
+
+def _check_queues(nodes: list[_Node], findings: list[Finding]) -> list[QueueBound]:
+    bounds: list[QueueBound] = []
+    for n in nodes:
+        for q in n.contract.queues:
+            if q.bound <= 0:
+                findings.append(
+                    Finding(
+                        level=Level.ERROR,
+                        rule="unbounded-queue",
+                        node=n.spec.name,
+                        message=f"{q.name} has no bound: memory grows until the process dies",
+                    )
+                )
+            bounds.append(
+                QueueBound(
+                    node=n.spec.name, name=q.name, bound=q.bound, worst_bytes=q.bound * q.item_bytes
+                )
+            )
+    return bounds
+
+
+def _check_single_points(
+    nodes: list[_Node], findings: list[Finding]
+) -> tuple[list[PathElement], float]:
+    watchdogs = [n.spec.name for n in nodes if n.spec.kind == "watchdog"]
+    elements: list[PathElement] = []
+    for n in nodes:
+        if not n.contract.request_path:
+            continue
+        spec = n.spec
+        mechanisms: list[str] = []
+        if spec.restart.max_restarts > 0:
+            mechanisms.append(
+                f"supervision ({spec.restart.max_restarts} restarts in {spec.restart.window_s:g} s)"
+            )
+        if watchdogs:
+            mechanisms.append(f"heartbeat ({', '.join(watchdogs)})")
+        if spec.replicas > 1:
+            mechanisms.append(f"redundancy ({spec.replicas} replicas)")
+        element = PathElement(
+            node=spec.name,
+            kind=spec.kind,
+            replicas=spec.replicas,
+            single_point=spec.replicas == 1,
+            mechanisms=mechanisms,
+        )
+        elements.append(element)
+        if element.single_point and not element.covered:
+            findings.append(
+                Finding(
+                    level=Level.ERROR,
+                    rule="uncovered-single-point",
+                    node=spec.name,
+                    message="a single point of failure on the request path with no restart"
+                    " policy, no watchdog and no replica: its failure would go unhandled",
+                )
+            )
+    total = sum(e.replicas for e in elements)
+    covered = sum(e.replicas for e in elements if e.covered)
+    return elements, (covered / total if total else 1.0)
+
+
+def check_plan(
+    plan: LaunchPlan, *, contracts: Mapping[str, ContractFactory] | None = None
+) -> GraphReport:
+    """Check a resolved launch plan; `contracts` replaces the node kinds' contracts (tests)."""
+    findings: list[Finding] = []
+    try:
+        nodes = _nodes(plan, contracts)
+    except KeyError as exc:
+        raise ConfigError(plan.source, "", f"no contract for node kind {exc.args[0]!r}") from exc
+    topics = _check_topics(nodes, findings)
+    _check_endpoints(nodes, findings)
+    queues = _check_queues(nodes, findings)
+    elements, coverage = _check_single_points(nodes, findings)
+    findings.sort(key=lambda f: (f.level is not Level.ERROR, f.rule, f.node))
+    return GraphReport(
+        source=plan.source,
+        findings=findings,
+        topics=topics,
+        queues=queues,
+        elements=elements,
+        coverage=coverage,
+    )
+
+
+def check_file(path: str | Path) -> GraphReport:
+    """Load a launch file (ConfigError names what is wrong) and check its graph."""
+    return check_plan(load(path, Path("run") / "graph-check"))
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover - the loop always returns
+
+
+def format_report(report: GraphReport) -> str:
+    """The report as text for the terminal."""
+    errors, warnings = len(report.errors), len(report.warnings)
+    lines = [
+        f"graph check {report.source}: {errors} error{'s' * (errors != 1)}, "
+        f"{warnings} warning{'s' * (warnings != 1)}",
+        "",
+        "topics:",
+    ]
+    for t in report.topics:
+        lines.append(
+            f"  {t.topic:<18} [{', '.join(t.types) or '?'}]  pub: {', '.join(t.publishers) or '-'}"
+            f"  sub: {', '.join(t.subscribers) or '-'}"
+        )
+    lines += ["", "queues:"]
+    for q in report.queues:
+        worst = f" (at most {_size(q.worst_bytes)})" if q.worst_bytes else ""
+        lines.append(f"  {q.node}: {q.name} <= {q.bound}{worst}")
+    lines += ["", f"request path: single-point fault coverage {report.coverage:.1%}"]
+    for e in report.elements:
+        what = "single point" if e.single_point else f"{e.replicas} replicas"
+        cover = ", ".join(e.mechanisms) or "NOT COVERED"
+        lines.append(f"  {e.node:<12} {e.kind:<8} {what:<13} {cover}")
+    if report.findings:
+        lines += ["", "findings:"]
+        lines += [f"  {f.level:<7} {f.rule:<22} {f.node}: {f.message}" for f in report.findings]
+    return "\n".join(lines)
+
+
+@click.group("graph")
+def graph() -> None:
+    """Check the node graph of a launch file before anything runs."""
+
+
+@graph.command("check")
+@click.argument("launch_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--strict", is_flag=True, help="Fail on warnings too.")
+def check(launch_file: str, as_json: bool, strict: bool) -> None:
+    """Check LAUNCH_FILE: topics, endpoints, queue bounds, single points of failure.
+
+    Exits 1 when a rule is broken (with --strict, on warnings too), 2 on an invalid file.
+    """
+    try:
+        report = check_file(launch_file)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        data = msgspec.to_builtins(report)
+        data["ok"] = report.ok
+        click.echo(msgspec.json.format(msgspec.json.encode(data)).decode())
+    else:
+        click.echo(format_report(report))
+    if report.errors or (strict and report.warnings):
+        sys.exit(1)
