@@ -50,6 +50,7 @@ from vigil.bus.rundir import RunDir
 from vigil.client import AsyncClient
 from vigil.errors import RequestError
 from vigil.launch import Launcher, load
+from vigil.nodes.worker import Device, Engine, EngineConfig, Task
 
 SIZE = 224
 MEAN = (0.485, 0.456, 0.406)
@@ -128,28 +129,26 @@ def _row(
 
 def inprocess(model: Path, args: argparse.Namespace, frames: list[np.ndarray]) -> dict[int, float]:
     """Images/s of one session called directly, per batch size (preprocessing included)."""
-    session = _session(model, args.threads, args.device)
-    dtype = np.float16 if args.fp16 else np.float32
-    prep = _Preprocess(dtype)
+    # The worker's own engine, called directly: the same session options and the same
+    # preprocessing (on the GPU: pinned upload, the CUDA normalisation kernel, I/O binding).
+    engine = Engine(
+        model.read_bytes(),
+        EngineConfig(
+            task=Task.CLASSIFICATION,
+            device=Device(args.device),
+            intra_op_threads=args.threads,
+            mean=MEAN,
+            std=STD,
+        ),
+        name="resnet50",
+        version="1",
+    )
     rates = {}
     for batch in args.batches:
         chunk = [frames[i % len(frames)] for i in range(batch)]
-        if args.device == "cuda":
-            import onnxruntime as ort  # noqa: PLC0415
 
-            x = ort.OrtValue.ortvalue_from_numpy(prep(chunk), "cuda", 0)
-            binding = session.io_binding()
-            binding.bind_ortvalue_input("input", x)
-            binding.bind_output("logits", "cuda")
-
-            def step(chunk: list[np.ndarray] = chunk, x: Any = x, binding: Any = binding) -> None:
-                x.update_inplace(prep(chunk))  # each batch is uploaded, as a server must
-                session.run_with_iobinding(binding)
-                binding.synchronize_outputs()
-        else:
-
-            def step(chunk: list[np.ndarray] = chunk) -> None:
-                session.run(None, {"input": prep(chunk)})
+        def step(chunk: list[np.ndarray] = chunk) -> None:
+            engine.infer_frames(chunk)  # each batch is uploaded, as a server must
 
         step()
         images, start = 0, time.perf_counter()
@@ -330,10 +329,11 @@ class _VigilDriver:
         self.endpoint = endpoint
         self.frames = frames
         self.ts = itertools.count(1)
+        self.stages: list[tuple[float, float, int]] = []
 
     async def _call(self, client: AsyncClient, i: int, stream: str) -> bool:
         try:
-            await client.infer(
+            result = await client.infer(
                 self.frames[i % len(self.frames)],
                 stream_id=stream,
                 frame_ts_us=next(self.ts),
@@ -341,6 +341,8 @@ class _VigilDriver:
             )
         except RequestError:
             return False
+        # Where the time went, from the worker's own stamps (queue = arrival to batch start).
+        self.stages.append((result.queue_us / 1000, result.infer_us / 1000, result.batch_size))
         return True
 
     def closed(self, concurrency: int, warm: float, duration: float) -> tuple[list, int]:
@@ -381,7 +383,9 @@ class _VigilDriver:
 
             async def one(i: int, scheduled: float) -> None:
                 nonlocal errors
-                ok = await self._call(client, i, "open")
+                # One stream per request: tasks may send out of creation order, and a
+                # stream's timestamps must increase.
+                ok = await self._call(client, i, f"open{i}")
                 end = time.perf_counter()
                 if not ok:
                     errors += 1
@@ -413,7 +417,26 @@ def vigil_pipeline(
         driver = _VigilDriver(run.ipc("ingest"), frames)
         # Every worker has loaded and warmed once its first request comes back.
         driver.closed(args.workers, 0.0, 1.0)
-        return _sweep("vigil", driver.closed, driver.open, args)
+        rows = []
+
+        def staged(run: Callable[..., tuple[list, int]]) -> Callable[..., tuple[list, int]]:
+            def measured(*a: Any) -> tuple[list, int]:
+                driver.stages.clear()
+                out = run(*a)
+                if driver.stages:
+                    q, i, b = (np.asarray(x) for x in zip(*driver.stages, strict=True))
+                    print(
+                        f"           worker stamps: queue p50/p99 {np.percentile(q, 50):.1f}/"
+                        f"{np.percentile(q, 99):.1f} ms, infer p50/p99 {np.percentile(i, 50):.1f}/"
+                        f"{np.percentile(i, 99):.1f} ms, mean batch {b.mean():.1f}",
+                        flush=True,
+                    )
+                return out
+
+            return measured
+
+        rows = _sweep("vigil", staged(driver.closed), staged(driver.open), args)
+        return rows
 
 
 # -- the sweep -------------------------------------------------------------------------------
@@ -502,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker_threads is None:
         args.worker_threads = args.threads if gpu else max(1, args.threads // args.workers)
     if args.max_batch is None:
-        args.max_batch = 8 if gpu else 1
+        args.max_batch = 16 if gpu else 1
     if args.quick:
         args.duration = args.duration or 2.0
         args.warm, args.batches, args.concurrency, args.rates = 0.5, [1, 4], [1, 4], [0.5]
@@ -510,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
         args.duration = args.duration or 10.0
         args.warm, args.batches = 2.0, [1, 2, 4, 8]
         args.concurrency, args.rates = [1, 2, 4, 8], [0.3, 0.5, 0.7, 0.9]
+        if gpu:  # a GPU wants big batches: sweep further
+            args.batches = [1, 4, 8, 16, 32]
+            args.concurrency = [1, 4, 16, 32, 64]
     rng = np.random.default_rng(args.seed)
     frames = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(8)]
     with tempfile.TemporaryDirectory(prefix="vb-", dir="/tmp") as tmp_name:

@@ -48,6 +48,7 @@ _SHARED_UMASK = 0o007
 # How long the launcher waits to see its SAFE_STOP come back through the proxy (so the
 # logger, subscribed to the same proxy, has it) before it stops the nodes.
 _SAFE_STOP_ECHO_S = 2.0
+_BEATS_BEFORE_RELEASE = 3
 
 
 class LaunchError(VigilError):
@@ -126,7 +127,7 @@ class Launcher:
         # Reports made while the proxy is down would be dropped by the PUB socket: they wait
         # until the restarted proxy carries heartbeats from every logger again.
         self._held: list[tuple[DiagnosticEvent, AuditEvent]] = []
-        self._beats_since_proxy: set[str] = set()
+        self._beats_since_proxy: dict[str, int] = {}
         self.stopping = False
         self.stop_reason = ""
         self.failure: str | None = None
@@ -299,7 +300,7 @@ class Launcher:
             if isinstance(body, StateChange):
                 self.state = body
             elif isinstance(body, Heartbeat) and self._held:
-                self._beats_since_proxy.add(body.node)
+                self._beats_since_proxy[body.node] = self._beats_since_proxy.get(body.node, 0) + 1
                 self._release_held()
 
     def _on_ready(self, report: NodeReady) -> None:
@@ -325,7 +326,10 @@ class Launcher:
         if proxy is None or not proxy.ready:
             return
         loggers = {c.plan.label for c in self.children if c.plan.spec.kind == "logger" and c.ready}
-        if not loggers <= self._beats_since_proxy:
+        # A logger's first beat through the new proxy shows its publisher reconnected; its
+        # subscriber reconnects on the same 100 ms timer, so a few beats later its
+        # subscription has reached this launcher's publisher too.
+        if any(self._beats_since_proxy.get(label, 0) < _BEATS_BEFORE_RELEASE for label in loggers):
             return
         held, self._held = self._held, []
         for diag, audit in held:

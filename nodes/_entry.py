@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from types import ModuleType
 
 import msgspec
 import structlog
 
+from vigil.nodes._logging import configure_logging, set_identity
 from vigil.nodes._runtime import ExitCode, NodeArgs
 
-__all__ = ["NODE_KINDS", "config_type", "main", "node_module"]
+__all__ = ["NODE_KINDS", "config_type", "configure_logging", "main", "node_module"]
 
 # Node kind -> the module that implements it (each exposes `Config` and `run`).
 NODE_KINDS: dict[str, str] = {
@@ -39,20 +39,6 @@ def config_type(kind: str) -> type[msgspec.Struct]:
     return cls
 
 
-def configure_logging() -> None:
-    """JSON lines on stderr: one record per line, with the node bound into each."""
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-
-
 def main(argv: list[str]) -> int:
     """Run the node described by `argv` = [args JSON, config JSON]."""
     configure_logging()
@@ -67,6 +53,7 @@ def main(argv: list[str]) -> int:
     except (msgspec.ValidationError, msgspec.DecodeError, KeyError) as exc:
         log.error("node.config_invalid", error=str(exc))
         return ExitCode.CONFIG
+    set_identity(args.label, args.instance, args.kind)
     if os.geteuid() == 0 and not args.allow_root:
         log.error(
             "node.refused_root",

@@ -25,6 +25,7 @@ from vigil.bus.envelope import TraceContext
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.nodes._endpoints import resolve_endpoint
+from vigil.nodes._logging import current_trace, trace_fields
 from vigil.schemas import (
     AuditEvent,
     AuditId,
@@ -343,8 +344,14 @@ class Node:
         trace: TraceContext | None = None,
         **fields: str | int | float | bool | None,
     ) -> None:
-        """Log a structured record locally and send it to the logger over the bus."""
-        getattr(self.log, level)(event, **fields)
+        """Log a structured record locally and send it to the logger over the bus.
+
+        Without `trace`, the one bound by an enclosing `traced()` block is used.
+        """
+        if trace is None:
+            trace = current_trace()
+        ids = trace_fields(trace)
+        getattr(self.log, level)(event, **{**fields, **ids})
         self.publisher.publish(
             Topic.LOG,
             LogRecord(
@@ -352,8 +359,8 @@ class Node:
                 event=event[:256],
                 node=self.args.label,
                 instance=self.args.instance,
-                trace_id=trace.trace_id.hex() if trace else "",
-                span_id=trace.span_id.hex() if trace else "",
+                trace_id=ids.get("trace_id", ""),
+                span_id=ids.get("span_id", ""),
                 fields=fields,
             ),
             trace=trace,

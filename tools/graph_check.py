@@ -419,15 +419,17 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover - the loop always returns
 
 
-def format_report(report: GraphReport) -> str:
-    """The report as text for the terminal."""
+def format_report(report: GraphReport, *, brief: bool = False) -> str:
+    """The report as text for the terminal; `brief` gives the findings only."""
     errors, warnings = len(report.errors), len(report.warnings)
-    lines = [
+    head = (
         f"graph check {report.source}: {errors} error{'s' * (errors != 1)}, "
-        f"{warnings} warning{'s' * (warnings != 1)}",
-        "",
-        "topics:",
-    ]
+        f"{warnings} warning{'s' * (warnings != 1)}"
+    )
+    found = [f"  {f.level:<7} {f.rule:<22} {f.node}: {f.message}" for f in report.findings]
+    if brief:
+        return "\n".join([head, *found])
+    lines = [head, "", "topics:"]
     for t in report.topics:
         lines.append(
             f"  {t.topic:<18} [{', '.join(t.types) or '?'}]  pub: {', '.join(t.publishers) or '-'}"
@@ -442,9 +444,8 @@ def format_report(report: GraphReport) -> str:
         what = "single point" if e.single_point else f"{e.replicas} replicas"
         cover = ", ".join(e.mechanisms) or "NOT COVERED"
         lines.append(f"  {e.node:<12} {e.kind:<8} {what:<13} {cover}")
-    if report.findings:
-        lines += ["", "findings:"]
-        lines += [f"  {f.level:<7} {f.rule:<22} {f.node}: {f.message}" for f in report.findings]
+    if found:
+        lines += ["", "findings:", *found]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import click
 from vigil.errors import ConfigError
 from vigil.launch import Launcher, LaunchError, load
 from vigil.tools._rundirs import new_run_dir
+from vigil.tools.graph_check import check_plan, format_report
 
 __all__ = ["launch"]
 
@@ -48,6 +49,11 @@ def launch(
         click.echo(
             f"error: this file places nodes on hosts ({hosts}): pick one with --host", err=True
         )
+        sys.exit(2)
+    graph = check_plan(load(launch_file, run_dir or "run/<new>"))  # every host's nodes
+    if graph.findings:
+        click.echo(format_report(graph, brief=True), err=True)
+    if not graph.ok:
         sys.exit(2)
     run = new_run_dir(probe.launch.name, run_dir)
     plan = load(launch_file, run.path, host=host)

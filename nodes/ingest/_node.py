@@ -12,9 +12,10 @@ import psutil
 import zmq
 
 from vigil.bus.channel import Channel, FrameFault
-from vigil.bus.envelope import TraceContext
+from vigil.bus.envelope import Envelope, TraceContext
 from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._tracing import request_spans
 from vigil.nodes.ingest._dispatch import Dispatcher, Request
 from vigil.nodes.ingest._ratelimit import RateLimitConfig, RateLimiter
 from vigil.nodes.ingest._validate import (
@@ -112,6 +113,9 @@ class _Ingest:
         self.dispatcher = Dispatcher(max_queue=config.max_queue)
         self.state = SafetyState.NORMAL
         self.counts = {"accepted": 0, "answered": 0, "rejected": 0, "errors": 0}
+        # Receive-to-reply spans, exported only where OpenTelemetry is set up.
+        self.spans = node.enter(request_spans(f"vigil.{node.args.name}"))
+        self._published: tuple[int, ...] = ()
 
     # -- clients -------------------------------------------------------------------------
 
@@ -215,6 +219,12 @@ class _Ingest:
             return
         self.validator.accept(request)
         self.counts["accepted"] += 1
+        self.spans.start(
+            pending.rid,
+            trace,
+            parent=_client_trace(envelope),
+            attributes={"vigil.stream_id": request.stream_id, "vigil.tenant": envelope.tenant},
+        )
         if self.config.publish_requests:
             self.node.publisher.publish(
                 Topic.INFER_REQUEST,
@@ -263,6 +273,10 @@ class _Ingest:
         )
         self._answer_error(identity, seq, reply, trace)
         self.counts["rejected"] += 1
+        if trace is not None:
+            # Refused before admission: a span that starts and ends with the refusal.
+            self.spans.start(0, trace, name="ingest.refuse")
+            self.spans.end(0, code=rejection.code, error=True)
         self.node.diag(
             rejection.diag,
             f"request refused: {rejection.code}",
@@ -289,6 +303,7 @@ class _Ingest:
         )
         self._answer_error(request.client, request.client_seq, reply, request.trace)
         self.counts["errors"] += 1
+        self.spans.end(request.rid, code=code, error=True)
         self.node.diag(
             diag,
             why,
@@ -343,9 +358,11 @@ class _Ingest:
             self.clients.send(body, identity=[request.client], envelope=env)
             self.node.publisher.publish(Topic.INFER_RESULT, body, trace=request.trace)
             self.counts["answered"] += 1
+            self.spans.end(request.rid)
         elif isinstance(body, ErrorReply):
             self._answer_error(request.client, request.client_seq, body, request.trace)
             self.counts["errors"] += 1
+            self.spans.end(request.rid, code=body.code, error=True)
 
     def _worker_lost(self, identity: bytes, why: str) -> None:
         slot = self.dispatcher.workers.get(identity)
@@ -410,6 +427,21 @@ class _Ingest:
                     if slot.name == body.node and slot.pid == body.pid:
                         slot.last_heard_ns = now
 
+    def publish_counts(self) -> None:
+        """Put the cumulative counters into the heartbeat (the metrics node reads them).
+
+        A new dict replaces the old one only when a count moved: the heartbeat thread copies
+        whichever it finds, and the loop allocates nothing while the ingest is idle.
+        """
+        current = (self.limiter.allowed, self.limiter.refused, *self.counts.values())
+        if current == self._published:
+            return
+        self._published = current
+        detail = {key: str(value) for key, value in self.counts.items()}
+        detail["rate_allowed"] = str(self.limiter.allowed)
+        detail["rate_refused"] = str(self.limiter.refused)
+        self.node.heartbeat_detail = detail
+
     def timeout_ms(self) -> float | None:
         deadline = self.dispatcher.next_deadline_ns()
         if deadline is None:
@@ -432,6 +464,13 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _client_trace(envelope: Envelope) -> TraceContext | None:
+    """The client's own span, when its envelope carried a valid trace context."""
+    if len(envelope.trace_id) == 16 and len(envelope.span_id) == 8:
+        return TraceContext(envelope.trace_id, envelope.span_id, envelope.trace_flags)
+    return None
 
 
 def _trace(incoming: object) -> TraceContext:
@@ -471,6 +510,7 @@ def run(config: IngestConfig, args: NodeArgs) -> ExitCode:
                 ingest.on_client()
             ingest.on_time()
             ingest.dispatch()
+            ingest.publish_counts()
         # Nothing is silently dropped on the way out: open requests get UNAVAILABLE.
         for rid in list(ingest.dispatcher.open):
             request = ingest.dispatcher.close(rid)

@@ -328,7 +328,9 @@ def run(config: WatchdogConfig, args: NodeArgs) -> ExitCode:
         watchdog = _Watchdog(node, config)
         node.ready(
             publishes=[Topic.SAFETY_STATE, Topic.AUDIT, Topic.DIAGNOSTIC],
-            subscribes=[Topic.HEARTBEAT, Topic.INFER_RESULT, Topic.INFER_ERROR],
+            subscribes=sorted(
+                {Topic.HEARTBEAT, Topic.INFER_RESULT, Topic.INFER_ERROR, *config.staleness_ms}
+            ),
         )
         watchdog.resume()
         while not node.stopping:

@@ -77,11 +77,13 @@ class ModelManager:
         config: EngineConfig,
         *,
         warm: tuple[int, int],
+        max_batch: int = 1,
         event: Callable[[ModelStep, ModelAnnouncement, str, int], None],
         free_memory: Callable[[Device], int] = free_memory_bytes,
     ) -> None:
         self.config = config
         self.warm = warm
+        self.max_batch = max_batch
         self.event = event
         self.free_memory = free_memory
         self.engine: Engine | None = None
@@ -95,7 +97,7 @@ class ModelManager:
         data = _read_checked(a.path, a.sha256)
         try:
             engine = Engine(data, self.config, name=a.name, version=a.version)
-            engine.warm(*self.warm)
+            engine.warm(*self.warm, max_batch=self.max_batch)
         except Exception as exc:
             raise ModelLoadError(
                 DiagCode.MODEL_LOAD_FAILED, f"session failed: {type(exc).__name__}"

@@ -86,6 +86,7 @@ class _Worker:
         self.manager = ModelManager(
             config.engine,
             warm=(config.warm_height, config.warm_width),
+            max_batch=config.max_batch,
             event=self._event,
         )
         self.credited = False

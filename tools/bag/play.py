@@ -26,6 +26,7 @@ import zmq
 
 from vigil.bus.codec import topic_frame
 from vigil.bus.envelope import Envelope
+from vigil.tools._taps import SubscriptionWatch
 from vigil.tools.bag._mcap import BagError, BagMessage, read_messages
 from vigil.tools.bag.info import bag_info
 from vigil.tools.bag.record import TopicFilter
@@ -140,7 +141,7 @@ class Player:
         self._stack.callback(self._wake_w.close)
         self._stack.callback(self._wake_r.close)
         self._wake_w.setblocking(False)
-        self._subscriptions: set[bytes] = set()
+        self._watch = SubscriptionWatch()
         self._stopping = False
 
     @property
@@ -250,19 +251,12 @@ class Player:
 
     def _handle(self, events: dict[object, int], xpub: zmq.Socket[bytes]) -> None:
         if xpub in events:
-            while True:
-                try:
-                    event = xpub.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                if event[:1] == b"\x01":
-                    self._subscriptions.add(event[1:])
+            self._watch.read(xpub)
         if self._wake_r.fileno() in events and b"q" in self._wake_r.recv(64):
             self._stopping = True
 
     def _uncovered(self) -> list[str]:
-        subs = self._subscriptions
-        return [t for t in self.topics if not any(topic_frame(t).startswith(s) for s in subs)]
+        return [t for t in self.topics if not self._watch.count(t)]
 
     def _wait_for_subscribers(self, poller: zmq.Poller, xpub: zmq.Socket[bytes]) -> None:
         deadline = self._monotonic() + int(self.config.wait_timeout_s * _NS)

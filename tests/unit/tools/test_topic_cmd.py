@@ -64,7 +64,8 @@ def test_a_missing_field_does_not_match_and_is_counted() -> None:
 
 def test_values_decode_into_the_topic_type() -> None:
     """YAML decodes into the catalogued type; the type tag may be left out."""
-    value = decode_value(Topic.DIAGNOSTIC, "{code: DIA-2047, severity: ERROR, node: n, message: hi}")
+    text = "{code: DIA-2047, severity: ERROR, node: n, message: hi}"
+    value = decode_value(Topic.DIAGNOSTIC, text)
     assert isinstance(value, DiagnosticEvent) and value.code == "DIA-2047"
 
 

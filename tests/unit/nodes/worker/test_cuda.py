@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -21,7 +22,10 @@ pytestmark = [
     ),
 ]
 
-DETECTOR = resources.files("rapidocr_onnxruntime") / "models" / "ch_PP-OCRv4_det_infer.onnx"
+# Found without importing the package (its __init__ pulls in OCR post-processing libraries).
+_SPEC = importlib.util.find_spec("rapidocr_onnxruntime")
+assert _SPEC is not None and _SPEC.submodule_search_locations
+DETECTOR = Path(_SPEC.submodule_search_locations[0]) / "models" / "ch_PP-OCRv4_det_infer.onnx"
 
 
 def _pair(model: bytes, **config: object) -> tuple[Engine, Engine]:
