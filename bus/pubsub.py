@@ -160,6 +160,7 @@ class Subscriber:
         hwm: int = 100_000,
         bind: bool = False,
         curve: CurveConfig | None = None,
+        strict: bool = False,
     ) -> None:
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -172,6 +173,10 @@ class Subscriber:
         else:
             self.socket.connect(endpoint)
         self._typed = typed
+        # With `strict`, a subscriber that knows a publisher session counts the first message
+        # of that session on a new topic from seq 1 (for receivers that must miss nothing).
+        self._strict = strict
+        self._sessions: set[tuple[str, int, int]] = set()
         self._codec = Codec()
         self.stats: dict[str, TopicStats] = {}
 
@@ -220,6 +225,12 @@ class Subscriber:
             return None
         if last is not None and envelope.seq > last + 1:
             stats.lost += envelope.seq - last - 1
+        elif last is None and key in self._sessions and envelope.seq > 1:
+            # A publisher this subscriber has followed all along, on a topic it had not used
+            # yet: everything before this first message was missed.
+            stats.lost += envelope.seq - 1
+        if last is None and self._strict:
+            self._sessions.add(key)
         stats.last_seq[key] = envelope.seq
         stats.messages += 1
         stats.bytes += size
@@ -246,6 +257,8 @@ class Subscriber:
             last = self._stats(topic).last_seq
             for src, inst, session, seq in entries:
                 last[(src, inst, session)] = seq
+                if self._strict:
+                    self._sessions.add((src, inst, session))
 
     @property
     def lost(self) -> int:

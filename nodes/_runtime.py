@@ -247,10 +247,19 @@ class Node:
                 )
             )
 
-    def subscriber(self, topics: list[str], *, prefix: bool = False) -> Subscriber:
+    def subscriber(
+        self, topics: list[str], *, prefix: bool = False, strict: bool = False
+    ) -> Subscriber:
         """A subscriber on the proxy, owned by this node and registered with its poller."""
         sub: Subscriber = self._stack.enter_context(
-            Subscriber(self.ctx, self.sub_endpoint, topics, prefix=prefix, curve=self.args.curve)
+            Subscriber(
+                self.ctx,
+                self.sub_endpoint,
+                topics,
+                prefix=prefix,
+                curve=self.args.curve,
+                strict=strict,
+            )
         )
         self.poller.register(sub.socket, zmq.POLLIN)
         return sub
@@ -281,7 +290,9 @@ class Node:
                 endpoints=endpoints or {},
             )
             push.send(msgspec.msgpack.encode(report))
-        self.log.info("node.ready", pid=os.getpid())
+        # Also on the bus: the logger then knows this publisher from its first message on, and
+        # can count anything of it that it misses later (a gap).
+        self.record("info", "node.ready", pid=os.getpid())
 
     def poll(self, timeout_ms: float | None = None) -> dict[Any, int]:
         """Wait for socket events or a stop signal (at most `timeout_ms`, else 100 ms)."""

@@ -45,9 +45,10 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
         config.store, path=str(path if path.is_absolute() else Path(args.run_dir) / path)
     )
     with Node(args) as node, LogStore.open(store_config) as store:
-        sub = node.subscriber(config.topics)
+        sub = node.subscriber(config.topics, strict=True)
         positions = Path(store_config.path + ".positions")
-        _resume(sub, positions)
+        resumed = _resume(sub, positions)
+        node.log.info("logger.resumed", publisher_topics=resumed)
         node.ready(publishes=[], subscribes=config.topics)
         encoder = msgspec.msgpack.Encoder()
         lost_seen = 0
@@ -99,9 +100,9 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
                 lost_seen = sub.lost
             if store.poll_timeout_ms() == 0:
                 store.commit()  # group commit: one msync for every entry since the last
-                _save_positions(sub, positions)
             stats = store.stats
             if stats.commits != commits_seen:
+                _save_positions(sub, positions)
                 # Read by the heartbeat thread and, over the bus, by the metrics node.
                 commits_seen = stats.commits
                 node.heartbeat_detail = {
@@ -119,15 +120,17 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
 _POSITIONS = msgspec.msgpack.Decoder(dict[str, list[tuple[str, int, int, int]]])
 
 
-def _resume(sub: Subscriber, path: Path) -> None:
+def _resume(sub: Subscriber, path: Path) -> int:
     """Load where the previous logger stopped, so what was published while no logger ran is
-    recorded as a gap (LOG_GAP) instead of vanishing."""
+    recorded as a gap (LOG_GAP) instead of vanishing. Returns the positions loaded."""
     try:
-        sub.resume(_POSITIONS.decode(path.read_bytes()))
+        positions = _POSITIONS.decode(path.read_bytes())
     except FileNotFoundError:
-        return
+        return 0
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return  # a torn positions file only costs gap detection across this restart
+        return 0  # a torn positions file only costs gap detection across this restart
+    sub.resume(positions)
+    return sum(len(v) for v in positions.values())
 
 
 def _save_positions(sub: Subscriber, path: Path) -> None:

@@ -143,22 +143,27 @@ def test_slow_subscriber_never_blocks_publishers(pipeline: tuple[Launcher, LoadD
     """A subscriber that stops reading fills its queue; publishers drop for it instead of
     blocking, the pipeline keeps its pace, and the drops show up as sequence gaps."""
     launcher, driver = pipeline
-    with zmq.Context() as ctx, Subscriber(ctx, launcher.run.sub, [Topic.HEARTBEAT], hwm=4) as slow:
+    # A topic of its own: nothing else in the pipeline subscribes to it, only the slow reader.
+    topic = "test/flood"
+    beat = Heartbeat(node="flood", instance=0, pid=1, period_ms=1)
+    with (
+        zmq.Context() as ctx,
+        Subscriber(ctx, launcher.run.sub, [topic], hwm=4) as slow,
+        Publisher(ctx, launcher.run.pub, source="flood", hwm=8) as flood,
+    ):
         slow.socket.setsockopt(zmq.RCVBUF, 4096)
-        first = slow.recv(5000)  # joined: from here on it reads nothing for a while
-        assert first is not None
-        with Publisher(ctx, launcher.run.pub, source="flood", hwm=8) as flood:
-            started = time.monotonic()
-            for _ in range(20_000):
-                flood.publish(
-                    Topic.HEARTBEAT, Heartbeat(node="flood", instance=0, pid=1, period_ms=1)
-                )
-            publish_s = time.monotonic() - started
+        while slow.recv(50) is None:  # joined once a first message gets through
+            flood.publish(topic, beat)
+        started = time.monotonic()
+        for _ in range(20_000):  # from here on the reader reads nothing for a while
+            flood.publish(topic, beat)
+        publish_s = time.monotonic() - started
         before = len(driver.outcomes)
         driver.run_for(1.0)
         assert len(driver.outcomes) > before  # the pipeline kept serving meanwhile
-        while slow.recv(200) is not None:
-            pass
+        for _ in range(100_000):  # what is queued for the slow reader, then stop
+            if slow.recv(100) is None:
+                break
     assert publish_s < 10  # 20,000 publishes never waited for the slow reader
     assert slow.lost > 0
     _assert_nothing_lost(driver)
@@ -210,6 +215,6 @@ def test_killed_logger_records_the_gap(pipeline: tuple[Launcher, LoadDriver]) ->
         if gaps:
             break
         assert time.monotonic() < deadline, "no LOG_GAP recorded"
-    assert "diag/event" in str(gaps[0]["detail"])
+    assert "diag/event" in str(gaps)
     _assert_nothing_lost(driver)
     assert verify_store(launcher.run.path / "log.store").ok
