@@ -35,6 +35,7 @@ Reply = tuple[int, InferResult | RequestError]
 _GRACE_NS = 500_000_000
 
 
+# implements: SR-ERR-001
 class Client:
     """A synchronous client: `infer()` for one request, `submit()`/`poll()` for many in flight.
 

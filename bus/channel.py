@@ -153,6 +153,7 @@ class Channel:
         """Receive and decode one message; raises FrameFault for frames that do not decode."""
         return self.decode(self.socket.recv_multipart(flags, copy=False))
 
+    # implements: SR-ING-003
     def decode(self, frames: list[zmq.Frame]) -> Incoming:
         """Decode frames read from this channel's socket; raises FrameFault when they fail."""
         identity, rest = split_identity(frames) if self._routed else ([], frames)

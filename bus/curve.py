@@ -88,6 +88,7 @@ def applies(endpoint: str) -> bool:
     return endpoint.startswith("tcp://")
 
 
+# implements: SR-SEC-001
 def server(sock: zmq.Socket[Any], curve: CurveConfig, *, domain: str = "vigil") -> None:
     """Make `sock` a Curve server (before it binds); ZAP then checks each client's key."""
     if not curve.server_secret:
@@ -202,6 +203,7 @@ class _GateThread(AuthenticationThread):
         return bool(super()._handle_pipe_message(msg))
 
 
+# implements: SR-SEC-001
 class Gate(ThreadAuthenticator):
     """The ZAP handler of one process's Curve servers; every refusal is counted and reported.
 

@@ -20,6 +20,7 @@ __all__ = ["Proxy"]
 _BURST = 256
 
 
+# implements: SR-WDG-003
 class Proxy:
     """Forwards every publication from XSUB to XPUB and subscriptions the other way.
 

@@ -195,6 +195,7 @@ class LibcClockLib:
         return [(stamps[2 * i], stamps[2 * i + 1], stamps[2 * i + 2]) for i in range(samples)]
 
 
+# implements: SR-TIM-001
 class PtpClock:
     """The clock that stamps log entries: the configured PHC, or a configured fallback.
 

@@ -22,6 +22,7 @@ __all__ = ["Publisher", "Received", "Subscriber", "TopicStats"]
 Buffer = bytes | memoryview | zmq.Frame
 
 
+# implements: SR-ERR-003
 class Publisher:
     """Publishes typed messages on topics; numbers them per topic so receivers see gaps.
 
@@ -70,6 +71,34 @@ class Publisher:
         tenant: str = "",
     ) -> int:
         """Publish one message; returns its sequence number on that topic."""
+        parts = self.encode(
+            topic,
+            body,
+            trace=trace,
+            buffers=buffers,
+            deadline_ns=deadline_ns,
+            priority=priority,
+            tenant=tenant,
+        )
+        self.socket.send_multipart(parts, copy=not buffers)
+        return self._seq[topic]
+
+    def encode(
+        self,
+        topic: str,
+        body: Message,
+        *,
+        trace: TraceContext | None = None,
+        buffers: Sequence[Buffer] = (),
+        deadline_ns: int = 0,
+        priority: int = 0,
+        tenant: str = "",
+    ) -> list[Buffer]:
+        """The frames of the next message on `topic` (it takes the next sequence number).
+
+        Sending the same frames again is a safe retransmission: receivers drop a repeated
+        sequence number as a duplicate.
+        """
         frame = self._frames.get(topic)
         if frame is None:
             frame = self._frames[topic] = topic_frame(topic)
@@ -95,8 +124,7 @@ class Publisher:
         )
         parts: list[Buffer] = [frame, self._codec.encode(envelope), self._codec.encode(body)]
         parts.extend(buffers)
-        self.socket.send_multipart(parts, copy=not buffers)
-        return seq
+        return parts
 
     def publish_raw(self, frames: Sequence[Buffer]) -> None:
         """Forward already-encoded frames unchanged (bag replay keeps recorded envelopes)."""
@@ -191,6 +219,7 @@ class Subscriber:
         frames = self.socket.recv_multipart(copy=False)
         return self.decode(frames)
 
+    # implements: SR-ING-003, SR-ERR-003
     def decode(self, frames: list[zmq.Frame]) -> Received | None:
         """Decode frames already read from `socket` (for callers that poll many sockets)."""
         size = sum(len(f) for f in frames)

@@ -40,6 +40,7 @@ class RunGraph(msgspec.Struct, kw_only=True):
     nodes: list[GraphNode] = []
 
 
+# implements: SR-SEC-002
 class RunDir:
     """A run directory (mode 0700) and the endpoints inside it."""
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 import msgspec
 import structlog
@@ -49,6 +49,8 @@ _SHARED_UMASK = 0o007
 # logger, subscribed to the same proxy, has it) before it stops the nodes.
 _SAFE_STOP_ECHO_S = 2.0
 _BEATS_BEFORE_RELEASE = 3
+_RESEND_NS = 2_000_000_000
+_RESEND_PERIOD_NS = 200_000_000
 
 
 class LaunchError(VigilError):
@@ -127,6 +129,8 @@ class Launcher:
         # Reports made while the proxy is down would be dropped by the PUB socket: they wait
         # until the restarted proxy carries heartbeats from every logger again.
         self._held: list[tuple[DiagnosticEvent, AuditEvent]] = []
+        self._resend: list[tuple[int, list[Any]]] = []
+        self._next_resend = 0
         self._beats_since_proxy: dict[str, int] = {}
         self.stopping = False
         self.stop_reason = ""
@@ -194,6 +198,7 @@ class Launcher:
         os.chmod(control, 0o660)
         self.log.info("launch.run_dir_shared", group=grp.getgrgid(gid).gr_name)
 
+    # implements: SR-SUP-002
     def _spawn(self, child: _Child) -> None:
         args = child.plan.args
         log_path = self.run.path / "logs" / f"{args.label}.log"
@@ -332,9 +337,25 @@ class Launcher:
         if any(self._beats_since_proxy.get(label, 0) < _BEATS_BEFORE_RELEASE for label in loggers):
             return
         held, self._held = self._held, []
+        # Whether the new proxy has passed every subscription on to this publisher yet cannot
+        # be seen from here: send each report, then send the very same frames again for a
+        # while. Receivers drop the repeats by their sequence number.
+        until = self.clock() + _RESEND_NS
         for diag, audit in held:
-            self.publisher.publish(Topic.DIAGNOSTIC, diag)
-            self.publisher.publish(Topic.AUDIT, audit)
+            for topic, body in ((Topic.DIAGNOSTIC, diag), (Topic.AUDIT, audit)):
+                frames = self.publisher.encode(topic, body)
+                self.publisher.publish_raw(frames)
+                self._resend.append((until, frames))
+
+    def _resend_held(self) -> None:
+        """Repeat recently released reports until their window closes."""
+        now = self.clock()
+        if not self._resend or now < self._next_resend:
+            return
+        self._next_resend = now + _RESEND_PERIOD_NS
+        self._resend = [(until, frames) for until, frames in self._resend if until > now]
+        for _, frames in self._resend:
+            self.publisher.publish_raw(frames)
 
     # -- supervise -------------------------------------------------------------------------
 
@@ -350,6 +371,7 @@ class Launcher:
                 self.stop_reason = "duration elapsed"
                 break
             self._check_children(now)
+            self._resend_held()
             wait = 100.0 if until is None else max(0.0, min(100.0, (until - now) / 1e6))
             self._poll(wait)
         if self.failure is not None and not self.safe_stopped:
@@ -399,6 +421,7 @@ class Launcher:
                 continue
             self._on_exit(child, popen.returncode, now)
 
+    # implements: SR-SUP-001
     def _on_exit(self, child: _Child, code: int, now: int) -> None:
         spec = child.plan.spec
         label = child.plan.label

@@ -78,6 +78,7 @@ class NodeArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+# implements: SR-HB-001
 class HeartbeatThread(threading.Thread):
     """Publishes the node's heartbeat from its own thread and socket.
 
@@ -203,6 +204,7 @@ class Node:
     ) -> None:
         self._stack.close()
 
+    # implements: SR-SUP-003
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
         self.stop_reason = signal.Signals(signum).name

@@ -47,6 +47,7 @@ class WorkerSlot:
     host: str = ""
 
 
+# implements: SR-ERR-001
 class Dispatcher:
     """Queues accepted requests and hands each to the worker with the most free credit.
 
@@ -130,6 +131,7 @@ class Dispatcher:
                 slot.inflight.discard(rid)
         return request
 
+    # implements: SR-DLN-002
     def worker_lost(self, identity: bytes) -> list[Request]:
         """Re-queue a lost worker's open work (front of the queue, oldest first).
 
@@ -166,6 +168,7 @@ class Dispatcher:
         slot.credit = 0
         return exhausted
 
+    # implements: SR-DLN-001
     def expired(self, now_ns: int) -> list[Request]:
         """Open requests whose deadline has passed (removed; the caller answers them)."""
         out = []

@@ -235,6 +235,7 @@ class _Ingest:
                 tenant=envelope.tenant,
             )
 
+    # implements: SR-WDG-003
     def _policy_verdict(self, priority: int) -> Rejection | None:
         if self.state is SafetyState.NORMAL:
             return None
@@ -251,6 +252,7 @@ class _Ingest:
             code=ErrorCode.UNAVAILABLE,
         )
 
+    # implements: SR-ERR-002
     def _refuse(
         self,
         identity: bytes,
@@ -322,6 +324,7 @@ class _Ingest:
                 return
             self._from_worker(frames)
 
+    # implements: SR-DLN-002
     def on_disconnect(self) -> None:
         """A worker connection dropped: find the local worker processes that are gone."""
         while True:
@@ -381,6 +384,7 @@ class _Ingest:
 
     # -- time ----------------------------------------------------------------------------
 
+    # implements: SR-DLN-001
     def on_time(self) -> None:
         now = self.node.clock()
         for request in self.dispatcher.expired(now):
@@ -449,6 +453,7 @@ class _Ingest:
         return max(0.0, min(100.0, (deadline - self.node.clock()) / 1e6))
 
 
+# implements: SR-ING-004
 _MESSAGES = {
     ErrorCode.INVALID_ARGUMENT: "request failed validation",
     ErrorCode.DEADLINE_EXCEEDED: "deadline exceeded",

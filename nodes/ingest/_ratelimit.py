@@ -62,6 +62,7 @@ class Decision:
     retry_after_ms: int = 0
 
 
+# implements: SR-RL-001
 class RateLimiter:
     """One bucket per tenant; priority decides how deep into the bucket a request may dig."""
 

@@ -70,6 +70,7 @@ def rejection_from_fault(fault: FrameFault) -> Rejection:
     return Rejection(classify_rule(fault.rule), fault.field or "$", fault.rule)
 
 
+# implements: SR-ING-001
 class RequestValidator:
     """Checks a decoded request against the rules the schema cannot express alone.
 
@@ -91,6 +92,7 @@ class RequestValidator:
                 DiagCode.SIZE_LIMIT, "$", f"message of {total} bytes exceeds the size limit"
             )
 
+    # implements: SR-ING-002
     def check(self, incoming: Incoming) -> InferRequest:
         """The request, or a Rejection naming the field and rule it broke."""
         if incoming.envelope.schema != _REQUEST_SCHEMA:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
+import importlib.util
 from pathlib import Path
 from typing import Annotated
 
@@ -193,12 +193,12 @@ class _Loader:
         self.begin(_announcement(model), model.directory)
 
     def _check_pinned(self, pinned: PinnedModel) -> None:
-        path = _model_path(self.node, pinned.path)
-        self.event(ModelStep.SEEN, pinned.name, pinned.version, path.name)
         try:
+            path = _model_path(self.node, pinned.path)
+            self.event(ModelStep.SEEN, pinned.name, pinned.version, path.name)
             data = path.read_bytes()
         except OSError as exc:
-            self.refuse(pinned.name, pinned.version, f"unreadable: {exc.strerror}")
+            self.refuse(pinned.name, pinned.version, f"unreadable: {exc.strerror or exc}")
             return
         digest = hashlib.sha256(data).hexdigest()
         if digest != pinned.sha256:
@@ -239,6 +239,7 @@ class _Loader:
             ModelCommand(action=ModelAction.PREPARE, generation=self.generation, model=model),
         )
 
+    # implements: SR-MDL-003
     def advance(self) -> None:
         """Commit or roll back the switch in progress once its outcome is known."""
         switch = self.switch
@@ -317,8 +318,12 @@ def _launch_path(node: Node, path: str) -> Path:
 def _model_path(node: Node, path: str) -> Path:
     if path.startswith(_PACKAGE):
         package, _, inside = path[len(_PACKAGE) :].partition("/")
-        with resources.as_file(resources.files(package) / inside) as found:
-            return Path(found)
+        # Located, never imported: importing the package would run its code (and pull the
+        # inference engine into the loader, which must stay free of it).
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"no installed package {package!r}")
+        return Path(next(iter(spec.submodule_search_locations))) / inside
     return _launch_path(node, path)
 
 

@@ -10,6 +10,7 @@ from vigil.schemas import ModelAnnouncement
 __all__ = ["Switch", "SwitchOutcome"]
 
 
+# implements: SR-MDL-002
 class SwitchOutcome(enum.Enum):
     """How a switch ends."""
 

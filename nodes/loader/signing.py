@@ -549,6 +549,7 @@ def _open_version_dir(v: _Verifier) -> Iterator[int]:
         os.close(fd)
 
 
+# implements: SR-MDL-001
 def verify_directory(
     directory: str | os.PathLike[str],
     trusted: TrustedKeys,

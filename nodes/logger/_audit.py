@@ -50,6 +50,7 @@ class AuditRecord(NamedTuple):
     payload: bytes
 
 
+# implements: SR-LOG-003
 def pack_audit(timestamp_ns: int, event: AuditId, instance: int, payload: bytes = b"") -> bytes:
     """The 46-byte record; ValueError when a field is out of its range."""
     if len(payload) > PAYLOAD_BYTES:

@@ -305,6 +305,7 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     chain: bytes
 
 
+# implements: SR-LOG-001
 def encode_entry(
     *,
     seq: int,

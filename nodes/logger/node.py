@@ -38,6 +38,7 @@ class LoggerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
 Config = LoggerConfig
 
 
+# implements: SR-LOG-003, SR-ERR-002
 def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
     """Append every message of the configured topics until SIGTERM/SIGINT, then commit."""
     path = Path(config.store.path)

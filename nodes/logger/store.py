@@ -184,6 +184,7 @@ def _read_watermark(store_path: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
+# implements: SR-LOG-002
 class LogStore:
     """An open store; use `LogStore.open(config)` as a context manager.
 
@@ -417,6 +418,7 @@ class LogStore:
 
     # -- appending -------------------------------------------------------------------------
 
+    # implements: SR-LOG-001
     def append(self, *, node: str, event: str | int, payload: bytes, trace_id: bytes = b"") -> int:
         """Seal and append one entry; returns its sequence number.
 

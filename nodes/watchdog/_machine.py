@@ -28,6 +28,7 @@ class Transition:
     at_ns: int
 
 
+# implements: SR-WDG-001, SR-WDG-002
 class SafetyMachine:
     """Pure transition logic; the watchdog node feeds it events and the clock.
 

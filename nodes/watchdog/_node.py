@@ -292,6 +292,7 @@ class _Watchdog:
         if transition.state is SafetyState.DEGRADED and self.machine is not None:
             self.probe_seq = 0
 
+    # implements: SR-WDG-003
     def _publish(self, t: Transition) -> None:
         assert self.machine is not None
         self.node.publisher.publish(

@@ -32,6 +32,7 @@ class ModelLoadError(VigilError):
         self.reason = reason
 
 
+# implements: SR-MDL-001
 def _read_checked(path: str, sha256: str) -> bytes:
     try:
         data = Path(path).read_bytes()
@@ -65,6 +66,7 @@ def free_memory_bytes(device: Device) -> int:
     return int(psutil.virtual_memory().available)
 
 
+# implements: SR-MDL-002
 class ModelManager:
     """Loads versions, keeps at most one prepared beside the serving one, switches atomically.
 

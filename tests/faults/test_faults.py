@@ -8,6 +8,7 @@ import time
 
 import msgspec
 import numpy as np
+import pytest
 import zmq
 
 from vigil.bus.pubsub import Publisher, Subscriber
@@ -17,6 +18,10 @@ from vigil.launch.testing import LoadDriver
 from vigil.nodes.logger.store import read_entries, verify_store
 from vigil.nodes.worker._node import FAULT_ABORT_STREAM
 from vigil.schemas import AuditId, Heartbeat, SafetyState, Topic
+
+pytestmark = pytest.mark.verifies(
+    "SR-ERR-001", "SR-DLN-002", "SR-WDG-001", "SR-WDG-002", "SR-WDG-003", "SR-SUP-001", "SR-SUP-002"
+)
 
 
 def _pid(launcher: Launcher, label: str) -> int:
@@ -124,12 +129,17 @@ def test_killed_proxy_is_restarted_and_subscribers_reconnect(
         )
     _assert_nothing_lost(driver)
     assert any(o.result for o in driver.ended_since(killed))
-    restarts = [
-        p
+    deadline = time.monotonic() + 20
+    while not _proxy_restart_sealed(launcher):
+        assert time.monotonic() < deadline, "the proxy's restart never reached the sealed log"
+        driver.step()
+
+
+def _proxy_restart_sealed(launcher: Launcher) -> bool:
+    return any(
+        e == "audit.event" and p["event"] == AuditId.NODE_RESTARTED and "proxy" in str(p)
         for e, p in _sealed(launcher)
-        if e == "audit.event" and p["event"] == AuditId.NODE_RESTARTED and "proxy" in str(p)
-    ]
-    assert restarts
+    )
 
 
 def _collect_beats(sub: Subscriber, seen: set[str]) -> set[str]:

@@ -7,10 +7,14 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
+import pytest
+
 from vigil.nodes.logger._crashsim import RecordingMedium, SimClock, SimMonotonic
 from vigil.nodes.logger._format import Entry, decode_group_header
 from vigil.nodes.logger._scan import open_view, verify_image
 from vigil.nodes.logger.store import FaultClass, LogStore, StoreConfig, StoreLayoutError
+
+pytestmark = pytest.mark.verifies("SR-LOG-002")
 
 SIZE = 32 * 1024
 GROUP = 4096

@@ -28,6 +28,8 @@ from vigil.nodes.logger.store import read_entries
 from vigil.schemas import DiagCode, DiagnosticEvent, Heartbeat, InferResult, Severity, Topic
 from vigil.tools.cli import cli
 
+pytestmark = pytest.mark.verifies("SR-SEC-001")
+
 # How long an unauthorised peer is given to get anything through. Authorised peers see
 # heartbeats every 100 ms, so silence for this long is a refusal, not a slow start.
 _REFUSED_FOR_S = 1.5

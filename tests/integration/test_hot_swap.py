@@ -20,6 +20,7 @@ from vigil.errors import RequestError
 from vigil.launch import Launcher, load
 from vigil.nodes.loader.keys import generate_key_pair, load_private_key
 from vigil.nodes.loader.repository import set_latest
+from vigil.nodes.loader.signing import sign_directory
 from vigil.schemas import DiagCode, DiagnosticEvent, InferResult, ModelEvent, ModelStep, Topic
 from vigil.tools.modelgen import add_version, classifier_workers, signed_pair, tiny_classifier
 
@@ -77,6 +78,7 @@ def _serving(client: Client, ts: int) -> InferResult:
     return client.infer(FRAME, stream_id="s", frame_ts_us=ts, deadline_s=10)
 
 
+@pytest.mark.verifies("SR-MDL-002")
 def test_fifty_switches_under_load_fail_no_request(repo: Repo) -> None:
     """50 switches between two versions under continuous load: every request ends with a
     result, tagged with a version that was committed while it was in flight."""
@@ -171,6 +173,7 @@ def _point_latest(root: Path, target: str) -> None:
     os.replace(tmp, link)
 
 
+@pytest.mark.verifies("SR-MDL-001")
 def test_bad_models_are_refused_and_serving_continues(repo: Repo) -> None:
     """A flipped bit, a truncation, an untrusted key, no signature and a link to an unsigned
     folder: each is refused with a diagnostic, none is served, version 1 keeps serving."""
@@ -194,3 +197,28 @@ def test_bad_models_are_refused_and_serving_continues(repo: Repo) -> None:
             assert diag is not None and diag.code is DiagCode.MODEL_INTEGRITY, what
             ts += 1
             assert _serving(client, ts).version == "1", what
+
+
+@pytest.mark.verifies("SR-MDL-003")
+def test_failed_known_answer_rolls_every_worker_back(repo: Repo) -> None:
+    """A properly signed version whose known answer the workers cannot reproduce is prepared,
+    refused by the workers, rolled back by the loader; version 1 keeps serving."""
+    key = load_private_key(next(repo.other_key.glob("*.key")))
+    folder = add_version(repo.root, "tiny", "20", tiny_classifier(4), key)
+    # Re-sign after swapping in another model's expected outputs: the signature is valid,
+    # the known answer is wrong for this graph.
+    other = add_version(repo.root, "tiny", "21", tiny_classifier(5), key)
+    (folder / "kat-expected.npz").write_bytes((other / "kat-expected.npz").read_bytes())
+    (folder / "model.sig").unlink()
+    sign_directory(folder, key)
+    ctx = repo.launcher.ctx
+    with (
+        Client(repo.launcher.run.ipc("ingest"), name="kat", ctx=ctx) as client,
+        Subscriber(ctx, repo.launcher.run.sub, [Topic.MODEL_EVENT]) as sub,
+    ):
+        assert _serving(client, 1).version == "1"
+        set_latest(repo.root, "tiny", "20")
+        event = _loader_event(sub, {ModelStep.ROLLED_BACK, ModelStep.COMMITTED}, 30)
+        assert event.step is ModelStep.ROLLED_BACK, event
+        assert "known answer" in event.detail
+        assert _serving(client, 2).version == "1"

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import msgspec
 import numpy as np
 import pytest
+import yaml
 import zmq
 from click.testing import CliRunner
 
+from tests.integration.conftest import pipeline_launch
 from vigil.bus.pubsub import Subscriber
+from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.errors import InvalidArgument
-from vigil.launch import Launcher
+from vigil.launch import Launcher, load
 from vigil.nodes._scene import render_scene
 from vigil.nodes.logger.store import read_entries, verify_store
 from vigil.schemas import DiagCode, InferResult, StateChange, Topic
@@ -43,6 +47,7 @@ def test_frames_flow_end_to_end(launched: Launcher) -> None:
             assert 0 <= box.y_min <= box.y_max <= 96
 
 
+@pytest.mark.verifies("SR-ING-002")
 def test_invalid_frames_get_invalid_argument_with_field(launched: Launcher) -> None:
     """Broken frames are answered INVALID_ARGUMENT naming the field and the rule."""
     frame = render_scene(0, 96, 160)
@@ -64,6 +69,7 @@ def test_invalid_frames_get_invalid_argument_with_field(launched: Launcher) -> N
         assert isinstance(reply[1], InvalidArgument)
 
 
+@pytest.mark.verifies("SR-ERR-002", "SR-LOG-003")
 def test_rejections_and_state_are_sealed_in_a_verified_log(launched: Launcher) -> None:
     """Every rejection lands in the sealed store as a diagnostic; the store verifies."""
     with _client(launched) as client, pytest.raises(InvalidArgument):
@@ -84,6 +90,7 @@ def test_rejections_and_state_are_sealed_in_a_verified_log(launched: Launcher) -
     assert report.ok, report
 
 
+@pytest.mark.verifies("SR-WDG-003")
 def test_state_is_latched_for_late_subscribers(launched: Launcher) -> None:
     """A subscriber that joins late gets the current safety state at once."""
     with zmq.Context() as ctx, Subscriber(ctx, launched.run.sub, [Topic.SAFETY_STATE]) as sub:
@@ -116,3 +123,59 @@ def test_topic_tools_find_the_running_launch(launched: Launcher) -> None:
     assert rate.exit_code == 0, rate.output
     hz = float(rate.output.split(":")[1].split("Hz")[0])
     assert hz > 0
+
+
+@pytest.mark.verifies("SR-ING-004")
+def test_rejections_reveal_no_internals(launched: Launcher) -> None:
+    """Error replies name the code, field and rule only: no paths, tracebacks or memory."""
+    frame = render_scene(0, 96, 160)
+    with _client(launched) as client:
+        replies = []
+        for body in (b"\xc1", b"\x93\x01", b"\xdd\xff\xff\xff\xff", b"\x81\xa4type\xa5nope!"):
+            seq = client.submit_raw(body, [], deadline_s=20)
+            reply = client.poll(20_000)
+            assert reply is not None and reply[0] == seq
+            replies.append(reply[1])
+        with pytest.raises(InvalidArgument) as caught:
+            client.infer(np.ascontiguousarray(frame[:, :, :1]), stream_id="x", frame_ts_us=1)
+        replies.append(caught.value)
+    for error in replies:
+        assert isinstance(error, InvalidArgument)
+        text = " ".join((error.reply.message, error.reply.field, error.reply.rule))
+        for leak in (
+            "Traceback",
+            'File "',
+            str(launched.run.path),
+            "/work",
+            "0x7f",
+            "site-packages",
+        ):
+            assert leak not in text, text
+
+
+@pytest.mark.verifies("SR-SUP-002")
+def test_only_workers_load_the_inference_engine(launched: Launcher) -> None:
+    """onnxruntime's native library is mapped into worker processes and no other node."""
+    for child in launched.children:
+        maps = Path(f"/proc/{child.pid}/maps").read_text()
+        loaded = "onnxruntime" in maps
+        assert loaded == (child.plan.spec.kind == "worker"), child.plan.label
+
+
+@pytest.mark.verifies("SR-SUP-003")
+def test_nodes_drain_and_exit_cleanly_on_sigterm(short_tmp: Path) -> None:
+    """Stopping the launch sends SIGTERM in order; every node answers what it holds, closes
+    its sockets and exits 0 (the proxy last)."""
+    path = short_tmp / "stop.yaml"
+    path.write_text(yaml.safe_dump(pipeline_launch()))
+    run = RunDir(short_tmp / "run")
+    with Launcher(load(path, run.path), run) as launcher:
+        launcher.start()
+        with _client(launcher) as client:
+            result = client.infer(
+                render_scene(1, 96, 160), stream_id="c", frame_ts_us=1, deadline_s=20
+            )
+            assert isinstance(result, InferResult)
+        children = list(launcher.children)
+    codes = {c.plan.label: c.popen.returncode for c in children if c.popen is not None}
+    assert codes and all(code == 0 for code in codes.values()), codes

@@ -23,6 +23,8 @@ from vigil.launch import Launcher, LaunchError, load
 from vigil.nodes.logger.store import read_entries
 from vigil.schemas import AuditId, Heartbeat, SafetyState, StateChange, Topic
 
+pytestmark = pytest.mark.verifies("SR-SUP-001")
+
 _LOGGER = {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}}
 _QUICK = {"max_restarts": 1, "backoff_initial_ms": 20, "backoff_max_ms": 50}
 _TEST_USER = "vigiltest"

@@ -35,6 +35,8 @@ from vigil.bus.rundir import RunDir
 from vigil.launch import Launcher, load
 from vigil.schemas import SCHEMAS, ErrorCode, ErrorReply, InferResult
 
+pytestmark = pytest.mark.verifies("SR-ING-001", "SR-ING-003")
+
 MESSAGES = 100_000
 WINDOW = 500
 TEMPLATES = 400
@@ -149,13 +151,13 @@ _scalars = st.one_of(
     st.sampled_from(["", "uint8", "float32", "int64", "../../etc/passwd", "a" * 65, "\x00"]),
     st.binary(max_size=80),
 )
-_values = st.recursive(
-    _scalars,
-    lambda inner: (
-        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
-    ),
-    max_leaves=16,
-)
+
+
+def _containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+
+
+_values = st.recursive(_scalars, _containers, max_leaves=16)
 _bomb_heads = [0xDC, 0xDD, 0xDE, 0xDF, 0xD9, 0xDA, 0xDB, 0xC4, 0xC5, 0xC6, 0xC7, 0xC8, 0xC9]
 
 

@@ -15,6 +15,8 @@ from vigil.bus.channel import Channel, FrameFault
 from vigil.nodes.ingest._validate import Limits, Rejection, RequestValidator
 from vigil.schemas import SCHEMAS, InferRequest
 
+pytestmark = pytest.mark.verifies("SR-ING-003")
+
 SETTINGS = settings(
     max_examples=200,
     deadline=None,

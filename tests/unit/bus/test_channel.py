@@ -12,6 +12,8 @@ from vigil.bus.channel import Channel, FrameFault, _peek_seq, split_identity, va
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.schemas import InferRequest, TensorRef, WorkerCredit
 
+pytestmark = pytest.mark.verifies("SR-ING-003")
+
 REQUEST = InferRequest(
     stream_id="cam-1", frame_ts_us=10, image=TensorRef(dtype="uint8", shape=(2, 2, 3))
 )

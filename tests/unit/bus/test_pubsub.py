@@ -19,6 +19,8 @@ from vigil.bus.proxy import Proxy
 from vigil.bus.pubsub import Publisher, Received, Subscriber
 from vigil.schemas import LATCHED_TOPICS, Heartbeat, SafetyState, StateChange, Topic
 
+pytestmark = pytest.mark.verifies("SR-ERR-003")
+
 SYNC = "test/sync"
 WAIT_S = 10.0
 POLL_MS = 50

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vigil.bus.envelope import TraceContext
 from vigil.nodes.ingest._dispatch import Dispatcher, Request
+
+pytestmark = pytest.mark.verifies("SR-ERR-001", "SR-DLN-001", "SR-DLN-002")
 
 TRACE = TraceContext(bytes(range(1, 17)), bytes(range(1, 9)))
 

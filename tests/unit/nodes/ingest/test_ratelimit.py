@@ -7,6 +7,8 @@ import pytest
 
 from vigil.nodes.ingest._ratelimit import Decision, RateLimitConfig, RateLimiter, TokenBucket
 
+pytestmark = pytest.mark.verifies("SR-RL-001")
+
 SECOND = 1_000_000_000
 HIGH = 4
 LOW = 0

@@ -19,6 +19,8 @@ from vigil.nodes.ingest._validate import (
 )
 from vigil.schemas import DiagCode, ErrorCode, InferRequest, TensorRef
 
+pytestmark = pytest.mark.verifies("SR-ING-001", "SR-ING-002")
+
 LIMITS = Limits(max_message_bytes=1000, max_height=8, max_width=16, max_streams=3)
 
 

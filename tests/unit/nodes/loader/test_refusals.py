@@ -11,6 +11,8 @@ from vigil.nodes.loader.keys import SigningKey, TrustedKeys
 from vigil.nodes.loader.repository import VerifiedModel, load_active, set_latest
 from vigil.nodes.loader.signing import SIGNATURE_FILE, ModelRefused, RefusalReason, sign_directory
 
+pytestmark = pytest.mark.verifies("SR-MDL-001")
+
 Tamper = Callable[[Path, SigningKey, Callable[[Path, float], Path]], None]
 
 

@@ -19,6 +19,8 @@ from vigil.nodes.logger._crashsim import SimClock
 from vigil.nodes.logger.store import LogStore, StoreConfig, read_entries
 from vigil.schemas.audit import AuditId
 
+pytestmark = pytest.mark.verifies("SR-LOG-003")
+
 
 def test_layout_is_46_little_endian_bytes() -> None:
     """u64 timestamp, u16 event, u32 instance, 32-byte payload, little-endian, unpadded."""

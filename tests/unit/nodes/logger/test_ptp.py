@@ -22,6 +22,8 @@ from vigil.bus.ptp import (
     fd_to_clockid,
 )
 
+pytestmark = pytest.mark.verifies("SR-TIM-001")
+
 MISSING = "/dev/ptp-does-not-exist"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +12,8 @@ from vigil.nodes.logger._crashsim import RecordingMedium, SimClock, SimMonotonic
 from vigil.nodes.logger._format import GROUP_HEADER_BYTES, META_FIXED, decode_entry_at
 from vigil.nodes.logger._scan import FaultClass, open_view, verify_image
 from vigil.nodes.logger.store import LogStore, StoreConfig, verify_store
+
+pytestmark = pytest.mark.verifies("SR-LOG-001")
 
 SIZE = 32 * 1024
 CONFIG = StoreConfig(path="sim", size_bytes=SIZE, group_bytes=4096, background_commit=False)

@@ -8,6 +8,8 @@ import pytest
 
 from vigil.nodes.logger._wear import NoHealthyGroup, WearLeveller
 
+pytestmark = pytest.mark.verifies("SR-LOG-002")
+
 
 def test_a_million_allocations_stay_within_ten_percent() -> None:
     """After 1,000,000 allocations, with groups going bad and being released, max/min <= 1.1."""

@@ -7,6 +7,8 @@ import pytest
 from vigil.nodes.watchdog._machine import MachineConfig, SafetyMachine, Transition
 from vigil.schemas import SafetyState
 
+pytestmark = pytest.mark.verifies("SR-WDG-001", "SR-WDG-002")
+
 NORMAL = SafetyState.NORMAL
 DEGRADED = SafetyState.DEGRADED
 RECOVERING = SafetyState.RECOVERING
