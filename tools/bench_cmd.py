@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -31,8 +31,9 @@ def bench(name: str, args: tuple[str, ...]) -> None:
     path = _BENCH_DIR / BENCHES[name]
     if not path.is_file():
         raise click.ClickException(f"benchmark {name} not found at {path} (a source checkout?)")
-    spec = importlib.util.spec_from_file_location(f"vigil_bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Imported by its own name from bench/ on sys.path: benchmarks that spawn processes need
+    # their module importable in the child too (spawn pickles functions by module name).
+    if str(_BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(_BENCH_DIR))
+    module = importlib.import_module(path.stem)
     sys.exit(module.main(list(args)))

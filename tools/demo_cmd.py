@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 from rich.console import Console
 from rich.table import Table
 
@@ -95,6 +97,8 @@ def _print(summary: dict[str, Any]) -> None:
 @click.option("--summary", "summary_path", default="run/demo-summary.json", show_default=True)
 def demo(launch_file: str, duration: float, run_dir: str | None, summary_path: str) -> None:
     """Bring the demo pipeline up on CPU, drive it, shut it down and summarise."""
+    # The nodes' own logs go to the run directory; here only warnings interrupt the summary.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     try:
         summary = run_demo(launch_file, duration, run_dir)
     except (ConfigError, LaunchError) as exc:

@@ -71,7 +71,7 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
                         node=source,
                         event=envelope.schema,
                         trace_id=envelope.trace_id,
-                        payload=received.frames[2].bytes,
+                        payload=bytes(received.frames[2]),
                     )
                     if isinstance(received.body, AuditEvent):
                         # The fixed-layout binary record beside the full entry: what a DLT-style

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 import zmq
+from click.testing import CliRunner
 
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
@@ -22,6 +24,7 @@ from vigil.nodes.loader.keys import generate_key_pair, load_private_key
 from vigil.nodes.loader.repository import set_latest
 from vigil.nodes.loader.signing import sign_directory
 from vigil.schemas import DiagCode, DiagnosticEvent, InferResult, ModelEvent, ModelStep, Topic
+from vigil.tools.cli import cli
 from vigil.tools.modelgen import add_version, classifier_workers, signed_pair, tiny_classifier
 
 FRAME = np.full((32, 32, 3), 128, dtype=np.uint8)
@@ -138,6 +141,26 @@ def test_fifty_switches_under_load_fail_no_request(repo: Repo) -> None:
         during = {v for t, v in committed if sent_ns < t <= done_ns + 1_000_000_000}
         assert result.version in {at_send, *during}
     assert {r.version for _, _, r in outcomes if isinstance(r, InferResult)} == {"1", "2"}
+    _assert_switches_in_log(repo, switches)
+
+
+def _assert_switches_in_log(repo: Repo, switches: int) -> None:
+    """`vigil log show` lists the loader's committed switches, alternating, in order."""
+    store = repo.launcher.run.path / "log.store"
+    deadline = time.monotonic() + 20
+    while True:
+        shown = CliRunner().invoke(
+            cli, ["log", "show", str(store), "--node", "loader", "--event", "model.event"]
+        )
+        assert shown.exit_code == 0, shown.output
+        committed = [line for line in shown.output.splitlines() if '"step":"committed"' in line]
+        if len(committed) > switches:
+            break
+        assert time.monotonic() < deadline, shown.output[-2000:]
+        repo.launcher.supervise(0.1)
+    versions = [line.split('"version":"', 1)[1].split('"', 1)[0] for line in committed]
+    assert versions[0] == "1"  # the first commit, at start-up
+    assert all(a != b for a, b in itertools.pairwise(versions))
 
 
 def _bad_versions(repo: Repo) -> dict[str, str]:
