@@ -16,7 +16,7 @@ import zmq.asyncio
 
 from vigil.bus.channel import Channel, FrameFault
 from vigil.bus.curve import CurveConfig, secure
-from vigil.bus.envelope import TraceContext
+from vigil.bus.envelope import Envelope, TraceContext
 from vigil.errors import (
     DeadlineExceeded,
     InternalError,
@@ -33,6 +33,36 @@ Reply = tuple[int, InferResult | RequestError]
 # How long past its deadline a client waits for the ingest's own DEADLINE_EXCEEDED before it
 # gives up locally: the ingest answers at the deadline, this only covers a dead ingest.
 _GRACE_NS = 500_000_000
+
+
+def _request(
+    channel: Channel,
+    frame: npt.NDArray[np.uint8],
+    *,
+    stream_id: str,
+    frame_ts_us: int,
+    deadline_ns: int,
+    trace: TraceContext | None,
+    priority: int,
+    tenant: str,
+    model: str,
+) -> tuple[npt.NDArray[np.uint8], InferRequest, Envelope]:
+    """The contiguous image, the request that describes it and its envelope (both clients)."""
+    image = np.ascontiguousarray(frame)
+    request = InferRequest(
+        stream_id=stream_id,
+        frame_ts_us=frame_ts_us,
+        image=TensorRef(dtype=str(image.dtype), shape=image.shape),  # type: ignore[arg-type]
+        model=model,
+    )
+    envelope = channel.envelope(
+        request,
+        trace=trace or TraceContext.new(),
+        deadline_ns=deadline_ns,
+        priority=priority,
+        tenant=tenant,
+    )
+    return image, request, envelope
 
 
 # implements: SR-ERR-001
@@ -77,21 +107,18 @@ class Client:
         model: str = "",
     ) -> int:
         """Send one uint8 HWC frame; returns the request id that its reply will carry."""
-        image = np.ascontiguousarray(frame)
-        request = InferRequest(
-            stream_id=stream_id,
-            frame_ts_us=frame_ts_us,
-            image=TensorRef(dtype=str(image.dtype), shape=image.shape),  # type: ignore[arg-type]
-            model=model,
-        )
         now = time.time_ns()
         deadline_ns = now + int(deadline_s * 1e9)
-        envelope = self.channel.envelope(
-            request,
-            trace=trace or TraceContext.new(),
+        image, request, envelope = _request(
+            self.channel,
+            frame,
+            stream_id=stream_id,
+            frame_ts_us=frame_ts_us,
             deadline_ns=deadline_ns,
+            trace=trace,
             priority=self.priority if priority is None else priority,
             tenant=self.tenant,
+            model=model,
         )
         self.channel.send(request, envelope=envelope, buffers=[image.reshape(-1).data])
         self._deadlines[envelope.seq] = time.monotonic_ns() + (deadline_ns - now) + _GRACE_NS
@@ -291,20 +318,17 @@ class AsyncClient:
     ) -> InferResult:
         """Run one uint8 HWC frame through the pipeline; raises the typed error it ended with."""
         self._start()
-        image = np.ascontiguousarray(frame)
-        request = InferRequest(
+        budget_ns = int(deadline_s * 1e9)
+        image, request, envelope = _request(
+            self.channel,
+            frame,
             stream_id=stream_id,
             frame_ts_us=frame_ts_us,
-            image=TensorRef(dtype=str(image.dtype), shape=image.shape),  # type: ignore[arg-type]
-            model=model,
-        )
-        budget_ns = int(deadline_s * 1e9)
-        envelope = self.channel.envelope(
-            request,
-            trace=trace or TraceContext.new(),
             deadline_ns=time.time_ns() + budget_ns,
+            trace=trace,
             priority=self.priority if priority is None else priority,
             tenant=self.tenant,
+            model=model,
         )
         waiter: asyncio.Future[InferResult | RequestError] = (
             asyncio.get_running_loop().create_future()
