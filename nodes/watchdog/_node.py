@@ -57,7 +57,8 @@ class ProbeConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=T
 class WatchdogConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Thresholds of the safety state machine and what it watches."""
 
-    # 0: a node is overdue after 3 of its own heartbeat periods.
+    # 0: a node is overdue 2.5 of its own heartbeat periods after its last beat (one missed
+    # beat is tolerated, two are not: detection within 3 periods of the fault).
     heartbeat_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
     # Per-node deadlines (node label -> ms), overriding the default above.
     deadlines_ms: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
@@ -180,7 +181,7 @@ class _Watchdog:
             self.config.deadlines_ms.get(beat.node)
             or self.config.deadlines_ms.get(beat.node.split(".")[0])
             or self.config.heartbeat_timeout_ms
-            or 3 * beat.period_ms
+            or beat.period_ms * 5 // 2
         )
         watched = self.nodes.get(beat.node)
         if watched is None:
