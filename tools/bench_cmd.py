@@ -12,6 +12,7 @@ __all__ = ["bench"]
 
 _BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 BENCHES = {
+    "dispatch": "dispatch_bench.py",
     "bus": "bus_bench.py",
     "log": "log_bench.py",
     "serve": "serve_bench.py",
