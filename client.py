@@ -15,6 +15,7 @@ import zmq
 import zmq.asyncio
 
 from vigil.bus.channel import Channel, FrameFault
+from vigil.bus.closing import Closing
 from vigil.bus.curve import CurveConfig, secure
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.errors import (
@@ -66,7 +67,7 @@ def _request(
 
 
 # implements: SR-ERR-001
-class Client:
+class Client(Closing):
     """A synchronous client: `infer()` for one request, `submit()`/`poll()` for many in flight.
 
     Every request ends: with its result, with the typed error the ingest sent, or — if the
@@ -215,17 +216,6 @@ class Client:
     def close(self) -> None:
         """Close the socket (and the context, when this client made it)."""
         self._stack.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _outcome(incoming_body: object) -> InferResult | RequestError:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import zmq
 
+from vigil.bus.closing import Closing
 from vigil.bus.codec import topic_frame
 from vigil.bus.curve import CurveConfig, Gate, secure
 
@@ -21,7 +20,7 @@ _BURST = 256
 
 
 # implements: SR-WDG-003
-class Proxy:
+class Proxy(Closing):
     """Forwards every publication from XSUB to XPUB and subscriptions the other way.
 
     For latched topics it keeps the last message and re-sends it whenever a subscription that
@@ -112,17 +111,6 @@ class Proxy:
         """Close both sockets without lingering."""
         self.frontend.close(linger=0)
         self.backend.close(linger=0)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _write_frames(path: Path, frames: list[bytes]) -> None:

@@ -6,12 +6,12 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 import zmq
 
+from vigil.bus.closing import Closing
 from vigil.bus.codec import Codec, parse_topic_frame, topic_frame
 from vigil.bus.curve import CurveConfig, secure
 from vigil.bus.envelope import Envelope, TraceContext
@@ -27,7 +27,7 @@ Buffer = bytes | memoryview | zmq.Frame
 
 
 # implements: SR-ERR-003
-class Publisher:
+class Publisher(Closing):
     """Publishes typed messages on topics; numbers them per topic so receivers see gaps.
 
     A PUB socket drops at its high-water mark instead of blocking: nothing that publishes
@@ -144,17 +144,6 @@ class Publisher:
         """Close the socket without lingering."""
         self.socket.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 @dataclass(slots=True)
 class Received:
@@ -181,7 +170,7 @@ class TopicStats:
     last_seq: dict[tuple[str, int, int], int] = field(default_factory=dict)
 
 
-class Subscriber:
+class Subscriber(Closing):
     """Receives typed messages on topics; counts gaps in each publisher's sequence numbers.
 
     A topic is subscribed exactly (name + NUL) unless `prefix=True`, when every topic that
@@ -328,17 +317,6 @@ class Subscriber:
     def close(self) -> None:
         """Close the socket without lingering."""
         self.socket.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _view(frame: bytes | zmq.Frame) -> bytes | memoryview:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from vigil.bus.closing import Closing
 from vigil.bus.envelope import TraceContext
 
 __all__ = ["RequestSpans", "otel_available", "request_spans"]
@@ -31,7 +31,7 @@ Attributes = Mapping[str, str | int | float | bool]
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
-class RequestSpans:
+class RequestSpans(Closing):
     """Spans of in-flight requests, keyed by the caller's request id; this base does nothing."""
 
     enabled = False
@@ -52,17 +52,6 @@ class RequestSpans:
 
     def close(self) -> None:
         """End what is still open and flush the exporter; idempotent."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _PresetIds:

@@ -9,14 +9,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import click
 import msgspec
 import numpy as np
 import zmq
 
+from vigil.bus.closing import Closing
 from vigil.bus.codec import Codec, topic_frame
 from vigil.bus.envelope import Envelope
 from vigil.bus.pubsub import Received, Subscriber
@@ -273,7 +273,7 @@ class SubscriptionWatch:
         return max(seen, self._floor.get(topic, 0)) if seen else 0
 
 
-class BusPublisher:
+class BusPublisher(Closing):
     """Publishes typed messages through an XPUB connected to the proxy's XSUB side.
 
     A plain PUB cannot tell whether anyone listens; an XPUB reads the subscriptions it is sent,
@@ -335,14 +335,3 @@ class BusPublisher:
     def close(self, linger_ms: int = 0) -> None:
         """Close the socket, letting queued messages leave for at most `linger_ms`."""
         self.socket.close(linger=linger_ms)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -30,6 +30,7 @@ from mcap.opcode import Opcode
 from mcap.records import Channel, Chunk, Footer, Header, Message, Metadata, Schema
 from mcap.writer import CompressionType, Writer
 
+from vigil.bus.closing import Closing
 from vigil.bus.codec import topic_frame
 from vigil.bus.envelope import Envelope
 from vigil.errors import IntegrityError, VigilError
@@ -343,7 +344,7 @@ class BagWriter:
         self.finish()
 
 
-class BagReader:
+class BagReader(Closing):
     """Reads a bag front to back, tolerating a file cut off by a crash or a power loss.
 
     Records are read one by one from the data section; a record that runs past the end of
@@ -533,17 +534,6 @@ class BagReader:
     def close(self) -> None:
         """Close the file."""
         self._stack.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def read_messages(

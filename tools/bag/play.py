@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack, suppress
 from itertools import count
-from types import TracebackType
-from typing import Annotated, Final, Self
+from typing import Annotated, Final
 
 import msgspec
 import numpy as np
 import zmq
 
+from vigil.bus.closing import Closing
 from vigil.bus.codec import topic_frame
 from vigil.bus.envelope import Envelope
 from vigil.tools._taps import SubscriptionWatch
@@ -101,7 +101,7 @@ def parse_remap(items: Iterable[str]) -> dict[str, str]:
     return remap
 
 
-class Player:
+class Player(Closing):
     """Publishes the messages of one bag (or a split recording) on their recorded schedule."""
 
     def __init__(
@@ -269,17 +269,6 @@ class Player:
     def close(self) -> None:
         """Close the wake-up socket pair."""
         self._stack.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _report(lateness: list[int], passes: int, elapsed_s: float) -> PlayReport:

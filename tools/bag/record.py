@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Annotated, Final, Protocol, Self
+from typing import Annotated, Final, Protocol
 
 import msgspec
 import zmq
 
+from vigil.bus.closing import Closing
 from vigil.bus.pubsub import Received, Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.schemas import ModelAnnouncement, Topic
@@ -310,7 +310,7 @@ class _SnapshotSink:
         self._ring.clear()
 
 
-class Recorder:
+class Recorder(Closing):
     """Records bus traffic from the proxy into bags until asked to stop.
 
     Runs in the thread that calls `run()`, which creates its own socket there. Other threads
@@ -498,14 +498,3 @@ class Recorder:
     def close(self) -> None:
         """Close the wake-up socket pair."""
         self._stack.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
