@@ -15,7 +15,14 @@ from vigil.bus.codec import Codec
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.schemas import Message, schema_id
 
-__all__ = ["Channel", "FrameFault", "Incoming", "split_identity", "validation_path"]
+__all__ = [
+    "Channel",
+    "FrameFault",
+    "Incoming",
+    "drain_events",
+    "split_identity",
+    "validation_path",
+]
 
 Buffer = bytes | memoryview | zmq.Frame
 
@@ -50,6 +57,17 @@ class FrameFault(Exception):
         self.what = what
         self.field = field
         self.rule = rule
+
+
+def drain_events(monitor: zmq.Socket[bytes]) -> int:
+    """Read every pending event of a socket monitor; returns how many there were."""
+    count = 0
+    while True:
+        try:
+            monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return count
+        count += 1
 
 
 def split_identity(frames: list[zmq.Frame]) -> tuple[list[bytes], list[zmq.Frame]]:

@@ -37,8 +37,9 @@ __all__ = [
     "contract_for",
 ]
 
-# Every node beats and logs over the bus from its runtime (`Node.ready` adds these itself).
-ALWAYS_PUBLISHED: Final = frozenset({Topic.HEARTBEAT, Topic.LOG})
+# Every node beats, logs and probes its way onto the bus from its runtime (`Node.ready` adds
+# these itself; the proxy, which carries the probe, skips it).
+ALWAYS_PUBLISHED: Final = frozenset({Topic.HEARTBEAT, Topic.LOG, Topic.BUS_PROBE})
 # The launcher publishes supervision events from its own socket (restarts, permanent failures).
 LAUNCHER_PUBLISHES: Final = frozenset({Topic.DIAGNOSTIC, Topic.AUDIT})
 

@@ -6,6 +6,7 @@ import enum
 import math
 import os
 import queue
+import secrets
 import signal
 import socket
 import threading
@@ -29,6 +30,7 @@ from vigil.nodes._logging import current_trace, trace_fields
 from vigil.schemas import (
     AuditEvent,
     AuditId,
+    BusProbe,
     DiagCode,
     DiagnosticEvent,
     Heartbeat,
@@ -76,6 +78,10 @@ class NodeArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How long a starting node waits for its publications to come back through the proxy, and
+# how often it asks again meanwhile.
+_JOIN_TIMEOUT_S = 10.0
+_JOIN_PROBE_MS = 10
 
 
 # implements: SR-HB-001
@@ -277,8 +283,15 @@ class Node:
         publishes: list[str],
         subscribes: list[str],
         endpoints: dict[str, str] | None = None,
+        join: bool = True,
     ) -> None:
-        """Tell the launcher this node is up (its sockets bound or connected)."""
+        """Tell the launcher this node is up (its sockets bound or connected).
+
+        With `join`, first wait until the node's publications reach subscribers (see
+        `join_bus`); only the proxy itself, which carries the round trip, skips it.
+        """
+        if join:
+            self.join_bus()
         with self.ctx.socket(zmq.PUSH) as push:
             push.setsockopt(zmq.LINGER, 2000)
             push.connect(self.run.control)
@@ -287,7 +300,7 @@ class Node:
                 instance=self.args.instance,
                 pid=os.getpid(),
                 kind=self.args.kind,
-                publishes=sorted({*publishes, Topic.HEARTBEAT, Topic.LOG}),
+                publishes=sorted({*publishes, Topic.HEARTBEAT, Topic.LOG, Topic.BUS_PROBE}),
                 subscribes=sorted(subscribes),
                 endpoints=endpoints or {},
             )
@@ -295,6 +308,33 @@ class Node:
         # Also on the bus: the logger then knows this publisher from its first message on, and
         # can count anything of it that it misses later (a gap).
         self.record("info", "node.ready", pid=os.getpid())
+
+    # implements: SR-WDG-003
+    def join_bus(self, timeout_s: float = _JOIN_TIMEOUT_S) -> bool:
+        """Wait until a probe from this node's publisher comes back through the proxy.
+
+        A PUB socket drops what no subscriber has asked for, and the proxy's subscriptions
+        reach a new publisher only after its connection's handshake (tens of ms with Curve
+        on a loaded host). A latched value published before then (the first committed model,
+        the first safety state) would be lost for every late joiner. The proxy sends a new
+        publisher all its subscriptions at once, latched topics included, so one round trip
+        proves they have arrived. False when the proxy did not answer in time (logged).
+        """
+        nonce = secrets.randbits(62)
+        probe = BusProbe(node=self.args.label, nonce=nonce)
+        deadline = time.monotonic() + timeout_s
+        with Subscriber(
+            self.ctx, self.sub_endpoint, [Topic.BUS_PROBE], curve=self.args.curve
+        ) as echo:
+            while not self.stopping and time.monotonic() < deadline:
+                self.publisher.publish(Topic.BUS_PROBE, probe)
+                got = echo.recv(_JOIN_PROBE_MS)
+                while got is not None:
+                    if isinstance(got.body, BusProbe) and got.body.nonce == nonce:
+                        return True
+                    got = echo.recv(0)
+        self.log.warning("bus.join_timeout", timeout_s=timeout_s, stopping=self.stopping)
+        return False
 
     def poll(self, timeout_ms: float | None = None) -> dict[Any, int]:
         """Wait for socket events or a stop signal (at most `timeout_ms`, else 100 ms)."""

@@ -36,6 +36,7 @@ def run(config: ProxyConfig, args: NodeArgs) -> ExitCode:
             publishes=[],
             subscribes=[],
             endpoints={"xsub": node.pub_endpoint, "xpub": node.sub_endpoint},
+            join=False,  # the round trip runs through this very loop
         )
         while not node.stopping:
             proxy.handle(node.poll())

@@ -3,7 +3,7 @@
 from vigil.schemas._base import Config, Message
 from vigil.schemas.audit import AuditEvent, AuditId
 from vigil.schemas.catalogue import LATCHED_TOPICS, SCHEMAS, TOPICS, Topic, schema_id, topic_type
-from vigil.schemas.control import NodeReady, WorkerCredit
+from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DIAG_CODES, DiagCode, DiagnosticEvent, Severity
 from vigil.schemas.errors import ErrorCode, ErrorReply
 from vigil.schemas.health import Heartbeat, SafetyState, StateChange
@@ -25,6 +25,7 @@ __all__ = [
     "AuditEvent",
     "AuditId",
     "Box",
+    "BusProbe",
     "Config",
     "DiagCode",
     "DiagnosticEvent",

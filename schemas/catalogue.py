@@ -6,7 +6,7 @@ from typing import Final
 
 from vigil.schemas._base import Message
 from vigil.schemas.audit import AuditEvent
-from vigil.schemas.control import NodeReady, WorkerCredit
+from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DiagnosticEvent
 from vigil.schemas.errors import ErrorReply
 from vigil.schemas.health import Heartbeat, StateChange
@@ -31,6 +31,7 @@ class Topic:
     MODEL_EVENT: Final = "model/event"
     MODEL_ACTIVE: Final = "model/active"
     MODEL_COMMAND: Final = "model/command"
+    BUS_PROBE: Final = "bus/probe"
 
 
 TOPICS: Final[dict[str, type[Message]]] = {
@@ -45,6 +46,7 @@ TOPICS: Final[dict[str, type[Message]]] = {
     Topic.MODEL_EVENT: ModelEvent,
     Topic.MODEL_ACTIVE: ModelAnnouncement,
     Topic.MODEL_COMMAND: ModelCommand,
+    Topic.BUS_PROBE: BusProbe,
 }
 
 # Topics whose last value the proxy keeps and re-sends to every new subscriber, so a late

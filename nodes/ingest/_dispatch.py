@@ -35,16 +35,28 @@ class Request:
 
 @dataclass(slots=True)
 class WorkerSlot:
-    """What the ingest knows of one connected worker."""
+    """What the ingest knows of one connected worker.
+
+    `held` are the requests handed to it that it has not answered yet (it answers every one,
+    with a result or an error); `inflight` are those of them still open and still its job.
+    They differ once work is re-dispatched away from a silent worker, which still owes its
+    answers and so still has that much less room.
+    """
 
     identity: bytes
     last_heard_ns: int
-    credit: int = 0
+    capacity: int = 0
+    held: set[int] = field(default_factory=set)
     inflight: set[int] = field(default_factory=set)
     name: str = ""
     suspect: bool = False
     pid: int = 0
     host: str = ""
+
+    @property
+    def credit(self) -> int:
+        """How many more requests the worker can take now."""
+        return self.capacity - len(self.held)
 
 
 # implements: SR-ERR-001
@@ -108,17 +120,17 @@ class Dispatcher:
             request = self.open.get(rid)
             if request is None:  # answered (expired) while queued
                 continue
-            slot.credit -= 1
+            slot.held.add(rid)
             slot.inflight.add(rid)
             request.worker = slot.identity
             request.attempts += 1
             yield slot, request
 
     def complete(self, identity: bytes, rid: int) -> Request | None:
-        """A worker answered `rid`: return its credit and the request, if still open."""
+        """A worker answered `rid`: its room grows back; the request, if still open."""
         slot = self.workers.get(identity)
         if slot is not None:
-            slot.credit += 1
+            slot.held.discard(rid)
             slot.inflight.discard(rid)
         return self.open.pop(rid, None)
 
@@ -141,6 +153,16 @@ class Dispatcher:
         if slot is None:
             return []
         return self._requeue(slot)
+
+    def same_process(self, slot: WorkerSlot) -> list[bytes]:
+        """Other connections of the worker process behind `slot` (it reconnected)."""
+        if not slot.pid:
+            return []
+        return [
+            identity
+            for identity, other in self.workers.items()
+            if other is not slot and (other.pid, other.host) == (slot.pid, slot.host)
+        ]
 
     def worker_silent(self, now_ns: int, silence_ns: int) -> list[tuple[WorkerSlot, list[Request]]]:
         """Workers holding work that have said nothing for `silence_ns` (hung): their work
@@ -165,7 +187,6 @@ class Dispatcher:
                 self.queue.appendleft(rid)
                 self.redispatched += 1
         slot.inflight.clear()
-        slot.credit = 0
         return exhausted
 
     # implements: SR-DLN-001

@@ -11,7 +11,7 @@ import msgspec
 import psutil
 import zmq
 
-from vigil.bus.channel import Channel, FrameFault
+from vigil.bus.channel import Channel, FrameFault, drain_events
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
@@ -44,6 +44,8 @@ from vigil.schemas._base import Config as NodeConfig
 __all__ = ["Config", "DegradedPolicy", "IngestConfig", "run"]
 
 _BURST = 64
+# Why a worker slot is retired when its process speaks again from a new connection.
+_RECONNECTED = "reconnected"
 
 
 class DegradedPolicy(enum.StrEnum):
@@ -327,11 +329,7 @@ class _Ingest:
     # implements: SR-DLN-002
     def on_disconnect(self) -> None:
         """A worker connection dropped: find the local worker processes that are gone."""
-        while True:
-            try:
-                self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        drain_events(self.monitor)
         for identity, slot in list(self.dispatcher.workers.items()):
             if slot.pid and slot.host == self.hostname and not _alive(slot.pid):
                 self._worker_lost(identity, "exited")
@@ -347,9 +345,13 @@ class _Ingest:
         body = incoming.body
         slot = self.dispatcher.worker_seen(identity, now, incoming.envelope.source)
         if isinstance(body, WorkerCredit):
-            slot.credit = body.credit
+            # The whole capacity, re-sent on every new connection: idempotent here.
+            slot.capacity = body.credit
             slot.pid = body.pid
             slot.host = body.host
+            for old in self.dispatcher.same_process(slot):
+                # The worker reconnected; what it held on the old connection goes elsewhere.
+                self._worker_lost(old, _RECONNECTED)
             return
         request = self.dispatcher.complete(identity, incoming.envelope.seq)
         if request is None:
@@ -378,7 +380,8 @@ class _Ingest:
                 f"worker {name} {why} holding {held} requests; re-dispatched",
                 severity=Severity.ERROR,
             )
-            self.node.audit(AuditId.NODE_FAILED, f"worker {name} {why}")
+            if why != _RECONNECTED:  # the process is alive: nothing failed
+                self.node.audit(AuditId.NODE_FAILED, f"worker {name} {why}")
         for request in exhausted:
             self._fail(request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "worker lost twice")
 

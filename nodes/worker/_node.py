@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from vigil.bus.channel import Channel, FrameFault, Incoming
+from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.envelope import TraceContext
 from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
@@ -82,6 +82,11 @@ class _Worker:
         self.dealer.connect(resolve_endpoint(node.run, config.backend))
         self.channel = Channel(self.dealer, source=node.args.label, instance=node.args.instance)
         node.poller.register(self.dealer, zmq.POLLIN)
+        # Each new connection to the ingest (the first, or after the ingest restarted) learns
+        # this worker's capacity again: a restarted ingest knows no worker until it speaks.
+        self.links = node.enter(self.dealer.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
+        self.links.setsockopt(zmq.LINGER, 0)
+        node.poller.register(self.links, zmq.POLLIN)
         self.models = node.subscriber([Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND])
         self.manager = ModelManager(
             config.engine,
@@ -150,16 +155,28 @@ class _Worker:
         }
         if not self.credited:
             self.credited = True
-            credit = self.config.credit or 2 * self.config.max_batch
-            self.channel.send(
-                WorkerCredit(
-                    credit=credit,
-                    model=a.name,
-                    version=a.version,
-                    pid=os.getpid(),
-                    host=socket.gethostname(),
-                )
+            self.offer()
+
+    # implements: SR-DLN-002
+    def on_link(self) -> None:
+        """A connection to the ingest completed its handshake: offer the capacity on it."""
+        drain_events(self.links)
+        if self.credited:
+            self.offer()
+
+    def offer(self) -> None:
+        """Tell the ingest how many requests this worker takes at a time (its capacity)."""
+        engine = self.manager.engine
+        assert engine is not None  # offered only once a model serves
+        self.channel.send(
+            WorkerCredit(
+                credit=self.config.credit or 2 * self.config.max_batch,
+                model=engine.name,
+                version=engine.version,
+                pid=os.getpid(),
+                host=socket.gethostname(),
             )
+        )
 
     def _event(self, step: ModelStep, a: ModelAnnouncement, detail: str, generation: int) -> None:
         self.node.publisher.publish(
@@ -313,6 +330,8 @@ def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:
             events = node.poll(worker.timeout_ms())
             if events.get(worker.models.socket):
                 worker.on_model()
+            if events.get(worker.links):
+                worker.on_link()
             if events.get(worker.dealer):
                 worker.on_requests()
             while worker.due(node.clock()):

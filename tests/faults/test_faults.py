@@ -228,3 +228,25 @@ def test_killed_logger_records_the_gap(pipeline: tuple[Launcher, LoadDriver]) ->
     assert "diag/event" in str(gaps)
     _assert_nothing_lost(driver)
     assert verify_store(launcher.run.path / "log.store").ok
+
+
+def test_killed_ingest_is_restarted_and_the_workers_offer_again(
+    pipeline: tuple[Launcher, LoadDriver],
+) -> None:
+    """Kill the ingest: the launcher restarts it, every worker offers its capacity on the
+    new connection, and requests sent after the restart are served again. Requests the dead
+    ingest held end at the client with a typed deadline error; none waits forever."""
+    launcher, driver = pipeline
+    pid = _pid(launcher, "ingest")
+    os.kill(pid, signal.SIGKILL)
+    driver.run_until(lambda: _restarted(launcher, "ingest", pid), 15, "ingest restart")
+    restarted = time.monotonic_ns()
+    served = driver.run_until(
+        lambda: sum(o.result is not None for o in driver.ended_since(restarted)) >= 20,
+        20,
+        "results after the restart",
+    )
+    workers = {o.result.worker for o in driver.ended_since(restarted) if o.result is not None}
+    assert workers == {"worker.1", "worker.2"}, f"served by {workers} after the restart"
+    driver.drain()
+    assert not [o for o in driver.ended_since(served) if o.lost]

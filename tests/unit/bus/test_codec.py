@@ -14,6 +14,7 @@ from vigil.schemas import (
     AuditEvent,
     AuditId,
     Box,
+    BusProbe,
     DiagCode,
     DiagnosticEvent,
     ErrorCode,
@@ -137,6 +138,7 @@ SAMPLES: dict[type[Message], Message] = {
         endpoints={"frontend": "ipc:///tmp/x"},
     ),
     WorkerCredit: WorkerCredit(credit=8, model="m", version="1", pid=9, host="h"),
+    BusProbe: BusProbe(node="worker.1", nonce=2**61),
 }
 
 

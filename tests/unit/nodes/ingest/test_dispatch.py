@@ -34,7 +34,7 @@ def _admitted(dispatcher: Dispatcher, count: int, deadline_ns: int = 1_000) -> l
 
 
 def _worker(dispatcher: Dispatcher, identity: bytes, credit: int, now_ns: int = 0) -> None:
-    dispatcher.worker_seen(identity, now_ns, name=identity.decode()).credit = credit
+    dispatcher.worker_seen(identity, now_ns, name=identity.decode()).capacity = credit
 
 
 def _assign(dispatcher: Dispatcher) -> list[tuple[bytes, int]]:
@@ -309,3 +309,43 @@ def test_expired_requests_free_their_queue_places() -> None:
     assert len(dispatcher.expired(10)) == 2
     assert dispatcher.open == {}
     assert dispatcher.admit(_request(dispatcher))
+
+
+def test_silent_worker_regains_its_whole_capacity_when_it_answers() -> None:
+    """Work re-dispatched away from a silent worker still counts against it until it
+    answers; then it has its full capacity again (not only what it held)."""
+    dispatcher = Dispatcher(max_queue=8)
+    requests = _admitted(dispatcher, 2)
+    _worker(dispatcher, b"w1", 4, now_ns=100)
+    _assign(dispatcher)
+    dispatcher.worker_silent(now_ns=1_101, silence_ns=1_000)
+    slot = dispatcher.workers[b"w1"]
+    assert slot.credit == 2
+    dispatcher.worker_seen(b"w1", 1_200)
+    for request in requests:
+        dispatcher.complete(b"w1", request.rid)
+    assert (slot.suspect, slot.credit) == (False, 4)
+
+
+def test_capacity_offered_again_is_not_added_twice() -> None:
+    """A worker re-sends its capacity on every new connection: the ingest sets it, and what
+    it already handed that worker still counts."""
+    dispatcher = Dispatcher(max_queue=8)
+    _admitted(dispatcher, 3)
+    _worker(dispatcher, b"w1", 4)
+    _assign(dispatcher)
+    _worker(dispatcher, b"w1", 4)
+    assert dispatcher.workers[b"w1"].credit == 1
+
+
+def test_a_reconnected_worker_process_is_recognised() -> None:
+    """Two connections from one worker process (same pid and host) are found as one."""
+    dispatcher = Dispatcher(max_queue=8)
+    old = dispatcher.worker_seen(b"old", 0)
+    new = dispatcher.worker_seen(b"new", 1)
+    other = dispatcher.worker_seen(b"other", 1)
+    old.pid, old.host = 7, "h"
+    new.pid, new.host = 7, "h"
+    other.pid, other.host = 8, "h"
+    assert dispatcher.same_process(new) == [b"old"]
+    assert dispatcher.same_process(dispatcher.worker_seen(b"anon", 2)) == []
