@@ -15,7 +15,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Protocol
@@ -68,6 +68,7 @@ __all__ = [
     "FaultClass",
     "LogStore",
     "NoHealthyGroup",
+    "Record",
     "StoreClosed",
     "StoreConfig",
     "StoreFull",
@@ -89,6 +90,11 @@ _ZERO_TRACE: Final = bytes(16)
 _PADS: Final = tuple(bytes(n) for n in range(8))
 _sha256 = hashlib.sha256
 _crc32c = crc32c.crc32c
+# A commit request: byte range [lo, hi), last sequence number in it, when its oldest entry
+# was appended, and its id.
+_Request = tuple[int, int, int, int, int]
+# One entry for `append_many`: node, event (schema id or integer code), payload, trace id.
+Record = tuple[str, str | int, bytes | memoryview, bytes]
 
 
 class StoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -96,7 +102,8 @@ class StoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     path: str
     size_bytes: int = 64 * 1024 * 1024
-    group_bytes: int = 1024 * 1024
+    # Opening a group waits for one msync: larger groups wait less often (docs/log-store.md).
+    group_bytes: int = 4 * 1024 * 1024
     commit_latency_ms: float = 5.0
     ptp_device: str = "/dev/ptp0"
     fallback: tuple[Literal["TAI", "REALTIME"], ...] = ("TAI", "REALTIME")
@@ -218,7 +225,10 @@ class LogStore:
         self._first_dirty: int | None = None
         self._dirty_lo = 0
         self._cv = threading.Condition()
-        self._pending: tuple[int, int, int, int] | None = None
+        self._pending: _Request | None = None
+        # Commit requests are numbered; a waiter waits for its own (merged ones take the last).
+        self._request_id = 0
+        self._synced_id = 0
         self._busy = False
         self._stopping = False
         self._error: OSError | None = None
@@ -426,43 +436,86 @@ class LogStore:
         `payload` is MessagePack bytes; `trace_id` is 16 bytes or empty. The entry is durable
         once `stats.committed_seq` reaches the returned number.
         """
-        names = self._names.get((node, event))
-        if names is None:
-            names = self._intern(node, event)
-        if trace_id:
-            if len(trace_id) != 16:
-                raise ValueError("trace_id is 16 bytes or empty")
-        else:
-            trace_id = _ZERO_TRACE
+        return self.append_many(((node, event, payload, trace_id),))
+
+    # implements: SR-LOG-001
+    def append_many(self, records: Iterable[Record]) -> int:
+        """Seal and append a burst of (node, event, payload, trace_id) records in order.
+
+        Each entry gets its own timestamp, seals and chain link exactly as `append` would
+        give it; the burst is copied into the mapping in one write per page group. Returns
+        the last sequence number (the current one when `records` is empty). A record that
+        is refused (a bad trace id or name) raises after every record before it is stored.
+        """
         if self._closed:
             raise StoreClosed("append after close")
-        ts = self._now()
-        seq = self._seq + 1
-        plen = len(payload)
-        prefix = _PREFIX.pack(
-            ENTRY_MAGIC, ENTRY_VERSION, self._clock_byte, names[0], names[1], seq, ts, trace_id,
-            plen, _crc32c(payload), _sha256(ts.to_bytes(8, "little") + payload).digest(),
-        )  # fmt: skip
-        chain = _sha256(self._chain + prefix + names[2]).digest()
-        size = ENTRY_HEADER.size + len(names[2]) + plen
-        padded = (size + 7) & ~7
-        pos = self._pos
-        if pos + padded > self._group_end:
-            pos = self._roll(padded)
-        self._write(pos, b"".join((prefix, chain, names[2], payload, _PADS[padded - size])))
-        self._pos = pos + padded
-        self._seq = seq
-        self._chain = chain
-        stats = self.stats
-        stats.entries += 1
-        stats.last_seq = seq
-        stats.bytes_appended += padded
-        now = self._mono()
-        if self._first_dirty is None:
-            self._first_dirty = now
-        elif now - self._first_dirty >= self._trigger_ns:
-            self._request_commit()
+        # Commit latency counts from the burst's first entry, not from when it was stored.
+        began = self._mono()
+        # Everything the loop touches is local: this is the logger's hot path.
+        pack, sha, crc, now = _PREFIX.pack, _sha256, _crc32c, self._now
+        names_of, clock, header, pads = self._names, self._clock_byte, ENTRY_HEADER.size, _PADS
+        seq, chain, pos, end = self._seq, self._chain, self._pos, self._group_end
+        start, appended = pos, 0
+        parts: list[bytes | memoryview] = []
+        try:
+            for node, event, payload, trace in records:
+                names = names_of.get((node, event)) or self._intern(node, event)
+                if trace and len(trace) != 16:
+                    raise ValueError("trace_id is 16 bytes or empty")
+                ts = now()
+                plen = len(payload)
+                prefix = pack(
+                    ENTRY_MAGIC, ENTRY_VERSION, clock, names[0], names[1], seq + 1, ts,
+                    trace or _ZERO_TRACE, plen, crc(payload),
+                    sha(ts.to_bytes(8, "little") + payload).digest(),
+                )  # fmt: skip
+                size = header + len(names[2]) + plen
+                padded = (size + 7) & ~7
+                if pos + padded > end:
+                    # The group is full: store what is sealed, then roll (which commits it).
+                    self._store_burst(
+                        start, parts, pos=pos, seq=seq, chain=chain, count=appended, began=began
+                    )
+                    parts, appended = [], 0
+                    began = self._mono()
+                    pos = start = self._roll(padded)
+                    end = self._group_end
+                chain = sha(chain + prefix + names[2]).digest()
+                seq += 1
+                parts += (prefix, chain, names[2], payload, pads[padded - size])
+                pos += padded
+                appended += 1
+        finally:
+            self._store_burst(
+                start, parts, pos=pos, seq=seq, chain=chain, count=appended, began=began
+            )
         return seq
+
+    def _store_burst(
+        self,
+        start: int,
+        parts: list[bytes | memoryview],
+        *,
+        pos: int,
+        seq: int,
+        chain: bytes,
+        count: int,
+        began: int,
+    ) -> None:
+        """Copy sealed entries into the mapping and advance the write position past them."""
+        if not count:
+            return
+        self._write(start, b"".join(parts))
+        stats = self.stats
+        stats.entries += count
+        stats.bytes_appended += pos - start
+        stats.last_seq = self._seq = seq
+        self._pos = pos
+        self._chain = chain
+        if self._first_dirty is None:
+            self._first_dirty = began
+        if self._mono() - self._first_dirty >= self._trigger_ns:
+            self._request_commit()
 
     def append_audit(
         self,
@@ -473,15 +526,31 @@ class LogStore:
         node: str = "logger",
         trace_id: bytes = b"",
     ) -> int:
-        """Append a binary audit record (see `_audit`) as a sealed entry of event `audit.record`.
+        """Append a binary audit record (see `audit_record`); returns its sequence number."""
+        return self.append_many(
+            (
+                self.audit_record(
+                    event, instance=instance, payload=payload, node=node, trace_id=trace_id
+                ),
+            )
+        )
+
+    def audit_record(
+        self,
+        event: AuditId,
+        *,
+        instance: int,
+        payload: bytes = b"",
+        node: str = "logger",
+        trace_id: bytes = b"",
+    ) -> Record:
+        """A binary audit record (see `_audit`) as a record of event `audit.record`, stamped now.
 
         The entry's MessagePack payload is one `bin 8` holding the 46-byte record, so the record
         sits at payload offset 2 and `audit_view(entry.payload, 2)` reads it in place.
         """
         record = pack_audit(self._now(), event, instance, payload)
-        return self.append(
-            node=node, event=AUDIT_EVENT, payload=msgspec.msgpack.encode(record), trace_id=trace_id
-        )
+        return (node, AUDIT_EVENT, msgspec.msgpack.encode(record), trace_id)
 
     def _intern(self, node: str, event: str | int) -> tuple[int, int, bytes]:
         node_b = node.encode()
@@ -500,9 +569,6 @@ class LogStore:
         capacity = geo.group_bytes - GROUP_HEADER_BYTES
         if need > capacity:
             raise EntryTooLarge(need, capacity)
-        # Everything in the group being left must be durable before the next group's header
-        # can reach the disk, or a crash could keep the new group and lose the old group's tail.
-        self.commit()
         while True:
             group, reclaim = self._level.peek()
             if reclaim and self._config.retention == "exported":
@@ -510,7 +576,11 @@ class LogStore:
             group, epoch = self._level.take()
             self._first_seqs.pop(group, None)
             self._sync_level()
-            self._write_meta()
+            # The metadata that takes the group and everything in the group being left must be
+            # durable before the new group's header can reach the disk, or a crash could keep
+            # the new group and lose the old group's tail. Both go in one msync (one flush of
+            # the disk): the range from the metadata slot to the tail holds nothing else dirty.
+            self._commit(also=(self._write_meta(sync=False), geo.slot_bytes))
             start = geo.group_offset(group)
             header = encode_group_header(GroupHeader(epoch, self._seq + 1, self._chain))
             try:
@@ -553,17 +623,23 @@ class LogStore:
         groups["epoch"] = level.epochs
         groups["flags"] = [FLAG_BAD if bad else 0 for bad in level.bad]
 
-    def _write_meta(self) -> None:
-        # Alternate slots, each synced before the next: a torn write can only spoil the slot
-        # being written, and the other still holds the previous state.
+    def _write_meta(self, *, sync: bool = True) -> int:
+        """Write the metadata into the next slot; returns the slot's offset.
+
+        Slots alternate, each durable before the next is written: a torn write can only spoil
+        the slot being written, and the other still holds the previous state. Without `sync`
+        the caller makes it durable (in its next commit) before anything depends on it.
+        """
         self._slot ^= 1
         self._meta.generation += 1
         offset = self._geo.slot_offset(self._slot)
         try:
             self._write(offset, encode_meta(self._meta, self._geo.slot_bytes))
-            self._medium.sync(offset, self._geo.slot_bytes)
+            if sync:
+                self._medium.sync(offset, self._geo.slot_bytes)
         except OSError as exc:
             raise StoreIOError(self.stats.committed_seq, exc) from exc
+        return offset
 
     # -- committing ------------------------------------------------------------------------
 
@@ -576,24 +652,36 @@ class LogStore:
 
     def commit(self) -> None:
         """Make every appended entry durable (msync) before returning."""
+        self._commit()
+
+    def _commit(self, also: tuple[int, int] | None = None) -> None:
+        """Commit what is dirty, and the byte range `also` with it, and wait until durable."""
         if self._closed:
             raise StoreClosed("commit after close")
-        target = self._seq
-        self._request_commit()
+        wanted = self._request_commit(also)
         if self._thread is None:
             return
         with self._cv:
-            while self.stats.committed_seq < target and self._error is None:
+            while self._synced_id < wanted and self._error is None:
                 self._cv.wait()
             if self._error is not None:
                 raise StoreIOError(self.stats.committed_seq, self._error)
 
-    def _request_commit(self) -> None:
-        if self._pos <= self._dirty_lo:
+    def _request_commit(self, also: tuple[int, int] | None = None) -> int:
+        """Hand the dirty range (widened by `also`) to msync; returns the id to wait for.
+
+        With nothing to commit, that is the id of the last request, which may still be in
+        flight: waiting for it waits for everything appended before.
+        """
+        lo, hi = self._dirty_lo, self._pos
+        if also is not None:
+            lo, hi = min(lo, also[0]), max(hi, also[0] + also[1])
+        if hi <= lo:
             self._first_dirty = None
-            return
+            return self._request_id
         first = self._first_dirty if self._first_dirty is not None else self._mono()
-        request = (self._dirty_lo, self._pos, self._seq, first)
+        self._request_id += 1
+        request = (lo, hi, self._seq, first, self._request_id)
         self._dirty_lo = self._pos
         self._first_dirty = None
         if self._thread is None:
@@ -601,7 +689,7 @@ class LogStore:
                 self._sync(request)
             except OSError as exc:
                 raise StoreIOError(self.stats.committed_seq, exc) from exc
-            return
+            return self._request_id
         with self._cv:
             if self._error is not None:
                 raise StoreIOError(self.stats.committed_seq, self._error)
@@ -609,19 +697,21 @@ class LogStore:
             if pending is not None:
                 request = (
                     min(pending[0], request[0]), max(pending[1], request[1]), request[2],
-                    min(pending[3], request[3]),
+                    min(pending[3], request[3]), request[4],
                 )  # fmt: skip
             self._pending = request
             self._cv.notify_all()
+        return self._request_id
 
-    def _sync(self, request: tuple[int, int, int, int]) -> None:
-        lo, hi, seq, first = request
+    def _sync(self, request: _Request) -> None:
+        lo, hi, seq, first, request_id = request
         began = self._mono()
         self._medium.sync(lo, hi - lo)
         done = self._mono()
         stats = self.stats
         with self._cv:
             stats.committed_seq = max(stats.committed_seq, seq)
+            self._synced_id = max(self._synced_id, request_id)
             stats.commits += 1
             latency = (done - first) / 1e6
             stats.last_commit_latency_ms = latency

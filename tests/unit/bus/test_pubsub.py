@@ -384,7 +384,10 @@ def test_proxy_latches_only_latched_topics(
         Publisher(ctx, frontend, source="node") as pub,
         Subscriber(ctx, backend, [Topic.SAFETY_STATE, Topic.HEARTBEAT]) as early,
     ):
+        # Each topic is synced on its own: a PUB applies a subscription only when it next
+        # processes its input, so one topic arriving does not prove the other has.
         _sync(pub, early, Topic.SAFETY_STATE)
+        _sync(pub, early, Topic.HEARTBEAT)
         old = pub.publish(Topic.HEARTBEAT, _beat("old"))
         assert _next(early).envelope.seq == old
         with Subscriber(ctx, backend, [Topic.HEARTBEAT, Topic.SAFETY_STATE]) as late:
