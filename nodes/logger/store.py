@@ -517,24 +517,6 @@ class LogStore:
         if self._mono() - self._first_dirty >= self._trigger_ns:
             self._request_commit()
 
-    def append_audit(
-        self,
-        event: AuditId,
-        *,
-        instance: int,
-        payload: bytes = b"",
-        node: str = "logger",
-        trace_id: bytes = b"",
-    ) -> int:
-        """Append a binary audit record (see `audit_record`); returns its sequence number."""
-        return self.append_many(
-            (
-                self.audit_record(
-                    event, instance=instance, payload=payload, node=node, trace_id=trace_id
-                ),
-            )
-        )
-
     def audit_record(
         self,
         event: AuditId,
@@ -544,7 +526,8 @@ class LogStore:
         node: str = "logger",
         trace_id: bytes = b"",
     ) -> Record:
-        """A binary audit record (see `_audit`) as a record of event `audit.record`, stamped now.
+        """A binary audit record (see `_audit`) as a record of event `audit.record`, stamped now,
+        for `append_many`.
 
         The entry's MessagePack payload is one `bin 8` holding the 46-byte record, so the record
         sits at payload offset 2 and `audit_view(entry.payload, 2)` reads it in place.

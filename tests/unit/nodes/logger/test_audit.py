@@ -59,10 +59,10 @@ def test_oversized_payload_is_refused() -> None:
 
 
 def test_store_keeps_audit_records_as_sealed_entries(store_path: str) -> None:
-    """append_audit writes an audit.record entry whose record sits at payload offset 2."""
+    """An audit record is stored as an audit.record entry whose record sits at payload offset 2."""
     config = StoreConfig(path=store_path, size_bytes=64 * 1024, group_bytes=4096)
     with LogStore.open(config, clock=SimClock()) as store:
-        store.append_audit(AuditId.LOG_GAP, instance=7, payload=b"gap")
+        store.append_many((store.audit_record(AuditId.LOG_GAP, instance=7, payload=b"gap"),))
     entry = next(e for e in read_entries(store_path) if e.event == AUDIT_EVENT)
     assert msgspec.msgpack.decode(entry.payload) == entry.payload[2:]
     record = audit_view(entry.payload, offset=2)[0]
