@@ -323,6 +323,42 @@ def _decode_metadata(directory: str, files: Mapping[str, bytes]) -> ModelMetadat
     return metadata
 
 
+# implements: SR-MDL-001
+def _check_graph_signature(directory: str, metadata: ModelMetadata, model: bytes) -> None:
+    """Refuse a version whose signed metadata does not describe its own graph.
+
+    Clients, the known-answer test and the worker's batching all trust the metadata's
+    inputs and outputs; a version whose graph says otherwise would fail on its first request
+    or, worse, answer with tensors the caller misreads.
+    """
+    from google.protobuf.message import DecodeError  # noqa: PLC0415 - comes with onnx
+
+    try:
+        graph = metadata_from_onnx(model, created=metadata.created)
+    except (DecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ModelRefused(
+            RefusalReason.SIGNATURE_MISMATCH,
+            directory,
+            f"not an ONNX graph: {exc}"[:512],
+            metadata.model_file,
+        ) from exc
+    for kind, declared, actual in (
+        ("inputs", metadata.inputs, graph.inputs),
+        ("outputs", metadata.outputs, graph.outputs),
+    ):
+        if declared != actual:
+            raise ModelRefused(
+                RefusalReason.SIGNATURE_MISMATCH,
+                directory,
+                f"{kind} {_describe(declared)} in the metadata, {_describe(actual)} in the graph",
+                METADATA_FILE,
+            )
+
+
+def _describe(specs: list[TensorSpec]) -> str:
+    return "[" + ", ".join(f"{t.name}:{t.dtype}{t.shape}" for t in specs) + "]"
+
+
 def load_verified(
     directory: str | os.PathLike[str],
     trusted: TrustedKeys,
@@ -335,6 +371,7 @@ def load_verified(
     """
     verified = verify_directory(directory, trusted, on_file_read=on_file_read)
     metadata = _decode_metadata(verified.directory, verified.files)
+    _check_graph_signature(verified.directory, metadata, verified.files[metadata.model_file])
     resolved = Path(verified.directory)
     return VerifiedModel(
         name=resolved.parent.name,
@@ -396,7 +433,7 @@ def metadata_from_onnx(
     description: str = "",
 ) -> ModelMetadata:
     """Metadata whose input/output signature is read from the ONNX graph itself."""
-    import onnx  # noqa: PLC0415 - a heavy import only the packaging path needs
+    import onnx  # noqa: PLC0415 - a heavy import only packaging and verification need
     from onnx import helper  # noqa: PLC0415
 
     graph = onnx.load_model_from_string(onnx_bytes).graph

@@ -89,6 +89,8 @@ class RefusalReason(enum.StrEnum):
     """A file changed while it was being read."""
     MALFORMED = "malformed"
     """The signature file is not a well-formed bundle of the supported kind."""
+    SIGNATURE_MISMATCH = "signature_mismatch"
+    """The metadata's inputs/outputs differ from the graph's, or the graph does not parse."""
 
 
 class ModelRefused(VigilError):

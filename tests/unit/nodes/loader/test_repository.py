@@ -212,3 +212,48 @@ def test_kat_arrays_are_decoded_without_pickle(repo: Path, trusted: TrustedKeys)
     kat = read_known_answer(load_active(repo, "add", trusted))
     assert kat is not None
     assert kat.inputs["x"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("field", "edit"),
+    [
+        ("inputs", lambda specs: [{**specs[0], "shape": [1, 8]}]),
+        ("inputs", lambda specs: [{**specs[0], "dtype": "float16"}]),
+        ("outputs", lambda specs: [{**specs[0], "name": "z"}]),
+        ("outputs", lambda specs: [*specs, {**specs[0], "name": "extra"}]),
+    ],
+    ids=["input shape", "input dtype", "output name", "extra output"],
+)
+def test_metadata_that_misdescribes_the_graph_is_refused(
+    signed_version: Path,
+    signer: SigningKey,
+    trusted: TrustedKeys,
+    field: str,
+    edit: Callable[[list[dict[str, object]]], list[dict[str, object]]],
+) -> None:
+    """Correctly signed metadata whose inputs or outputs differ from the graph's own is
+    refused as SIGNATURE_MISMATCH, naming both signatures."""
+    path = signed_version / METADATA_FILE
+    meta = json.loads(path.read_text())
+    meta[field] = edit(meta[field])
+    path.write_text(json.dumps(meta))
+    sign_directory(signed_version, signer)
+    with pytest.raises(ModelRefused) as caught:
+        load_verified(signed_version, trusted)
+    refused = caught.value
+    assert (refused.reason, refused.file) == (RefusalReason.SIGNATURE_MISMATCH, METADATA_FILE)
+    assert f"{field} [" in refused.detail and "in the graph" in refused.detail
+
+
+def test_a_model_file_that_is_not_a_graph_is_refused(
+    signed_version: Path, signer: SigningKey, trusted: TrustedKeys
+) -> None:
+    """A signed model file that does not parse as ONNX never reaches the engine."""
+    (signed_version / "model.onnx").write_bytes(b"\xff" * 64)
+    sign_directory(signed_version, signer)
+    with pytest.raises(ModelRefused) as caught:
+        load_verified(signed_version, trusted)
+    assert (caught.value.reason, caught.value.file) == (
+        RefusalReason.SIGNATURE_MISMATCH,
+        "model.onnx",
+    )
