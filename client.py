@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from types import TracebackType
 from typing import Self, cast
@@ -67,6 +68,17 @@ def _request(
 
 
 # implements: SR-ERR-001
+def _unreachable() -> Unavailable:
+    # A DEALER queues requests while its connection is being made; it refuses them only when
+    # it has no connection left at all (the ingest refused this client's key) or its queue is
+    # full. Waiting then would hang the caller, so the request ends here, typed.
+    reply = ErrorReply(
+        code=ErrorCode.UNAVAILABLE,
+        message="the ingest takes no request: no connection (refused?) or the send queue is full",
+    )
+    return Unavailable(reply)
+
+
 class Client(Closing):
     """A synchronous client: `infer()` for one request, `submit()`/`poll()` for many in flight.
 
@@ -121,7 +133,10 @@ class Client(Closing):
             tenant=self.tenant,
             model=model,
         )
-        self.channel.send(request, envelope=envelope, buffers=[image.reshape(-1).data])
+        self._send(
+            [self.channel.encode(envelope), self.channel.encode(request), image.reshape(-1).data],
+            copy=False,  # the frame's pixels go out without a copy
+        )
         self._deadlines[envelope.seq] = time.monotonic_ns() + (deadline_ns - now) + _GRACE_NS
         return envelope.seq
 
@@ -134,13 +149,21 @@ class Client(Closing):
         envelope = self.channel.envelope(
             InferRequest, deadline_ns=now + int(deadline_s * 1e9), tenant=self.tenant
         )
-        self.socket.send_multipart([self.channel.encode(envelope), body, *buffers])
+        self._send([self.channel.encode(envelope), body, *buffers])
         self._deadlines[envelope.seq] = time.monotonic_ns() + int(deadline_s * 1e9) + _GRACE_NS
         return envelope.seq
 
     def send_frames(self, frames: list[bytes]) -> None:
         """Send raw frames as they are (for tests that speak for a broken client)."""
-        self.socket.send_multipart(frames)
+        self._send(frames)
+
+    # implements: SR-ERR-001
+    def _send(self, frames: Sequence[bytes | memoryview], *, copy: bool = True) -> None:
+        """Send without ever blocking; Unavailable when the ingest cannot take the request."""
+        try:
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            raise _unreachable() from None
 
     @property
     def in_flight(self) -> int:
@@ -325,14 +348,18 @@ class AsyncClient:
         )
         self._waiting[envelope.seq] = waiter
         try:
-            await self.socket.send_multipart(
-                [
-                    self.channel.encode(envelope),
-                    self.channel.encode(request),
-                    image.reshape(-1).data,
-                ],
-                copy=False,
-            )
+            try:
+                await self.socket.send_multipart(
+                    [
+                        self.channel.encode(envelope),
+                        self.channel.encode(request),
+                        image.reshape(-1).data,
+                    ],
+                    flags=zmq.NOBLOCK,
+                    copy=False,
+                )
+            except zmq.Again:
+                raise _unreachable() from None
             try:
                 outcome = await asyncio.wait_for(waiter, (budget_ns + _GRACE_NS) / 1e9)
             except TimeoutError:

@@ -38,6 +38,10 @@ class RunGraph(msgspec.Struct, kw_only=True):
     endpoints: dict[str, str]
     topics: dict[str, str]
     nodes: list[GraphNode] = []
+    server_key: str = ""
+    """Path of the bus server's public certificate (`NAME.key`) that tools connecting to a
+    tcp bus need for CurveZMQ; empty when the bus is not secured. Last and defaulted, so
+    graph files written before it existed still decode."""
 
 
 # implements: SR-SEC-002

@@ -527,5 +527,6 @@ class Launcher:
                     )
                     for c in self.children
                 ],
+                server_key=self.plan.curve.server_key if self.plan.curve is not None else "",
             )
         )

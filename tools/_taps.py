@@ -1,5 +1,5 @@
-"""What the live CLI tools share: the run, rolling topic meters, heartbeats, tensor summaries and
-a publisher that sees its subscribers."""
+"""What the live CLI tools share: the run and its bus (with Curve keys on tcp), rolling topic
+meters, heartbeats, tensor summaries and a publisher that sees its subscribers."""
 
 from __future__ import annotations
 
@@ -18,20 +18,26 @@ import zmq
 
 from vigil.bus.closing import Closing
 from vigil.bus.codec import Codec, topic_frame
+from vigil.bus.curve import CurveConfig, applies, load_public, load_secret, secure
 from vigil.bus.envelope import Envelope
 from vigil.bus.pubsub import Received, Subscriber
 from vigil.bus.rundir import RunDir, find_run_dir
 from vigil.schemas import Message, schema_id
 
 __all__ = [
+    "KEY_ENV",
     "BeatBook",
     "BusPublisher",
+    "BusTap",
     "LastBeat",
     "SubscriptionWatch",
     "TopicMeter",
     "TopicRate",
+    "key_option",
+    "open_bus",
     "open_run",
     "summarise_tensors",
+    "tap_curve",
 ]
 
 _NS: Final = 1_000_000_000
@@ -45,6 +51,74 @@ def open_run(explicit: str | None) -> RunDir:
         raise click.ClickException(
             f"{exc}; start one with `vigil launch` or pass --run-dir"
         ) from exc
+
+
+# -- the bus and its keys ------------------------------------------------------------------
+
+KEY_ENV: Final = "VIGIL_KEY"
+
+key_option = click.option(
+    "--key",
+    envvar=KEY_ENV,
+    default=None,
+    metavar="FILE",
+    help="Client key pair (NAME.key_secret, from `vigil keys gen`, allowed by the launch "
+    f"file) for a tcp bus with CurveZMQ (default ${KEY_ENV}; not needed on ipc).",
+)
+"""The `--key` option of every tool that connects to the bus."""
+
+
+class BusTap(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a tool connects to the run's proxy, and the Curve keys it connects with there."""
+
+    pub: str
+    """The proxy's XSUB: where publishers connect."""
+    sub: str
+    """The proxy's XPUB: where subscribers connect."""
+    curve: CurveConfig | None = None
+    """None on ipc, where the run directory's permissions are the access control."""
+
+
+def tap_curve(endpoint: str, server_key: str, key: str | None) -> CurveConfig | None:
+    """The Curve keys a tool connects to `endpoint` with; None where Curve does not apply.
+
+    Raises ClickException naming what to pass when a tcp endpoint lacks a key, or when no
+    server key is known or a key file is unusable: an unkeyed peer would only be refused by
+    the bus, silently from the tool's side.
+    """
+    if not applies(endpoint):
+        return None
+    if not key:
+        raise click.ClickException(
+            f"the bus at {endpoint} is tcp with CurveZMQ: pass --key FILE (or set ${KEY_ENV}) "
+            "with a client key pair NAME.key_secret that the launch file's security.allowed "
+            "lists (make one: vigil keys gen --out DIR --name NAME)"
+        )
+    if not server_key:
+        raise click.ClickException(
+            f"no public key of the bus server is known for {endpoint}: pass --run-dir of the "
+            "launch that serves it (its graph.json names the key as server_key)"
+        )
+    try:
+        load_secret(key)
+        load_public(server_key)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot connect to {endpoint} with Curve: {exc}") from exc
+    return CurveConfig(server_key=server_key, client_secret=key)
+
+
+def open_bus(run: RunDir, key: str | None) -> BusTap:
+    """The run's proxy endpoints as its graph names them (tcp on a `bus:` launch), with the
+    Curve keys for tcp; the run directory's ipc endpoints when it has no graph yet."""
+    try:
+        graph = run.read_graph()
+    except FileNotFoundError:
+        return BusTap(pub=run.pub, sub=run.sub)
+    pub = graph.endpoints.get("pub", run.pub)
+    sub = graph.endpoints.get("sub", run.sub)
+    # The launcher puts both sides on one transport; either one on tcp needs the keys.
+    curve = tap_curve(sub, graph.server_key, key) or tap_curve(pub, graph.server_key, key)
+    return BusTap(pub=pub, sub=sub, curve=curve)
 
 
 # -- rates ---------------------------------------------------------------------------------
@@ -290,11 +364,13 @@ class BusPublisher(Closing):
         watch: SubscriptionWatch | None = None,
         hwm: int = 10_000,
         clock: Callable[[], int] = time.time_ns,
+        curve: CurveConfig | None = None,
     ) -> None:
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+        secure(self.socket, endpoint, curve, "client")
         self.socket.connect(endpoint)
         self.watch = watch or SubscriptionWatch()
         self._source = source

@@ -10,7 +10,6 @@ import msgspec
 import zmq
 
 from vigil.bus.pubsub import Subscriber
-from vigil.bus.rundir import find_run_dir
 from vigil.nodes.loader.keys import (
     KeyFileError,
     generate_key_pair,
@@ -27,6 +26,7 @@ from vigil.nodes.loader.repository import (
 )
 from vigil.nodes.loader.signing import ModelRefused, SigningError, sign_directory
 from vigil.schemas import Heartbeat, ModelAnnouncement, Topic
+from vigil.tools._taps import key_option, open_bus, open_run
 
 __all__ = ["model"]
 
@@ -162,17 +162,15 @@ def activate(repo: Path, name: str, version: str) -> None:
 @model.command()
 @click.option("--run-dir", default=None, help="Run directory (default: run/current).")
 @click.option("--wait", type=float, default=1.0, show_default=True, help="Seconds to listen.")
-def status(run_dir: str | None, wait: float) -> None:
+@key_option
+def status(run_dir: str | None, wait: float, key: str | None) -> None:
     """What every worker of a running launch serves, and what the loader committed."""
-    try:
-        run = find_run_dir(run_dir)
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from exc
+    bus = open_bus(open_run(run_dir), key)
     workers: dict[str, dict[str, str]] = {}
     committed: ModelAnnouncement | None = None
     with (
         zmq.Context() as ctx,
-        Subscriber(ctx, run.sub, [Topic.HEARTBEAT, Topic.MODEL_ACTIVE]) as sub,
+        Subscriber(ctx, bus.sub, [Topic.HEARTBEAT, Topic.MODEL_ACTIVE], curve=bus.curve) as sub,
     ):
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:

@@ -12,9 +12,9 @@ import psutil
 import zmq
 
 from vigil.bus.pubsub import Subscriber
-from vigil.bus.rundir import GraphNode, RunDir, RunGraph
+from vigil.bus.rundir import GraphNode, RunGraph
 from vigil.schemas import Topic
-from vigil.tools._taps import BeatBook, open_run
+from vigil.tools._taps import BeatBook, BusTap, key_option, open_bus, open_run
 
 __all__ = ["NodeRow", "ProcessSampler", "listen_for_beats", "node", "node_rows"]
 
@@ -35,14 +35,15 @@ class NodeRow(msgspec.Struct, kw_only=True):
     rss_bytes: int | None = None
 
 
-def listen_for_beats(run: RunDir, window_s: float, expected: Iterable[str] = ()) -> BeatBook:
-    """Heartbeats heard within `window_s`; returns early once every `expected` node beat."""
+def listen_for_beats(bus: BusTap, window_s: float, expected: Iterable[str] = ()) -> BeatBook:
+    """Heartbeats heard on `bus` within `window_s`; returns early once every `expected` node
+    beat."""
     book = BeatBook()
     wanted = set(expected)
     deadline = time.monotonic() + window_s
     with (
         zmq.Context() as ctx,
-        Subscriber(ctx, run.sub, [Topic.HEARTBEAT], typed=False) as sub,
+        Subscriber(ctx, bus.sub, [Topic.HEARTBEAT], typed=False, curve=bus.curve) as sub,
     ):
         while (left := deadline - time.monotonic()) > 0:
             received = sub.recv(max(1, int(left * 1000)))
@@ -151,13 +152,14 @@ def node() -> None:
 
 @node.command("list")
 @_RUN_DIR
+@key_option
 @_WINDOW
 @click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
-def list_nodes(run_dir: str | None, window: float, as_json: bool) -> None:
+def list_nodes(run_dir: str | None, key: str | None, window: float, as_json: bool) -> None:
     """Every node: pid, kind, status, heartbeat age, restarts and heartbeat detail."""
     run = open_run(run_dir)
     graph = run.read_graph()
-    book = listen_for_beats(run, window, [n.name for n in graph.nodes])
+    book = listen_for_beats(open_bus(run, key), window, [n.name for n in graph.nodes])
     rows = node_rows(graph, book)
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(rows)).decode())
@@ -176,8 +178,9 @@ def list_nodes(run_dir: str | None, window: float, as_json: bool) -> None:
 @node.command("info")
 @click.argument("name")
 @_RUN_DIR
+@key_option
 @_WINDOW
-def info(name: str, run_dir: str | None, window: float) -> None:
+def info(name: str, run_dir: str | None, key: str | None, window: float) -> None:
     """One node in full: process, heartbeat, topics, endpoints and its log file."""
     run = open_run(run_dir)
     graph = run.read_graph()
@@ -186,10 +189,11 @@ def info(name: str, run_dir: str | None, window: float) -> None:
         known = ", ".join(n.name for n in graph.nodes)
         raise click.ClickException(f"no node {name!r} in {run.graph_path}; nodes: {known}")
     n = found[0]
+    bus = open_bus(run, key)
     sampler = ProcessSampler()
     graph_one = msgspec.structs.replace(graph, nodes=[n])
     node_rows(graph_one, BeatBook(), sampler)  # starts the CPU measurement
-    book = listen_for_beats(run, window, [name])
+    book = listen_for_beats(bus, window, [name])
     row = node_rows(graph_one, book, sampler)[0]
     click.echo(f"node: {n.name}")
     click.echo(f"kind: {n.kind} (instance {n.instance})")

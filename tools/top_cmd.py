@@ -22,7 +22,7 @@ from rich.text import Text
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.schemas import Topic
-from vigil.tools._taps import BeatBook, TopicMeter, open_run
+from vigil.tools._taps import BeatBook, TopicMeter, key_option, open_bus, open_run
 from vigil.tools.node_cmd import NodeRow, ProcessSampler, node_rows
 
 __all__ = ["TopView", "top"]
@@ -135,15 +135,20 @@ class TopView:
 @click.option("--window", type=float, default=2.0, help="Seconds of traffic the rates cover.")
 @click.option("--interval", type=float, default=1.0, help="Seconds between redraws.")
 @click.option("--once", is_flag=True, help="Print one snapshot after --window seconds and exit.")
-def top(run_dir: str | None, window: float, interval: float, once: bool) -> None:
+@key_option
+def top(run_dir: str | None, window: float, interval: float, once: bool, key: str | None) -> None:
     """A live view of nodes (pid, CPU, memory, heartbeat, restarts), topics (rate, bandwidth,
     losses), the safety state and the model version each worker serves."""
     if window <= 0 or interval <= 0:
         raise click.UsageError("--window and --interval must be positive")
     run = open_run(run_dir)
+    bus = open_bus(run, key)
     view = TopView(run, window)
     console = Console()
-    with zmq.Context() as ctx, Subscriber(ctx, run.sub, [""], prefix=True, typed=False) as sub:
+    with (
+        zmq.Context() as ctx,
+        Subscriber(ctx, bus.sub, [""], prefix=True, typed=False, curve=bus.curve) as sub,
+    ):
         if once:
             view.nodes()  # starts the CPU measurement of every node
             deadline = time.monotonic() + window

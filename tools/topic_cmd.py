@@ -31,6 +31,8 @@ from vigil.tools._taps import (
     SubscriptionWatch,
     TopicMeter,
     TopicRate,
+    key_option,
+    open_bus,
     open_run,
     summarise_tensors,
 )
@@ -198,6 +200,7 @@ def _echo_row(received: Received, fields: tuple[str, ...], full: bool) -> dict[s
 @click.option("--filter", "expression", default=None, help="Keep messages where EXPR holds.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows instead of JSON lines.")
 @click.option("--full", is_flag=True, help="Print tensor values instead of a summary.")
+@key_option
 def echo(  # noqa: PLR0917 - click passes every option as an argument
     name: str,
     run_dir: str | None,
@@ -208,6 +211,7 @@ def echo(  # noqa: PLR0917 - click passes every option as an argument
     expression: str | None,
     as_csv: bool,
     full: bool,
+    key: str | None,
 ) -> None:
     """Print the messages on topic NAME: JSON lines (envelope and body) by default.
 
@@ -215,7 +219,7 @@ def echo(  # noqa: PLR0917 - click passes every option as an argument
     `m.output.confidence > 0.5 and m.stream_id == "cam0"`. Tensors are summarised (dtype,
     shape, min/max/mean) unless --full.
     """
-    run = open_run(run_dir)
+    bus = open_bus(open_run(run_dir), key)
     try:
         keep: Filter | None = compile_filter(expression) if expression else None
     except ExpressionError as exc:
@@ -235,7 +239,10 @@ def echo(  # noqa: PLR0917 - click passes every option as an argument
         def line(row: dict[str, Any]) -> str:
             return json.dumps(row)
 
-    with zmq.Context() as ctx, Subscriber(ctx, run.sub, [name], typed=False) as sub:
+    with (
+        zmq.Context() as ctx,
+        Subscriber(ctx, bus.sub, [name], typed=False, curve=bus.curve) as sub,
+    ):
         try:
             while not limit or shown < limit:
                 wait = 200 if deadline is None else int((deadline - time.monotonic()) * 1000)
@@ -262,9 +269,10 @@ def echo(  # noqa: PLR0917 - click passes every option as an argument
             _finish(sub)
 
 
-def _measure(
+def _measure(  # noqa: PLR0917 - the options every measuring command shares
     names: tuple[str, ...],
     run_dir: str | None,
+    key: str | None,
     window: float,
     reports: int,
     show: Callable[[TopicRate], str],
@@ -272,9 +280,12 @@ def _measure(
     """Report each topic in `names` every `window` seconds (`reports` times, 0: until Ctrl-C)."""
     if window <= 0:
         raise click.UsageError("--window must be positive")
-    run = open_run(run_dir)
+    bus = open_bus(open_run(run_dir), key)
     done = 0
-    with zmq.Context() as ctx, Subscriber(ctx, run.sub, list(names), typed=False) as sub:
+    with (
+        zmq.Context() as ctx,
+        Subscriber(ctx, bus.sub, list(names), typed=False, curve=bus.curve) as sub,
+    ):
         meter = TopicMeter(window)
         try:
             while not reports or done < reports:
@@ -314,13 +325,17 @@ _RUN_DIR = click.option(
 @topic.command("hz")
 @click.argument("names", nargs=-1, required=True)
 @_RUN_DIR
+@key_option
 @_WINDOW
 @_REPORTS
-def hz(names: tuple[str, ...], run_dir: str | None, window: float, reports: int) -> None:
+def hz(
+    names: tuple[str, ...], run_dir: str | None, key: str | None, window: float, reports: int
+) -> None:
     """Report the message rate of each topic in NAMES, with messages lost."""
     _measure(
         names,
         run_dir,
+        key,
         window,
         reports,
         lambda r: (
@@ -334,13 +349,17 @@ def hz(names: tuple[str, ...], run_dir: str | None, window: float, reports: int)
 @topic.command("bw")
 @click.argument("names", nargs=-1, required=True)
 @_RUN_DIR
+@key_option
 @_WINDOW
 @_REPORTS
-def bw(names: tuple[str, ...], run_dir: str | None, window: float, reports: int) -> None:
+def bw(
+    names: tuple[str, ...], run_dir: str | None, key: str | None, window: float, reports: int
+) -> None:
     """Report the bandwidth of each topic in NAMES (all frames, tensors included)."""
     _measure(
         names,
         run_dir,
+        key,
         window,
         reports,
         lambda r: (
@@ -353,9 +372,12 @@ def bw(names: tuple[str, ...], run_dir: str | None, window: float, reports: int)
 @topic.command("delay")
 @click.argument("names", nargs=-1, required=True)
 @_RUN_DIR
+@key_option
 @_WINDOW
 @_REPORTS
-def delay(names: tuple[str, ...], run_dir: str | None, window: float, reports: int) -> None:
+def delay(
+    names: tuple[str, ...], run_dir: str | None, key: str | None, window: float, reports: int
+) -> None:
     """Report the delay from each message's `stamp_ns` to its receipt here (p50/p99/max).
 
     Both are wall clocks: across hosts the figure includes their offset.
@@ -363,6 +385,7 @@ def delay(names: tuple[str, ...], run_dir: str | None, window: float, reports: i
     _measure(
         names,
         run_dir,
+        key,
         window,
         reports,
         lambda r: (
@@ -385,6 +408,7 @@ def _graph_subscribers(graph: RunGraph | None, name: str) -> int:
 @click.option("--wait-subscribers", type=int, default=1, help="Wait for N subscribers first.")
 @click.option("--wait-timeout", type=float, default=10.0, help="Give up waiting after SECONDS.")
 @click.option("--allow-control", is_flag=True, help="Allow safety/state and model/* topics.")
+@key_option
 def pub(  # noqa: PLR0917 - click passes every option as an argument
     name: str,
     value: str,
@@ -394,6 +418,7 @@ def pub(  # noqa: PLR0917 - click passes every option as an argument
     wait_subscribers: int,
     wait_timeout: float,
     allow_control: bool,
+    key: str | None,
 ) -> None:
     """Publish VALUE (YAML or JSON, decoded into NAME's type) on topic NAME.
 
@@ -414,6 +439,7 @@ def pub(  # noqa: PLR0917 - click passes every option as an argument
             first = decode_value(name, value)
             messages = (first for _ in (iter(int, 1) if count == 0 else range(count)))
         run = open_run(run_dir)
+        tap = open_bus(run, key)
         try:
             graph: RunGraph | None = run.read_graph()
         except FileNotFoundError:
@@ -422,7 +448,9 @@ def pub(  # noqa: PLR0917 - click passes every option as an argument
         sent = 0
         with (
             zmq.Context() as ctx,
-            BusPublisher(ctx, run.pub, source="vigil-topic-pub", watch=watch) as bus,
+            BusPublisher(
+                ctx, tap.pub, source="vigil-topic-pub", watch=watch, curve=tap.curve
+            ) as bus,
         ):
             if wait_subscribers:
                 have = bus.wait_for(name, wait_subscribers, wait_timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import tempfile
 import time
@@ -14,18 +15,19 @@ import msgspec
 import pytest
 import yaml
 import zmq
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from tests.integration.conftest import pipeline_launch
 from vigil.bus.curve import CurveConfig, load_public
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
-from vigil.errors import DeadlineExceeded
+from vigil.errors import DeadlineExceeded, Unavailable
 from vigil.launch import Launcher, load
 from vigil.nodes._scene import render_scene
 from vigil.nodes.logger.store import read_entries
 from vigil.schemas import DiagCode, DiagnosticEvent, Heartbeat, InferResult, Severity, Topic
+from vigil.tools._taps import KEY_ENV
 from vigil.tools.cli import cli
 
 pytestmark = pytest.mark.verifies("SR-SEC-001")
@@ -161,7 +163,9 @@ def test_unauthorised_peer_can_neither_subscribe_publish_nor_request(
         assert spy.recv(0) is None
         assert beats > 0, "the authorised watcher saw no heartbeat: the bus is not flowing"
         assert forged == 0, "an unauthorised publication reached the bus"
-        with pytest.raises(DeadlineExceeded):
+        # A typed error, never a result and never a hang: queued and unanswered, or refused
+        # at once when the refused connection is already gone.
+        with pytest.raises((DeadlineExceeded, Unavailable)):
             _infer(secured.frontend, peer, 0.5)
         # The refusal of the request is reported by the ingest's next heartbeat.
         wanted = {secured.pub, secured.sub, secured.frontend}
@@ -202,3 +206,69 @@ def test_refusals_are_sealed_and_the_pipeline_serves_on(secured: Secured) -> Non
             and (p := msgspec.msgpack.decode(e.payload)).get("code") == DiagCode.AUTH_REFUSED
         ]
     assert sealed, "no AUTH_REFUSED diagnostic in the sealed log"
+
+
+def _tap(secured: Secured, *args: str, key: str | None) -> Result:
+    """Run a CLI tool on the secured run, with `--key` when given and never $VIGIL_KEY."""
+    keys = ["--key", key] if key else []
+    return CliRunner().invoke(
+        cli,
+        [*args, "--run-dir", str(secured.launcher.run.path), *keys],
+        env={KEY_ENV: None},
+        catch_exceptions=False,
+    )
+
+
+def test_graph_names_the_bus_server_key(secured: Secured) -> None:
+    """graph.json records the tcp endpoints and the server's public key the tools need."""
+    graph = secured.launcher.run.read_graph()
+    assert (graph.endpoints["pub"], graph.endpoints["sub"]) == (secured.pub, secured.sub)
+    assert graph.server_key == secured.client.server_key
+
+
+def test_echo_with_an_allowed_key_prints_a_heartbeat(secured: Secured) -> None:
+    """`topic echo --key` subscribes over Curve on the tcp bus and prints a heartbeat."""
+    out = _tap(
+        secured,
+        *("topic", "echo", Topic.HEARTBEAT, "--once", "--timeout", "20"),
+        key=secured.client.client_secret,
+    )
+    assert out.exit_code == 0, out.output
+    message = json.loads(out.output.splitlines()[0])
+    assert message["topic"] == Topic.HEARTBEAT
+    assert message["body"]["type"] == "health.heartbeat"
+
+
+def test_a_tool_without_a_key_names_the_option(secured: Secured) -> None:
+    """Without a key a tool refuses at once and says what to pass, instead of being silently
+    refused by the bus."""
+    out = _tap(secured, "topic", "echo", Topic.HEARTBEAT, "--once", key=None)
+    assert out.exit_code != 0
+    assert "--key" in out.output and KEY_ENV in out.output and secured.sub in out.output
+
+
+def test_node_list_with_an_allowed_key_hears_every_node(secured: Secured) -> None:
+    """`node list --key` hears the heartbeat of every node over the secured bus."""
+    out = _tap(
+        secured, "node", "list", "--json", "--window", "20", key=secured.client.client_secret
+    )
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.output)
+    assert rows and all(r["status"] == "alive" for r in rows), rows
+
+
+def test_pub_with_an_allowed_key_reaches_a_subscriber(secured: Secured) -> None:
+    """`topic pub --key` publishes over Curve; the message reaches a keyed subscriber."""
+    topics = [Topic.DIAGNOSTIC, Topic.HEARTBEAT]
+    with zmq.Context() as ctx, Subscriber(ctx, secured.sub, topics, curve=secured.client) as sub:
+        # A heartbeat shows the subscription is at the proxy, so pub's wait will count it.
+        while (got := sub.recv(20_000)) is None or not isinstance(got.body, Heartbeat):
+            assert got is not None, "no heartbeat on the secured bus"
+        value = '{code: DIA-2047, severity: ERROR, node: cli, message: "over curve"}'
+        out = _tap(
+            secured, "topic", "pub", Topic.DIAGNOSTIC, value, key=secured.client.client_secret
+        )
+        assert out.exit_code == 0, out.output
+        while (got := sub.recv(10_000)) is None or got.envelope.source != "vigil-topic-pub":
+            assert got is not None, "pub's message never arrived"
+    assert isinstance(got.body, DiagnosticEvent) and got.body.message == "over curve"

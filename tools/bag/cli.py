@@ -17,8 +17,10 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from vigil.bus.rundir import find_run_dir
+from vigil.bus.curve import CurveConfig, applies
+from vigil.bus.rundir import RunDir, find_run_dir
 from vigil.errors import VigilError
+from vigil.tools._taps import key_option, open_bus, tap_curve
 from vigil.tools.bag.check import CheckConfig, run_check
 from vigil.tools.bag.compare import format_report
 from vigil.tools.bag.info import bag_info, format_info
@@ -56,15 +58,31 @@ def _signals(handlers: dict[signal.Signals, Callable[[], None]]) -> Iterator[Non
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
-def _endpoint(explicit: str | None, run_dir: str | None, side: str) -> tuple[str, str | None]:
-    """The proxy endpoint to use and the run directory it came from (None when explicit)."""
+def _explicit_curve(endpoint: str, run_dir: str | None, key: str | None) -> CurveConfig | None:
+    """The Curve keys for an --endpoint: a tcp one takes the server's public key from the
+    graph of the run (--run-dir, $VIGIL_RUN_DIR or ./run/current) when there is one."""
+    if not applies(endpoint):
+        return None
+    try:
+        server_key = find_run_dir(run_dir).read_graph().server_key
+    except FileNotFoundError:
+        server_key = ""
+    return tap_curve(endpoint, server_key, key)
+
+
+def _endpoint(
+    explicit: str | None, run_dir: str | None, key: str | None, side: str
+) -> tuple[str, CurveConfig | None, RunDir | None]:
+    """The proxy endpoint to use, its Curve keys and the run directory it came from (None
+    when explicit)."""
     if explicit:
-        return explicit, None
+        return explicit, _explicit_curve(explicit, run_dir, key), None
     try:
         found = find_run_dir(run_dir)
     except FileNotFoundError as exc:
         raise click.UsageError(f"{exc}; pass --run-dir or --endpoint") from exc
-    return (found.sub if side == "sub" else found.pub), str(found.path)
+    bus = open_bus(found, key)
+    return (bus.sub if side == "sub" else bus.pub), bus.curve, found
 
 
 @click.group("bag")
@@ -106,6 +124,7 @@ class _LiveLine:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Bag file (.mcap).")
 @click.option("--run-dir", help="Run directory (default $VIGIL_RUN_DIR or ./run/current).")
 @click.option("--endpoint", help="Subscribe here instead of the run's proxy.")
+@key_option
 @click.option("-b", "--max-bag-size", type=int, default=0, help="Split at BYTES (0: never).")
 @click.option("-d", "--max-bag-duration", type=float, default=0.0, help="Split every SECONDS.")
 @click.option("--compression", type=click.Choice(["zstd", "lz4", "none"]), default="zstd")
@@ -127,6 +146,7 @@ def record(  # noqa: PLR0917 - click passes every option as an argument
     output: str | None,
     run_dir: str | None,
     endpoint: str | None,
+    key: str | None,
     max_bag_size: int,
     max_bag_duration: float,
     compression: str,
@@ -140,7 +160,7 @@ def record(  # noqa: PLR0917 - click passes every option as an argument
     quiet: bool,
 ) -> None:
     """Record TOPICS (or --all, or --regex) from the bus proxy until Ctrl-C."""
-    sub, found = _endpoint(endpoint, run_dir, "sub")
+    sub, curve, found = _endpoint(endpoint, run_dir, key, "sub")
     try:
         config = msgspec.convert(
             {
@@ -166,13 +186,13 @@ def record(  # noqa: PLR0917 - click passes every option as an argument
         raise click.UsageError(str(exc)) from exc
     metadata = {"vigil.host": host_metadata()}
     if found is not None:
-        launch = launch_metadata(find_run_dir(found))
+        launch = launch_metadata(found)
         if launch:
             metadata["vigil.launch"] = launch
     console = Console(stderr=True)
     with (
         zmq.Context() as ctx,
-        Recorder(config, sub, metadata=metadata) as recorder,
+        Recorder(config, sub, metadata=metadata, curve=curve) as recorder,
         _signals(
             {
                 signal.SIGINT: recorder.request_stop,
@@ -221,6 +241,7 @@ def info(paths: tuple[str, ...], as_json: bool) -> None:
 @click.option("--run-dir", help="Run directory (default $VIGIL_RUN_DIR or ./run/current).")
 @click.option("--endpoint", help="Publish to this proxy input instead of the run's.")
 @click.option("--bind", "bind_endpoint", help="Bind ENDPOINT and publish there (no proxy).")
+@key_option
 @click.option(
     "--spin-us", type=int, default=1000, help="Spin this long before each deadline (timing)."
 )
@@ -240,14 +261,17 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
     run_dir: str | None,
     endpoint: str | None,
     bind_endpoint: str | None,
+    key: str | None,
     spin_us: int,
     quiet: bool,
 ) -> None:
     """Publish bags on the bus on their recorded schedule and report the timing fidelity."""
+    curve: CurveConfig | None = None
     if bind_endpoint:
+        # A bound player serves its own endpoint: no proxy to connect to, so no keys.
         target = bind_endpoint
     else:
-        target, _ = _endpoint(endpoint, run_dir, "pub")
+        target, curve, _ = _endpoint(endpoint, run_dir, key, "pub")
     try:
         config = msgspec.convert(
             {
@@ -282,7 +306,7 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
     try:
         with (
             zmq.Context() as ctx,
-            Player(config, list(paths), target) as player,
+            Player(config, list(paths), target, curve=curve) as player,
             _signals({signal.SIGINT: player.request_stop, signal.SIGTERM: player.request_stop}),
             progress,
         ):

@@ -25,6 +25,7 @@ import zmq
 
 from vigil.bus.closing import Closing
 from vigil.bus.codec import topic_frame
+from vigil.bus.curve import CurveConfig, secure
 from vigil.bus.envelope import Envelope
 from vigil.tools._taps import SubscriptionWatch
 from vigil.tools.bag._mcap import BagError, BagMessage, read_messages
@@ -102,7 +103,10 @@ def parse_remap(items: Iterable[str]) -> dict[str, str]:
 
 
 class Player(Closing):
-    """Publishes the messages of one bag (or a split recording) on their recorded schedule."""
+    """Publishes the messages of one bag (or a split recording) on their recorded schedule.
+
+    `curve` holds the Curve keys for a tcp proxy the player connects to.
+    """
 
     def __init__(
         self,
@@ -111,12 +115,14 @@ class Player(Closing):
         endpoint: str,
         *,
         monotonic: Callable[[], int] = time.monotonic_ns,
+        curve: CurveConfig | None = None,
     ) -> None:
         if not paths:
             raise ValueError("nothing to play")
         self.config = config
         self.paths = list(paths)
         self.endpoint = endpoint
+        self.curve = curve
         self._monotonic = monotonic
         self._select = TopicFilter(
             config.topics,
@@ -179,6 +185,8 @@ class Player(Closing):
             if config.bind:
                 xpub.bind(self.endpoint)
             else:
+                # Only a connecting player is a Curve client; a bound one serves no keys.
+                secure(xpub, self.endpoint, self.curve, "client")
                 xpub.connect(self.endpoint)
             poller = zmq.Poller()
             poller.register(xpub, zmq.POLLIN)

@@ -21,6 +21,7 @@ import msgspec
 import zmq
 
 from vigil.bus.closing import Closing
+from vigil.bus.curve import CurveConfig
 from vigil.bus.pubsub import Received, Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.schemas import ModelAnnouncement, Topic
@@ -313,6 +314,7 @@ class _SnapshotSink:
 class Recorder(Closing):
     """Records bus traffic from the proxy into bags until asked to stop.
 
+    `curve` holds the Curve keys for a tcp proxy (see `vigil.tools._taps.open_bus`).
     Runs in the thread that calls `run()`, which creates its own socket there. Other threads
     and signal handlers call `request_stop()` and `request_snapshot()`: each writes one byte
     to a socket pair that the recorder's poller watches, so a request wakes the loop at once.
@@ -326,9 +328,11 @@ class Recorder(Closing):
         metadata: dict[str, dict[str, str]] | None = None,
         clock: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], int] = time.monotonic_ns,
+        curve: CurveConfig | None = None,
     ) -> None:
         self.config = config
         self.endpoint = endpoint
+        self.curve = curve
         self._clock = clock
         self._monotonic = monotonic
         self._filter = TopicFilter(
@@ -406,7 +410,15 @@ class Recorder(Closing):
         next_report = now + report_ns
         with ExitStack() as stack:
             sub = stack.enter_context(
-                Subscriber(ctx, self.endpoint, topics, prefix=prefix, typed=False, hwm=config.hwm)
+                Subscriber(
+                    ctx,
+                    self.endpoint,
+                    topics,
+                    prefix=prefix,
+                    typed=False,
+                    hwm=config.hwm,
+                    curve=self.curve,
+                )
             )
             sink: _Sink = (
                 _SnapshotSink(config, files)

@@ -1,0 +1,26 @@
+"""The client never blocks the caller: a request the ingest cannot take ends typed at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vigil.client import Client
+from vigil.errors import Unavailable
+from vigil.schemas import ErrorCode
+
+pytestmark = pytest.mark.verifies("SR-ERR-001")
+
+
+def test_a_request_with_nowhere_to_go_is_unavailable_not_a_hang(short_tmp: Path) -> None:
+    """With no ingest behind the endpoint, requests queue up to the socket's bound; the next
+    one raises Unavailable instead of blocking the caller for ever."""
+    frame = np.zeros((2, 2, 3), dtype=np.uint8)
+    with Client(f"ipc://{short_tmp}/nobody", name="lonely") as client:
+        with pytest.raises(Unavailable) as caught:
+            for ts in range(1, 100_000):
+                client.submit(frame, stream_id="s", frame_ts_us=ts)
+        assert caught.value.reply.code is ErrorCode.UNAVAILABLE
+        assert 0 < client.in_flight < 100_000
