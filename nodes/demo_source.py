@@ -105,14 +105,21 @@ class _Source:
             else None
         )
         deadline_s = self.config.deadline_ms / 1000
-        if fault is None:
-            self.last_ts[stream] = ts
-            seq = self.client.submit(frame, stream_id=stream, frame_ts_us=ts, deadline_s=deadline_s)
-        else:
-            seq = self._send_invalid(fault, frame, stream, ts, deadline_s)
-        self.sent_at[seq] = (now, fault is not None)
         self.tally.sent += 1
         self.tally.sent_invalid += fault is not None
+        try:
+            if fault is None:
+                self.last_ts[stream] = ts
+                seq = self.client.submit(
+                    frame, stream_id=stream, frame_ts_us=ts, deadline_s=deadline_s
+                )
+            else:
+                seq = self._send_invalid(fault, frame, stream, ts, deadline_s)
+        except RequestError as exc:
+            # Refused before it left (no connection to the ingest, or its queue is full).
+            self._count_error(exc.code)
+            return
+        self.sent_at[seq] = (now, fault is not None)
 
     def _send_invalid(
         self, fault: Fault, frame: npt.NDArray[np.uint8], stream: str, ts: int, deadline_s: float
@@ -149,9 +156,13 @@ class _Source:
             elif isinstance(outcome, InvalidArgument) and invalid:
                 self.tally.rejected += 1
             else:
-                self.tally.errors += 1
-                code = outcome.code if isinstance(outcome, RequestError) else "UNREJECTED"
-                self.tally.error_codes[code] = self.tally.error_codes.get(code, 0) + 1
+                self._count_error(
+                    outcome.code if isinstance(outcome, RequestError) else "UNREJECTED"
+                )
+
+    def _count_error(self, code: str) -> None:
+        self.tally.errors += 1
+        self.tally.error_codes[code] = self.tally.error_codes.get(code, 0) + 1
 
     def timeout_ms(self) -> float:
         return max(0.0, (self.next_send - self.node.clock()) / 1e6)
