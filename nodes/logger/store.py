@@ -504,10 +504,13 @@ class LogStore:
         count: int,
         began: int,
     ) -> None:
-        """Copy sealed entries into the mapping and advance the write position past them."""
+        """Copy sealed entries into the medium and advance the write position past them."""
         if not count:
             return
-        self._write(start, b"".join(parts))
+        try:
+            self._write(start, b"".join(parts))
+        except OSError as exc:
+            raise StoreIOError(self.stats.committed_seq, exc) from exc
         stats = self.stats
         stats.entries += count
         stats.bytes_appended += pos - start

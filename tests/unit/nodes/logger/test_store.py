@@ -14,6 +14,7 @@ import pytest
 from vigil.bus.ptp import ClockSource
 from vigil.errors import IntegrityError
 from vigil.nodes.logger._crashsim import RecordingMedium, SimClock, SimMonotonic
+from vigil.nodes.logger._medium import MmapMedium
 from vigil.nodes.logger.store import (
     CLOCK_EVENT,
     EntryTooLarge,
@@ -319,3 +320,20 @@ def test_a_refused_record_keeps_the_burst_before_it(
         b"\xc3",
     ]
     assert verify_store(small_config.path).ok
+
+
+def test_the_mapping_shows_what_the_medium_wrote(store_path: str) -> None:
+    """Large writes go through pwrite, small ones through the mapping, reads through the
+    mapping: one page cache, so every write is visible at once; a write outside the file is
+    refused."""
+    medium = MmapMedium(store_path, 64 * 1024)
+    burst = bytes(range(256)) * 40  # over a page: pwrite
+    try:
+        medium.write(4095, b"seal")  # across a page boundary, through the mapping
+        medium.write(8190, burst)
+        assert bytes(medium.image[4095:4099]) == b"seal"
+        assert bytes(medium.image[8190 : 8190 + len(burst)]) == burst
+        with pytest.raises(ValueError, match="outside"):
+            medium.write(64 * 1024 - 2, b"four")
+    finally:
+        medium.close()
