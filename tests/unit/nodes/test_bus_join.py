@@ -27,7 +27,7 @@ def test_a_latched_value_published_after_joining_reaches_late_subscribers(
     """The node starts before the proxy exists: its join waits for the proxy, so the latched
     value it publishes next is kept and handed to a subscriber that comes later still."""
     run = RunDir(short_tmp / "run")
-    joining = threading.Event()
+    joining, published, done = threading.Event(), threading.Event(), threading.Event()
     joined: list[bool] = []
     args = NodeArgs(name="early", kind="test", run_dir=str(run.path), heartbeat_ms=50)
 
@@ -38,26 +38,31 @@ def test_a_latched_value_published_after_joining_reaches_late_subscribers(
             joining.set()
             joined.append(node.join_bus(timeout_s=30))
             node.publisher.publish(Topic.MODEL_ACTIVE, _MODEL)
+            published.set()
+            done.wait(30)  # the publisher (LINGER 0) stays open until the value arrived
         finally:
             node.__exit__(None, None, None)
 
     thread = threading.Thread(target=start_node)
     thread.start()
-    assert joining.wait(10)
-    with zmq.Context() as ctx, Proxy(ctx, run.pub, run.sub, LATCHED_TOPICS) as proxy:
-        poller = zmq.Poller()
-        proxy.register(poller)
-        while thread.is_alive():
-            proxy.handle(dict(poller.poll(10)))
-        thread.join()
-        assert joined == [True]
-        with Subscriber(ctx, run.sub, [Topic.MODEL_ACTIVE]) as late:
-            got = None
-            for _ in range(500):
+    try:
+        assert joining.wait(10)
+        with zmq.Context() as ctx, Proxy(ctx, run.pub, run.sub, LATCHED_TOPICS) as proxy:
+            poller = zmq.Poller()
+            proxy.register(poller)
+            while not published.is_set() and thread.is_alive():
                 proxy.handle(dict(poller.poll(10)))
-                if (got := late.recv(0)) is not None:
-                    break
-            assert got is not None and got.body == _MODEL
+            assert joined == [True]
+            with Subscriber(ctx, run.sub, [Topic.MODEL_ACTIVE]) as late:
+                got = None
+                for _ in range(1000):
+                    proxy.handle(dict(poller.poll(10)))
+                    if (got := late.recv(0)) is not None:
+                        break
+                assert got is not None and got.body == _MODEL
+    finally:
+        done.set()
+        thread.join()
 
 
 def test_join_gives_up_without_a_proxy(short_tmp: Path) -> None:
