@@ -25,6 +25,7 @@ from vigil.bus.curve import CurveConfig, Gate, Refusal, secure
 from vigil.bus.envelope import TraceContext
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir
+from vigil.nodes._contracts import ALWAYS_PUBLISHED
 from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._logging import current_trace, trace_fields
 from vigil.schemas import (
@@ -300,7 +301,7 @@ class Node:
                 instance=self.args.instance,
                 pid=os.getpid(),
                 kind=self.args.kind,
-                publishes=sorted({*publishes, Topic.HEARTBEAT, Topic.LOG, Topic.BUS_PROBE}),
+                publishes=sorted({*publishes, *ALWAYS_PUBLISHED}),
                 subscribes=sorted(subscribes),
                 endpoints=endpoints or {},
             )

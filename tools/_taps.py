@@ -33,6 +33,7 @@ __all__ = [
     "SubscriptionWatch",
     "TopicMeter",
     "TopicRate",
+    "format_bytes",
     "key_option",
     "open_bus",
     "open_run",
@@ -119,6 +120,15 @@ def open_bus(run: RunDir, key: str | None) -> BusTap:
     # The launcher puts both sides on one transport; either one on tcp needs the keys.
     curve = tap_curve(sub, graph.server_key, key) or tap_curve(pub, graph.server_key, key)
     return BusTap(pub=pub, sub=sub, curve=curve)
+
+
+def format_bytes(x: float) -> str:
+    """A byte count or rate with a decimal unit (B, KB, MB, GB)."""
+    for unit in ("B", "KB", "MB"):
+        if abs(x) < 1000:
+            return f"{x:.1f} {unit}"
+        x /= 1000
+    return f"{x:.1f} GB"
 
 
 # -- rates ---------------------------------------------------------------------------------

@@ -22,7 +22,14 @@ from rich.text import Text
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.schemas import Topic
-from vigil.tools._taps import BeatBook, TopicMeter, key_option, open_bus, open_run
+from vigil.tools._taps import (
+    BeatBook,
+    TopicMeter,
+    format_bytes,
+    key_option,
+    open_bus,
+    open_run,
+)
 from vigil.tools.node_cmd import NodeRow, ProcessSampler, node_rows
 
 __all__ = ["TopView", "top"]
@@ -34,14 +41,6 @@ _STATE_STYLE = {
     "SAFE_STOP": "bold red",
 }
 _NODE_STYLE = {"alive": "green", "stopping": "yellow", "silent": "bold red", "gone": "bold red"}
-
-
-def _bytes(x: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if abs(x) < 1000:
-            return f"{x:.1f} {unit}"
-        x /= 1000
-    return f"{x:.1f} GB"
 
 
 class TopView:
@@ -108,7 +107,7 @@ class TopView:
             topics.add_row(
                 t.topic,
                 f"{t.rate_hz:.1f} Hz",
-                f"{_bytes(t.bytes_per_s)}/s",
+                f"{format_bytes(t.bytes_per_s)}/s",
                 "-" if math.isnan(t.delay_p99_ms) else f"{t.delay_p99_ms:.1f} ms",
                 Text(str(t.lost), style="bold red" if t.lost else ""),
                 str(t.malformed),

@@ -31,6 +31,7 @@ from vigil.tools._taps import (
     SubscriptionWatch,
     TopicMeter,
     TopicRate,
+    format_bytes,
     key_option,
     open_bus,
     open_run,
@@ -307,14 +308,6 @@ def _ms(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.2f} ms"
 
 
-def _bytes(x: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if abs(x) < 1000:
-            return f"{x:.1f} {unit}"
-        x /= 1000
-    return f"{x:.1f} GB"
-
-
 _WINDOW = click.option("--window", type=float, default=2.0, help="Seconds per report.")
 _REPORTS = click.option("--reports", type=int, default=0, help="Exit after N reports (0: never).")
 _RUN_DIR = click.option(
@@ -363,8 +356,8 @@ def bw(
         window,
         reports,
         lambda r: (
-            f"{r.topic}: {_bytes(r.bytes_per_s)}/s over {r.window_s:.1f} s, "
-            f"mean {_bytes(r.mean_bytes)} per message ({r.messages} msgs), lost {r.lost}"
+            f"{r.topic}: {format_bytes(r.bytes_per_s)}/s over {r.window_s:.1f} s, "
+            f"mean {format_bytes(r.mean_bytes)} per message ({r.messages} msgs), lost {r.lost}"
         ),
     )
 

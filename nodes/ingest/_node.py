@@ -44,8 +44,6 @@ from vigil.schemas._base import Config as NodeConfig
 __all__ = ["Config", "DegradedPolicy", "IngestConfig", "run"]
 
 _BURST = 64
-# Why a worker slot is retired when its process speaks again from a new connection.
-_RECONNECTED = "reconnected"
 
 
 class DegradedPolicy(enum.StrEnum):
@@ -351,7 +349,7 @@ class _Ingest:
             slot.host = body.host
             for old in self.dispatcher.same_process(slot):
                 # The worker reconnected; what it held on the old connection goes elsewhere.
-                self._worker_lost(old, _RECONNECTED)
+                self._worker_lost(old, "reconnected", failed=False)
             return
         request = self.dispatcher.complete(identity, incoming.envelope.seq)
         if request is None:
@@ -369,7 +367,7 @@ class _Ingest:
             self.counts["errors"] += 1
             self.spans.end(request.rid, code=body.code, error=True)
 
-    def _worker_lost(self, identity: bytes, why: str) -> None:
+    def _worker_lost(self, identity: bytes, why: str, *, failed: bool = True) -> None:
         slot = self.dispatcher.workers.get(identity)
         name = slot.name if slot else identity.hex()
         held = len(slot.inflight) if slot else 0
@@ -380,7 +378,7 @@ class _Ingest:
                 f"worker {name} {why} holding {held} requests; re-dispatched",
                 severity=Severity.ERROR,
             )
-            if why != _RECONNECTED:  # the process is alive: nothing failed
+            if failed:  # a reconnected worker's process is alive: nothing failed
                 self.node.audit(AuditId.NODE_FAILED, f"worker {name} {why}")
         for request in exhausted:
             self._fail(request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "worker lost twice")

@@ -17,12 +17,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Literal, Protocol
 
 import crc32c
 import msgspec
 
+from vigil.bus.closing import Closing
 from vigil.bus.ptp import ClockConfig, ClockOffset, ClockSource, PtpClock
 from vigil.errors import IntegrityError, VigilError
 from vigil.nodes.logger._audit import AUDIT_EVENT, pack_audit
@@ -194,7 +194,7 @@ def _read_watermark(store_path: str) -> int:
 
 
 # implements: SR-LOG-002
-class LogStore:
+class LogStore(Closing):
     """An open store; use `LogStore.open(config)` as a context manager.
 
     Not thread-safe: one thread appends (the committer thread only msyncs).
@@ -764,17 +764,6 @@ class LogStore:
             self._stopping = True
             self._cv.notify_all()
         thread.join()
-
-    def __enter__(self) -> LogStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def verify_store(

@@ -94,7 +94,6 @@ class _Worker:
             max_batch=config.max_batch,
             event=self._event,
         )
-        self.credited = False
         self.pending: deque[_Job] = deque()
         self.batch_ids = itertools.count(1)
         self.delay_ns = config.max_queue_delay_us * 1000
@@ -153,15 +152,15 @@ class _Worker:
             "version": a.version,
             "generation": str(generation),
         }
-        if not self.credited:
-            self.credited = True
-            self.offer()
+        # The capacity is offered with every switch too: the offer is idempotent, and it
+        # names the version now served.
+        self.offer()
 
     # implements: SR-DLN-002
     def on_link(self) -> None:
         """A connection to the ingest completed its handshake: offer the capacity on it."""
         drain_events(self.links)
-        if self.credited:
+        if self.manager.engine is not None:
             self.offer()
 
     def offer(self) -> None:
