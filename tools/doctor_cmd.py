@@ -38,6 +38,7 @@ from vigil.nodes.loader.keys import (
     load_private_key,
     load_trusted_keys,
 )
+from vigil.nodes.logger._sealer import SEALER
 from vigil.nodes.logger.store import StoreConfig
 
 __all__ = [
@@ -113,8 +114,8 @@ def _size(n: float) -> str:
 # -- versions ----------------------------------------------------------------------------------
 
 
-def check_versions() -> list[Finding]:
-    """Python, pyzmq/libzmq (and CURVE support), msgspec and onnxruntime versions."""
+def check_versions(sealer: str = SEALER) -> list[Finding]:
+    """Python, pyzmq/libzmq (and CURVE support), msgspec, and the log store's sealing loop."""
     findings: list[Finding] = []
     py = sys.version_info
     py_text = f"{py.major}.{py.minor}.{py.micro}"
@@ -144,6 +145,16 @@ def check_versions() -> list[Finding]:
         findings.append(_fail("msgspec", ms, "pip install 'msgspec>=0.19'"))
     else:
         findings.append(_ok("msgspec", ms))
+    if sealer == "compiled":
+        findings.append(_ok("log sealer", "compiled (C over OpenSSL SHA-256)"))
+    else:
+        findings.append(
+            _warn(
+                "log sealer",
+                "Python reference loop: the extension is not built, about half the log rate",
+                "reinstall vigil with a C compiler and OpenSSL headers (libssl-dev)",
+            )
+        )
     return findings
 
 

@@ -57,8 +57,8 @@ class RecordingMedium:
         """The live content (what the writer's mapping shows)."""
         return self._live
 
-    def write(self, offset: int, data: bytes) -> None:
-        """Apply and record a write."""
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Apply and record a write (a copy: the caller may reuse its buffer)."""
         self._live[offset : offset + len(data)] = data
         tag = self.probe() if self.probe is not None else ()
         self.ops.append(Op("write", offset, bytes(data), len(data), tag))

@@ -30,8 +30,9 @@ class Medium(Protocol):
         """The current content, readable in place."""
         ...
 
-    def write(self, offset: int, data: bytes) -> None:
-        """Store `data` at `offset` (not durable until a `sync` covering it returns)."""
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Store `data` at `offset` (not durable until a `sync` covering it returns); `data` is
+        read during the call only, so the caller may reuse its buffer."""
         ...
 
     def sync(self, offset: int, length: int) -> None:
@@ -96,7 +97,7 @@ class MmapMedium:
         """The mapping itself."""
         return self._map
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes | memoryview) -> None:
         """Store `data` at `offset` in the file's page cache; OSError when the kernel refuses."""
         if offset < 0 or offset + len(data) > self._size:
             raise ValueError(f"write of {len(data)} bytes at {offset} outside the medium")

@@ -52,6 +52,8 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
         positions = Path(store_config.path + ".positions")
         resumed = _resume(sub, positions)
         node.log.info("logger.resumed", publisher_topics=resumed)
+        stats = store.stats
+        node.log.info("logger.store", sealer=stats.sealer, clock_source=stats.clock_source)
         node.ready(publishes=[], subscribes=config.topics)
         encoder = msgspec.msgpack.Encoder()
         lost_seen = 0

@@ -8,14 +8,12 @@ by scanning. `docs/log-store.md` documents the layout, the retention policy and 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import mmap
 import os
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, Literal, Protocol
 
@@ -28,8 +26,6 @@ from vigil.errors import IntegrityError, VigilError
 from vigil.nodes.logger._audit import AUDIT_EVENT, pack_audit
 from vigil.nodes.logger._format import (
     ENTRY_HEADER,
-    ENTRY_MAGIC,
-    ENTRY_VERSION,
     FLAG_BAD,
     GROUP_HEADER_BYTES,
     MAX_NAME_BYTES,
@@ -40,6 +36,7 @@ from vigil.nodes.logger._format import (
     GroupHeader,
     Meta,
     StoreLayoutError,
+    align8,
     decode_meta,
     encode_group_header,
     encode_meta,
@@ -57,6 +54,7 @@ from vigil.nodes.logger._scan import (
     open_view,
     verify_image,
 )
+from vigil.nodes.logger._sealer import Record, SealFn, seal, seal_python
 from vigil.nodes.logger._wear import NoHealthyGroup, WearLeveller
 from vigil.schemas.audit import AuditId
 
@@ -85,18 +83,10 @@ __all__ = [
 # store was recovered after a crash.
 CLOCK_EVENT: Final = "log.clock"
 RECOVERY_EVENT: Final = "log.recovered"
-_PREFIX: Final = struct.Struct("<4sBBBBQQ16sII32s")
-# The timestamp as the entry digest covers it (little-endian u64); faster than int.to_bytes.
-_STAMP: Final = struct.Struct("<Q")
-_ZERO_TRACE: Final = bytes(16)
-_PADS: Final = tuple(bytes(n) for n in range(8))
-_sha256 = hashlib.sha256
 _crc32c = crc32c.crc32c
 # A commit request: byte range [lo, hi), last sequence number in it, when its oldest entry
 # was appended, and its id.
 _Request = tuple[int, int, int, int, int]
-# One entry for `append_many`: node, event (schema id or integer code), payload, trace id.
-Record = tuple[str, str | int, bytes | memoryview, bytes]
 
 
 class StoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -138,6 +128,8 @@ class StoreStats(msgspec.Struct, kw_only=True):
     bad_groups: int = 0
     recovered: bool = False
     clock_source: str = ""
+    # Which sealing loop serves: "compiled" (the C extension) or "python" (the reference).
+    sealer: str = ""
 
 
 class StoreClosed(VigilError):
@@ -209,6 +201,7 @@ class LogStore(Closing):
         owns_medium: bool,
         owns_clock: bool,
         monotonic_ns: Callable[[], int],
+        sealer: SealFn,
     ) -> None:
         self._config = config
         self._medium = medium
@@ -217,10 +210,14 @@ class LogStore(Closing):
         self._owns_clock = owns_clock
         self._mono = monotonic_ns
         self._write = medium.write
+        self._seal = sealer
         self._now: Callable[[], int] = clock.read if isinstance(clock, PtpClock) else clock.now_ns
         self._clock_byte = int(clock.source)
         self._names: dict[tuple[str, str | int], tuple[int, int, bytes]] = {}
-        self.stats = StoreStats(clock_source=clock.source.name)
+        self.stats = StoreStats(
+            clock_source=clock.source.name,
+            sealer="python" if sealer is seal_python else "compiled",
+        )
         self._closed = False
         self._latency_ns = int(config.commit_latency_ms * 1_000_000)
         self._trigger_ns = self._latency_ns
@@ -237,6 +234,7 @@ class LogStore(Closing):
         self._thread: threading.Thread | None = None
         # Set by _attach: geometry, metadata, leveller, write position.
         self._geo: Geometry
+        self._scratch: memoryview
         self._meta: Meta
         self._slot = 0
         self._level: WearLeveller
@@ -257,11 +255,13 @@ class LogStore(Closing):
         clock: Clock | None = None,
         medium: Medium | None = None,
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
+        sealer: SealFn = seal,
     ) -> LogStore:
         """Create the store, or open and recover it; stamps a clock entry before returning.
 
         `clock` and `medium` default to the configured PHC (or fallback) and the mmap'd file;
-        the store closes only what it opened itself.
+        the store closes only what it opened itself. `sealer` is the sealing loop: the
+        compiled one where it is built (`_sealer.SEALER`), or the Python reference.
         """
         owns_clock = clock is None
         owns_medium = medium is None
@@ -278,7 +278,7 @@ class LogStore(Closing):
                 medium = opened_medium
             store = cls(
                 config, medium, clock, owns_medium=owns_medium, owns_clock=owns_clock,
-                monotonic_ns=monotonic_ns,
+                monotonic_ns=monotonic_ns, sealer=sealer,
             )  # fmt: skip
             store._attach()
         except BaseException:
@@ -302,6 +302,8 @@ class LogStore(Closing):
         except StoreLayoutError:
             view = self._create(page)
         self._geo = view.geo
+        # Where the sealing loop writes a burst before it is copied into the medium: one group.
+        self._scratch = memoryview(bytearray(view.geo.group_bytes))
         self._store_id = view.store_id
         self._meta = view.meta.copy()
         self._slot = 1 if view.slots[1] is view.meta else 0
@@ -441,81 +443,72 @@ class LogStore(Closing):
         return self.append_many(((node, event, payload, trace_id),))
 
     # implements: SR-LOG-001
-    def append_many(self, records: Iterable[Record]) -> int:
+    def append_many(self, records: Sequence[Record]) -> int:
         """Seal and append a burst of (node, event, payload, trace_id) records in order.
 
         Each entry gets its own timestamp, seals and chain link exactly as `append` would
-        give it; the burst is copied into the mapping in one write per page group. Returns
-        the last sequence number (the current one when `records` is empty). A record that
-        is refused (a bad trace id or name) raises after every record before it is stored.
+        give it; the burst is sealed in one call of the sealing loop and copied into the
+        medium in one write per page group. Returns the last sequence number (the current one
+        when `records` is empty). A record that is refused (a bad trace id or name) raises
+        after every record before it is stored.
         """
         if self._closed:
             raise StoreClosed("append after close")
         # Commit latency counts from the burst's first entry, not from when it was stored.
         began = self._mono()
-        # Everything the loop touches is local: this is the logger's hot path.
-        pack, sha, crc, now, stamp = _PREFIX.pack, _sha256, _crc32c, self._now, _STAMP.pack
-        names_of, clock, header, pads = self._names, self._clock_byte, ENTRY_HEADER.size, _PADS
-        seq, chain, pos, end = self._seq, self._chain, self._pos, self._group_end
-        start, appended = pos, 0
-        parts: list[bytes | memoryview] = []
-        try:
-            for node, event, payload, trace in records:
-                names = names_of.get((node, event)) or self._intern(node, event)
-                if trace and len(trace) != 16:
-                    raise ValueError("trace_id is 16 bytes or empty")
-                ts = now()
-                plen = len(payload)
-                prefix = pack(
-                    ENTRY_MAGIC, ENTRY_VERSION, clock, names[0], names[1], seq + 1, ts,
-                    trace or _ZERO_TRACE, plen, crc(payload),
-                    sha(stamp(ts) + payload).digest(),
-                )  # fmt: skip
-                size = header + len(names[2]) + plen
-                padded = (size + 7) & ~7
-                if pos + padded > end:
-                    # The group is full: store what is sealed, then roll (which commits it).
-                    self._store_burst(
-                        start, parts, pos=pos, seq=seq, chain=chain, count=appended, began=began
-                    )
-                    parts, appended = [], 0
-                    began = self._mono()
-                    pos = start = self._roll(padded)
-                    end = self._group_end
-                chain = sha(chain + prefix + names[2]).digest()
-                seq += 1
-                parts += (prefix, chain, names[2], payload, pads[padded - size])
-                pos += padded
-                appended += 1
-        finally:
-            self._store_burst(
-                start, parts, pos=pos, seq=seq, chain=chain, count=appended, began=began
+        seal, names, now, clock = self._seal, self._names, self._now, self._clock_byte
+        scratch = self._scratch
+        index, count = 0, len(records)
+        while True:
+            # Sealed in place into the scratch buffer, at most the room left in the group.
+            out = scratch[: self._group_end - self._pos]
+            reached, used, seq, chain = seal(
+                records, index, count, names, now, _crc32c, clock, self._seq, self._chain, out
             )
-        return seq
+            self._store_burst(out[:used], seq=seq, chain=chain, count=reached - index, began=began)
+            if reached == count:
+                return seq
+            # The loop stopped at a record: refuse it, or intern its names or open a group
+            # for it, then seal it with the reference loop, where any other fault raises.
+            if self._admit(records[reached]):
+                began = self._mono()
+            out = scratch[: self._group_end - self._pos]
+            index, used, seq, chain = seal_python(
+                records, reached, reached + 1, names, now, _crc32c, clock, self._seq,
+                self._chain, out,
+            )  # fmt: skip
+            self._store_burst(out[:used], seq=seq, chain=chain, count=index - reached, began=began)
+
+    def _admit(self, record: Record) -> bool:
+        """Make the record sealable: names interned, trace id checked, room in the current
+        group (opening the next one when it is full); True when a group was opened."""
+        node, event, payload, trace = record
+        names = self._names.get((node, event)) or self._intern(node, event)
+        if trace and len(trace) != 16:
+            raise ValueError("trace_id is 16 bytes or empty")
+        padded = align8(ENTRY_HEADER.size + len(names[2]) + len(payload))
+        if self._pos + padded <= self._group_end:
+            return False
+        # The group is full: roll (which commits what it holds).
+        self._pos = self._roll(padded)
+        return True
 
     def _store_burst(
-        self,
-        start: int,
-        parts: list[bytes | memoryview],
-        *,
-        pos: int,
-        seq: int,
-        chain: bytes,
-        count: int,
-        began: int,
+        self, data: memoryview, *, seq: int, chain: bytes, count: int, began: int
     ) -> None:
         """Copy sealed entries into the medium and advance the write position past them."""
         if not count:
             return
+        start = self._pos
         try:
-            self._write(start, b"".join(parts))
+            self._write(start, data)
         except OSError as exc:
             raise StoreIOError(self.stats.committed_seq, exc) from exc
         stats = self.stats
         stats.entries += count
-        stats.bytes_appended += pos - start
+        stats.bytes_appended += len(data)
         stats.last_seq = self._seq = seq
-        self._pos = pos
+        self._pos = start + len(data)
         self._chain = chain
         if self._first_dirty is None:
             self._first_dirty = began
@@ -546,8 +539,9 @@ class LogStore(Closing):
         if not node_b or len(node_b) > MAX_NAME_BYTES or len(event_b) > MAX_NAME_BYTES:
             raise ValueError("node (non-empty) and event are limited to 255 UTF-8 bytes")
         names = (len(node_b), len(event_b), node_b + event_b)
-        if len(self._names) < 4096:
-            self._names[(node, event)] = names
+        if len(self._names) >= 4096:
+            self._names.clear()  # bounded; the sealing loop finds only names cached here
+        self._names[(node, event)] = names
         return names
 
     # -- groups ----------------------------------------------------------------------------

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from types import ModuleType
 
+import crc32c
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from vigil.bus.ptp import ClockSource
 from vigil.nodes.logger._audit import pack_audit, unpack_audit
 from vigil.nodes.logger._format import Entry, decode_entry_at, encode_entry, genesis_chain
+from vigil.nodes.logger._sealer import Record, SealFn, seal_python
 from vigil.schemas.audit import AuditId
+
+_sealc: ModuleType | None
+try:
+    from vigil.nodes.logger import _sealc
+except ImportError:  # an unbuilt tree: tests/unit/nodes/logger/test_sealer.py says so
+    _sealc = None
 
 U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
@@ -139,4 +149,95 @@ def test_audit_codec_round_trips_every_field_at_its_bounds() -> None:
 
     _run(check)
     seen.report("audit codec")
+    assert seen.missing() == []
+
+
+SEALERS = [pytest.param(seal_python, id="python")] + (
+    [pytest.param(_sealc.seal, id="compiled")] if _sealc is not None else []
+)
+
+
+@pytest.mark.verifies("SR-LOG-001")
+@pytest.mark.parametrize("seal", SEALERS)
+def test_sealing_loops_write_exactly_the_reference_entries(seal: SealFn) -> None:
+    """Each sealing loop seals a burst into the same bytes as `encode_entry` one by one, with
+    every header field at its bounds, and stops exactly where the room runs out."""
+    # Sealed entries are numbered from 1.
+    seen = Boundaries({**ENTRY_FIELDS, "seq": (1, U64)})
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        first_seq=_edge(0, U64 - 1),
+        stamps=st.lists(_edge(0, U64), min_size=1, max_size=8),
+        clock=st.sampled_from(list(ClockSource)),
+        names=st.lists(
+            st.tuples(
+                st.one_of(st.just("n"), st.just("x" * 255), st.text(min_size=1, max_size=20)),
+                st.one_of(st.just(""), st.just("e" * 255), st.integers(0, 9999)),
+            ).filter(lambda p: 0 < len(p[0].encode()) <= 255),
+            min_size=1,
+            max_size=3,
+        ),
+        picks=st.lists(
+            st.tuples(
+                st.integers(0, 2),
+                st.one_of(st.just(b""), st.binary(min_size=16, max_size=16)),
+                st.one_of(st.just(b""), st.just(bytes(4096)), st.binary(max_size=300)),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=8,
+        ),
+        slack=st.integers(-64, 64),
+        chain=st.binary(min_size=32, max_size=32),
+    )
+    def check(*, first_seq: int, stamps: list[int], clock: ClockSource,
+              names: list[tuple[str, str | int]], picks: list[tuple[int, bytes, bytes, bool]],
+              slack: int, chain: bytes) -> None:  # fmt: skip
+        interned = {
+            (node, event_name): (len(node.encode()), len(str(event_name).encode()),
+                                 node.encode() + str(event_name).encode())
+            for node, event_name in names
+        }  # fmt: skip
+        records: list[Record] = [
+            (*names[which % len(names)], memoryview(payload) if as_view else payload, trace)
+            for which, trace, payload, as_view in picks[: U64 - first_seq]
+        ]
+        expected, prev = [], chain
+        for i, (node, event_name, payload, trace) in enumerate(records):
+            raw, prev = encode_entry(
+                seq=first_seq + 1 + i, timestamp_ns=stamps[i % len(stamps)],
+                clock_source=clock, node=node.encode(), event=str(event_name).encode(),
+                trace_id=trace, payload=bytes(payload), prev_chain=prev,
+            )  # fmt: skip
+            expected.append((raw, prev))
+        # Room for some of the entries, give or take a few bytes: the loop stops before the
+        # first entry that does not fit whole.
+        fits = (len(records) + 1) // 2
+        room = max(0, sum(len(raw) for raw, _ in expected[:fits]) + slack)
+        keep = 0
+        while keep < len(expected) and sum(len(r) for r, _ in expected[: keep + 1]) <= room:
+            keep += 1
+        readings = iter(stamps * 8)
+        out = bytearray(b"\xaa" * (room + 64))
+        reached, used, seq, last = seal(
+            records, 0, len(records), interned, lambda: next(readings), crc32c.crc32c,
+            int(clock), first_seq, chain, memoryview(out)[:room],
+        )  # fmt: skip
+        assert reached == keep
+        assert out[:used] == b"".join(raw for raw, _ in expected[:keep])
+        assert out[used:] == b"\xaa" * (room + 64 - used)  # nothing written past what it used
+        assert (seq, last) == (first_seq + keep, expected[keep - 1][1] if keep else chain)
+        for i in range(keep):
+            node, event_name, payload, trace = records[i]
+            for field, value in (
+                ("seq", first_seq + 1 + i), ("timestamp_ns", stamps[i % len(stamps)]),
+                ("clock_source", int(clock)), ("node_len", len(node.encode())),
+                ("event_len", len(str(event_name).encode())),
+                ("trace_len", len(trace)), ("payload_len", len(payload)),
+            ):  # fmt: skip
+                seen.note(field, value)
+
+    _run(check)
+    seen.report(f"sealing loop ({seal.__module__})")
     assert seen.missing() == []

@@ -60,8 +60,16 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
 def test_versions_of_this_interpreter_pass() -> None:
     """The versions vigil runs with here are the versions it needs."""
     findings = check_versions()
-    assert {f.check for f in findings} >= {"python", "pyzmq", "msgspec"}
+    assert {f.check for f in findings} >= {"python", "pyzmq", "msgspec", "log sealer"}
     assert Status.FAIL not in statuses(findings)
+
+
+def test_an_unbuilt_sealing_loop_warns_with_the_fix() -> None:
+    """The compiled sealing loop is OK; the Python fallback warns and names the build needs."""
+    (built,) = [f for f in check_versions("compiled") if f.check == "log sealer"]
+    (fallback,) = [f for f in check_versions("python") if f.check == "log sealer"]
+    assert built.status is Status.OK
+    assert fallback.status is Status.WARN and "libssl-dev" in fallback.fix
 
 
 def test_a_private_run_dir_with_a_live_graph_is_ok(run_dir: Path) -> None:

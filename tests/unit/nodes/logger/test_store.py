@@ -15,6 +15,7 @@ from vigil.bus.ptp import ClockSource
 from vigil.errors import IntegrityError
 from vigil.nodes.logger._crashsim import RecordingMedium, SimClock, SimMonotonic
 from vigil.nodes.logger._medium import MmapMedium
+from vigil.nodes.logger._sealer import SEALER, SealFn, seal, seal_python
 from vigil.nodes.logger.store import (
     CLOCK_EVENT,
     EntryTooLarge,
@@ -268,11 +269,13 @@ def test_store_file_is_preallocated(small_config: StoreConfig, clock: SimClock) 
     assert os.path.getsize(small_config.path) == 64 * 1024
 
 
+@pytest.mark.parametrize("sealer", [seal_python, seal], ids=["python", SEALER])
 def test_a_burst_spanning_groups_reads_back_like_single_appends(
-    small_config: StoreConfig, clock: SimClock, mono: SimMonotonic
+    small_config: StoreConfig, clock: SimClock, mono: SimMonotonic, sealer: SealFn
 ) -> None:
-    """A burst larger than a group is sealed and chained exactly like one append per entry:
-    every field reads back in order across the group boundaries, and the store verifies."""
+    """A burst larger than a group is sealed and chained exactly like one append per entry,
+    by either sealing loop: every field reads back in order across the group boundaries, and
+    the store verifies."""
     trace = bytes(range(16))
     records = [
         (
@@ -283,7 +286,7 @@ def test_a_burst_spanning_groups_reads_back_like_single_appends(
         )
         for i in range(60)
     ]
-    with LogStore.open(small_config, clock=clock, monotonic_ns=mono) as store:
+    with LogStore.open(small_config, clock=clock, monotonic_ns=mono, sealer=sealer) as store:
         first = store.append(node="single", event="e", payload=b"\xc0")
         last = store.append_many(records)
         assert store.stats.groups_opened > 2
