@@ -38,6 +38,7 @@ __all__ = [
     "Geometry",
     "GroupHeader",
     "Meta",
+    "RecordRefused",
     "StoreLayoutError",
     "align8",
     "chain_digest",
@@ -89,11 +90,25 @@ class StoreLayoutError(VigilError):
     """The store's geometry or configuration cannot be laid out; says why."""
 
 
-class EntryTooLarge(VigilError):
+class RecordRefused(VigilError, ValueError):
+    """A record the store cannot seal as it is; `index` is its place in the burst.
+
+    The records before it in the same burst are stored; nothing after it is.
+    """
+
+    def __init__(self, reason: str, index: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.index = index
+
+
+class EntryTooLarge(RecordRefused):
     """An entry does not fit one page group."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"entry of {size} bytes exceeds the group capacity of {limit} bytes")
+    def __init__(self, size: int, limit: int, index: int = 0) -> None:
+        super().__init__(
+            f"entry of {size} bytes exceeds the group capacity of {limit} bytes", index
+        )
         self.size = size
         self.limit = limit
 

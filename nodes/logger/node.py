@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import Final
 
 import crc32c
 import msgspec
 
 from vigil.bus.pubsub import Subscriber
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
-from vigil.nodes.logger.store import LogStore, Record, StoreConfig
+from vigil.nodes.logger.store import (
+    EntryTooLarge,
+    LogStore,
+    Record,
+    RecordRefused,
+    StoreConfig,
+)
 from vigil.schemas import AuditEvent, AuditId, Topic, schema_id
 from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["Config", "LoggerConfig", "run"]
+__all__ = ["REFUSED_EVENT", "Config", "LoggerConfig", "Refusal", "run"]
 
 _AUDIT_SCHEMA = schema_id(AuditEvent)
 # Messages taken from the socket per wake-up, sealed and stored as one burst.
 _BURST = 1024
+# The entry that stands for a message the store could not take as it came.
+REFUSED_EVENT: Final = "log.refused"
+
+
+class Refusal(msgspec.Struct, frozen=True, kw_only=True):
+    """The payload of a `log.refused` entry: why, what came, and the message's digest.
+
+    `payload` is the message body as received, left empty only when it fits no entry itself
+    (then `payload_bytes` and `sha256` still identify it).
+    """
+
+    reason: str
+    node: str
+    event: str
+    trace_id: bytes
+    payload_bytes: int
+    sha256: bytes
+    payload: bytes = b""
 
 
 class LoggerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -58,11 +84,14 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
         encoder = msgspec.msgpack.Encoder()
         lost_seen = 0
         commits_seen = -1
+        refused = 0
         while not node.stopping:
             events = node.poll(store.poll_timeout_ms())
             if events.get(sub.socket):
                 # One receive burst is sealed and stored in one pass.
-                store.append_many(_burst(sub, store))
+                for refusal in _append(store, _burst(sub, store)):
+                    node.log.warning("logger.refused", reason=refusal.reason, node=refusal.node)
+                    refused += 1
             if sub.lost > lost_seen:
                 # Publishers number every message: a gap is recorded, never hidden.
                 gaps = {t: s.lost for t, s in sub.stats.items() if s.lost}
@@ -91,11 +120,52 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
                     "max_commit_ms": f"{stats.max_commit_latency_ms:.3f}",
                     "entries": str(stats.entries),
                     "committed_seq": str(stats.committed_seq),
+                    "refused": str(refused),
                 }
         store.commit()
         _save_positions(sub, positions)
         node.log.info("node.stopping", reason=node.stop_reason, lost=sub.lost)
     return ExitCode.OK
+
+
+# implements: SR-LOG-003, SR-ERR-002
+def _append(store: LogStore, records: list[Record]) -> list[Refusal]:
+    """Append a burst; each record the store refuses is sealed in its place as a `log.refused`
+    entry instead, so a malformed message is recorded with its reason and never stops the
+    logger. Returns the refusals."""
+    refusals: list[Refusal] = []
+    start = 0
+    while True:
+        rest = records[start:] if start else records
+        try:
+            store.append_many(rest)
+            return refusals
+        except RecordRefused as exc:
+            refusal = _refusal(rest[exc.index], exc)
+            try:
+                store.append(node="logger", event=REFUSED_EVENT, payload=_REFUSAL.encode(refusal))
+            except EntryTooLarge:
+                refusal = msgspec.structs.replace(refusal, payload=b"")
+                store.append(node="logger", event=REFUSED_EVENT, payload=_REFUSAL.encode(refusal))
+            refusals.append(refusal)
+            start += exc.index + 1
+
+
+_REFUSAL = msgspec.msgpack.Encoder()
+
+
+def _refusal(record: Record, exc: RecordRefused) -> Refusal:
+    node, event, payload, trace = record
+    body = bytes(payload)
+    return Refusal(
+        reason=exc.reason,
+        node=node,
+        event=str(event),
+        trace_id=trace,
+        payload_bytes=len(body),
+        sha256=hashlib.sha256(body).digest(),
+        payload=b"" if isinstance(exc, EntryTooLarge) else body,
+    )
 
 
 def _burst(sub: Subscriber, store: LogStore) -> list[Record]:

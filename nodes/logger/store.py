@@ -35,6 +35,7 @@ from vigil.nodes.logger._format import (
     Geometry,
     GroupHeader,
     Meta,
+    RecordRefused,
     StoreLayoutError,
     align8,
     decode_meta,
@@ -67,6 +68,7 @@ __all__ = [
     "LogStore",
     "NoHealthyGroup",
     "Record",
+    "RecordRefused",
     "StoreClosed",
     "StoreConfig",
     "StoreFull",
@@ -470,7 +472,7 @@ class LogStore(Closing):
                 return seq
             # The loop stopped at a record: refuse it, or intern its names or open a group
             # for it, then seal it with the reference loop, where any other fault raises.
-            if self._admit(records[reached]):
+            if self._admit(records[reached], reached):
                 began = self._mono()
             out = scratch[: self._group_end - self._pos]
             index, used, seq, chain = seal_python(
@@ -479,18 +481,24 @@ class LogStore(Closing):
             )  # fmt: skip
             self._store_burst(out[:used], seq=seq, chain=chain, count=index - reached, began=began)
 
-    def _admit(self, record: Record) -> bool:
-        """Make the record sealable: names interned, trace id checked, room in the current
-        group (opening the next one when it is full); True when a group was opened."""
+    def _admit(self, record: Record, index: int) -> bool:
+        """Make the record at `index` sealable: names interned, trace id checked, room in the
+        current group (opening the next one when it is full); True when a group was opened.
+        RecordRefused (EntryTooLarge for one that fits no group) when it cannot be sealed."""
         node, event, payload, trace = record
         names = self._names.get((node, event)) or self._intern(node, event)
+        if names is None:
+            raise RecordRefused("node (non-empty) and event are limited to 255 UTF-8 bytes", index)
         if trace and len(trace) != 16:
-            raise ValueError("trace_id is 16 bytes or empty")
+            raise RecordRefused("trace_id is 16 bytes or empty", index)
         padded = align8(ENTRY_HEADER.size + len(names[2]) + len(payload))
         if self._pos + padded <= self._group_end:
             return False
+        capacity = self._geo.group_bytes - GROUP_HEADER_BYTES
+        if padded > capacity:
+            raise EntryTooLarge(padded, capacity, index)
         # The group is full: roll (which commits what it holds).
-        self._pos = self._roll(padded)
+        self._pos = self._roll()
         return True
 
     def _store_burst(
@@ -533,11 +541,13 @@ class LogStore(Closing):
         record = pack_audit(self._now(), event, instance, payload)
         return (node, AUDIT_EVENT, msgspec.msgpack.encode(record), trace_id)
 
-    def _intern(self, node: str, event: str | int) -> tuple[int, int, bytes]:
+    def _intern(self, node: str, event: str | int) -> tuple[int, int, bytes] | None:
+        """The (node, event) names as the entry stores them, cached; None when they are not
+        storable (an empty node, or a name over 255 UTF-8 bytes)."""
         node_b = node.encode()
         event_b = str(int(event)).encode() if isinstance(event, int) else event.encode()
         if not node_b or len(node_b) > MAX_NAME_BYTES or len(event_b) > MAX_NAME_BYTES:
-            raise ValueError("node (non-empty) and event are limited to 255 UTF-8 bytes")
+            return None
         names = (len(node_b), len(event_b), node_b + event_b)
         if len(self._names) >= 4096:
             self._names.clear()  # bounded; the sealing loop finds only names cached here
@@ -546,11 +556,8 @@ class LogStore(Closing):
 
     # -- groups ----------------------------------------------------------------------------
 
-    def _roll(self, need: int) -> int:
+    def _roll(self) -> int:
         geo = self._geo
-        capacity = geo.group_bytes - GROUP_HEADER_BYTES
-        if need > capacity:
-            raise EntryTooLarge(need, capacity)
         while True:
             group, reclaim = self._level.peek()
             if reclaim and self._config.retention == "exported":
