@@ -127,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = measure_ceiling(payloads, burst)
         hashlib_only = measure_hashlib(payloads)
 
-        def durable_run(name: str, burst: int, sealer: SealFn = seal) -> tuple[float, LogStore]:
+        def durable_run(name: str, per_call: int, sealer: SealFn = seal) -> tuple[float, LogStore]:
             where = str(Path(tmp) / name)
             return measure_durable(
-                where, payloads, args.latency_ms, args.group_bytes, burst, sealer=sealer
+                where, payloads, args.latency_ms, args.group_bytes, per_call, sealer=sealer
             )
 
         single, _ = durable_run("single.vlog", 1)

@@ -1,17 +1,4 @@
-from collections.abc import Callable, Sequence
+# The compiled loop keeps the reference loop's contract: `_sealer.seal_python` documents it.
+from vigil.nodes.logger._sealer import SealFn
 
-from vigil.nodes.logger._sealer import Names, Record, Sealed
-
-def seal(
-    records: Sequence[Record],
-    index: int,
-    stop: int,
-    names: Names,
-    now: Callable[[], int],
-    crc: Callable[[bytes | memoryview], int],
-    clock: int,
-    seq: int,
-    chain: bytes,
-    out: bytearray | memoryview,
-    /,
-) -> Sealed: ...
+seal: SealFn

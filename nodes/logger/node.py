@@ -29,6 +29,7 @@ _AUDIT_SCHEMA = schema_id(AuditEvent)
 _BURST = 1024
 # The entry that stands for a message the store could not take as it came.
 REFUSED_EVENT: Final = "log.refused"
+_ENCODER = msgspec.msgpack.Encoder()
 
 
 class Refusal(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,7 +82,6 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
         stats = store.stats
         node.log.info("logger.store", sealer=stats.sealer, clock_source=stats.clock_source)
         node.ready(publishes=[], subscribes=config.topics)
-        encoder = msgspec.msgpack.Encoder()
         lost_seen = 0
         commits_seen = -1
         refused = 0
@@ -99,7 +99,7 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
                     node=args.label,
                     event=_AUDIT_SCHEMA,
                     trace_id=b"",
-                    payload=encoder.encode(
+                    payload=_ENCODER.encode(
                         AuditEvent(
                             event=AuditId.LOG_GAP,
                             node=args.label,
@@ -143,15 +143,12 @@ def _append(store: LogStore, records: list[Record]) -> list[Refusal]:
         except RecordRefused as exc:
             refusal = _refusal(rest[exc.index], exc)
             try:
-                store.append(node="logger", event=REFUSED_EVENT, payload=_REFUSAL.encode(refusal))
-            except EntryTooLarge:
+                store.append(node="logger", event=REFUSED_EVENT, payload=_ENCODER.encode(refusal))
+            except EntryTooLarge:  # the body and the refusal around it fit no group: drop the body
                 refusal = msgspec.structs.replace(refusal, payload=b"")
-                store.append(node="logger", event=REFUSED_EVENT, payload=_REFUSAL.encode(refusal))
+                store.append(node="logger", event=REFUSED_EVENT, payload=_ENCODER.encode(refusal))
             refusals.append(refusal)
             start += exc.index + 1
-
-
-_REFUSAL = msgspec.msgpack.Encoder()
 
 
 def _refusal(record: Record, exc: RecordRefused) -> Refusal:

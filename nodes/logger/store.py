@@ -55,7 +55,7 @@ from vigil.nodes.logger._scan import (
     open_view,
     verify_image,
 )
-from vigil.nodes.logger._sealer import Record, SealFn, seal, seal_python
+from vigil.nodes.logger._sealer import Names, Record, SealFn, seal, seal_python
 from vigil.nodes.logger._wear import NoHealthyGroup, WearLeveller
 from vigil.schemas.audit import AuditId
 
@@ -215,7 +215,7 @@ class LogStore(Closing):
         self._seal = sealer
         self._now: Callable[[], int] = clock.read if isinstance(clock, PtpClock) else clock.now_ns
         self._clock_byte = int(clock.source)
-        self._names: dict[tuple[str, str | int], tuple[int, int, bytes]] = {}
+        self._names: Names = {}
         self.stats = StoreStats(
             clock_source=clock.source.name,
             sealer="python" if sealer is seal_python else "compiled",
