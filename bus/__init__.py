@@ -1,4 +1,4 @@
-"""The bus: envelopes and codec, typed pub/sub, the proxy, channels, run directory, clocks."""
+"""The bus: envelopes, codec, pub/sub, proxy, channels, run directory, clocks and signals."""
 
 from vigil.bus.channel import Channel, FrameFault, Incoming
 from vigil.bus.closing import Closing
@@ -6,6 +6,7 @@ from vigil.bus.envelope import Envelope, TraceContext
 from vigil.bus.proxy import Proxy
 from vigil.bus.pubsub import Publisher, Received, Subscriber, TopicStats
 from vigil.bus.rundir import RunDir, RunGraph, find_run_dir
+from vigil.bus.signals import SignalWakeup
 
 __all__ = [
     "Channel",
@@ -18,6 +19,7 @@ __all__ = [
     "Received",
     "RunDir",
     "RunGraph",
+    "SignalWakeup",
     "Subscriber",
     "TopicStats",
     "TraceContext",

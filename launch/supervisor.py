@@ -6,14 +6,13 @@ import grp
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import IO, Any, Self
 
 import msgspec
@@ -22,6 +21,7 @@ import zmq
 
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import GraphNode, RunDir, RunGraph
+from vigil.bus.signals import SignalWakeup
 from vigil.errors import VigilError
 from vigil.launch._privileges import NodeUser, PrivilegeError, child_setup, node_user
 from vigil.launch.model import LaunchPlan, PlannedProcess
@@ -45,6 +45,7 @@ __all__ = ["LaunchError", "Launcher"]
 
 # Files and sockets made by nodes stay private to the run directory's group.
 _SHARED_UMASK = 0o007
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # How long the launcher waits to see its SAFE_STOP come back through the proxy (so the
 # logger, subscribed to the same proxy, has it) before it stops the nodes.
 _SAFE_STOP_ECHO_S = 2.0
@@ -132,24 +133,17 @@ class Launcher:
         self._resend: list[tuple[int, list[Any]]] = []
         self._next_resend = 0
         self._beats_since_proxy: dict[str, int] = {}
-        self.stopping = False
-        self.stop_reason = ""
+        self._ended = ""
         self.failure: str | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._stack.callback(self._wake_r.close)
-        self._stack.callback(self._wake_w.close)
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        # SIGCHLD only wakes the loop, which then reaps and restarts children.
+        self._signals = SignalWakeup((*_STOP_SIGNALS, signal.SIGCHLD))
+        self._stack.callback(self._signals.close)
         self.started_ns = time.time_ns()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        previous_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        self._stack.callback(signal.set_wakeup_fd, previous_fd)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            previous = signal.signal(sig, self._on_signal)
-            self._stack.callback(signal.signal, sig, previous)
+        self._signals.install()
         return self
 
     def __exit__(
@@ -163,10 +157,16 @@ class Launcher:
         finally:
             self._stack.close()
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum != signal.SIGCHLD:
-            self.stopping = True
-            self.stop_reason = signal.Signals(signum).name
+    @property
+    def stopping(self) -> bool:
+        """Whether SIGTERM or SIGINT arrived: supervision ends and every node is stopped."""
+        return self._signals.first(_STOP_SIGNALS) is not None
+
+    @property
+    def stop_reason(self) -> str:
+        """The stop signal that arrived first, or why supervision ended without one."""
+        first = self._signals.first(_STOP_SIGNALS)
+        return first.name if first is not None else self._ended
 
     # -- start -----------------------------------------------------------------------------
 
@@ -276,14 +276,9 @@ class Launcher:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.bus.socket, zmq.POLLIN)
-        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        self._signals.register(poller)
         events = dict(poller.poll(math.ceil(timeout_ms)))
-        if events.get(self._wake_r.fileno()):
-            try:
-                while self._wake_r.recv(64):
-                    pass
-            except BlockingIOError:
-                pass
+        self._signals.handle(events)
         if events.get(self.control):
             while True:
                 try:
@@ -368,7 +363,7 @@ class Launcher:
         while not self.stopping and self.failure is None:
             now = self.clock()
             if until is not None and now >= until:
-                self.stop_reason = "duration elapsed"
+                self._ended = "duration elapsed"
                 break
             self._check_children(now)
             self._resend_held()

@@ -8,13 +8,12 @@ import os
 import queue
 import secrets
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Annotated, Any, Self
 
 import msgspec
@@ -25,6 +24,7 @@ from vigil.bus.curve import CurveConfig, Gate, Refusal, secure
 from vigil.bus.envelope import TraceContext
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir
+from vigil.bus.signals import SignalWakeup
 from vigil.nodes._contracts import ALWAYS_PUBLISHED
 from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._logging import current_trace, trace_fields
@@ -160,8 +160,6 @@ class Node:
         self.args = args
         self.run = RunDir(args.run_dir, create=False)
         self.clock = clock
-        self.stopping = False
-        self.stop_reason = ""
         self._stack = ExitStack()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = self._stack.enter_context(zmq.Context())
         self.pub_endpoint = args.pub_endpoint or self.run.pub
@@ -182,23 +180,17 @@ class Node:
             )
         )
         self.poller = zmq.Poller()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._stack.callback(self._wake_r.close)
-        self._stack.callback(self._wake_w.close)
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        # Made here so that the poller knows it; the handlers are installed on entering.
+        self._signals = SignalWakeup(_STOP_SIGNALS)
+        self._stack.callback(self._signals.close)
+        self._signals.register(self.poller)
         self.loop_ns = clock()
         self.heartbeat_detail: dict[str, str] = {}
         self._heartbeat = HeartbeatThread(self)
         self.log = structlog.get_logger(node=args.label, kind=args.kind)
 
     def __enter__(self) -> Self:
-        previous_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        self._stack.callback(signal.set_wakeup_fd, previous_fd)
-        for sig in _STOP_SIGNALS:
-            previous = signal.signal(sig, self._on_signal)
-            self._stack.callback(signal.signal, sig, previous)
+        self._signals.install()
         self._heartbeat.start()
         self._stack.callback(self._heartbeat.stop)
         return self
@@ -212,9 +204,16 @@ class Node:
         self._stack.close()
 
     # implements: SR-SUP-003
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping = True
-        self.stop_reason = signal.Signals(signum).name
+    @property
+    def stopping(self) -> bool:
+        """Whether SIGTERM or SIGINT arrived: the loop then drains and the node exits."""
+        return bool(self._signals.received)
+
+    @property
+    def stop_reason(self) -> str:
+        """The name of the stop signal that arrived first, or "" while running."""
+        first = self._signals.first()
+        return first.name if first is not None else ""
 
     def enter(self, cm: Any) -> Any:
         """Let the node own a socket or resource: closed when the node exits, on every path."""
@@ -342,16 +341,8 @@ class Node:
         self.loop_ns = self.clock()
         wait = 100.0 if timeout_ms is None else timeout_ms
         events = dict(self.poller.poll(math.ceil(wait)))
-        if events.pop(self._wake_r.fileno(), 0):
-            self._drain_wakeups()
+        self._signals.handle(events)
         return events
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_r.recv(64):
-                pass
-        except BlockingIOError:
-            return
 
     def diag(
         self,
