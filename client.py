@@ -18,6 +18,7 @@ import zmq.asyncio
 from vigil.bus.channel import Channel, FrameFault
 from vigil.bus.closing import Closing
 from vigil.bus.curve import CurveConfig, secure
+from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.errors import (
     DeadlineExceeded,
@@ -37,13 +38,20 @@ Reply = tuple[int, InferResult | RequestError]
 _GRACE_NS = 500_000_000
 
 
+def _deadline(deadline_s: float) -> tuple[Deadline, int]:
+    """A request's deadline `deadline_s` from now, and its wall-clock time for the envelope."""
+    now_wall, now_mono = time.time_ns(), time.monotonic_ns()
+    deadline = Deadline.after(int(deadline_s * 1e9), now_mono)
+    return deadline, deadline.to_wall_ns(now_wall_ns=now_wall, now_mono_ns=now_mono)
+
+
 def _request(
     channel: Channel,
     frame: npt.NDArray[np.uint8],
     *,
     stream_id: str,
     frame_ts_us: int,
-    deadline_ns: int,
+    deadline_wall_ns: int,
     trace: TraceContext | None,
     priority: int,
     tenant: str,
@@ -60,7 +68,7 @@ def _request(
     envelope = channel.envelope(
         request,
         trace=trace or TraceContext.new(),
-        deadline_ns=deadline_ns,
+        deadline_wall_ns=deadline_wall_ns,
         priority=priority,
         tenant=tenant,
     )
@@ -106,7 +114,8 @@ class Client(Closing):
         self.channel = Channel(self.socket, source=name)
         self.tenant = tenant
         self.priority = priority
-        self._deadlines: dict[int, int] = {}
+        # When each request in flight is given up locally: its deadline plus a grace period.
+        self._deadlines: dict[int, Deadline] = {}
 
     def submit(
         self,
@@ -120,14 +129,13 @@ class Client(Closing):
         model: str = "",
     ) -> int:
         """Send one uint8 HWC frame; returns the request id that its reply will carry."""
-        now = time.time_ns()
-        deadline_ns = now + int(deadline_s * 1e9)
+        deadline, deadline_wall_ns = _deadline(deadline_s)
         image, request, envelope = _request(
             self.channel,
             frame,
             stream_id=stream_id,
             frame_ts_us=frame_ts_us,
-            deadline_ns=deadline_ns,
+            deadline_wall_ns=deadline_wall_ns,
             trace=trace,
             priority=self.priority if priority is None else priority,
             tenant=self.tenant,
@@ -137,7 +145,7 @@ class Client(Closing):
             [self.channel.encode(envelope), self.channel.encode(request), image.reshape(-1).data],
             copy=False,  # the frame's pixels go out without a copy
         )
-        self._deadlines[envelope.seq] = time.monotonic_ns() + (deadline_ns - now) + _GRACE_NS
+        self._deadlines[envelope.seq] = deadline.later(_GRACE_NS)
         return envelope.seq
 
     def submit_raw(self, body: bytes, buffers: list[bytes], *, deadline_s: float = 2.0) -> int:
@@ -145,12 +153,12 @@ class Client(Closing):
 
         For sources and tests that must show how the pipeline answers broken input.
         """
-        now = time.time_ns()
+        deadline, deadline_wall_ns = _deadline(deadline_s)
         envelope = self.channel.envelope(
-            InferRequest, deadline_ns=now + int(deadline_s * 1e9), tenant=self.tenant
+            InferRequest, deadline_wall_ns=deadline_wall_ns, tenant=self.tenant
         )
         self._send([self.channel.encode(envelope), body, *buffers])
-        self._deadlines[envelope.seq] = time.monotonic_ns() + int(deadline_s * 1e9) + _GRACE_NS
+        self._deadlines[envelope.seq] = deadline.later(_GRACE_NS)
         return envelope.seq
 
     def send_frames(self, frames: list[bytes]) -> None:
@@ -177,7 +185,8 @@ class Client(Closing):
             return expired
         wait = timeout_ms
         if self._deadlines:
-            wait = min(wait, max(0.0, (min(self._deadlines.values()) - time.monotonic_ns()) / 1e6))
+            left_ns = min(self._deadlines.values()).remaining_ns(time.monotonic_ns())
+            wait = min(wait, max(0.0, left_ns / 1e6))
         if not self.socket.poll(math.ceil(wait)):
             return self._expired()
         try:
@@ -198,7 +207,7 @@ class Client(Closing):
     def _expired(self) -> Reply | None:
         now = time.monotonic_ns()
         for seq, deadline in self._deadlines.items():
-            if deadline <= now:
+            if deadline.expired(now):
                 del self._deadlines[seq]
                 reply = ErrorReply(
                     code=ErrorCode.DEADLINE_EXCEEDED, message="no reply from the ingest"
@@ -331,13 +340,13 @@ class AsyncClient:
     ) -> InferResult:
         """Run one uint8 HWC frame through the pipeline; raises the typed error it ended with."""
         self._start()
-        budget_ns = int(deadline_s * 1e9)
+        deadline, deadline_wall_ns = _deadline(deadline_s)
         image, request, envelope = _request(
             self.channel,
             frame,
             stream_id=stream_id,
             frame_ts_us=frame_ts_us,
-            deadline_ns=time.time_ns() + budget_ns,
+            deadline_wall_ns=deadline_wall_ns,
             trace=trace,
             priority=self.priority if priority is None else priority,
             tenant=self.tenant,
@@ -360,8 +369,11 @@ class AsyncClient:
                 )
             except zmq.Again:
                 raise _unreachable() from None
+            give_up = deadline.later(_GRACE_NS)
             try:
-                outcome = await asyncio.wait_for(waiter, (budget_ns + _GRACE_NS) / 1e9)
+                outcome = await asyncio.wait_for(
+                    waiter, give_up.remaining_ns(time.monotonic_ns()) / 1e9
+                )
             except TimeoutError:
                 reply = ErrorReply(
                     code=ErrorCode.DEADLINE_EXCEEDED, message="no reply from the ingest"

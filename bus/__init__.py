@@ -2,6 +2,7 @@
 
 from vigil.bus.channel import Channel, FrameFault, Incoming
 from vigil.bus.closing import Closing
+from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.bus.proxy import Proxy
 from vigil.bus.pubsub import Publisher, Received, Subscriber, TopicStats
@@ -11,6 +12,7 @@ from vigil.bus.signals import SignalWakeup
 __all__ = [
     "Channel",
     "Closing",
+    "Deadline",
     "Envelope",
     "FrameFault",
     "Incoming",

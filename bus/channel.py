@@ -112,7 +112,7 @@ class Channel:
         *,
         seq: int | None = None,
         trace: TraceContext | None = None,
-        deadline_ns: int = 0,
+        deadline_wall_ns: int = 0,
         priority: int = 0,
         tenant: str = "",
     ) -> Envelope:
@@ -121,16 +121,14 @@ class Channel:
         schema = self._schemas.get(cls)
         if schema is None:
             schema = self._schemas[cls] = schema_id(cls)
-        return Envelope(
+        return Envelope.build(
             schema=schema,
             seq=self.next_seq() if seq is None else seq,
             source=self._source,
             instance=self._instance,
             stamp_ns=self._clock(),
-            trace_id=trace.trace_id if trace else b"",
-            span_id=trace.span_id if trace else b"",
-            trace_flags=trace.flags if trace else 0,
-            deadline_ns=deadline_ns,
+            trace=trace,
+            deadline_wall_ns=deadline_wall_ns,
             priority=priority,
             tenant=tenant,
         )

@@ -70,7 +70,7 @@ class Publisher(Closing):
         *,
         trace: TraceContext | None = None,
         buffers: Sequence[Buffer] = (),
-        deadline_ns: int = 0,
+        deadline_wall_ns: int = 0,
         priority: int = 0,
         tenant: str = "",
     ) -> int:
@@ -80,7 +80,7 @@ class Publisher(Closing):
             body,
             trace=trace,
             buffers=buffers,
-            deadline_ns=deadline_ns,
+            deadline_wall_ns=deadline_wall_ns,
             priority=priority,
             tenant=tenant,
         )
@@ -100,7 +100,7 @@ class Publisher(Closing):
         *,
         trace: TraceContext | None = None,
         buffers: Sequence[Buffer] = (),
-        deadline_ns: int = 0,
+        deadline_wall_ns: int = 0,
         priority: int = 0,
         tenant: str = "",
     ) -> list[Buffer]:
@@ -118,16 +118,14 @@ class Publisher(Closing):
         schema = self._schemas.get(cls)
         if schema is None:
             schema = self._schemas[cls] = schema_id(cls)
-        envelope = Envelope(
+        envelope = Envelope.build(
             schema=schema,
             seq=seq,
             source=self._source,
             instance=self._instance,
             stamp_ns=self._clock(),
-            trace_id=trace.trace_id if trace else b"",
-            span_id=trace.span_id if trace else b"",
-            trace_flags=trace.flags if trace else 0,
-            deadline_ns=deadline_ns,
+            trace=trace,
+            deadline_wall_ns=deadline_wall_ns,
             priority=priority,
             tenant=tenant,
             session=self._session,

@@ -19,6 +19,7 @@ import msgspec
 import structlog
 import zmq
 
+from vigil.bus.deadline import Deadline
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import GraphNode, RunDir, RunGraph
 from vigil.bus.signals import SignalWakeup
@@ -253,7 +254,7 @@ class Launcher:
         or the launcher is interrupted. A node that is not required and fails for good is
         left out, and the launch goes on.
         """
-        deadline = self.clock() + int(self.plan.launch.ready_timeout_s * 1e9)
+        deadline = Deadline.after(int(self.plan.launch.ready_timeout_s * 1e9), self.clock())
         while not child.ready:
             if self.stopping:
                 raise LaunchError(f"interrupted while starting {child.plan.label}")
@@ -265,7 +266,7 @@ class Launcher:
                         f" {self.run.path / 'logs' / (child.plan.label + '.log')}"
                     )
                 return
-            left_ms = (deadline - self.clock()) / 1e6
+            left_ms = deadline.remaining_ns(self.clock()) / 1e6
             if left_ms <= 0:
                 raise LaunchError(
                     f"{child.plan.label} not ready after {self.plan.launch.ready_timeout_s} s"
@@ -359,15 +360,15 @@ class Launcher:
 
         Returns the launcher's exit code: 0 for a clean run, 1 when a required node failed.
         """
-        until = None if duration_s is None else self.clock() + int(duration_s * 1e9)
+        until = None if duration_s is None else Deadline.after(int(duration_s * 1e9), self.clock())
         while not self.stopping and self.failure is None:
             now = self.clock()
-            if until is not None and now >= until:
+            if until is not None and until.expired(now):
                 self._ended = "duration elapsed"
                 break
             self._check_children(now)
             self._resend_held()
-            wait = 100.0 if until is None else max(0.0, min(100.0, (until - now) / 1e6))
+            wait = 100.0 if until is None else max(0.0, min(100.0, until.remaining_ns(now) / 1e6))
             self._poll(wait)
         if self.failure is not None and not self.safe_stopped:
             self._safe_stop(self.failure)
@@ -396,8 +397,8 @@ class Launcher:
             ),
         )
         # Stop only once the proxy has carried it: the logger then has it too.
-        deadline = self.clock() + int(_SAFE_STOP_ECHO_S * 1e9)
-        while self.clock() < deadline:
+        deadline = Deadline.after(int(_SAFE_STOP_ECHO_S * 1e9), self.clock())
+        while not deadline.expired(self.clock()):
             self._poll(50.0)
             if self.state is not None and self.state.state is SafetyState.SAFE_STOP:
                 return

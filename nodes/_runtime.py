@@ -21,6 +21,7 @@ import structlog
 import zmq
 
 from vigil.bus.curve import CurveConfig, Gate, Refusal, secure
+from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir
@@ -322,11 +323,11 @@ class Node:
         """
         nonce = secrets.randbits(62)
         probe = BusProbe(node=self.args.label, nonce=nonce)
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline.after(int(timeout_s * 1e9), time.monotonic_ns())
         with Subscriber(
             self.ctx, self.sub_endpoint, [Topic.BUS_PROBE], curve=self.args.curve
         ) as echo:
-            while not self.stopping and time.monotonic() < deadline:
+            while not self.stopping and not deadline.expired(time.monotonic_ns()):
                 self.publisher.publish(Topic.BUS_PROBE, probe)
                 got = echo.recv(_JOIN_PROBE_MS)
                 while got is not None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 
 __all__ = ["Dispatcher", "Request", "WorkerSlot"]
@@ -22,7 +23,7 @@ class Request:
     client: bytes
     client_seq: int
     trace: TraceContext
-    deadline_ns: int
+    deadline: Deadline
     received_ns: int
     frames: list[zmq.Frame]
     stream_id: str
@@ -74,7 +75,7 @@ class Dispatcher:
         self.open: dict[int, Request] = {}
         self.queue: deque[int] = deque()
         self.workers: dict[bytes, WorkerSlot] = {}
-        self._deadlines: list[tuple[int, int]] = []
+        self._deadlines: list[tuple[Deadline, int]] = []
         self._next_rid = 0
         self.redispatched = 0
 
@@ -92,7 +93,7 @@ class Dispatcher:
             return False
         self.open[request.rid] = request
         self.queue.append(request.rid)
-        heapq.heappush(self._deadlines, (request.deadline_ns, request.rid))
+        heapq.heappush(self._deadlines, (request.deadline, request.rid))
         return True
 
     def worker_seen(self, identity: bytes, now_ns: int, name: str = "") -> WorkerSlot:
@@ -193,14 +194,14 @@ class Dispatcher:
     def expired(self, now_ns: int) -> list[Request]:
         """Open requests whose deadline has passed (removed; the caller answers them)."""
         out = []
-        while self._deadlines and self._deadlines[0][0] <= now_ns:
+        while self._deadlines and self._deadlines[0][0].expired(now_ns):
             _, rid = heapq.heappop(self._deadlines)
             request = self.close(rid)
             if request is not None:
                 out.append(request)
         return out
 
-    def next_deadline_ns(self) -> int | None:
+    def next_deadline(self) -> Deadline | None:
         """The earliest deadline among requests that may still be open."""
         while self._deadlines and self._deadlines[0][1] not in self.open:
             heapq.heappop(self._deadlines)

@@ -11,8 +11,9 @@ import msgspec
 import psutil
 import zmq
 
-from vigil.bus.channel import Channel, FrameFault, drain_events
-from vigil.bus.envelope import Envelope, TraceContext
+from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
+from vigil.bus.deadline import Deadline
+from vigil.bus.envelope import TraceContext
 from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
 from vigil.nodes._tracing import request_spans
@@ -170,9 +171,9 @@ class _Ingest:
             )
             return
         budget_ms = self.config.default_deadline_ms
-        if envelope.deadline_ns:
+        if envelope.deadline_wall_ns:
             budget_ms = min(
-                (envelope.deadline_ns - envelope.stamp_ns) // 1_000_000,
+                (envelope.deadline_wall_ns - envelope.stamp_ns) // 1_000_000,
                 self.config.max_deadline_ms,
             )
         if budget_ms <= 0:
@@ -181,7 +182,7 @@ class _Ingest:
                 envelope.seq,
                 Rejection(
                     DiagCode.DEADLINE_EXCEEDED,
-                    "$.deadline_ns",
+                    "$.deadline_wall_ns",
                     "deadline already passed",
                     code=ErrorCode.DEADLINE_EXCEEDED,
                 ),
@@ -194,7 +195,7 @@ class _Ingest:
             client=identity,
             client_seq=envelope.seq,
             trace=trace,
-            deadline_ns=now + budget_ms * 1_000_000,
+            deadline=Deadline.after(budget_ms * 1_000_000, now),
             received_ns=now,
             frames=[frames[2], *incoming.buffers],
             stream_id=request.stream_id,
@@ -222,7 +223,7 @@ class _Ingest:
         self.spans.start(
             pending.rid,
             trace,
-            parent=_client_trace(envelope),
+            parent=envelope.trace,
             attributes={"vigil.stream_id": request.stream_id, "vigil.tenant": envelope.tenant},
         )
         if self.config.publish_requests:
@@ -409,13 +410,16 @@ class _Ingest:
                 )
 
     def dispatch(self) -> None:
-        wall_offset = time.time_ns() - self.node.clock()
+        # Both clocks read once: every deadline sent in this pass converts by the same offset.
+        now_wall, now_mono = time.time_ns(), self.node.clock()
         for slot, request in self.dispatcher.assignments():
             envelope = self.workers.envelope(
                 InferRequest,
                 seq=request.rid,
                 trace=request.trace,
-                deadline_ns=request.deadline_ns + wall_offset,
+                deadline_wall_ns=request.deadline.to_wall_ns(
+                    now_wall_ns=now_wall, now_mono_ns=now_mono
+                ),
                 priority=request.priority,
                 tenant=request.tenant,
             )
@@ -448,10 +452,10 @@ class _Ingest:
         self.node.heartbeat_detail = detail
 
     def timeout_ms(self) -> float | None:
-        deadline = self.dispatcher.next_deadline_ns()
+        deadline = self.dispatcher.next_deadline()
         if deadline is None:
             return 100.0
-        return max(0.0, min(100.0, (deadline - self.node.clock()) / 1e6))
+        return max(0.0, min(100.0, deadline.remaining_ns(self.node.clock()) / 1e6))
 
 
 # implements: SR-ING-004
@@ -472,18 +476,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _client_trace(envelope: Envelope) -> TraceContext | None:
-    """The client's own span, when its envelope carried a valid trace context."""
-    if len(envelope.trace_id) == 16 and len(envelope.span_id) == 8:
-        return TraceContext(envelope.trace_id, envelope.span_id, envelope.trace_flags)
-    return None
-
-
-def _trace(incoming: object) -> TraceContext:
-    envelope = getattr(incoming, "envelope", None)
-    if envelope is not None and len(envelope.trace_id) == 16 and len(envelope.span_id) == 8:
-        return TraceContext(envelope.trace_id, envelope.span_id, envelope.trace_flags).child()
-    return TraceContext.new()
+def _trace(incoming: Incoming) -> TraceContext:
+    """The ingest's span of a request: a child of the client's, or a new trace."""
+    client = incoming.envelope.trace
+    return client.child() if client is not None else TraceContext.new()
 
 
 def run(config: IngestConfig, args: NodeArgs) -> ExitCode:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import msgspec
 
+from vigil.bus.deadline import Deadline
 from vigil.bus.pubsub import Received
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
 from vigil.nodes.loader._switch import Switch, SwitchOutcome
@@ -229,7 +230,7 @@ class _Loader:
             generation=self.generation,
             model=model,
             expected=expected,
-            deadline_ns=now + self.config.switch_timeout_ms * 1_000_000,
+            deadline=Deadline.after(self.config.switch_timeout_ms * 1_000_000, now),
             started_ns=now,
         )
         self.pending_dir = directory

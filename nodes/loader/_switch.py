@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from vigil.bus.deadline import Deadline
 from vigil.schemas import ModelAnnouncement
 
 __all__ = ["Switch", "SwitchOutcome"]
@@ -30,7 +31,7 @@ class Switch:
     generation: int
     model: ModelAnnouncement
     expected: set[str]
-    deadline_ns: int
+    deadline: Deadline
     started_ns: int
     ready: set[str] = field(default_factory=set)
     refused: dict[str, str] = field(default_factory=dict)
@@ -53,7 +54,7 @@ class Switch:
             return SwitchOutcome.ABORT
         if self.expected <= self.ready:
             return SwitchOutcome.COMMIT
-        if now_ns >= self.deadline_ns:
+        if self.deadline.expired(now_ns):
             return SwitchOutcome.ABORT
         return SwitchOutcome.PENDING
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import msgspec
 import zmq
 
+from vigil.bus.deadline import Deadline
 from vigil.bus.pubsub import Received, Subscriber
 from vigil.client import Client
 from vigil.errors import RequestError
@@ -77,9 +78,15 @@ Config = WatchdogConfig
 
 @dataclass(slots=True)
 class _Watched:
-    deadline_ns: int
+    """A heartbeat or topic that must arrive again within `timeout_ns`."""
+
+    deadline: Deadline
     timeout_ns: int
     overdue: bool = False
+
+    def heard(self, now: int) -> None:
+        """It arrived: the next is due one timeout from now."""
+        self.deadline = Deadline.after(self.timeout_ns, now)
 
 
 class _Watchdog:
@@ -112,15 +119,13 @@ class _Watchdog:
         now = node.clock()
         for label in config.watch:
             self.nodes[label] = self._watch_entry(now, config.heartbeat_timeout_ms or 1000)
-        self.topics = {
-            t: _Watched(now + ms * 1_000_000, ms * 1_000_000)
-            for t, ms in config.staleness_ms.items()
-        }
+        self.topics = {t: self._watch_entry(now, ms) for t, ms in config.staleness_ms.items()}
         self.probe_seq = 0
         self.next_learn_ns = now
 
     def _watch_entry(self, now: int, timeout_ms: int) -> _Watched:
-        return _Watched(now + timeout_ms * 1_000_000, timeout_ms * 1_000_000)
+        timeout_ns = timeout_ms * 1_000_000
+        return _Watched(Deadline.after(timeout_ns, now), timeout_ns)
 
     # -- start-up: resume from the latched state ----------------------------------------
 
@@ -129,9 +134,9 @@ class _Watchdog:
         state = SafetyState.NORMAL
         cause = "watchdog started"
         with Subscriber(self.node.ctx, self.node.run.sub, [Topic.SAFETY_STATE]) as latched:
-            deadline = self.node.clock() + self.config.resume_wait_ms * 1_000_000
+            deadline = Deadline.after(self.config.resume_wait_ms * 1_000_000, self.node.clock())
             while not self.node.stopping:
-                left_ms = (deadline - self.node.clock()) / 1e6
+                left_ms = deadline.remaining_ns(self.node.clock()) / 1e6
                 if left_ms <= 0:
                     break
                 received = latched.recv(int(left_ms) + 1)
@@ -163,7 +168,7 @@ class _Watchdog:
         now = self.node.clock()
         topic = self.topics.get(received.topic)
         if topic is not None:
-            topic.deadline_ns = now + topic.timeout_ns
+            topic.heard(now)
             topic.overdue = False
         body = received.body
         if isinstance(body, Heartbeat):
@@ -188,7 +193,7 @@ class _Watchdog:
             self.nodes[beat.node] = self._watch_entry(now, timeout_ms)
             return
         watched.timeout_ns = timeout_ms * 1_000_000
-        watched.deadline_ns = now + watched.timeout_ns
+        watched.heard(now)
         if watched.overdue:
             watched.overdue = False
             self.node.record("info", "watchdog.heartbeat_back", node=beat.node)
@@ -198,7 +203,8 @@ class _Watchdog:
         assert self.machine is not None
         now = self.node.clock()
         for label, watched in self.nodes.items():
-            if not watched.overdue and now > watched.deadline_ns:
+            # Overdue once past its deadline, not at it.
+            if not watched.overdue and watched.deadline.remaining_ns(now) < 0:
                 watched.overdue = True
                 self.node.diag(
                     DiagCode.HEARTBEAT_MISSING,
@@ -207,7 +213,7 @@ class _Watchdog:
                 )
                 self._apply(self.machine.fault(f"heartbeat missing: {label}", now))
         for name, topic in self.topics.items():
-            if not topic.overdue and now > topic.deadline_ns:
+            if not topic.overdue and topic.deadline.remaining_ns(now) < 0:
                 topic.overdue = True
                 self.node.diag(DiagCode.TOPIC_STALE, f"topic {name} stale", severity=Severity.ERROR)
                 self._apply(self.machine.fault(f"topic stale: {name}", now))

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import zmq
 
 from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
+from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
@@ -71,7 +72,7 @@ class _Job:
     request: InferRequest
     image: npt.NDArray[np.uint8]
     received_ns: int
-    deadline_wall_ns: int
+    deadline: Deadline | None  # None: the ingest set none
 
 
 class _Worker:
@@ -213,7 +214,8 @@ class _Worker:
 
     def _queue(self, incoming: Incoming) -> None:
         env = incoming.envelope
-        trace = TraceContext(env.trace_id, env.span_id, env.trace_flags).child()
+        sender = env.trace
+        trace = sender.child() if sender is not None else TraceContext.new()
         request = incoming.body
         if not isinstance(request, InferRequest):
             self._error(env.seq, trace, ErrorCode.INTERNAL, "unexpected message")
@@ -221,16 +223,13 @@ class _Worker:
         h, w, c = request.image.shape
         buf = incoming.buffers[0].buffer
         image = np.frombuffer(buf, dtype=np.uint8, count=h * w * c, offset=request.image.offset)
-        self.pending.append(
-            _Job(
-                env.seq,
-                trace,
-                request,
-                image.reshape(h, w, c),
-                self.node.clock(),
-                env.deadline_ns,
+        now = self.node.clock()
+        deadline = None
+        if env.deadline_wall_ns:
+            deadline = Deadline.from_wall(
+                env.deadline_wall_ns, now_wall_ns=time.time_ns(), now_mono_ns=now
             )
-        )
+        self.pending.append(_Job(env.seq, trace, request, image.reshape(h, w, c), now, deadline))
 
     def due(self, now: int) -> bool:
         """Whether a batch should run now: full, or its oldest request waited long enough."""
@@ -253,10 +252,10 @@ class _Worker:
         fixed = engine.fixed_size()
         jobs: list[_Job] = []
         rest: deque[_Job] = deque()
-        wall = time.time_ns()
+        now = self.node.clock()
         while self.pending and len(jobs) < self.config.max_batch:
             job = self.pending.popleft()
-            if job.deadline_wall_ns and job.deadline_wall_ns <= wall:
+            if job.deadline is not None and job.deadline.expired(now):
                 self._error(job.rid, job.trace, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
             elif fixed is not None and (
                 job.image.shape[0] > fixed[0] or job.image.shape[1] > fixed[1]

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from vigil.bus.envelope import Envelope, new_span_id, new_trace_id
+from vigil.bus.envelope import Envelope, TraceContext, new_span_id, new_trace_id
 from vigil.bus.rundir import RunDir
 from vigil.launch import Launcher, load
 from vigil.schemas import SCHEMAS, ErrorCode, ErrorReply, InferResult
@@ -344,14 +344,13 @@ class _Expander:
 
 def _valid_request(ts: int) -> list[bytes]:
     now = time.time_ns()
-    env = Envelope(
+    env = Envelope.build(
         schema=_REQUEST,
         seq=ts,
         source="fuzz",
         stamp_ns=now,
-        trace_id=new_trace_id(),
-        span_id=new_span_id(),
-        deadline_ns=now + 10 * 10**9,
+        trace=TraceContext.new(),
+        deadline_wall_ns=now + 10 * 10**9,
     )
     body = _valid_body(8, 8) | {"stream_id": "final", "frame_ts_us": ts}
     return [_ENCODE(env), _ENCODE(body), bytes(8 * 8 * 3)]

@@ -29,7 +29,6 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from vigil.bus.envelope import TraceContext, new_span_id
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
@@ -195,11 +194,8 @@ def _replay(
         while client.in_flight >= config.in_flight:
             take(config.deadline_s * 1000)
         env = message.envelope
-        trace = (
-            TraceContext(env.trace_id, new_span_id(), env.trace_flags)
-            if len(env.trace_id) == 16
-            else None
-        )
+        recorded = env.trace
+        trace = recorded.child() if recorded is not None else None
         seq = client.submit(
             _frame(message),
             stream_id=message.body["stream_id"],

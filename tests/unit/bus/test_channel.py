@@ -242,14 +242,14 @@ def test_envelope_numbers_and_stamps(channel: Channel) -> None:
 def test_envelope_carries_the_trace(channel: Channel) -> None:
     """A trace context fills the envelope's trace fields."""
     trace = TraceContext.new()
-    envelope = channel.envelope(REQUEST, seq=99, trace=trace, deadline_ns=5, priority=7)
+    envelope = channel.envelope(REQUEST, seq=99, trace=trace, deadline_wall_ns=5, priority=7)
     assert (envelope.seq, envelope.trace_id, envelope.span_id, envelope.trace_flags) == (
         99,
         trace.trace_id,
         trace.span_id,
         1,
     )
-    assert (envelope.deadline_ns, envelope.priority) == (5, 7)
+    assert (envelope.deadline_wall_ns, envelope.priority) == (5, 7)
 
 
 def test_send_and_recv_between_dealer_and_router(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:

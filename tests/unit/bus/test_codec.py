@@ -152,7 +152,7 @@ def _envelope(**overrides: Any) -> Envelope:
         "trace_id": bytes(range(16)),
         "span_id": bytes(range(8)),
         "trace_flags": 1,
-        "deadline_ns": 99,
+        "deadline_wall_ns": 99,
         "priority": 5,
         "tenant": "acme",
         "session": 1234,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.nodes.ingest._dispatch import Dispatcher, Request
 
@@ -12,13 +13,13 @@ pytestmark = pytest.mark.verifies("SR-ERR-001", "SR-DLN-001", "SR-DLN-002")
 TRACE = TraceContext(bytes(range(1, 17)), bytes(range(1, 9)))
 
 
-def _request(dispatcher: Dispatcher, deadline_ns: int = 1_000) -> Request:
+def _request(dispatcher: Dispatcher, due_ns: int = 1_000) -> Request:
     return Request(
         rid=dispatcher.new_rid(),
         client=b"client",
         client_seq=1,
         trace=TRACE,
-        deadline_ns=deadline_ns,
+        deadline=Deadline(due_ns),
         received_ns=0,
         frames=[],
         stream_id="cam-1",
@@ -26,8 +27,8 @@ def _request(dispatcher: Dispatcher, deadline_ns: int = 1_000) -> Request:
     )
 
 
-def _admitted(dispatcher: Dispatcher, count: int, deadline_ns: int = 1_000) -> list[Request]:
-    requests = [_request(dispatcher, deadline_ns) for _ in range(count)]
+def _admitted(dispatcher: Dispatcher, count: int, due_ns: int = 1_000) -> list[Request]:
+    requests = [_request(dispatcher, due_ns) for _ in range(count)]
     for request in requests:
         assert dispatcher.admit(request)
     return requests
@@ -252,7 +253,7 @@ def test_expired_in_deadline_order() -> None:
 def test_expired_inflight_request_leaves_its_worker() -> None:
     """An in-flight request that expires is no longer counted against its worker."""
     dispatcher = Dispatcher(max_queue=8)
-    (request,) = _admitted(dispatcher, 1, deadline_ns=50)
+    (request,) = _admitted(dispatcher, 1, due_ns=50)
     _worker(dispatcher, b"w1", 1)
     _assign(dispatcher)
     assert dispatcher.expired(50) == [request]
@@ -263,7 +264,7 @@ def test_expired_inflight_request_leaves_its_worker() -> None:
 def test_completed_request_does_not_expire() -> None:
     """A request answered before its deadline is not reported as expired."""
     dispatcher = Dispatcher(max_queue=8)
-    (request,) = _admitted(dispatcher, 1, deadline_ns=50)
+    (request,) = _admitted(dispatcher, 1, due_ns=50)
     _worker(dispatcher, b"w1", 1)
     _assign(dispatcher)
     dispatcher.complete(b"w1", request.rid)
@@ -273,8 +274,8 @@ def test_completed_request_does_not_expire() -> None:
 def test_expired_queued_request_is_not_assigned() -> None:
     """A request that expired while queued is skipped without using credit."""
     dispatcher = Dispatcher(max_queue=8)
-    _admitted(dispatcher, 1, deadline_ns=10)
-    (kept,) = _admitted(dispatcher, 1, deadline_ns=500)
+    _admitted(dispatcher, 1, due_ns=10)
+    (kept,) = _admitted(dispatcher, 1, due_ns=500)
     dispatcher.expired(10)
     _worker(dispatcher, b"w1", 5)
     assert _assign(dispatcher) == [(b"w1", kept.rid)]
@@ -282,16 +283,16 @@ def test_expired_queued_request_is_not_assigned() -> None:
 
 
 def test_next_deadline_is_the_earliest_open_one() -> None:
-    """next_deadline_ns skips requests that already ended; None when nothing is open."""
+    """next_deadline skips requests that already ended; None when nothing is open."""
     dispatcher = Dispatcher(max_queue=8)
-    assert dispatcher.next_deadline_ns() is None
-    first = _admitted(dispatcher, 1, deadline_ns=100)[0]
-    _admitted(dispatcher, 1, deadline_ns=200)
-    assert dispatcher.next_deadline_ns() == 100
+    assert dispatcher.next_deadline() is None
+    first = _admitted(dispatcher, 1, due_ns=100)[0]
+    _admitted(dispatcher, 1, due_ns=200)
+    assert dispatcher.next_deadline() == Deadline(100)
     dispatcher.close(first.rid)
-    assert dispatcher.next_deadline_ns() == 200
+    assert dispatcher.next_deadline() == Deadline(200)
     dispatcher.expired(200)
-    assert dispatcher.next_deadline_ns() is None
+    assert dispatcher.next_deadline() is None
 
 
 def test_close_ends_an_open_request_once() -> None:
@@ -305,7 +306,7 @@ def test_close_ends_an_open_request_once() -> None:
 def test_expired_requests_free_their_queue_places() -> None:
     """Requests that expired while queued no longer count against max_queue."""
     dispatcher = Dispatcher(max_queue=2)
-    _admitted(dispatcher, 2, deadline_ns=10)
+    _admitted(dispatcher, 2, due_ns=10)
     assert len(dispatcher.expired(10)) == 2
     assert dispatcher.open == {}
     assert dispatcher.admit(_request(dispatcher))
