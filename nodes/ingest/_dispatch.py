@@ -84,12 +84,16 @@ class Dispatcher:
         self._next_rid += 1
         return self._next_rid
 
-    def admit(self, request: Request) -> bool:
-        """Queue a request; False when the queue is full (the caller answers for it)."""
+    def has_room(self) -> bool:
+        """Whether the queue takes one more request."""
         if len(self.queue) >= self.max_queue:
             # Ids of requests that ended while queued still sit in the deque: drop them first.
             self.queue = deque(rid for rid in self.queue if rid in self.open)
-        if len(self.queue) >= self.max_queue:
+        return len(self.queue) < self.max_queue
+
+    def admit(self, request: Request) -> bool:
+        """Queue a request; False when the queue is full (the caller answers for it)."""
+        if not self.has_room():
             return False
         self.open[request.rid] = request
         self.queue.append(request.rid)

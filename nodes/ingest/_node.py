@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
@@ -13,7 +15,7 @@ import zmq
 
 from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.deadline import Deadline
-from vigil.bus.envelope import TraceContext
+from vigil.bus.envelope import Envelope, TraceContext
 from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
 from vigil.nodes._tracing import request_spans
@@ -77,6 +79,39 @@ class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
 Config = IngestConfig
 
 
+@dataclass(slots=True)
+class _Admission:
+    """A client's request, read and valid, on its way up the admission checks."""
+
+    identity: bytes
+    frames: list[zmq.Frame]
+    incoming: Incoming
+    request: InferRequest
+    trace: TraceContext  # the ingest's span: a child of the client's, when it sent one
+    received_ns: int
+    deadline: Deadline
+
+    @property
+    def envelope(self) -> Envelope:
+        """The client's envelope."""
+        return self.incoming.envelope
+
+    def refusal(self, rejection: Rejection) -> _Refusal:
+        """The refusal of this request for `rejection`."""
+        return _Refusal(self.identity, self.envelope.seq, rejection, self.request, self.trace)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A refused request with what the refusal can name: nothing is known before decoding."""
+
+    identity: bytes
+    seq: int
+    rejection: Rejection
+    request: InferRequest | None = None
+    trace: TraceContext | None = None
+
+
 class _Ingest:
     """State and handlers of one ingest process (the loop lives in `run`)."""
 
@@ -117,6 +152,14 @@ class _Ingest:
         # Receive-to-reply spans, exported only where OpenTelemetry is set up.
         self.spans = node.enter(request_spans(f"vigil.{node.args.name}"))
         self._published: tuple[int, ...] = ()
+        # What a valid request must pass to be queued, in order; the first rejection refuses
+        # it. The policy goes before the rate limit, so a shed request spends no token.
+        self._checks: tuple[Callable[[_Admission], Rejection | None], ...] = (
+            self._check_policy,
+            self._check_rate,
+            self._check_deadline,
+            self._check_queue,
+        )
 
     # -- clients -------------------------------------------------------------------------
 
@@ -129,121 +172,61 @@ class _Ingest:
             self._admit(frames)
 
     def _admit(self, frames: list[zmq.Frame]) -> None:
+        """Admit one client request, or refuse it at the first check it fails.
+
+        The ladder: read it (size, decode, validate), then each of `self._checks`; only a
+        request that passes them all is queued.
+        """
+        admission = self._read(frames)
+        if isinstance(admission, _Refusal):
+            self._refuse(admission)
+            return
+        for check in self._checks:
+            rejection = check(admission)
+            if rejection is not None:
+                self._refuse(admission.refusal(rejection))
+                return
+        self._accept(admission)
+
+    def _read(self, frames: list[zmq.Frame]) -> _Admission | _Refusal:
+        """Size, decode, validate: the request to admit, or its refusal with what is known."""
         identity = frames[0].bytes
         now = self.node.clock()
         try:
             self.validator.check_size(frames[1:])
+            incoming = self.clients.decode(frames)
         except Rejection as rejection:
             # Refused before a byte of it is decoded: there is no envelope to answer by.
-            self._refuse(identity, 0, rejection, None, None)
-            return
-        try:
-            incoming = self.clients.decode(frames)
-            request = self.validator.check(incoming)
+            return _Refusal(identity, 0, rejection)
         except FrameFault as fault:
-            self._refuse(identity, fault.seq, rejection_from_fault(fault), None, None)
-            return
-        except Rejection as rejection:
-            # Only reachable once the envelope decoded: `incoming` exists.
-            body = incoming.body if isinstance(incoming.body, InferRequest) else None
-            self._refuse(identity, incoming.envelope.seq, rejection, body, _trace(incoming))
-            return
+            return _Refusal(identity, fault.seq, rejection_from_fault(fault))
         envelope = incoming.envelope
-        trace = _trace(incoming)
-        verdict = self._policy_verdict(envelope.priority)
-        if verdict is not None:
-            self._refuse(identity, envelope.seq, verdict, request, trace)
-            return
-        decision = self.limiter.decide(envelope.tenant, envelope.priority)
-        if not decision.allowed:
-            self._refuse(
-                identity,
-                envelope.seq,
-                Rejection(
-                    DiagCode.RATE_LIMITED,
-                    "$.tenant",
-                    "rate limit exceeded",
-                    code=ErrorCode.RESOURCE_EXHAUSTED,
-                ),
-                request,
-                trace,
-                retry_after_ms=decision.retry_after_ms,
-            )
-            return
-        budget_ms = self.config.default_deadline_ms
-        if envelope.deadline_wall_ns:
-            budget_ms = min(
-                (envelope.deadline_wall_ns - envelope.stamp_ns) // 1_000_000,
-                self.config.max_deadline_ms,
-            )
-        if budget_ms <= 0:
-            self._refuse(
-                identity,
-                envelope.seq,
-                Rejection(
-                    DiagCode.DEADLINE_EXCEEDED,
-                    "$.deadline_wall_ns",
-                    "deadline already passed",
-                    code=ErrorCode.DEADLINE_EXCEEDED,
-                ),
-                request,
-                trace,
-            )
-            return
-        pending = Request(
-            rid=self.dispatcher.new_rid(),
-            client=identity,
-            client_seq=envelope.seq,
-            trace=trace,
-            deadline=Deadline.after(budget_ms * 1_000_000, now),
-            received_ns=now,
-            frames=[frames[2], *incoming.buffers],
-            stream_id=request.stream_id,
-            frame_ts_us=request.frame_ts_us,
-            priority=envelope.priority,
-            tenant=envelope.tenant,
-        )
-        if not self.dispatcher.admit(pending):
-            self._refuse(
-                identity,
-                envelope.seq,
-                Rejection(
-                    DiagCode.RATE_LIMITED,
-                    "$",
-                    "ingest queue is full",
-                    code=ErrorCode.RESOURCE_EXHAUSTED,
-                ),
-                request,
-                trace,
-                retry_after_ms=self.config.default_deadline_ms // 10,
-            )
-            return
-        self.validator.accept(request)
-        self.counts["accepted"] += 1
-        self.spans.start(
-            pending.rid,
-            trace,
-            parent=envelope.trace,
-            attributes={"vigil.stream_id": request.stream_id, "vigil.tenant": envelope.tenant},
-        )
-        if self.config.publish_requests:
-            self.node.publisher.publish(
-                Topic.INFER_REQUEST,
-                request,
-                trace=trace,
-                buffers=incoming.buffers,
-                priority=envelope.priority,
-                tenant=envelope.tenant,
-            )
+        client = envelope.trace
+        trace = client.child() if client is not None else TraceContext.new()
+        try:
+            request = self.validator.check(incoming)
+        except Rejection as rejection:
+            body = incoming.body if isinstance(incoming.body, InferRequest) else None
+            return _Refusal(identity, envelope.seq, rejection, body, trace)
+        deadline = Deadline.after(self._budget_ns(envelope), now)
+        return _Admission(identity, frames, incoming, request, trace, now, deadline)
+
+    def _budget_ns(self, envelope: Envelope) -> int:
+        """The client's budget in whole ms, at most the maximum; the default when it set none."""
+        budget_ns = envelope.budget_ns
+        if budget_ns is None:
+            return self.config.default_deadline_ms * 1_000_000
+        return min(budget_ns // 1_000_000, self.config.max_deadline_ms) * 1_000_000
 
     # implements: SR-WDG-003
-    def _policy_verdict(self, priority: int) -> Rejection | None:
+    def _check_policy(self, admission: _Admission) -> Rejection | None:
+        """Refuse what the degraded policy sheds while the system is not NORMAL."""
         if self.state is SafetyState.NORMAL:
             return None
         policy = self.config.degraded_policy
         refuse = policy is DegradedPolicy.REJECT or self.state is SafetyState.SAFE_STOP
         if policy is DegradedPolicy.SHED_LOW_PRIORITY:
-            refuse = refuse or priority < self.config.shed_below_priority
+            refuse = refuse or admission.envelope.priority < self.config.shed_below_priority
         if not refuse:
             return None
         return Rejection(
@@ -253,28 +236,92 @@ class _Ingest:
             code=ErrorCode.UNAVAILABLE,
         )
 
+    def _check_rate(self, admission: _Admission) -> Rejection | None:
+        """Refuse a request over its tenant's token-bucket rate (this spends a token)."""
+        envelope = admission.envelope
+        decision = self.limiter.decide(envelope.tenant, envelope.priority)
+        if decision.allowed:
+            return None
+        return Rejection(
+            DiagCode.RATE_LIMITED,
+            "$.tenant",
+            "rate limit exceeded",
+            code=ErrorCode.RESOURCE_EXHAUSTED,
+            retry_after_ms=decision.retry_after_ms,
+        )
+
+    def _check_deadline(self, admission: _Admission) -> Rejection | None:
+        """Refuse a request whose deadline had passed when it arrived."""
+        if not admission.deadline.expired(admission.received_ns):
+            return None
+        return Rejection(
+            DiagCode.DEADLINE_EXCEEDED,
+            "$.deadline_wall_ns",
+            "deadline already passed",
+            code=ErrorCode.DEADLINE_EXCEEDED,
+        )
+
+    def _check_queue(self, admission: _Admission) -> Rejection | None:
+        """Refuse a request the full queue cannot take."""
+        if self.dispatcher.has_room():
+            return None
+        return Rejection(
+            DiagCode.RATE_LIMITED,
+            "$",
+            "ingest queue is full",
+            code=ErrorCode.RESOURCE_EXHAUSTED,
+            retry_after_ms=self.config.default_deadline_ms // 10,
+        )
+
+    def _accept(self, admission: _Admission) -> None:
+        """Queue an admitted request for a worker, open its span and publish it."""
+        envelope, request = admission.envelope, admission.request
+        pending = Request(
+            rid=self.dispatcher.new_rid(),
+            client=admission.identity,
+            client_seq=envelope.seq,
+            trace=admission.trace,
+            deadline=admission.deadline,
+            received_ns=admission.received_ns,
+            frames=[admission.frames[2], *admission.incoming.buffers],
+            stream_id=request.stream_id,
+            frame_ts_us=request.frame_ts_us,
+            priority=envelope.priority,
+            tenant=envelope.tenant,
+        )
+        self.dispatcher.admit(pending)  # cannot refuse: the queue check found room
+        self.validator.accept(request)
+        self.counts["accepted"] += 1
+        self.spans.start(
+            pending.rid,
+            admission.trace,
+            parent=envelope.trace,
+            attributes={"vigil.stream_id": request.stream_id, "vigil.tenant": envelope.tenant},
+        )
+        if self.config.publish_requests:
+            self.node.publisher.publish(
+                Topic.INFER_REQUEST,
+                request,
+                trace=admission.trace,
+                buffers=admission.incoming.buffers,
+                priority=envelope.priority,
+                tenant=envelope.tenant,
+            )
+
     # implements: SR-ERR-002
-    def _refuse(
-        self,
-        identity: bytes,
-        seq: int,
-        rejection: Rejection,
-        request: InferRequest | None,
-        trace: TraceContext | None,
-        *,
-        retry_after_ms: int = 0,
-    ) -> None:
+    def _refuse(self, refusal: _Refusal) -> None:
+        rejection, request, trace = refusal.rejection, refusal.request, refusal.trace
         reply = ErrorReply(
             code=rejection.code,
             message=_MESSAGES[rejection.code],
             field=rejection.field[:128],
             rule=rejection.rule[:128],
-            retry_after_ms=retry_after_ms,
+            retry_after_ms=rejection.retry_after_ms,
             diag_code=rejection.diag,
             stream_id=request.stream_id if request else "",
             frame_ts_us=request.frame_ts_us if request else 0,
         )
-        self._answer_error(identity, seq, reply, trace)
+        self._answer_error(refusal.identity, refusal.seq, reply, trace)
         self.counts["rejected"] += 1
         if trace is not None:
             # Refused before admission: a span that starts and ends with the refusal.
@@ -474,12 +521,6 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _trace(incoming: Incoming) -> TraceContext:
-    """The ingest's span of a request: a child of the client's, or a new trace."""
-    client = incoming.envelope.trace
-    return client.child() if client is not None else TraceContext.new()
 
 
 def run(config: IngestConfig, args: NodeArgs) -> ExitCode:

@@ -39,12 +39,15 @@ class Rejection(Exception):
         rule: str,
         *,
         code: ErrorCode = ErrorCode.INVALID_ARGUMENT,
+        retry_after_ms: int = 0,
     ) -> None:
         super().__init__(f"{field}: {rule}")
         self.code = code
         self.diag = diag
         self.field = field
         self.rule = rule
+        # When the client may try again (0: no advice), for refusals of a passing condition.
+        self.retry_after_ms = retry_after_ms
 
 
 def classify_rule(rule: str) -> DiagCode:

@@ -57,6 +57,16 @@ def test_admit_refuses_beyond_the_queue_limit() -> None:
     assert extra.rid not in dispatcher.open
 
 
+def test_has_room_counts_only_requests_still_queued() -> None:
+    """A full queue has no room; once its requests ended, the room is back."""
+    dispatcher = Dispatcher(max_queue=2)
+    assert dispatcher.has_room()
+    _admitted(dispatcher, 2, due_ns=10)
+    assert not dispatcher.has_room()
+    dispatcher.expired(10)
+    assert dispatcher.has_room()
+
+
 def test_no_assignment_without_credit() -> None:
     """Requests stay queued while no worker has credit."""
     dispatcher = Dispatcher(max_queue=4)
