@@ -24,9 +24,9 @@ import numpy as np
 
 from vigil.bus.rundir import RunDir
 from vigil.launch import Launcher, load
-from vigil.launch.testing import LoadDriver, classifier_launch
 from vigil.nodes.worker._node import FAULT_ABORT_STREAM
 from vigil.schemas import SafetyState
+from vigil.testing.pipeline import LoadDriver, classifier_launch
 
 HEARTBEAT_MS = 100
 

@@ -24,9 +24,9 @@ from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.launch import Launcher, load
-from vigil.nodes.loader.repository import set_latest
+from vigil.models.repository import set_latest
 from vigil.schemas import InferResult, ModelEvent, ModelStep, Topic
-from vigil.tools.modelgen import classifier_workers, signed_pair
+from vigil.testing.modelgen import classifier_workers, signed_pair
 
 FRAME = np.full((32, 32, 3), 100, dtype=np.uint8)
 

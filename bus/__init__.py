@@ -6,7 +6,7 @@ from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.bus.proxy import Proxy
 from vigil.bus.pubsub import Publisher, Received, Subscriber, TopicStats
-from vigil.bus.rundir import RunDir, RunGraph, find_run_dir
+from vigil.bus.rundir import RunDir, RunGraph, find_run_dir, resolve_endpoint
 from vigil.bus.signals import SignalWakeup
 
 __all__ = [
@@ -26,4 +26,5 @@ __all__ = [
     "TopicStats",
     "TraceContext",
     "find_run_dir",
+    "resolve_endpoint",
 ]

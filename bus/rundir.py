@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-__all__ = ["GraphNode", "RunDir", "RunGraph", "find_run_dir"]
+__all__ = ["GraphNode", "RunDir", "RunGraph", "find_run_dir", "resolve_endpoint"]
 
 # sockaddr_un.sun_path holds 107 bytes plus a NUL.
 _MAX_IPC_PATH = 107
@@ -93,6 +93,12 @@ class RunDir:
     def read_graph(self) -> RunGraph:
         """The run's graph; FileNotFoundError when no launch has written one."""
         return msgspec.json.decode(self.graph_path.read_bytes(), type=RunGraph)
+
+
+def resolve_endpoint(run: RunDir, name: str) -> str:
+    """A configured endpoint: `tcp://…`/`ipc://…` pass through; a bare name becomes an ipc
+    socket in the run directory."""
+    return name if "://" in name else run.ipc(name)
 
 
 def find_run_dir(explicit: str | None = None) -> RunDir:

@@ -24,10 +24,9 @@ from vigil.bus.curve import CurveConfig, Gate, Refusal, secure
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.bus.pubsub import Publisher, Subscriber
-from vigil.bus.rundir import RunDir
+from vigil.bus.rundir import RunDir, resolve_endpoint
 from vigil.bus.signals import SignalWakeup
 from vigil.nodes._contracts import ALWAYS_PUBLISHED
-from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._logging import current_trace, trace_fields
 from vigil.schemas import (
     AuditEvent,

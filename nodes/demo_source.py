@@ -14,9 +14,9 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
+from vigil.bus.rundir import resolve_endpoint
 from vigil.client import Client
 from vigil.errors import InvalidArgument, RequestError
-from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
 from vigil.nodes._scene import render_scene
 from vigil.schemas import InferResult

@@ -10,7 +10,7 @@ from vigil.tools.bench_cmd import bench
 from vigil.tools.demo_cmd import demo
 from vigil.tools.doctor_cmd import doctor
 from vigil.tools.fsc import fsc
-from vigil.tools.graph_check import graph
+from vigil.tools.graph_cmd import graph
 from vigil.tools.keys_cmd import keys
 from vigil.tools.launch_cmd import launch
 from vigil.tools.log_cmd import log

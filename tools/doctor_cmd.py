@@ -32,7 +32,7 @@ from rich.table import Table
 
 from vigil.bus.ptp import ClockConfig, ClockError, ClockLib, PtpClock
 from vigil.bus.rundir import RunGraph, find_run_dir
-from vigil.nodes.loader.keys import (
+from vigil.models.keys import (
     PRIVATE_SUFFIX,
     KeyFileError,
     load_private_key,

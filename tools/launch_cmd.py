@@ -8,8 +8,8 @@ import click
 
 from vigil.errors import ConfigError
 from vigil.launch import Launcher, LaunchError, load
+from vigil.launch.check import check_plan, format_report
 from vigil.tools._rundirs import new_run_dir
-from vigil.tools.graph_check import check_plan, format_report
 
 __all__ = ["launch"]
 

@@ -10,13 +10,13 @@ import msgspec
 import zmq
 
 from vigil.bus.pubsub import Subscriber
-from vigil.nodes.loader.keys import (
+from vigil.models.keys import (
     KeyFileError,
     generate_key_pair,
     load_private_key,
     load_trusted_keys,
 )
-from vigil.nodes.loader.repository import (
+from vigil.models.repository import (
     METADATA_FILE,
     ModelMetadata,
     RepositoryError,
@@ -24,7 +24,7 @@ from vigil.nodes.loader.repository import (
     load_verified,
     set_latest,
 )
-from vigil.nodes.loader.signing import ModelRefused, SigningError, sign_directory
+from vigil.models.signing import ModelRefused, SigningError, sign_directory
 from vigil.schemas import Heartbeat, ModelAnnouncement, Topic
 from vigil.tools._taps import key_option, open_bus, open_run
 

@@ -16,7 +16,7 @@ import zmq
 from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext
-from vigil.nodes._endpoints import resolve_endpoint
+from vigil.bus.rundir import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
 from vigil.nodes._tracing import request_spans
 from vigil.nodes.ingest._dispatch import Dispatcher, Request

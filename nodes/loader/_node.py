@@ -11,18 +11,18 @@ import msgspec
 
 from vigil.bus.deadline import Deadline
 from vigil.bus.pubsub import Received
-from vigil.nodes._runtime import ExitCode, Node, NodeArgs
-from vigil.nodes.loader._switch import Switch, SwitchOutcome
-from vigil.nodes.loader._watch import RepositoryWatch
-from vigil.nodes.loader.keys import KeyFileError, TrustedKeys, load_trusted_keys
-from vigil.nodes.loader.repository import (
+from vigil.models.keys import KeyFileError, TrustedKeys, load_trusted_keys
+from vigil.models.repository import (
     RepositoryConfig,
     RepositoryError,
     VerifiedModel,
     resolve_version,
 )
-from vigil.nodes.loader.repository import load_active as load_active_version
-from vigil.nodes.loader.signing import ModelRefused
+from vigil.models.repository import load_active as load_active_version
+from vigil.models.signing import ModelRefused
+from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes.loader._switch import Switch, SwitchOutcome
+from vigil.nodes.loader._watch import RepositoryWatch
 from vigil.schemas import (
     AuditId,
     DiagCode,

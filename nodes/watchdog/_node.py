@@ -11,9 +11,9 @@ import zmq
 
 from vigil.bus.deadline import Deadline
 from vigil.bus.pubsub import Received, Subscriber
+from vigil.bus.rundir import resolve_endpoint
 from vigil.client import Client
 from vigil.errors import RequestError
-from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
 from vigil.nodes._scene import render_scene
 from vigil.nodes.watchdog._machine import MachineConfig, SafetyMachine, Transition

@@ -18,7 +18,7 @@ import zmq
 from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
-from vigil.nodes._endpoints import resolve_endpoint
+from vigil.bus.rundir import resolve_endpoint
 from vigil.nodes._runtime import ExitCode, Node, NodeArgs
 from vigil.nodes.worker._engine import EngineConfig
 from vigil.nodes.worker._models import ModelLoadError, ModelManager

@@ -9,8 +9,8 @@ import pytest
 
 from vigil.bus.rundir import RunDir
 from vigil.launch import Launcher, load
-from vigil.launch.testing import LoadDriver, classifier_launch
 from vigil.schemas import SafetyState
+from vigil.testing.pipeline import LoadDriver, classifier_launch
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ import zmq
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.errors import Unavailable
 from vigil.launch import Launcher
-from vigil.launch.testing import LoadDriver
 from vigil.nodes.logger.store import read_entries, verify_store
 from vigil.nodes.worker._node import FAULT_ABORT_STREAM
 from vigil.schemas import AuditId, Heartbeat, SafetyState, Topic
+from vigil.testing.pipeline import LoadDriver
 
 pytestmark = pytest.mark.verifies(
     "SR-ERR-001", "SR-DLN-002", "SR-WDG-001", "SR-WDG-002", "SR-WDG-003", "SR-SUP-001", "SR-SUP-002"

@@ -14,10 +14,10 @@ from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.launch import Launcher, load
 from vigil.schemas import InferResult, Topic
+from vigil.testing.modelgen import classifier_workers, signed_pair
 from vigil.tools.bag import RecordConfig, Recorder, RecordStats, bag_info
 from vigil.tools.bag.check import check_recording, run_check
 from vigil.tools.cli import cli
-from vigil.tools.modelgen import classifier_workers, signed_pair
 
 FRAMES = 40
 WAIT_S = 20.0

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import yaml
 
-from vigil.bus.rundir import RunDir
+from vigil.bus.rundir import RunDir, resolve_endpoint
 from vigil.launch import Launcher, load
+from vigil.launch.check import check_plan
 from vigil.nodes._contracts import CONTRACTS, contract_for
-from vigil.nodes._endpoints import resolve_endpoint
 from vigil.nodes._entry import NODE_KINDS
-from vigil.tools.graph_check import check_plan
 
 SOURCES = {
     "name": "sources",

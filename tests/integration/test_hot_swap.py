@@ -20,12 +20,12 @@ from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.errors import RequestError
 from vigil.launch import Launcher, load
-from vigil.nodes.loader.keys import generate_key_pair, load_private_key
-from vigil.nodes.loader.repository import set_latest
-from vigil.nodes.loader.signing import sign_directory
+from vigil.models.keys import generate_key_pair, load_private_key
+from vigil.models.repository import set_latest
+from vigil.models.signing import sign_directory
 from vigil.schemas import DiagCode, DiagnosticEvent, InferResult, ModelEvent, ModelStep, Topic
+from vigil.testing.modelgen import add_version, classifier_workers, signed_pair, tiny_classifier
 from vigil.tools.cli import cli
-from vigil.tools.modelgen import add_version, classifier_workers, signed_pair, tiny_classifier
 
 FRAME = np.full((32, 32, 3), 128, dtype=np.uint8)
 

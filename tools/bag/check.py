@@ -30,11 +30,10 @@ import numpy.typing as npt
 import zmq
 
 from vigil.bus.pubsub import Subscriber
-from vigil.bus.rundir import RunDir
+from vigil.bus.rundir import RunDir, resolve_endpoint
 from vigil.client import Client
 from vigil.launch import Launcher, load
 from vigil.launch.model import LaunchPlan
-from vigil.nodes._endpoints import resolve_endpoint
 from vigil.schemas import InferResult, Topic
 from vigil.tools.bag._mcap import BagError, BagMessage
 from vigil.tools.bag.compare import (

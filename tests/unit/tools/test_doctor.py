@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from vigil.bus.ptp import CLOCK_REALTIME, fd_to_clockid
 from vigil.bus.rundir import RunDir, RunGraph
-from vigil.nodes.loader.keys import generate_key_pair
+from vigil.models.keys import generate_key_pair
 from vigil.tools.cli import cli
 from vigil.tools.doctor_cmd import (
     TAI_UTC_S,

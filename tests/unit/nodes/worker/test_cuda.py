@@ -12,7 +12,7 @@ import pytest
 from vigil.nodes._scene import render_scene
 from vigil.nodes.worker import Engine, EngineConfig, Task
 from vigil.nodes.worker._cuda import cuda_available
-from vigil.tools.modelgen import tiny_classifier
+from vigil.testing.modelgen import tiny_classifier
 
 pytestmark = [
     pytest.mark.gpu,

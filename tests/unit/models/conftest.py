@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from vigil.nodes.loader.keys import (
+from vigil.models.keys import (
     KeyPairPaths,
     SigningKey,
     TrustedKeys,
@@ -19,13 +19,13 @@ from vigil.nodes.loader.keys import (
     load_private_key,
     load_trusted_keys,
 )
-from vigil.nodes.loader.repository import (
+from vigil.models.repository import (
     KnownAnswer,
     metadata_from_onnx,
     set_latest,
     write_metadata,
 )
-from vigil.nodes.loader.signing import sign_directory
+from vigil.models.signing import sign_directory
 
 CREATED = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 

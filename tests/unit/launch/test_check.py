@@ -11,10 +11,10 @@ import yaml
 from click.testing import CliRunner
 
 from vigil.launch import load
+from vigil.launch.check import GraphReport, Level, check_file, check_plan
 from vigil.nodes._contracts import CONTRACTS, NodeContract
 from vigil.schemas import Topic
 from vigil.tools.cli import cli
-from vigil.tools.graph_check import GraphReport, Level, check_file, check_plan
 
 DEMO = Path(__file__).resolve().parents[3] / "launch" / "demo.yaml"
 

@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from vigil.nodes.loader.keys import SigningKey, TrustedKeys
-from vigil.nodes.loader.repository import (
+from vigil.models.keys import SigningKey, TrustedKeys
+from vigil.models.repository import (
     LATEST_LINK,
     METADATA_FILE,
     ModelMetadata,
@@ -26,7 +26,7 @@ from vigil.nodes.loader.repository import (
     resolve_version,
     set_latest,
 )
-from vigil.nodes.loader.signing import ModelRefused, RefusalReason, sign_directory
+from vigil.models.signing import ModelRefused, RefusalReason, sign_directory
 
 
 def test_list_models_shows_versions_and_active(repo: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vigil.nodes.loader.keys import SigningKey, TrustedKeys
-from vigil.nodes.loader.repository import VerifiedModel, load_active, set_latest
-from vigil.nodes.loader.signing import SIGNATURE_FILE, ModelRefused, RefusalReason, sign_directory
+from vigil.models.keys import SigningKey, TrustedKeys
+from vigil.models.repository import VerifiedModel, load_active, set_latest
+from vigil.models.signing import SIGNATURE_FILE, ModelRefused, RefusalReason, sign_directory
 
 pytestmark = pytest.mark.verifies("SR-MDL-001")
 

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vigil.errors import VigilError
-from vigil.nodes.loader.keys import SigningKey, TrustedKeys
-from vigil.nodes.loader.signing import (
+from vigil.models.keys import SigningKey, TrustedKeys
+from vigil.models.signing import (
     SIGNATURE_FILE,
     ModelRefused,
     RefusalReason,

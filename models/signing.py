@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vigil.errors import VigilError
-from vigil.nodes.loader.keys import PublicKey, SigningKey, TrustedKeys
+from vigil.models.keys import PublicKey, SigningKey, TrustedKeys
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",

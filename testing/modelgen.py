@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vigil.nodes.loader.keys import SigningKey
-from vigil.nodes.loader.repository import (
+from vigil.models.keys import SigningKey
+from vigil.models.repository import (
     KnownAnswer,
     metadata_from_onnx,
     set_latest,
     write_metadata,
 )
-from vigil.nodes.loader.signing import sign_directory
+from vigil.models.signing import sign_directory
 
 __all__ = ["CLASSES", "add_version", "tiny_classifier"]
 
@@ -104,7 +104,7 @@ def signed_pair(folder: Path, model: str = "tiny") -> tuple[Path, Path, SigningK
 
     Returns (repository root, trusted key folder, the signing key).
     """
-    from vigil.nodes.loader.keys import generate_key_pair, load_private_key  # noqa: PLC0415
+    from vigil.models.keys import generate_key_pair, load_private_key  # noqa: PLC0415
 
     trusted = folder / "trusted"
     pair = generate_key_pair(folder / "private", name="release")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vigil.nodes.loader.keys import KeyPairPaths, TrustedKeys, load_private_key
-from vigil.nodes.loader.signing import (
+from vigil.models.keys import KeyPairPaths, TrustedKeys, load_private_key
+from vigil.models.signing import (
     SIGNATURE_FILE,
     ModelRefused,
     RefusalReason,

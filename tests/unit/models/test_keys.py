@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vigil.nodes.loader.keys import (
+from vigil.models.keys import (
     KeyFileError,
     generate_key_pair,
     load_private_key,

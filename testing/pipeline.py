@@ -24,7 +24,7 @@ from vigil.client import Client
 from vigil.errors import DeadlineExceeded, RequestError
 from vigil.launch.supervisor import Launcher
 from vigil.schemas import InferResult, SafetyState, StateChange, Topic
-from vigil.tools.modelgen import classifier_workers, signed_pair
+from vigil.testing.modelgen import classifier_workers, signed_pair
 
 __all__ = ["LoadDriver", "Outcome", "classifier_launch"]
 

@@ -1,4 +1,4 @@
-"""`vigil graph check`: find wiring faults in a launch plan before any process starts.
+"""The graph check: find wiring faults in a launch plan before any process starts.
 
 The check reads each node's static contract (`vigil.nodes._contracts`) with its typed
 configuration and applies these rules:
@@ -24,13 +24,11 @@ failure is covered by at least one safety mechanism.
 from __future__ import annotations
 
 import enum
-import sys
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-import click
 import msgspec
 
 from vigil.errors import ConfigError
@@ -55,7 +53,6 @@ __all__ = [
     "check_file",
     "check_plan",
     "format_report",
-    "graph",
 ]
 
 _LAUNCHER: Final = "launcher"
@@ -447,32 +444,3 @@ def format_report(report: GraphReport, *, brief: bool = False) -> str:
     if found:
         lines += ["", "findings:", *found]
     return "\n".join(lines)
-
-
-@click.group("graph")
-def graph() -> None:
-    """Check the node graph of a launch file before anything runs."""
-
-
-@graph.command("check")
-@click.argument("launch_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--strict", is_flag=True, help="Fail on warnings too.")
-def check(launch_file: str, as_json: bool, strict: bool) -> None:
-    """Check LAUNCH_FILE: topics, endpoints, queue bounds, single points of failure.
-
-    Exits 1 when a rule is broken (with --strict, on warnings too), 2 on an invalid file.
-    """
-    try:
-        report = check_file(launch_file)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    if as_json:
-        data = msgspec.to_builtins(report)
-        data["ok"] = report.ok
-        click.echo(msgspec.json.format(msgspec.json.encode(data)).decode())
-    else:
-        click.echo(format_report(report))
-    if report.errors or (strict and report.warnings):
-        sys.exit(1)

@@ -32,8 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from vigil.errors import VigilError
-from vigil.nodes.loader.keys import TrustedKeys
-from vigil.nodes.loader.signing import (
+from vigil.models.keys import TrustedKeys
+from vigil.models.signing import (
     SIGNATURE_FILE,
     ModelRefused,
     RefusalReason,

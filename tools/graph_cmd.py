@@ -1,0 +1,42 @@
+"""`vigil graph check`: the graph check of a launch file, on the command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import msgspec
+
+from vigil.errors import ConfigError
+from vigil.launch.check import check_file, format_report
+
+__all__ = ["graph"]
+
+
+@click.group("graph")
+def graph() -> None:
+    """Check the node graph of a launch file before anything runs."""
+
+
+@graph.command("check")
+@click.argument("launch_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--strict", is_flag=True, help="Fail on warnings too.")
+def check(launch_file: str, as_json: bool, strict: bool) -> None:
+    """Check LAUNCH_FILE: topics, endpoints, queue bounds, single points of failure.
+
+    Exits 1 when a rule is broken (with --strict, on warnings too), 2 on an invalid file.
+    """
+    try:
+        report = check_file(launch_file)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        data = msgspec.to_builtins(report)
+        data["ok"] = report.ok
+        click.echo(msgspec.json.format(msgspec.json.encode(data)).decode())
+    else:
+        click.echo(format_report(report))
+    if report.errors or (strict and report.warnings):
+        sys.exit(1)
