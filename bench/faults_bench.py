@@ -24,7 +24,7 @@ import numpy as np
 
 from vigil.bus.rundir import RunDir
 from vigil.launch import Launcher, load
-from vigil.nodes.worker._node import FAULT_ABORT_STREAM
+from vigil.nodes.worker import FAULT_ABORT_STREAM
 from vigil.schemas import SafetyState
 from vigil.testing.pipeline import LoadDriver, classifier_launch
 

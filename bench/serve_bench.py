@@ -50,7 +50,8 @@ from vigil.bus.rundir import RunDir
 from vigil.client import AsyncClient
 from vigil.errors import RequestError
 from vigil.launch import Launcher, load
-from vigil.nodes.worker import Device, Engine, EngineConfig, Task
+from vigil.nodes.worker import Device, EngineConfig, Task
+from vigil.nodes.worker._engine import Engine
 
 SIZE = 224
 MEAN = (0.485, 0.456, 0.406)

@@ -1,7 +1,7 @@
 """The graph check: find wiring faults in a launch plan before any process starts.
 
-The check reads each node's static contract (`vigil.nodes._contracts`) with its typed
-configuration and applies these rules:
+The check reads each node kind's contract (`NodeKind.contract`, declared by the node's package)
+with its typed configuration and applies these rules:
 
 * **topics**: every subscribed topic has a publisher and one type across everyone who uses
   it; a subscription the node cannot work without (`requires`) and nobody publishes is an
@@ -27,20 +27,20 @@ import enum
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from vigil.errors import ConfigError
 from vigil.launch.model import LaunchPlan, NodeSpec, load
-from vigil.nodes._contracts import (
+from vigil.nodes.contract import (
     LAUNCHER_PUBLISHES,
-    ContractFactory,
     Endpoint,
     EndpointRole,
     NodeContract,
-    contract_for,
+    NodeKind,
 )
+from vigil.nodes.kinds import node_kinds
 from vigil.schemas import TOPICS, schema_id
 
 __all__ = [
@@ -163,19 +163,21 @@ def _reaches(bound: str, connected: str) -> bool:
     return b[1] == c[1] and (b[0] in _WILDCARD_HOSTS or b[0] == c[0])
 
 
-def _nodes(plan: LaunchPlan, contracts: Mapping[str, ContractFactory] | None) -> list[_Node]:
+def _nodes(plan: LaunchPlan, kinds: Mapping[str, NodeKind[Any]]) -> list[_Node]:
     """One entry per launch-file node (replicas share a contract), the proxy first."""
     seen: dict[str, _Node] = {}
     run_dir = plan.processes[0].args.run_dir if plan.processes else "."
-    proxy = NodeSpec(name="proxy", kind="proxy", required=True)
+    proxy = kinds["proxy"]
     seen["proxy"] = _Node(
-        spec=proxy, contract=contract_for("proxy", None, contracts), run_dir=run_dir
+        spec=NodeSpec(name="proxy", kind="proxy", required=True),
+        contract=proxy.contract(proxy.config()),
+        run_dir=run_dir,
     )
     for process in plan.processes:
         if process.spec.name not in seen:
             seen[process.spec.name] = _Node(
                 spec=process.spec,
-                contract=contract_for(process.spec.kind, process.config, contracts),
+                contract=kinds[process.spec.kind].contract(process.config),
                 run_dir=process.args.run_dir,
             )
     return list(seen.values())
@@ -379,12 +381,12 @@ def _check_single_points(
 
 
 def check_plan(
-    plan: LaunchPlan, *, contracts: Mapping[str, ContractFactory] | None = None
+    plan: LaunchPlan, *, kinds: Mapping[str, NodeKind[Any]] | None = None
 ) -> GraphReport:
-    """Check a resolved launch plan; `contracts` replaces the node kinds' contracts (tests)."""
+    """Check a resolved launch plan; `kinds` replaces the declared node kinds (tests)."""
     findings: list[Finding] = []
     try:
-        nodes = _nodes(plan, contracts)
+        nodes = _nodes(plan, node_kinds() if kinds is None else kinds)
     except KeyError as exc:
         raise ConfigError(plan.source, "", f"no contract for node kind {exc.args[0]!r}") from exc
     topics = _check_topics(nodes, findings)

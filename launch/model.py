@@ -12,8 +12,8 @@ import yaml
 from vigil.bus.channel import validation_path
 from vigil.bus.curve import CurveConfig
 from vigil.errors import ConfigError
-from vigil.nodes._entry import NODE_KINDS, config_type
-from vigil.nodes._runtime import NodeArgs
+from vigil.nodes.contract import NodeArgs
+from vigil.nodes.kinds import node_kinds
 from vigil.schemas import Config
 
 __all__ = [
@@ -192,18 +192,19 @@ def load(path: str | Path, run_dir: str | Path, *, host: str | None = None) -> L
     keys = _Keys(source, launch, launch_dir)
     seen: set[str] = set()
     processes: list[PlannedProcess] = []
+    kinds = node_kinds()
     for index, spec in enumerate(launch.nodes):
         where = f"$.nodes[{index}]"
         if spec.name in seen:
             raise ConfigError(source, f"{where}.name", f"duplicate node name {spec.name!r}")
         seen.add(spec.name)
-        if spec.kind not in NODE_KINDS or spec.kind == "proxy":
-            kinds = ", ".join(sorted(k for k in NODE_KINDS if k != "proxy"))
+        if spec.kind not in kinds or spec.kind == "proxy":
+            known = ", ".join(sorted(k for k in kinds if k != "proxy"))
             raise ConfigError(
-                source, f"{where}.kind", f"unknown node kind; expected one of {kinds}"
+                source, f"{where}.kind", f"unknown node kind; expected one of {known}"
             )
         try:
-            config = msgspec.convert(spec.config, type=config_type(spec.kind))
+            config = msgspec.convert(spec.config, type=kinds[spec.kind].config)
         except msgspec.ValidationError as exc:
             raise _fail(source, exc, f"{where}.config") from exc
         placed = spec.host or bus_host
@@ -245,7 +246,7 @@ def load(path: str | Path, run_dir: str | Path, *, host: str | None = None) -> L
             allow_root=launch.allow_root,
             host=bus_host,
         )
-        proxy = PlannedProcess(spec=PROXY_SPEC, args=proxy_args, config={})
+        proxy = PlannedProcess(spec=PROXY_SPEC, args=proxy_args, config=kinds["proxy"].config())
     return LaunchPlan(
         source=source,
         launch=launch,

@@ -26,7 +26,7 @@ from vigil.bus.signals import SignalWakeup
 from vigil.errors import VigilError
 from vigil.launch._privileges import NodeUser, PrivilegeError, child_setup, node_user
 from vigil.launch.model import LaunchPlan, PlannedProcess
-from vigil.nodes._runtime import ExitCode
+from vigil.nodes.contract import ExitCode
 from vigil.schemas import (
     TOPICS,
     AuditEvent,

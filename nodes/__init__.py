@@ -1,7 +1,11 @@
-"""The node processes of vigil, one module or package per kind (see `_entry.NODE_KINDS`).
+"""The node processes of vigil: one package per kind, each declaring its `KIND`.
 
-Nothing is imported here: a node process imports only its own kind, so the inference engine
-is loaded by workers alone.
+Importing a node package loads only its declaration (configuration and contract); a node
+process imports the implementation of its own kind alone, so the inference engine is loaded by
+workers alone. `vigil.nodes.contract` holds the words every node, the launcher and the tools
+share; `vigil.nodes.kinds` finds every kind.
 """
 
-__all__: list[str] = []
+from vigil.nodes._logging import configure_logging
+
+__all__ = ["configure_logging"]

@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-from types import ModuleType
 
 import msgspec
 import structlog
 
 from vigil.nodes._logging import configure_logging, set_identity
-from vigil.nodes._runtime import ExitCode, NodeArgs
+from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.kinds import node_kind
 
-__all__ = ["NODE_KINDS", "config_type", "configure_logging", "main", "node_module"]
-
-# Node kind -> the module that implements it (each exposes `Config` and `run`).
-NODE_KINDS: dict[str, str] = {
-    "proxy": "vigil.nodes.proxy",
-    "ingest": "vigil.nodes.ingest",
-    "worker": "vigil.nodes.worker",
-    "watchdog": "vigil.nodes.watchdog",
-    "logger": "vigil.nodes.logger",
-    "loader": "vigil.nodes.loader",
-    "metrics": "vigil.nodes.metrics",
-    "demo_source": "vigil.nodes.demo_source",
-    "demo_sink": "vigil.nodes.demo_sink",
-}
-
-
-def node_module(kind: str) -> ModuleType:
-    """The module of a node kind; KeyError names the kind when it is unknown."""
-    return importlib.import_module(NODE_KINDS[kind])
-
-
-def config_type(kind: str) -> type[msgspec.Struct]:
-    """The typed configuration of a node kind."""
-    cls: type[msgspec.Struct] = node_module(kind).Config
-    return cls
+__all__ = ["main"]
 
 
 def main(argv: list[str]) -> int:
@@ -48,8 +23,8 @@ def main(argv: list[str]) -> int:
         return ExitCode.CONFIG
     try:
         args = msgspec.json.decode(argv[0], type=NodeArgs)
-        module = node_module(args.kind)
-        config = msgspec.json.decode(argv[1], type=module.Config)
+        kind = node_kind(args.kind)
+        config = msgspec.json.decode(argv[1], type=kind.config)
     except (msgspec.ValidationError, msgspec.DecodeError, KeyError) as exc:
         log.error("node.config_invalid", error=str(exc))
         return ExitCode.CONFIG
@@ -63,10 +38,9 @@ def main(argv: list[str]) -> int:
         )
         return ExitCode.CONFIG
     try:
-        code: int = module.run(config, args)
+        return kind.run(config, args)
     except KeyboardInterrupt:
         return ExitCode.OK
     except Exception:  # the node boundary: log whatever escaped and say so in the exit code
         log.exception("node.crashed", node=args.label, kind=args.kind)
         return ExitCode.FAILURE
-    return code

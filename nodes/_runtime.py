@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import math
 import os
 import queue
@@ -14,21 +13,22 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Self
+from typing import Any, Self
 
 import msgspec
 import structlog
 import zmq
 
-from vigil.bus.curve import CurveConfig, Gate, Refusal, secure
+from vigil.bus.curve import Gate, Refusal, secure
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir, resolve_endpoint
 from vigil.bus.signals import SignalWakeup
-from vigil.nodes._contracts import ALWAYS_PUBLISHED
 from vigil.nodes._logging import current_trace, trace_fields
+from vigil.nodes.contract import NodeArgs, NodeContract
 from vigil.schemas import (
+    TOPICS,
     AuditEvent,
     AuditId,
     BusProbe,
@@ -41,41 +41,7 @@ from vigil.schemas import (
     Topic,
 )
 
-__all__ = ["ExitCode", "HeartbeatThread", "Node", "NodeArgs"]
-
-
-class ExitCode(enum.IntEnum):
-    """Why a node process ended; the launcher reads it to decide on a restart."""
-
-    OK = 0
-    FAILURE = 1
-    CONFIG = 2
-    DEPENDENCY = 3  # something the node needs never arrived (e.g. no model announced)
-    INTEGRITY = 4  # verified data failed its check (a model, a store)
-
-
-class NodeArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Identity and placement of one node process, filled in by the launcher."""
-
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    kind: str
-    instance: Annotated[int, msgspec.Meta(ge=0)] = 0
-    run_dir: str
-    heartbeat_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 200
-    launch_dir: str = "."
-    # The bus proxy's endpoints; "" means the ipc endpoints in the run directory.
-    pub_endpoint: str = ""
-    sub_endpoint: str = ""
-    # Curve keys for tcp endpoints (ipc needs none: the run directory's mode guards it).
-    curve: CurveConfig | None = None
-    # A node refuses to run as root unless the launch file says so.
-    allow_root: bool = False
-    host: str = ""
-
-    @property
-    def label(self) -> str:
-        """`name` or `name.instance` for replicas; unique within a run."""
-        return self.name if self.instance == 0 else f"{self.name}.{self.instance}"
+__all__ = ["HeartbeatThread", "Node"]
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -186,6 +152,8 @@ class Node:
         self._signals.register(self.poller)
         self.loop_ns = clock()
         self.heartbeat_detail: dict[str, str] = {}
+        # The topics its subscribers take, announced by `ready` as what the node really does.
+        self.subscribed: set[str] = set()
         self._heartbeat = HeartbeatThread(self)
         self.log = structlog.get_logger(node=args.label, kind=args.kind)
 
@@ -258,7 +226,10 @@ class Node:
     def subscriber(
         self, topics: list[str], *, prefix: bool = False, strict: bool = False
     ) -> Subscriber:
-        """A subscriber on the proxy, owned by this node and registered with its poller."""
+        """A subscriber on the proxy, owned by this node and registered with its poller.
+
+        A `prefix` subscription takes every catalogued topic that one of `topics` begins.
+        """
         sub: Subscriber = self._stack.enter_context(
             Subscriber(
                 self.ctx,
@@ -270,6 +241,10 @@ class Node:
             )
         )
         self.poller.register(sub.socket, zmq.POLLIN)
+        if prefix:
+            self.subscribed.update(t for t in TOPICS if t.startswith(tuple(topics)))
+        else:
+            self.subscribed.update(topics)
         return sub
 
     def resolve(self, path: str) -> Path:
@@ -279,19 +254,22 @@ class Node:
 
     def ready(
         self,
+        contract: NodeContract,
         *,
-        publishes: list[str],
-        subscribes: list[str],
         endpoints: dict[str, str] | None = None,
         join: bool = True,
     ) -> None:
         """Tell the launcher this node is up (its sockets bound or connected).
 
-        With `join`, first wait until the node's publications reach subscribers (see
-        `join_bus`); only the proxy itself, which carries the round trip, skips it.
+        It announces the topics its `contract` publishes, the topics its subscribers really
+        take, and the contract's endpoints as resolved here, with any `endpoints` the
+        configuration does not name (the proxy's, the metrics page). With `join`, it first
+        waits until the node's publications reach subscribers (see `join_bus`); only the
+        proxy itself, which carries the round trip, skips it.
         """
         if join:
             self.join_bus()
+        declared = {e.key: resolve_endpoint(self.run, e.name) for e in contract.endpoints if e.key}
         with self.ctx.socket(zmq.PUSH) as push:
             push.setsockopt(zmq.LINGER, 2000)
             push.connect(self.run.control)
@@ -300,9 +278,9 @@ class Node:
                 instance=self.args.instance,
                 pid=os.getpid(),
                 kind=self.args.kind,
-                publishes=sorted({*publishes, *ALWAYS_PUBLISHED}),
-                subscribes=sorted(subscribes),
-                endpoints=endpoints or {},
+                publishes=sorted(contract.publishes),
+                subscribes=sorted(self.subscribed),
+                endpoints={**declared, **(endpoints or {})},
             )
             push.send(msgspec.msgpack.encode(report))
         # Also on the bus: the logger then knows this publisher from its first message on, and

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vigil.nodes._entry import configure_logging
+from vigil.nodes import configure_logging
 from vigil.tools.bag.cli import bag
 from vigil.tools.bench_cmd import bench
 from vigil.tools.demo_cmd import demo

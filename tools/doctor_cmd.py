@@ -38,7 +38,7 @@ from vigil.models.keys import (
     load_private_key,
     load_trusted_keys,
 )
-from vigil.nodes.logger._sealer import SEALER
+from vigil.nodes.logger import SEALER
 from vigil.nodes.logger.store import StoreConfig
 
 __all__ = [

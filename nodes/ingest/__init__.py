@@ -1,5 +1,5 @@
 """The ingest node: the front door that validates, limits, dispatches and answers requests."""
 
-from vigil.nodes.ingest._node import Config, IngestConfig, run
+from vigil.nodes.ingest._contract import KIND, Config, DegradedPolicy, IngestConfig
 
-__all__ = ["Config", "IngestConfig", "run"]
+__all__ = ["KIND", "Config", "DegradedPolicy", "IngestConfig"]

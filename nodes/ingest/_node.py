@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import enum
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
 
 import msgspec
 import psutil
@@ -17,12 +15,13 @@ from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.bus.rundir import resolve_endpoint
-from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._runtime import Node
 from vigil.nodes._tracing import request_spans
+from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.ingest._contract import KIND, DegradedPolicy, IngestConfig
 from vigil.nodes.ingest._dispatch import Dispatcher, Request
-from vigil.nodes.ingest._ratelimit import RateLimitConfig, RateLimiter
+from vigil.nodes.ingest._ratelimit import RateLimiter
 from vigil.nodes.ingest._validate import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     Limits,
     Rejection,
     RequestValidator,
@@ -42,41 +41,10 @@ from vigil.schemas import (
     Topic,
     WorkerCredit,
 )
-from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["Config", "DegradedPolicy", "IngestConfig", "run"]
+__all__ = ["run"]
 
 _BURST = 64
-
-
-class DegradedPolicy(enum.StrEnum):
-    """What the ingest does with new requests while the system is not NORMAL."""
-
-    FLAG = "flag"  # serve everything, flag every result as degraded
-    SHED_LOW_PRIORITY = "shed_low_priority"  # refuse low priority with UNAVAILABLE, flag the rest
-    REJECT = "reject"  # refuse everything with UNAVAILABLE
-
-
-class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ingest's endpoints, limits and policies."""
-
-    frontend: str = "ingest"
-    backend: str = "workers"
-    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)] = DEFAULT_MAX_MESSAGE_BYTES
-    max_height: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1080
-    max_width: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1920
-    max_queue: Annotated[int, msgspec.Meta(ge=1)] = 256
-    default_deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 2000
-    max_deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 30_000
-    # A worker that holds work and says nothing for this long is presumed hung.
-    worker_silence_ms: Annotated[int, msgspec.Meta(ge=10)] = 1500
-    degraded_policy: DegradedPolicy = DegradedPolicy.SHED_LOW_PRIORITY
-    shed_below_priority: Annotated[int, msgspec.Meta(ge=0, le=8)] = 4
-    rate_limit: RateLimitConfig = RateLimitConfig()
-    publish_requests: bool = True
-
-
-Config = IngestConfig
 
 
 @dataclass(slots=True)
@@ -527,20 +495,7 @@ def run(config: IngestConfig, args: NodeArgs) -> ExitCode:
     """Serve requests until SIGTERM/SIGINT, then answer what is still open and exit."""
     with Node(args) as node:
         ingest = _Ingest(node, config)
-        node.ready(
-            publishes=[
-                Topic.INFER_REQUEST,
-                Topic.INFER_RESULT,
-                Topic.INFER_ERROR,
-                Topic.DIAGNOSTIC,
-                Topic.AUDIT,
-            ],
-            subscribes=[Topic.SAFETY_STATE, Topic.HEARTBEAT],
-            endpoints={
-                "frontend": resolve_endpoint(node.run, config.frontend),
-                "backend": resolve_endpoint(node.run, config.backend),
-            },
-        )
+        node.ready(KIND.contract(config))
         while not node.stopping:
             events = node.poll(ingest.timeout_ms())
             if events.get(ingest.state_sub.socket):

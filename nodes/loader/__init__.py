@@ -1,5 +1,5 @@
 """The model loader node: verifies signed models and drives the switch across workers."""
 
-from vigil.nodes.loader._node import Config, LoaderConfig, run
+from vigil.nodes.loader._contract import KIND, Config, LoaderConfig, PinnedModel
 
-__all__ = ["Config", "LoaderConfig", "run"]
+__all__ = ["KIND", "Config", "LoaderConfig", "PinnedModel"]

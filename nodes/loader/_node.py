@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from pathlib import Path
-from typing import Annotated
 
 import msgspec
 
@@ -20,7 +19,9 @@ from vigil.models.repository import (
 )
 from vigil.models.repository import load_active as load_active_version
 from vigil.models.signing import ModelRefused
-from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._runtime import Node
+from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.loader._contract import KIND, LoaderConfig, PinnedModel
 from vigil.nodes.loader._switch import Switch, SwitchOutcome
 from vigil.nodes.loader._watch import RepositoryWatch
 from vigil.schemas import (
@@ -35,9 +36,8 @@ from vigil.schemas import (
     Severity,
     Topic,
 )
-from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["Config", "LoaderConfig", "PinnedModel", "run"]
+__all__ = ["run"]
 
 _PACKAGE = "package:"
 _AUDIT = {
@@ -48,34 +48,6 @@ _AUDIT = {
     ModelStep.COMMITTED: AuditId.MODEL_COMMITTED,
     ModelStep.ROLLED_BACK: AuditId.MODEL_ROLLED_BACK,
 }
-
-
-class PinnedModel(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One model file with a pinned SHA-256 (for a model that ships inside a wheel)."""
-
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    # A file path, or `package:<module>/<path inside it>` for a file inside an installed wheel.
-    path: str
-    sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
-
-
-class LoaderConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where models come from: a signed repository (watched), or one pinned file."""
-
-    repository: RepositoryConfig | None = None
-    pinned: PinnedModel | None = None
-    switch_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 30_000
-    # File events come in bursts (a copy, then a rename): act once they settle.
-    settle_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
-    worker_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 1000
-
-    def __post_init__(self) -> None:
-        if (self.repository is None) == (self.pinned is None):
-            raise ValueError("configure exactly one of `repository` and `pinned`")
-
-
-Config = LoaderConfig
 
 
 class _Loader:
@@ -338,10 +310,7 @@ def run(config: LoaderConfig, args: NodeArgs) -> ExitCode:
             folder.mkdir(parents=True, exist_ok=True)
             watch = node.enter(RepositoryWatch(folder))
             node.poller.register(watch.fileno(), 1)
-        node.ready(
-            publishes=[Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND, Topic.MODEL_EVENT, Topic.AUDIT],
-            subscribes=[Topic.HEARTBEAT, Topic.MODEL_EVENT],
-        )
+        node.ready(KIND.contract(config))
         while not node.stopping:
             events = node.poll(loader.timeout_ms())
             if events.get(loader.sub.socket):

@@ -1,5 +1,6 @@
 """The logger node and the sealed store it alone owns."""
 
-from vigil.nodes.logger.node import Config, LoggerConfig, run
+from vigil.nodes.logger._contract import KIND, Config, LoggerConfig
+from vigil.nodes.logger._sealer import SEALER
 
-__all__ = ["Config", "LoggerConfig", "run"]
+__all__ = ["KIND", "SEALER", "Config", "LoggerConfig"]

@@ -11,18 +11,18 @@ import crc32c
 import msgspec
 
 from vigil.bus.pubsub import Subscriber
-from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._runtime import Node
+from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.logger._contract import KIND, LoggerConfig
 from vigil.nodes.logger.store import (
     EntryTooLarge,
     LogStore,
     Record,
     RecordRefused,
-    StoreConfig,
 )
-from vigil.schemas import AuditEvent, AuditId, Topic, schema_id
-from vigil.schemas._base import Config as NodeConfig
+from vigil.schemas import AuditEvent, AuditId, schema_id
 
-__all__ = ["REFUSED_EVENT", "Config", "LoggerConfig", "Refusal", "run"]
+__all__ = ["REFUSED_EVENT", "Refusal", "run"]
 
 _AUDIT_SCHEMA = schema_id(AuditEvent)
 # Messages taken from the socket per wake-up, sealed and stored as one burst.
@@ -48,25 +48,6 @@ class Refusal(msgspec.Struct, frozen=True, kw_only=True):
     payload: bytes = b""
 
 
-class LoggerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The store and the topics whose messages it seals."""
-
-    store: StoreConfig
-    topics: list[str] = msgspec.field(
-        default_factory=lambda: [
-            Topic.DIAGNOSTIC,
-            Topic.AUDIT,
-            Topic.SAFETY_STATE,
-            Topic.MODEL_EVENT,
-            Topic.MODEL_ACTIVE,
-            Topic.LOG,
-        ]
-    )
-
-
-Config = LoggerConfig
-
-
 # implements: SR-LOG-003, SR-ERR-002
 def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
     """Append every message of the configured topics until SIGTERM/SIGINT, then commit."""
@@ -81,7 +62,7 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
         node.log.info("logger.resumed", publisher_topics=resumed)
         stats = store.stats
         node.log.info("logger.store", sealer=stats.sealer, clock_source=stats.clock_source)
-        node.ready(publishes=[], subscribes=config.topics)
+        node.ready(KIND.contract(config))
         lost_seen = 0
         commits_seen = -1
         refused = 0

@@ -1,5 +1,5 @@
 """The watchdog node: the safety state machine over heartbeats, timeouts and a health probe."""
 
-from vigil.nodes.watchdog._node import Config, ProbeConfig, WatchdogConfig, run
+from vigil.nodes.watchdog._contract import KIND, Config, ProbeConfig, WatchdogConfig
 
-__all__ = ["Config", "ProbeConfig", "WatchdogConfig", "run"]
+__all__ = ["KIND", "Config", "ProbeConfig", "WatchdogConfig"]

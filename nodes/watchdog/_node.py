@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import msgspec
 import zmq
@@ -14,8 +13,10 @@ from vigil.bus.pubsub import Received, Subscriber
 from vigil.bus.rundir import resolve_endpoint
 from vigil.client import Client
 from vigil.errors import RequestError
-from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._runtime import Node
 from vigil.nodes._scene import render_scene
+from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.watchdog._contract import KIND, WatchdogConfig
 from vigil.nodes.watchdog._machine import MachineConfig, SafetyMachine, Transition
 from vigil.nodes.watchdog._probe import compare_outputs, next_probe_ts_us
 from vigil.schemas import (
@@ -31,49 +32,11 @@ from vigil.schemas import (
     StateChange,
     Topic,
 )
-from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["Config", "ProbeConfig", "WatchdogConfig", "run"]
+__all__ = ["run"]
 
 PROBE_STREAM = "vigil.health-probe"
 PROBE_PRIORITY = 7  # the safety class: never shed by the degraded policy
-
-
-class ProbeConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The known-answer health probe."""
-
-    endpoint: str = "ingest"
-    timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 3000
-    height: Annotated[int, msgspec.Meta(ge=32, le=1080)] = 384
-    width: Annotated[int, msgspec.Meta(ge=32, le=1920)] = 640
-    scene: Annotated[int, msgspec.Meta(ge=0)] = 0
-    # A JSON PerceptionOutput to compare against; empty means: learn it from the first
-    # probe answered while NORMAL after start-up (recorded in the log as the golden answer).
-    expected: str = ""
-    min_iou: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.7
-    score_tol: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
-    learn_interval_ms: Annotated[int, msgspec.Meta(ge=10)] = 500
-
-
-class WatchdogConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Thresholds of the safety state machine and what it watches."""
-
-    # 0: a node is overdue 2.5 of its own heartbeat periods after its last beat (one missed
-    # beat is tolerated, two are not: detection within 3 periods of the fault).
-    heartbeat_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
-    # Per-node deadlines (node label -> ms), overriding the default above.
-    deadlines_ms: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
-    watch: list[str] = []
-    timeout_limit: Annotated[int, msgspec.Meta(ge=1)] = 3
-    recovery_delay_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000
-    max_recoveries: Annotated[int, msgspec.Meta(ge=1)] = 3
-    staleness_ms: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
-    # How long a (re)started watchdog waits for the latched state before it declares its own.
-    resume_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 300
-    probe: ProbeConfig = ProbeConfig()
-
-
-Config = WatchdogConfig
 
 
 @dataclass(slots=True)
@@ -334,12 +297,7 @@ def run(config: WatchdogConfig, args: NodeArgs) -> ExitCode:
     """Run the safety state machine until SIGTERM/SIGINT."""
     with Node(args) as node:
         watchdog = _Watchdog(node, config)
-        node.ready(
-            publishes=[Topic.SAFETY_STATE, Topic.AUDIT, Topic.DIAGNOSTIC],
-            subscribes=sorted(
-                {Topic.HEARTBEAT, Topic.INFER_RESULT, Topic.INFER_ERROR, *config.staleness_ms}
-            ),
-        )
+        node.ready(KIND.contract(config))
         watchdog.resume()
         while not node.stopping:
             events = node.poll(watchdog.poll_timeout_ms())

@@ -1,7 +1,17 @@
-"""The inference worker node: dynamic batching over an onnxruntime session."""
+"""The inference worker node: dynamic batching over an onnxruntime session.
 
-from vigil.nodes.worker._engine import Device, Engine, EngineConfig
-from vigil.nodes.worker._node import Config, WorkerConfig, run
-from vigil.nodes.worker._postprocess import Task
+Importing the package loads only its declaration; the engine (`_engine.Engine`, onnxruntime)
+loads in the worker process.
+"""
 
-__all__ = ["Config", "Device", "Engine", "EngineConfig", "Task", "WorkerConfig", "run"]
+from vigil.nodes.worker._contract import (
+    FAULT_ABORT_STREAM,
+    KIND,
+    Config,
+    Device,
+    EngineConfig,
+    Task,
+    WorkerConfig,
+)
+
+__all__ = ["FAULT_ABORT_STREAM", "KIND", "Config", "Device", "EngineConfig", "Task", "WorkerConfig"]

@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from collections.abc import Sequence
-from typing import Annotated
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from vigil.nodes.worker._buffers import BufferPool
+from vigil.nodes.worker._contract import Device, EngineConfig, Task
 from vigil.nodes.worker._cuda import CudaPath, cuda_available
-from vigil.nodes.worker._postprocess import Task, classification, text_detection
+from vigil.nodes.worker._postprocess import classification, text_detection
 from vigil.schemas import PerceptionOutput
-from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["Device", "Engine", "EngineConfig"]
-
-
-class Device(enum.StrEnum):
-    """Where inference runs."""
-
-    CPU = "cpu"
-    CUDA = "cuda"
-    AUTO = "auto"  # CUDA when onnxruntime offers it, else CPU
-
-
-class EngineConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How a worker runs its model."""
-
-    task: Task = Task.TEXT_DETECTION
-    device: Device = Device.CPU
-    intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    # Detectors take any size that is a multiple of their stride; frames are zero-padded.
-    pad_to: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
+__all__ = ["Engine"]
 
 
 # cuDNN's exhaustive algorithm search runs again for every new input shape, and a dynamic

@@ -13,7 +13,8 @@ import numpy.typing as npt
 import psutil
 
 from vigil.errors import VigilError
-from vigil.nodes.worker._engine import Device, Engine, EngineConfig
+from vigil.nodes.worker._contract import Device, EngineConfig
+from vigil.nodes.worker._engine import Engine
 from vigil.schemas import DiagCode, ModelAnnouncement, ModelStep
 
 __all__ = ["ModelLoadError", "ModelManager"]

@@ -8,9 +8,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Annotated
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 import zmq
@@ -19,8 +17,9 @@ from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.bus.rundir import resolve_endpoint
-from vigil.nodes._runtime import ExitCode, Node, NodeArgs
-from vigil.nodes.worker._engine import EngineConfig
+from vigil.nodes._runtime import Node
+from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.worker._contract import FAULT_ABORT_STREAM, KIND, WorkerConfig
 from vigil.nodes.worker._models import ModelLoadError, ModelManager
 from vigil.schemas import (
     DiagCode,
@@ -37,32 +36,10 @@ from vigil.schemas import (
     Topic,
     WorkerCredit,
 )
-from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["Config", "WorkerConfig", "run"]
+__all__ = ["run"]
 
 _BURST = 64
-FAULT_ABORT_STREAM = "vigil.fault.abort"
-
-
-class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Batching, the model to serve and how to run it."""
-
-    backend: str = "workers"
-    model: Annotated[str, msgspec.Meta(max_length=64)] = ""
-    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
-    max_queue_delay_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 2000
-    # Requests the worker may hold at once; 0 means two batches (one running, one forming).
-    credit: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 0
-    engine: EngineConfig = EngineConfig()
-    warm_height: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 384
-    warm_width: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 640
-    # Fault injection for assessment (ISO 26262-4 asks for it): when on, a request on the
-    # stream `FAULT_ABORT_STREAM` makes the engine abort the process mid-batch. Off by default.
-    fault_injection: bool = False
-
-
-Config = WorkerConfig
 
 
 @dataclass(slots=True)
@@ -319,11 +296,7 @@ def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:
     """Serve batches until SIGTERM/SIGINT; what is queued is still answered before exit."""
     with Node(args) as node:
         worker = _Worker(node, config)
-        node.ready(
-            publishes=[Topic.MODEL_EVENT, Topic.DIAGNOSTIC],
-            subscribes=[Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND],
-            endpoints={"backend": resolve_endpoint(node.run, config.backend)},
-        )
+        node.ready(KIND.contract(config))
         while not node.stopping:
             events = node.poll(worker.timeout_ms())
             if events.get(worker.models.socket):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
@@ -11,14 +9,7 @@ from scipy import ndimage
 from vigil.schemas import Box, PerceptionOutput
 from vigil.schemas.infer import MAX_BOXES, MAX_X, MAX_Y
 
-__all__ = ["Task", "classification", "text_detection"]
-
-
-class Task(enum.StrEnum):
-    """What the served model's output means."""
-
-    TEXT_DETECTION = "text_detection"  # a probability map (DB detector, e.g. PP-OCR det)
-    CLASSIFICATION = "classification"  # logits over classes (e.g. ResNet-50)
+__all__ = ["classification", "text_detection"]
 
 
 def text_detection(

@@ -15,7 +15,7 @@ from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.errors import Unavailable
 from vigil.launch import Launcher
 from vigil.nodes.logger.store import read_entries, verify_store
-from vigil.nodes.worker._node import FAULT_ABORT_STREAM
+from vigil.nodes.worker import FAULT_ABORT_STREAM
 from vigil.schemas import AuditId, Heartbeat, SafetyState, Topic
 from vigil.testing.pipeline import LoadDriver
 

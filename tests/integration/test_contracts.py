@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import yaml
 
+import vigil.nodes
 from vigil.bus.rundir import RunDir, resolve_endpoint
 from vigil.launch import Launcher, load
 from vigil.launch.check import check_plan
-from vigil.nodes._contracts import CONTRACTS, contract_for
-from vigil.nodes._entry import NODE_KINDS
+from vigil.nodes.kinds import node_kind, node_kinds
+from vigil.schemas import Config
+
+NODES = Path(vigil.nodes.__file__).parent
 
 SOURCES = {
     "name": "sources",
@@ -29,7 +33,7 @@ def _assert_matches(launcher: Launcher) -> set[str]:
     for child in launcher.children:
         kind = child.plan.spec.kind
         kinds.add(kind)
-        contract = contract_for(kind, child.plan.config)
+        contract = node_kind(kind).contract(child.plan.config)
         label = child.plan.label
         assert set(child.publishes) == contract.publishes, label
         assert set(child.subscribes) == contract.subscribes, label
@@ -60,6 +64,12 @@ def test_contracts_match_the_demo_nodes(short_tmp: Path) -> None:
         assert _assert_matches(launcher) == {"proxy", "demo_sink", "demo_source"}
 
 
-def test_every_node_kind_has_a_contract() -> None:
-    """A new node kind cannot be launched without its contract being written down."""
-    assert set(CONTRACTS) == set(NODE_KINDS)
+def test_every_node_package_declares_its_kind() -> None:
+    """A new node package cannot be launched without its contract being declared."""
+    packages = {p.parent.name for p in NODES.glob("[!_]*/__init__.py")}
+    kinds = node_kinds()
+    assert set(kinds) == packages
+    for name, kind in kinds.items():
+        assert kind.name == name
+        assert issubclass(kind.config, Config) and callable(kind.contract), name
+        assert callable(importlib.import_module(kind.implementation).run), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ from click.testing import CliRunner
 
 from vigil.launch import load
 from vigil.launch.check import GraphReport, Level, check_file, check_plan
-from vigil.nodes._contracts import CONTRACTS, NodeContract
+from vigil.nodes.contract import NodeContract
+from vigil.nodes.kinds import node_kinds
 from vigil.schemas import Topic
 from vigil.tools.cli import cli
 
@@ -120,12 +122,14 @@ def test_two_ingests_on_one_address_is_an_error(tmp_path: Path) -> None:
 def test_a_type_mismatch_is_an_error(tmp_path: Path) -> None:
     """Two contracts that use one topic with different types are reported with both types."""
 
+    sink = node_kinds()["demo_sink"]
+
     def sink_reading_requests(config: Any) -> NodeContract:
-        contract = CONTRACTS["demo_sink"](config)
+        contract = sink.contract(config)
         return msgspec.structs.replace(contract, types={Topic.INFER_RESULT: "infer.request"})
 
-    contracts = {**CONTRACTS, "demo_sink": sink_reading_requests}
-    report = _check(tmp_path, _pipeline(), contracts=contracts)
+    kinds = {**node_kinds(), "demo_sink": dataclasses.replace(sink, contract=sink_reading_requests)}
+    report = _check(tmp_path, _pipeline(), kinds=kinds)
     (mismatch,) = [f for f in report.errors if f.rule == "type-mismatch"]
     assert Topic.INFER_RESULT in mismatch.message
     assert "infer.request by sink" in mismatch.message

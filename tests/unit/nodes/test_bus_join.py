@@ -11,7 +11,8 @@ import zmq
 from vigil.bus.proxy import Proxy
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
-from vigil.nodes._runtime import Node, NodeArgs
+from vigil.nodes._runtime import Node
+from vigil.nodes.contract import NodeArgs
 from vigil.schemas import LATCHED_TOPICS, ModelAnnouncement, Topic
 
 pytestmark = pytest.mark.verifies("SR-WDG-003")

@@ -8,7 +8,7 @@ import pytest
 
 from vigil.bus.envelope import Envelope
 from vigil.bus.pubsub import Received
-from vigil.nodes.metrics import BusMetrics
+from vigil.nodes.metrics._node import BusMetrics
 from vigil.schemas import (
     AuditEvent,
     AuditId,

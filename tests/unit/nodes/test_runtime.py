@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from vigil.bus.rundir import RunDir
-from vigil.nodes._runtime import Node, NodeArgs
+from vigil.nodes._runtime import Node
+from vigil.nodes.contract import NodeArgs
 
 pytestmark = pytest.mark.verifies("SR-SUP-003")
 

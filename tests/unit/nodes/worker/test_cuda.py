@@ -10,8 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from vigil.nodes._scene import render_scene
-from vigil.nodes.worker import Engine, EngineConfig, Task
+from vigil.nodes.worker import EngineConfig, Task
 from vigil.nodes.worker._cuda import cuda_available
+from vigil.nodes.worker._engine import Engine
 from vigil.testing.modelgen import tiny_classifier
 
 pytestmark = [

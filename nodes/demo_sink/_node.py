@@ -5,27 +5,19 @@ from __future__ import annotations
 import json
 import os
 
-from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._runtime import Node
+from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.demo_sink._contract import KIND, SinkConfig
 from vigil.schemas import InferResult, Topic
-from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["Config", "SinkConfig", "run"]
-
-
-class SinkConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where the sink writes what it saw."""
-
-    report: str = "sink-report.json"
-
-
-Config = SinkConfig
+__all__ = ["run"]
 
 
 def run(config: SinkConfig, args: NodeArgs) -> ExitCode:
     """Count results per stream (and any lost on the bus) until SIGTERM/SIGINT."""
     with Node(args) as node:
         sub = node.subscriber([Topic.INFER_RESULT])
-        node.ready(publishes=[], subscribes=[Topic.INFER_RESULT])
+        node.ready(KIND.contract(config))
         per_stream: dict[str, int] = {}
         boxes = 0
         while not node.stopping:

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from vigil.bus.proxy import Proxy
-from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._runtime import Node
+from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.proxy._contract import KIND, ProxyConfig
 from vigil.schemas import LATCHED_TOPICS
-from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["Config", "run"]
-
-
-class ProxyConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The proxy needs nothing but its run directory's endpoints."""
-
-
-Config = ProxyConfig
+__all__ = ["run"]
 
 
 def run(config: ProxyConfig, args: NodeArgs) -> ExitCode:
@@ -33,8 +27,7 @@ def run(config: ProxyConfig, args: NodeArgs) -> ExitCode:
         )
         proxy.register(node.poller)
         node.ready(
-            publishes=[],
-            subscribes=[],
+            KIND.contract(config),
             endpoints={"xsub": node.pub_endpoint, "xpub": node.sub_endpoint},
             join=False,  # the round trip runs through this very loop
         )

@@ -7,9 +7,7 @@ import enum
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Annotated
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 import zmq
@@ -17,30 +15,13 @@ import zmq
 from vigil.bus.rundir import resolve_endpoint
 from vigil.client import Client
 from vigil.errors import InvalidArgument, RequestError
-from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._runtime import Node
 from vigil.nodes._scene import render_scene
+from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.demo_source._contract import KIND, SourceConfig
 from vigil.schemas import InferResult
-from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["Config", "SourceConfig", "run"]
-
-
-class SourceConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Rate, streams, how often a frame is broken on purpose, and where the tally goes."""
-
-    endpoint: str = "ingest"
-    rate_hz: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 10.0
-    streams: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
-    invalid_every: Annotated[int, msgspec.Meta(ge=0)] = 8
-    deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 3000
-    height: Annotated[int, msgspec.Meta(ge=32, le=1080)] = 384
-    width: Annotated[int, msgspec.Meta(ge=32, le=1920)] = 640
-    scenes: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
-    max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 32
-    report: str = "source-report.json"
-
-
-Config = SourceConfig
+__all__ = ["run"]
 
 
 class Fault(enum.Enum):
@@ -193,7 +174,7 @@ def run(config: SourceConfig, args: NodeArgs) -> ExitCode:
     """Send frames until SIGTERM/SIGINT, then wait for every outstanding reply and report."""
     with Node(args) as node:
         source = _Source(node, config)
-        node.ready(publishes=[], subscribes=[], endpoints={"ingest": config.endpoint})
+        node.ready(KIND.contract(config))
         while not node.stopping:
             events = node.poll(source.timeout_ms())
             if events.get(source.client.socket):

@@ -17,16 +17,17 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vigil.bus.pubsub import Received, Subscriber
-from vigil.nodes._runtime import ExitCode, Node, NodeArgs
+from vigil.nodes._runtime import Node
+from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.metrics._contract import KIND, MetricsConfig
 from vigil.schemas import (
     TOPICS,
     AuditEvent,
@@ -41,9 +42,8 @@ from vigil.schemas import (
     SafetyState,
     StateChange,
 )
-from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["BusMetrics", "Config", "MetricsConfig", "run", "serve"]
+__all__ = ["BusMetrics", "run", "serve"]
 
 _BURST = 1024
 
@@ -54,18 +54,6 @@ _QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 RESULT_CODE = "OK"
-
-
-class MetricsConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where `/metrics` is served: loopback unless a scraper on another host needs it."""
-
-    bind: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] = "127.0.0.1"
-    # 0 lets the kernel choose a free port; the node reports the one it got in graph.json
-    # (endpoint `metrics`), so a test or a second launch never races for a fixed number.
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
-
-
-Config = MetricsConfig
 
 
 @dataclass(slots=True)
@@ -342,7 +330,7 @@ def run(config: MetricsConfig, args: NodeArgs) -> ExitCode:
         sub = node.subscriber([""], prefix=True)
         with metrics.live.lock:
             metrics.live.subscriber = sub
-        node.ready(publishes=[], subscribes=sorted(TOPICS), endpoints={"metrics": url})
+        node.ready(KIND.contract(config), endpoints={"metrics": url})
         while not node.stopping:
             if not node.poll().get(sub.socket):
                 continue

@@ -1,0 +1,162 @@
+"""What a node kind declares, and what the launcher and a node process agree on.
+
+A node kind is a package of `vigil.nodes` whose `__init__` exports `KIND`, a `NodeKind`: its
+typed configuration, its contract as a function of that configuration (the topics it publishes
+and subscribes, the sockets it binds or connects, the queues it bounds) and the module that
+runs it. The node's `run()` announces its contract when it is ready (`Node.ready`), and the
+graph check (`vigil.launch.check`) reads the same contract before anything starts.
+
+This module is the floor of `vigil.nodes`: it imports no node, so every node, the launcher and
+the tools can share its words.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Final, Generic, TypeVar
+
+import msgspec
+
+from vigil.bus.curve import CurveConfig
+from vigil.schemas import LATCHED_TOPICS, TOPICS, Config, Topic, schema_id
+
+__all__ = [
+    "ALWAYS_PUBLISHED",
+    "LAUNCHER_PUBLISHES",
+    "Endpoint",
+    "EndpointRole",
+    "ExitCode",
+    "NodeArgs",
+    "NodeContract",
+    "NodeKind",
+    "Queue",
+    "published",
+]
+
+# Every node beats, logs and probes its way onto the bus from its runtime.
+ALWAYS_PUBLISHED: Final = frozenset({Topic.HEARTBEAT, Topic.LOG, Topic.BUS_PROBE})
+# The launcher publishes supervision events from its own socket (restarts, permanent failures).
+LAUNCHER_PUBLISHES: Final = frozenset({Topic.DIAGNOSTIC, Topic.AUDIT})
+
+
+class ExitCode(enum.IntEnum):
+    """Why a node process ended; the launcher reads it to decide on a restart."""
+
+    OK = 0
+    FAILURE = 1
+    CONFIG = 2
+    DEPENDENCY = 3  # something the node needs never arrived (e.g. no model announced)
+    INTEGRITY = 4  # verified data failed its check (a model, a store)
+
+
+class NodeArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Identity and placement of one node process, filled in by the launcher."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    kind: str
+    instance: Annotated[int, msgspec.Meta(ge=0)] = 0
+    run_dir: str
+    heartbeat_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 200
+    launch_dir: str = "."
+    # The bus proxy's endpoints; "" means the ipc endpoints in the run directory.
+    pub_endpoint: str = ""
+    sub_endpoint: str = ""
+    # Curve keys for tcp endpoints (ipc needs none: the run directory's mode guards it).
+    curve: CurveConfig | None = None
+    # A node refuses to run as root unless the launch file says so.
+    allow_root: bool = False
+    host: str = ""
+
+    @property
+    def label(self) -> str:
+        """`name` or `name.instance` for replicas; unique within a run."""
+        return self.name if self.instance == 0 else f"{self.name}.{self.instance}"
+
+
+class EndpointRole(enum.StrEnum):
+    """What a point-to-point socket is on the request path."""
+
+    # The ingest's ROUTER that clients' DEALERs connect to.
+    INGEST_FRONTEND = "ingest-frontend"
+    # The ingest's ROUTER that workers' DEALERs connect to (credit-based dispatch).
+    WORKER_BACKEND = "worker-backend"
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One point-to-point socket of a node: bound or connected, by configured name."""
+
+    key: str
+    """The key under which `ready()` reports it (empty: not reported)."""
+    role: EndpointRole
+    bind: bool
+    name: str
+    """As configured: a bare socket name in the run directory, or a full zmq address."""
+
+
+class Queue(msgspec.Struct, frozen=True, kw_only=True):
+    """A bounded buffer on the request path and the bound the configuration gives it."""
+
+    name: str
+    bound: int
+    """Items it holds at most; 0 means unbounded."""
+    item_bytes: int = 0
+    """The largest item, when known (so the worst-case memory can be stated)."""
+
+
+def published(*topics: str) -> frozenset[str]:
+    """The topics a node publishes: `topics` and those every node's runtime publishes."""
+    return frozenset({*topics, *ALWAYS_PUBLISHED})
+
+
+class NodeContract(msgspec.Struct, frozen=True, kw_only=True):
+    """What one node of a kind publishes, subscribes, binds and connects.
+
+    `requires` lists the subscriptions the node cannot do its job without (a missing publisher
+    is an error); the others are taken when present (a missing publisher is a warning).
+    `types` overrides the catalogue's type of a topic for this node; it exists so that the
+    graph check's type rule can be exercised, and a real node never needs it.
+    """
+
+    publishes: frozenset[str]
+    subscribes: frozenset[str]
+    requires: frozenset[str] = frozenset()
+    endpoints: tuple[Endpoint, ...] = ()
+    queues: tuple[Queue, ...] = ()
+    request_path: bool = False
+    """Whether the node carries requests (a failure interrupts serving)."""
+    types: Mapping[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def latched(self) -> frozenset[str]:
+        """The topics it publishes whose last value the proxy re-sends to late joiners."""
+        return self.publishes & LATCHED_TOPICS
+
+    def topic_type(self, topic: str) -> str | None:
+        """The schema id this node reads or writes `topic` as; None when uncatalogued."""
+        if topic in self.types:
+            return self.types[topic]
+        cls = TOPICS.get(topic)
+        return schema_id(cls) if cls is not None else None
+
+
+C = TypeVar("C", bound=Config)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeKind(Generic[C]):
+    """One node kind as its package declares it: its configuration type, its contract as a
+    function of a configuration, and the module whose `run(config, args)` runs it."""
+
+    name: str
+    config: type[C]
+    contract: Callable[[C], NodeContract]
+    implementation: str
+    """Imported only to run the node: listing kinds or checking a graph loads no engine."""
+
+    def run(self, config: C, args: NodeArgs) -> int:
+        """Run one node of this kind to its end; the exit code says why it ended."""
+        code: int = importlib.import_module(self.implementation).run(config, args)
+        return code

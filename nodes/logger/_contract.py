@@ -1,0 +1,44 @@
+"""The logger's configuration and contract: the store and the topics it seals."""
+
+from __future__ import annotations
+
+import msgspec
+
+from vigil.nodes.contract import NodeContract, NodeKind, published
+from vigil.nodes.logger.store import StoreConfig
+from vigil.schemas import Topic
+from vigil.schemas._base import Config as NodeConfig
+
+__all__ = ["KIND", "Config", "LoggerConfig"]
+
+
+class LoggerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The store and the topics whose messages it seals."""
+
+    store: StoreConfig
+    topics: list[str] = msgspec.field(
+        default_factory=lambda: [
+            Topic.DIAGNOSTIC,
+            Topic.AUDIT,
+            Topic.SAFETY_STATE,
+            Topic.MODEL_EVENT,
+            Topic.MODEL_ACTIVE,
+            Topic.LOG,
+        ]
+    )
+
+
+Config = LoggerConfig
+
+
+def _contract(config: LoggerConfig) -> NodeContract:
+    # The logger seals whatever arrives; a topic nobody publishes is simply never sealed.
+    return NodeContract(publishes=published(), subscribes=frozenset(config.topics))
+
+
+KIND = NodeKind(
+    name="logger",
+    config=LoggerConfig,
+    contract=_contract,
+    implementation="vigil.nodes.logger.node",
+)

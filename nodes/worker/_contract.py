@@ -1,0 +1,89 @@
+"""The worker's configuration and contract: what it publishes, subscribes, connects and holds."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+from vigil.nodes.contract import Endpoint, EndpointRole, NodeContract, NodeKind, Queue, published
+from vigil.schemas import Topic
+from vigil.schemas._base import Config as NodeConfig
+
+__all__ = ["FAULT_ABORT_STREAM", "KIND", "Config", "Device", "EngineConfig", "Task", "WorkerConfig"]
+
+FAULT_ABORT_STREAM = "vigil.fault.abort"
+
+
+class Task(enum.StrEnum):
+    """What the served model's output means."""
+
+    TEXT_DETECTION = "text_detection"  # a probability map (DB detector, e.g. PP-OCR det)
+    CLASSIFICATION = "classification"  # logits over classes (e.g. ResNet-50)
+
+
+class Device(enum.StrEnum):
+    """Where inference runs."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    AUTO = "auto"  # CUDA when onnxruntime offers it, else CPU
+
+
+class EngineConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a worker runs its model."""
+
+    task: Task = Task.TEXT_DETECTION
+    device: Device = Device.CPU
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # Detectors take any size that is a multiple of their stride; frames are zero-padded.
+    pad_to: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
+
+
+class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Batching, the model to serve and how to run it."""
+
+    backend: str = "workers"
+    model: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+    max_queue_delay_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 2000
+    # Requests the worker may hold at once; 0 means two batches (one running, one forming).
+    credit: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 0
+    engine: EngineConfig = EngineConfig()
+    warm_height: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 384
+    warm_width: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 640
+    # Fault injection for assessment (ISO 26262-4 asks for it): when on, a request on the
+    # stream `FAULT_ABORT_STREAM` makes the engine abort the process mid-batch. Off by default.
+    fault_injection: bool = False
+
+
+Config = WorkerConfig
+
+
+def _contract(config: WorkerConfig) -> NodeContract:
+    # A worker asks for `credit` requests (2 x max_batch by default) and never holds more.
+    credit = config.credit or 2 * config.max_batch
+    return NodeContract(
+        publishes=published(Topic.MODEL_EVENT, Topic.DIAGNOSTIC),
+        subscribes=frozenset({Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND}),
+        # Without a loader no model is ever announced and the worker never serves.
+        requires=frozenset({Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND}),
+        endpoints=(
+            Endpoint(
+                key="backend", role=EndpointRole.WORKER_BACKEND, bind=False, name=config.backend
+            ),
+        ),
+        queues=(Queue(name="worker.credit", bound=credit),),
+        request_path=True,
+    )
+
+
+KIND = NodeKind(
+    name="worker",
+    config=WorkerConfig,
+    contract=_contract,
+    implementation="vigil.nodes.worker._node",
+)
