@@ -44,14 +44,18 @@ from typing import Any
 
 import numpy as np
 import structlog
-import yaml
 
 from vigil.bus.rundir import RunDir
 from vigil.client import AsyncClient
 from vigil.errors import RequestError
-from vigil.launch import Launcher, load
-from vigil.nodes.worker import Device, EngineConfig, Task
+from vigil.launch import Launcher, LaunchFile, load
+from vigil.nodes.ingest import IngestConfig
+from vigil.nodes.loader import LoaderConfig, PinnedModel
+from vigil.nodes.logger import LoggerConfig
+from vigil.nodes.logger.store import StoreConfig
+from vigil.nodes.worker import Device, EngineConfig, Task, WorkerConfig
 from vigil.nodes.worker._engine import Engine
+from vigil.testing.launchfiles import launch_file, node, write
 
 SIZE = 224
 MEAN = (0.485, 0.456, 0.406)
@@ -273,54 +277,38 @@ def http_baseline(model: Path, args: argparse.Namespace, frames: list[np.ndarray
 # -- vigil -----------------------------------------------------------------------------------
 
 
-def _launch(model: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _launch(model: Path, args: argparse.Namespace) -> LaunchFile:
     import hashlib  # noqa: PLC0415
 
-    engine: dict[str, Any] = {
-        "task": "classification",
-        "device": args.device,
-        "intra_op_threads": args.worker_threads,
-        "mean": list(MEAN),
-        "std": list(STD),
-    }
-    return {
-        "name": "servebench",
-        "heartbeat_ms": 200,
-        "allow_root": True,  # benchmarks run as whoever runs them, root in CI
-        "ready_timeout_s": 120,
-        "nodes": [
-            {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}},
-            {
-                "name": "loader",
-                "kind": "loader",
-                "config": {
-                    "pinned": {
-                        "name": "resnet50",
-                        "version": "fp16" if args.fp16 else "fp32",
-                        "path": str(model),
-                        "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-                    }
-                },
-            },
-            {
-                "name": "worker",
-                "kind": "worker",
-                "replicas": args.workers,
-                "config": {
-                    "max_batch": args.max_batch,
-                    "max_queue_delay_us": args.max_queue_delay_us,
-                    "warm_height": SIZE,
-                    "warm_width": SIZE,
-                    "engine": engine,
-                },
-            },
-            {
-                "name": "ingest",
-                "kind": "ingest",
-                "config": {"default_deadline_ms": 60_000, "publish_requests": False},
-            },
-        ],
-    }
+    engine = EngineConfig(
+        task=Task.CLASSIFICATION,
+        device=Device(args.device),
+        intra_op_threads=args.worker_threads,
+        mean=MEAN,
+        std=STD,
+    )
+    pinned = PinnedModel(
+        name="resnet50",
+        version="fp16" if args.fp16 else "fp32",
+        path=str(model),
+        sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
+    )
+    worker = WorkerConfig(
+        max_batch=args.max_batch,
+        max_queue_delay_us=args.max_queue_delay_us,
+        warm_height=SIZE,
+        warm_width=SIZE,
+        engine=engine,
+    )
+    return launch_file(
+        "servebench",
+        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
+        node("loader", LoaderConfig(pinned=pinned)),
+        node("worker", worker, replicas=args.workers),
+        node("ingest", IngestConfig(default_deadline_ms=60_000, publish_requests=False)),
+        heartbeat_ms=200,
+        ready_timeout_s=120,
+    )
 
 
 class _VigilDriver:
@@ -410,8 +398,7 @@ def vigil_pipeline(
     model: Path, args: argparse.Namespace, frames: list[np.ndarray], tmp: Path
 ) -> list[dict]:
     """vigil's pipeline, launched for real, under the same load."""
-    path = tmp / "servebench.yaml"
-    path.write_text(yaml.safe_dump(_launch(model, args)))
+    path = write(_launch(model, args), tmp)
     run = RunDir(tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()

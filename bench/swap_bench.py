@@ -17,15 +17,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 import zmq
 
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.launch import Launcher, load
-from vigil.models.repository import set_latest
+from vigil.models.repository import RepositoryConfig, set_latest
+from vigil.nodes.ingest import IngestConfig
+from vigil.nodes.loader import LoaderConfig
+from vigil.nodes.logger import LoggerConfig
+from vigil.nodes.logger.store import StoreConfig
 from vigil.schemas import InferResult, ModelEvent, ModelStep, Topic
+from vigil.testing.launchfiles import launch_file, node, write
 from vigil.testing.modelgen import classifier_workers, signed_pair
 
 FRAME = np.full((32, 32, 3), 100, dtype=np.uint8)
@@ -37,25 +41,15 @@ def _pct(values: list[float], q: float) -> float:
 
 def measure(folder: Path, switches: int, steady_s: float, in_flight: int, workers: int) -> dict:
     root, trusted, _ = signed_pair(folder)
-    launch = {
-        "name": "swapbench",
-        "heartbeat_ms": 100,
-        "allow_root": True,  # benchmarks run as whoever runs them, root in CI
-        "nodes": [
-            {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}},
-            {
-                "name": "loader",
-                "kind": "loader",
-                "config": {
-                    "repository": {"root": str(root), "model": "tiny", "trusted_keys": str(trusted)}
-                },
-            },
-            classifier_workers(workers),
-            {"name": "ingest", "kind": "ingest", "config": {"default_deadline_ms": 10000}},
-        ],
-    }
-    path = folder / "swap.yaml"
-    path.write_text(yaml.safe_dump(launch))
+    repository = RepositoryConfig(root=str(root), model="tiny", trusted_keys=str(trusted))
+    launch = launch_file(
+        "swapbench",
+        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
+        node("loader", LoaderConfig(repository=repository)),
+        classifier_workers(workers),
+        node("ingest", IngestConfig(default_deadline_ms=10000)),
+    )
+    path = write(launch, folder, "swap.yaml")
     run = RunDir(folder / "run")
     steady: list[float] = []
     during: list[float] = []

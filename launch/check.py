@@ -23,7 +23,6 @@ failure is covered by at least one safety mechanism.
 
 from __future__ import annotations
 
-import enum
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Final
 import msgspec
 
 from vigil.errors import ConfigError
+from vigil.launch.findings import Finding, Level
 from vigil.launch.model import LaunchPlan, NodeSpec, load
 from vigil.nodes.contract import (
     LAUNCHER_PUBLISHES,
@@ -44,9 +44,7 @@ from vigil.nodes.kinds import node_kinds
 from vigil.schemas import TOPICS, schema_id
 
 __all__ = [
-    "Finding",
     "GraphReport",
-    "Level",
     "PathElement",
     "QueueBound",
     "TopicLink",
@@ -57,22 +55,6 @@ __all__ = [
 
 _LAUNCHER: Final = "launcher"
 _WILDCARD_HOSTS: Final = frozenset({"*", "0.0.0.0", "::", "[::]"})
-
-
-class Level(enum.StrEnum):
-    """How serious a finding is: errors stop `vigil launch`, warnings are printed."""
-
-    ERROR = "error"
-    WARNING = "warning"
-
-
-class Finding(msgspec.Struct, frozen=True, kw_only=True):
-    """One rule broken somewhere in the plan."""
-
-    level: Level
-    rule: str
-    node: str
-    message: str
 
 
 class TopicLink(msgspec.Struct, frozen=True, kw_only=True):
@@ -203,9 +185,9 @@ def _check_topics(nodes: list[_Node], findings: list[Finding]) -> list[TopicLink
                 findings.append(
                     Finding(
                         level=Level.ERROR,
-                        rule="unknown-topic",
-                        node=n.spec.name,
-                        message=f"uses {topic}, which the topic catalogue does not know",
+                        check="unknown-topic",
+                        subject=n.spec.name,
+                        detail=f"uses {topic}, which the topic catalogue does not know",
                     )
                 )
             else:
@@ -220,9 +202,9 @@ def _check_topics(nodes: list[_Node], findings: list[Finding]) -> list[TopicLink
             findings.append(
                 Finding(
                     level=Level.ERROR if required else Level.WARNING,
-                    rule="no-publisher",
-                    node=n.spec.name,
-                    message=f"subscribes {topic}, which no other node publishes"
+                    check="no-publisher",
+                    subject=n.spec.name,
+                    detail=f"subscribes {topic}, which no other node publishes"
                     + ("" if required else " (it works without it)"),
                 )
             )
@@ -234,9 +216,9 @@ def _check_topics(nodes: list[_Node], findings: list[Finding]) -> list[TopicLink
             findings.append(
                 Finding(
                     level=Level.ERROR,
-                    rule="type-mismatch",
-                    node=", ".join(sorted({w for who in kinds.values() for w in who})),
-                    message=f"{topic} is used with different types: {said}",
+                    check="type-mismatch",
+                    subject=", ".join(sorted({w for who in kinds.values() for w in who})),
+                    detail=f"{topic} is used with different types: {said}",
                 )
             )
     return [
@@ -270,9 +252,9 @@ def _check_endpoints(nodes: list[_Node], findings: list[Finding]) -> None:
             findings.append(
                 Finding(
                     level=Level.ERROR,
-                    rule="duplicate-bind",
-                    node=n.spec.name,
-                    message=f"{n.spec.replicas} replicas would all bind {address}",
+                    check="duplicate-bind",
+                    subject=n.spec.name,
+                    detail=f"{n.spec.replicas} replicas would all bind {address}",
                 )
             )
     for address, owners in sorted(by_address.items()):
@@ -280,9 +262,9 @@ def _check_endpoints(nodes: list[_Node], findings: list[Finding]) -> None:
             findings.append(
                 Finding(
                     level=Level.ERROR,
-                    rule="duplicate-bind",
-                    node=", ".join(owners),
-                    message=f"{address} is bound by more than one node",
+                    check="duplicate-bind",
+                    subject=", ".join(owners),
+                    detail=f"{address} is bound by more than one node",
                 )
             )
     served: set[int] = set()
@@ -299,9 +281,9 @@ def _check_endpoints(nodes: list[_Node], findings: list[Finding]) -> None:
         findings.append(
             Finding(
                 level=Level.WARNING if remote else Level.ERROR,
-                rule="no-peer",
-                node=n.spec.name,
-                message=f"connects to {address}, which is not {_ROLE_TEXT[e.role]} bound in this"
+                check="no-peer",
+                subject=n.spec.name,
+                detail=f"connects to {address}, which is not {_ROLE_TEXT[e.role]} bound in this"
                 " launch" + (" (fine only if another host binds it)" if remote else ""),
             )
         )
@@ -310,9 +292,9 @@ def _check_endpoints(nodes: list[_Node], findings: list[Finding]) -> None:
             findings.append(
                 Finding(
                     level=Level.ERROR,
-                    rule="no-peer",
-                    node=n.spec.name,
-                    message=f"no worker connects to its backend {address}: every request would"
+                    check="no-peer",
+                    subject=n.spec.name,
+                    detail=f"no worker connects to its backend {address}: every request would"
                     " end UNAVAILABLE",
                 )
             )
@@ -326,9 +308,9 @@ def _check_queues(nodes: list[_Node], findings: list[Finding]) -> list[QueueBoun
                 findings.append(
                     Finding(
                         level=Level.ERROR,
-                        rule="unbounded-queue",
-                        node=n.spec.name,
-                        message=f"{q.name} has no bound: memory grows until the process dies",
+                        check="unbounded-queue",
+                        subject=n.spec.name,
+                        detail=f"{q.name} has no bound: memory grows until the process dies",
                     )
                 )
             bounds.append(
@@ -369,9 +351,9 @@ def _check_single_points(
             findings.append(
                 Finding(
                     level=Level.ERROR,
-                    rule="uncovered-single-point",
-                    node=spec.name,
-                    message="a single point of failure on the request path with no restart"
+                    check="uncovered-single-point",
+                    subject=spec.name,
+                    detail="a single point of failure on the request path with no restart"
                     " policy, no watchdog and no replica: its failure would go unhandled",
                 )
             )
@@ -393,7 +375,7 @@ def check_plan(
     _check_endpoints(nodes, findings)
     queues = _check_queues(nodes, findings)
     elements, coverage = _check_single_points(nodes, findings)
-    findings.sort(key=lambda f: (f.level is not Level.ERROR, f.rule, f.node))
+    findings.sort(key=lambda f: (f.level is not Level.ERROR, f.check, f.subject))
     return GraphReport(
         source=plan.source,
         findings=findings,
@@ -425,7 +407,7 @@ def format_report(report: GraphReport, *, brief: bool = False) -> str:
         f"graph check {report.source}: {errors} error{'s' * (errors != 1)}, "
         f"{warnings} warning{'s' * (warnings != 1)}"
     )
-    found = [f"  {f.level:<7} {f.rule:<22} {f.node}: {f.message}" for f in report.findings]
+    found = [f"  {f.level:<7} {f.check:<22} {f.subject}: {f.detail}" for f in report.findings]
     if brief:
         return "\n".join([head, *found])
     lines = [head, "", "topics:"]

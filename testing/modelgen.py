@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from vigil.launch.model import NodeSpec
 from vigil.models.keys import SigningKey
 from vigil.models.repository import (
     KnownAnswer,
@@ -18,8 +20,10 @@ from vigil.models.repository import (
     write_metadata,
 )
 from vigil.models.signing import sign_directory
+from vigil.nodes.worker import EngineConfig, Task, WorkerConfig
+from vigil.testing.launchfiles import node
 
-__all__ = ["CLASSES", "add_version", "tiny_classifier"]
+__all__ = ["CLASSES", "add_version", "classifier_workers", "signed_pair", "tiny_classifier"]
 
 CLASSES = 10
 
@@ -117,22 +121,18 @@ def signed_pair(folder: Path, model: str = "tiny") -> tuple[Path, Path, SigningK
     return root, trusted, key
 
 
-def classifier_workers(replicas: int = 2, *, threads: int = 1) -> dict[str, object]:
-    """The launch-file entry of workers serving the small classifier on 32x32 frames."""
-    return {
-        "name": "worker",
-        "kind": "worker",
-        "replicas": replicas,
-        "config": {
-            "max_batch": 4,
-            "max_queue_delay_us": 1000,
-            "warm_height": 32,
-            "warm_width": 32,
-            "engine": {
-                "task": "classification",
-                "mean": [0, 0, 0],
-                "std": [1, 1, 1],
-                "intra_op_threads": threads,
-            },
-        },
-    }
+def classifier_workers(replicas: int = 2, *, threads: int = 1, **config: Any) -> NodeSpec:
+    """The launch-file node of workers serving the small classifier on 32x32 frames; `config`
+    sets other `WorkerConfig` fields."""
+    engine = EngineConfig(
+        task=Task.CLASSIFICATION, mean=(0, 0, 0), std=(1, 1, 1), intra_op_threads=threads
+    )
+    worker = WorkerConfig(
+        max_batch=4,
+        max_queue_delay_us=1000,
+        warm_height=32,
+        warm_width=32,
+        engine=engine,
+        **config,
+    )
+    return node("worker", worker, replicas=replicas)

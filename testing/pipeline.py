@@ -12,23 +12,34 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-import yaml
 import zmq
 
 from vigil.bus.pubsub import Subscriber
 from vigil.client import Client
 from vigil.errors import DeadlineExceeded, RequestError
 from vigil.launch.supervisor import Launcher
+from vigil.models.repository import RepositoryConfig
+from vigil.nodes.ingest import IngestConfig
+from vigil.nodes.loader import LoaderConfig
+from vigil.nodes.logger import LoggerConfig
+from vigil.nodes.logger.store import StoreConfig
+from vigil.nodes.watchdog import ProbeConfig, WatchdogConfig
 from vigil.schemas import InferResult, SafetyState, StateChange, Topic
+from vigil.testing.launchfiles import launch_file, node, write
 from vigil.testing.modelgen import classifier_workers, signed_pair
 
-__all__ = ["LoadDriver", "Outcome", "classifier_launch"]
+__all__ = ["FAST_INGEST", "FAST_WATCHDOG", "LoadDriver", "Outcome", "classifier_launch"]
 
 FRAME: npt.NDArray[np.uint8] = np.full((32, 32, 3), 90, dtype=np.uint8)
+
+
+# The watchdog recovers fast and probes small frames; the ingest gives up on a silent worker soon.
+FAST_WATCHDOG: Final = WatchdogConfig(recovery_delay_ms=500, probe=ProbeConfig(height=32, width=32))
+FAST_INGEST: Final = IngestConfig(default_deadline_ms=3000, worker_silence_ms=500)
 
 
 def classifier_launch(
@@ -37,46 +48,22 @@ def classifier_launch(
     workers: int = 2,
     heartbeat_ms: int = 100,
     fault_injection: bool = True,
-    watchdog: dict[str, Any] | None = None,
-    ingest: dict[str, Any] | None = None,
+    watchdog: WatchdogConfig = FAST_WATCHDOG,
+    ingest: IngestConfig = FAST_INGEST,
 ) -> Path:
     """A launch file serving the small signed classifier with a watchdog; returns its path."""
     root, trusted, _ = signed_pair(folder)
-    worker = classifier_workers(workers)
-    worker["config"]["fault_injection"] = fault_injection  # type: ignore[index]
-    launch = {
-        "name": "faults",
-        "heartbeat_ms": heartbeat_ms,
-        "allow_root": True,  # tests and benchmarks run as whoever runs them, root in CI
-        "nodes": [
-            {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}},
-            {
-                "name": "loader",
-                "kind": "loader",
-                "config": {
-                    "repository": {"root": str(root), "model": "tiny", "trusted_keys": str(trusted)}
-                },
-            },
-            worker,
-            {
-                "name": "ingest",
-                "kind": "ingest",
-                "config": {"default_deadline_ms": 3000, "worker_silence_ms": 500, **(ingest or {})},
-            },
-            {
-                "name": "watchdog",
-                "kind": "watchdog",
-                "config": {
-                    "recovery_delay_ms": 500,
-                    "probe": {"height": 32, "width": 32},
-                    **(watchdog or {}),
-                },
-            },
-        ],
-    }
-    path = folder / "faults.yaml"
-    path.write_text(yaml.safe_dump(launch))
-    return path
+    repository = RepositoryConfig(root=str(root), model="tiny", trusted_keys=str(trusted))
+    launch = launch_file(
+        "faults",
+        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
+        node("loader", LoaderConfig(repository=repository)),
+        classifier_workers(workers, fault_injection=fault_injection),
+        node("ingest", ingest),
+        node("watchdog", watchdog),
+        heartbeat_ms=heartbeat_ms,
+    )
+    return write(launch, folder)
 
 
 @dataclass(slots=True)

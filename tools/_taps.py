@@ -23,9 +23,9 @@ from vigil.bus.envelope import Envelope
 from vigil.bus.pubsub import Received, Subscriber
 from vigil.bus.rundir import RunDir, find_run_dir
 from vigil.schemas import Message, schema_id
+from vigil.tools._options import KEY_ENV
 
 __all__ = [
-    "KEY_ENV",
     "BeatBook",
     "BusPublisher",
     "BusTap",
@@ -34,7 +34,6 @@ __all__ = [
     "TopicMeter",
     "TopicRate",
     "format_bytes",
-    "key_option",
     "open_bus",
     "open_run",
     "summarise_tensors",
@@ -55,18 +54,6 @@ def open_run(explicit: str | None) -> RunDir:
 
 
 # -- the bus and its keys ------------------------------------------------------------------
-
-KEY_ENV: Final = "VIGIL_KEY"
-
-key_option = click.option(
-    "--key",
-    envvar=KEY_ENV,
-    default=None,
-    metavar="FILE",
-    help="Client key pair (NAME.key_secret, from `vigil keys gen`, allowed by the launch "
-    f"file) for a tcp bus with CurveZMQ (default ${KEY_ENV}; not needed on ipc).",
-)
-"""The `--key` option of every tool that connects to the bus."""
 
 
 class BusTap(msgspec.Struct, frozen=True, kw_only=True):

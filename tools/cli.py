@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from vigil.nodes import configure_logging
-from vigil.tools.bag.cli import bag
+from vigil.tools.bag_cmd import bag
 from vigil.tools.bench_cmd import bench
 from vigil.tools.demo_cmd import demo
 from vigil.tools.doctor_cmd import doctor
-from vigil.tools.fsc import fsc
+from vigil.tools.fsc_cmd import fsc
 from vigil.tools.graph_cmd import graph
 from vigil.tools.keys_cmd import keys
 from vigil.tools.launch_cmd import launch

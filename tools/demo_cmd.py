@@ -19,6 +19,7 @@ from vigil.errors import ConfigError
 from vigil.launch import Launcher, LaunchError, load
 from vigil.nodes.logger.store import verify_store
 from vigil.schemas import StateChange, Topic
+from vigil.tools._options import new_run_dir_option
 from vigil.tools._rundirs import new_run_dir
 
 __all__ = ["demo", "run_demo"]
@@ -93,7 +94,7 @@ def _print(summary: dict[str, Any]) -> None:
 @click.command("demo")
 @click.option("--launch", "launch_file", default="launch/demo.yaml", show_default=True)
 @click.option("--duration", type=float, default=20.0, show_default=True)
-@click.option("--run-dir", default=None)
+@new_run_dir_option
 @click.option("--summary", "summary_path", default="run/demo-summary.json", show_default=True)
 def demo(launch_file: str, duration: float, run_dir: str | None, summary_path: str) -> None:
     """Bring the demo pipeline up on CPU, drive it, shut it down and summarise."""

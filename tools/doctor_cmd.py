@@ -1,14 +1,14 @@
 """`vigil doctor`: check that a target can run vigil, and say how to fix what is wrong.
 
-Each check gives OK, WARN (vigil runs, but with less than it could: a fallback clock, CPU only)
-or FAIL (something vigil relies on is broken or unsafe: an unreadable PHC, a world-readable
-private key, a run directory others can enter, a disk too small for the store). The exit status
-is 1 when any check fails, so the command can gate a deployment script.
+Each check gives a finding (`vigil.launch.Finding`) at level ok, warning (vigil runs, but with
+less than it could: a fallback clock, CPU only) or error (something vigil relies on is broken or
+unsafe: an unreadable PHC, a world-readable private key, a run directory others can enter, a
+disk too small for the store). The exit status is 1 when any check finds an error, so the
+command can gate a deployment script.
 """
 
 from __future__ import annotations
 
-import enum
 import glob
 import importlib
 import os
@@ -32,6 +32,7 @@ from rich.table import Table
 
 from vigil.bus.ptp import ClockConfig, ClockError, ClockLib, PtpClock
 from vigil.bus.rundir import RunGraph, find_run_dir
+from vigil.launch import Finding, Level
 from vigil.models.keys import (
     PRIVATE_SUFFIX,
     KeyFileError,
@@ -40,10 +41,9 @@ from vigil.models.keys import (
 )
 from vigil.nodes.logger import SEALER
 from vigil.nodes.logger.store import StoreConfig
+from vigil.tools._options import audited_keys_option, json_option, run_dir_option
 
 __all__ = [
-    "Finding",
-    "Status",
     "check_clock",
     "check_disk",
     "check_gpu",
@@ -69,33 +69,16 @@ _VERSION: Final = re.compile(r"(?:^|\.)(\d+)")
 _DEFAULT_STORE_BYTES: Final = StoreConfig(path="log.store").size_bytes
 
 
-class Status(enum.StrEnum):
-    """How a check came out."""
-
-    OK = "OK"
-    WARN = "WARN"
-    FAIL = "FAIL"
-
-
-class Finding(msgspec.Struct, frozen=True, kw_only=True):
-    """One checked item: what was found and, unless it is OK, how to fix it."""
-
-    check: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-
 def _ok(check: str, detail: str) -> Finding:
-    return Finding(check=check, status=Status.OK, detail=detail)
+    return Finding(level=Level.OK, check=check, detail=detail)
 
 
 def _warn(check: str, detail: str, fix: str) -> Finding:
-    return Finding(check=check, status=Status.WARN, detail=detail, fix=fix)
+    return Finding(level=Level.WARNING, check=check, detail=detail, fix=fix)
 
 
 def _fail(check: str, detail: str, fix: str) -> Finding:
-    return Finding(check=check, status=Status.FAIL, detail=detail, fix=fix)
+    return Finding(level=Level.ERROR, check=check, detail=detail, fix=fix)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -567,43 +550,33 @@ class _Report:
 
     @property
     def failed(self) -> bool:
-        return any(f.status is Status.FAIL for f in self.findings)
+        return any(f.level is Level.ERROR for f in self.findings)
 
 
-_STYLE: Final = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
+_STYLE: Final = {Level.OK: "green", Level.WARNING: "yellow", Level.ERROR: "bold red"}
 
 
 def _print_table(report: _Report, console: Console) -> None:
     table = Table(title="vigil doctor", show_lines=False)
     table.add_column("check", no_wrap=True)
-    table.add_column("status", no_wrap=True)
+    table.add_column("level", no_wrap=True)
     table.add_column("detail")
     table.add_column("fix")
     for f in report.findings:
-        table.add_row(f.check, f"[{_STYLE[f.status]}]{f.status}[/]", f.detail, f.fix)
+        table.add_row(f.check, f"[{_STYLE[f.level]}]{f.level}[/]", f.detail, f.fix)
     console.print(table)
-    counts = {s: sum(f.status is s for f in report.findings) for s in Status}
-    console.print(f"{counts[Status.OK]} ok, {counts[Status.WARN]} warn, {counts[Status.FAIL]} fail")
+    counts = {level: sum(f.level is level for f in report.findings) for level in Level}
+    console.print(", ".join(f"{counts[level]} {level}" for level in Level))
 
 
 @click.command()
-@click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Run directory (default: $VIGIL_RUN_DIR or run/current).",
-)
+@run_dir_option
 @click.option(
     "--trusted",
     type=click.Path(path_type=Path),
     help="The target's trusted public key directory (or one .pub file).",
 )
-@click.option(
-    "--key",
-    "keys",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="A private key file, or a directory of *.key files, to check (repeatable).",
-)
+@audited_keys_option
 @click.option(
     "--store",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -631,9 +604,9 @@ def _print_table(report: _Report, console: Console) -> None:
     show_default=True,
     help="auto: check the GPU stack where an NVIDIA driver is installed.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@json_option
 def doctor(  # noqa: PLR0917 - click passes every option as an argument
-    run_dir: Path | None,
+    run_dir: str | None,
     trusted: Path | None,
     keys: tuple[Path, ...],
     store: Path | None,
@@ -644,19 +617,20 @@ def doctor(  # noqa: PLR0917 - click passes every option as an argument
     as_json: bool,
 ) -> None:
     """Check this target: clocks, GPU, keys, run directory, disk, versions."""
-    if run_dir is None:
+    run_path: Path | None = Path(run_dir) if run_dir else None
+    if run_path is None:
         try:
-            run_dir = find_run_dir().path
+            run_path = find_run_dir().path
         except FileNotFoundError:
-            run_dir = None
-    store_path = store if store is not None else (run_dir or Path("run")) / "log.store"
+            run_path = None
+    store_path = store if store is not None else (run_path or Path("run")) / "log.store"
     findings = [
         *check_versions(),
         *check_ptp(glob.glob(ptp_glob), max_offset_ms=max_clock_offset_ms),
         *check_clock(),
         *check_gpu(gpu),
         *check_keys(trusted, keys),
-        *check_run_dir(run_dir),
+        *check_run_dir(run_path),
         *check_disk(store_path, store_size),
     ]
     report = _Report(findings)

@@ -9,6 +9,7 @@ import msgspec
 
 from vigil.errors import ConfigError
 from vigil.launch.check import check_file, format_report
+from vigil.tools._options import json_option
 
 __all__ = ["graph"]
 
@@ -20,7 +21,7 @@ def graph() -> None:
 
 @graph.command("check")
 @click.argument("launch_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 @click.option("--strict", is_flag=True, help="Fail on warnings too.")
 def check(launch_file: str, as_json: bool, strict: bool) -> None:
     """Check LAUNCH_FILE: topics, endpoints, queue bounds, single points of failure.

@@ -9,6 +9,7 @@ import click
 from vigil.errors import ConfigError
 from vigil.launch import Launcher, LaunchError, load
 from vigil.launch.check import check_plan, format_report
+from vigil.tools._options import new_run_dir_option
 from vigil.tools._rundirs import new_run_dir
 
 __all__ = ["launch"]
@@ -16,7 +17,7 @@ __all__ = ["launch"]
 
 @click.command("launch")
 @click.argument("launch_file", type=click.Path(dir_okay=False))
-@click.option("--run-dir", default=None, help="Run directory (default: run/<name>-<time>).")
+@new_run_dir_option
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--print", "print_plan", is_flag=True, help="Print the resolved plan and exit.")
 @click.option(

@@ -20,6 +20,7 @@ from vigil.nodes.logger.store import (
     read_entries,
     verify_store,
 )
+from vigil.tools._options import json_option
 
 __all__ = ["log"]
 
@@ -47,7 +48,7 @@ def log() -> None:
 @log.command("verify", help=_VERIFY_HELP)
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--allow-fallback-clock", is_flag=True, help="Do not count fallback-clock entries.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def verify_cmd(*, path: str, allow_fallback_clock: bool, as_json: bool) -> None:
     report = verify_store(path, allow_fallback_clock=allow_fallback_clock)
     if as_json:

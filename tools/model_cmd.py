@@ -26,7 +26,8 @@ from vigil.models.repository import (
 )
 from vigil.models.signing import ModelRefused, SigningError, sign_directory
 from vigil.schemas import Heartbeat, ModelAnnouncement, Topic
-from vigil.tools._taps import key_option, open_bus, open_run
+from vigil.tools._options import key_option, run_dir_option, signing_key_option
+from vigil.tools._taps import open_bus, open_run
 
 __all__ = ["model"]
 
@@ -74,13 +75,7 @@ def _check_metadata(directory: Path) -> None:
 
 @model.command()
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option(
-    "--key",
-    "key_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="PEM private key (from `vigil model keygen`).",
-)
+@signing_key_option
 @click.option(
     "--check-metadata/--no-check-metadata",
     default=True,
@@ -160,7 +155,7 @@ def activate(repo: Path, name: str, version: str) -> None:
 
 
 @model.command()
-@click.option("--run-dir", default=None, help="Run directory (default: run/current).")
+@run_dir_option
 @click.option("--wait", type=float, default=1.0, show_default=True, help="Seconds to listen.")
 @key_option
 def status(run_dir: str | None, wait: float, key: str | None) -> None:

@@ -14,7 +14,8 @@ import zmq
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import GraphNode, RunGraph
 from vigil.schemas import Topic
-from vigil.tools._taps import BeatBook, BusTap, key_option, open_bus, open_run
+from vigil.tools._options import json_option, key_option, run_dir_option
+from vigil.tools._taps import BeatBook, BusTap, open_bus, open_run
 
 __all__ = ["NodeRow", "ProcessSampler", "listen_for_beats", "node", "node_rows"]
 
@@ -140,9 +141,6 @@ def _detail(detail: dict[str, str]) -> str:
 _WINDOW = click.option(
     "--window", type=float, default=1.0, help="Listen this long for heartbeats (seconds)."
 )
-_RUN_DIR = click.option(
-    "--run-dir", default=None, help="Run directory (default $VIGIL_RUN_DIR, run/current)."
-)
 
 
 @click.group("node")
@@ -151,10 +149,10 @@ def node() -> None:
 
 
 @node.command("list")
-@_RUN_DIR
+@run_dir_option
 @key_option
 @_WINDOW
-@click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
+@json_option
 def list_nodes(run_dir: str | None, key: str | None, window: float, as_json: bool) -> None:
     """Every node: pid, kind, status, heartbeat age, restarts and heartbeat detail."""
     run = open_run(run_dir)
@@ -177,7 +175,7 @@ def list_nodes(run_dir: str | None, key: str | None, window: float, as_json: boo
 
 @node.command("info")
 @click.argument("name")
-@_RUN_DIR
+@run_dir_option
 @key_option
 @_WINDOW
 def info(name: str, run_dir: str | None, key: str | None, window: float) -> None:

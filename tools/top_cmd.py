@@ -22,11 +22,11 @@ from rich.text import Text
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.schemas import Topic
+from vigil.tools._options import key_option, run_dir_option
 from vigil.tools._taps import (
     BeatBook,
     TopicMeter,
     format_bytes,
-    key_option,
     open_bus,
     open_run,
 )
@@ -128,9 +128,7 @@ class TopView:
 
 
 @click.command("top")
-@click.option(
-    "--run-dir", default=None, help="Run directory (default $VIGIL_RUN_DIR, run/current)."
-)
+@run_dir_option
 @click.option("--window", type=float, default=2.0, help="Seconds of traffic the rates cover.")
 @click.option("--interval", type=float, default=1.0, help="Seconds between redraws.")
 @click.option("--once", is_flag=True, help="Print one snapshot after --window seconds and exit.")

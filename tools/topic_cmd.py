@@ -26,13 +26,13 @@ from vigil.bus.rundir import RunGraph
 from vigil.errors import VigilError
 from vigil.schemas import LATCHED_TOPICS, TOPICS, Message, Topic, schema_id
 from vigil.tools._expr import ExpressionError, Filter, compile_filter
+from vigil.tools._options import json_option, key_option, run_dir_option
 from vigil.tools._taps import (
     BusPublisher,
     SubscriptionWatch,
     TopicMeter,
     TopicRate,
     format_bytes,
-    key_option,
     open_bus,
     open_run,
     summarise_tensors,
@@ -97,10 +97,8 @@ def topic() -> None:
 
 
 @topic.command("list")
-@click.option(
-    "--run-dir", default=None, help="Run directory (default $VIGIL_RUN_DIR, run/current)."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the topics as JSON.")
+@run_dir_option
+@json_option
 def list_topics(run_dir: str | None, as_json: bool) -> None:
     """Every topic of the run, with its type and the nodes that publish/subscribe it."""
     graph = open_run(run_dir).read_graph()
@@ -191,9 +189,7 @@ def _echo_row(received: Received, fields: tuple[str, ...], full: bool) -> dict[s
 
 @topic.command("echo")
 @click.argument("name")
-@click.option(
-    "--run-dir", default=None, help="Run directory (default $VIGIL_RUN_DIR, run/current)."
-)
+@run_dir_option
 @click.option("--once", is_flag=True, help="Print one message and exit.")
 @click.option("-n", "--count", type=int, default=0, help="Exit after this many messages.")
 @click.option("--timeout", type=float, default=0.0, help="Give up after this many seconds.")
@@ -310,14 +306,11 @@ def _ms(x: float) -> str:
 
 _WINDOW = click.option("--window", type=float, default=2.0, help="Seconds per report.")
 _REPORTS = click.option("--reports", type=int, default=0, help="Exit after N reports (0: never).")
-_RUN_DIR = click.option(
-    "--run-dir", default=None, help="Run directory (default $VIGIL_RUN_DIR, run/current)."
-)
 
 
 @topic.command("hz")
 @click.argument("names", nargs=-1, required=True)
-@_RUN_DIR
+@run_dir_option
 @key_option
 @_WINDOW
 @_REPORTS
@@ -341,7 +334,7 @@ def hz(
 
 @topic.command("bw")
 @click.argument("names", nargs=-1, required=True)
-@_RUN_DIR
+@run_dir_option
 @key_option
 @_WINDOW
 @_REPORTS
@@ -364,7 +357,7 @@ def bw(
 
 @topic.command("delay")
 @click.argument("names", nargs=-1, required=True)
-@_RUN_DIR
+@run_dir_option
 @key_option
 @_WINDOW
 @_REPORTS
@@ -395,7 +388,7 @@ def _graph_subscribers(graph: RunGraph | None, name: str) -> int:
 @topic.command("pub")
 @click.argument("name")
 @click.argument("value")
-@_RUN_DIR
+@run_dir_option
 @click.option("-r", "--rate", type=float, default=1.0, help="Messages per second (0: at once).")
 @click.option("-n", "--count", type=int, default=1, help="Times to publish VALUE (0: until ^C).")
 @click.option("--wait-subscribers", type=int, default=1, help="Wait for N subscribers first.")
@@ -542,7 +535,7 @@ def schema_summary(topic_name: str) -> list[str]:
 
 @topic.command("info")
 @click.argument("name")
-@_RUN_DIR
+@run_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON Schema of the type too.")
 def info(name: str, run_dir: str | None, as_json: bool) -> None:
     """Describe topic NAME: its type, its fields and who publishes and subscribes it."""

@@ -1,5 +1,6 @@
 """The ingest node: the front door that validates, limits, dispatches and answers requests."""
 
 from vigil.nodes.ingest._contract import KIND, Config, DegradedPolicy, IngestConfig
+from vigil.nodes.ingest._ratelimit import RateLimitConfig
 
-__all__ = ["KIND", "Config", "DegradedPolicy", "IngestConfig"]
+__all__ = ["KIND", "Config", "DegradedPolicy", "IngestConfig", "RateLimitConfig"]

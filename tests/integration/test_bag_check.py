@@ -7,13 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from click.testing import CliRunner
 
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
-from vigil.launch import Launcher, load
+from vigil.launch import Launcher, LaunchFile, load
+from vigil.models.repository import RepositoryConfig
+from vigil.nodes.demo_source import SourceConfig
+from vigil.nodes.ingest import IngestConfig
+from vigil.nodes.loader import LoaderConfig
+from vigil.nodes.logger import LoggerConfig
+from vigil.nodes.logger.store import StoreConfig
 from vigil.schemas import InferResult, Topic
+from vigil.testing.launchfiles import launch_file, node, write
 from vigil.testing.modelgen import classifier_workers, signed_pair
 from vigil.tools.bag import RecordConfig, Recorder, RecordStats, bag_info
 from vigil.tools.bag.check import check_recording, run_check
@@ -23,23 +29,19 @@ FRAMES = 40
 WAIT_S = 20.0
 
 
-def _launch(root: Path, trusted: Path, version: str | None = None) -> dict[str, Any]:
-    repository: dict[str, Any] = {"root": str(root), "model": "tiny", "trusted_keys": str(trusted)}
-    if version is not None:
-        repository["version"] = version
-    return {
-        "name": "check",
-        "heartbeat_ms": 100,
-        "allow_root": True,  # the tests run as root in CI
-        "nodes": [
-            {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}},
-            {"name": "loader", "kind": "loader", "config": {"repository": repository}},
-            classifier_workers(2),
-            {"name": "ingest", "kind": "ingest", "config": {"default_deadline_ms": 10000}},
-            # The recording's requests replace the source when the pipeline is checked.
-            {"name": "source", "kind": "demo_source", "config": {"rate_hz": 1, "height": 32}},
-        ],
-    }
+def _launch(root: Path, trusted: Path, version: str | None = None) -> LaunchFile:
+    repository = RepositoryConfig(
+        root=str(root), model="tiny", trusted_keys=str(trusted), version=version
+    )
+    return launch_file(
+        "check",
+        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
+        node("loader", LoaderConfig(repository=repository)),
+        classifier_workers(2),
+        node("ingest", IngestConfig(default_deadline_ms=10000)),
+        # The recording's requests replace the source when the pipeline is checked.
+        node("source", SourceConfig(rate_hz=1, height=32)),
+    )
 
 
 def _frame(i: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
@@ -92,10 +94,8 @@ def test_bag_check_passes_unchanged_and_names_a_changed_model(short_tmp: Path) -
     """A recording checks clean against its own launch and fails, naming the outputs that
     differ, against a launch that pins the other model version."""
     root, trusted, _ = signed_pair(short_tmp)
-    same = short_tmp / "same.yaml"
-    same.write_text(yaml.safe_dump(_launch(root, trusted)))
-    pinned = short_tmp / "pinned.yaml"
-    pinned.write_text(yaml.safe_dump(_launch(root, trusted, version="2")))
+    same = write(_launch(root, trusted), short_tmp, "same.yaml")
+    pinned = write(_launch(root, trusted, version="2"), short_tmp, "pinned.yaml")
     bag = short_tmp / "drive.mcap"
     run = RunDir(short_tmp / "run")
     with Launcher(load(same, run.path), run) as launcher:

@@ -5,26 +5,23 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-import yaml
-
 import vigil.nodes
 from vigil.bus.rundir import RunDir, resolve_endpoint
 from vigil.launch import Launcher, load
 from vigil.launch.check import check_plan
+from vigil.nodes.demo_sink import SinkConfig
+from vigil.nodes.demo_source import SourceConfig
 from vigil.nodes.kinds import node_kind, node_kinds
 from vigil.schemas import Config
+from vigil.testing.launchfiles import launch_file, node, write
 
 NODES = Path(vigil.nodes.__file__).parent
 
-SOURCES = {
-    "name": "sources",
-    "heartbeat_ms": 100,
-    "allow_root": True,  # the tests run as root in CI
-    "nodes": [
-        {"name": "sink", "kind": "demo_sink"},
-        {"name": "source", "kind": "demo_source", "config": {"rate_hz": 1, "height": 32}},
-    ],
-}
+SOURCES = launch_file(
+    "sources",
+    node("sink", SinkConfig()),
+    node("source", SourceConfig(rate_hz=1, height=32)),
+)
 
 
 def _assert_matches(launcher: Launcher) -> set[str]:
@@ -56,8 +53,7 @@ def test_contracts_match_the_pipeline_nodes(launched: Launcher) -> None:
 
 def test_contracts_match_the_demo_nodes(short_tmp: Path) -> None:
     """The demo source and sink announce exactly their contract."""
-    path = short_tmp / "sources.yaml"
-    path.write_text(yaml.safe_dump(SOURCES))
+    path = write(SOURCES, short_tmp)
     run = RunDir(short_tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()

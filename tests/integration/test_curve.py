@@ -13,21 +13,22 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import yaml
 import zmq
 from click.testing import CliRunner, Result
 
-from tests.integration.conftest import pipeline_launch
+from tests.integration.conftest import INGEST, WORKER, pipeline_launch
 from vigil.bus.curve import CurveConfig, load_public
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.errors import DeadlineExceeded, Unavailable
 from vigil.launch import Launcher, load
+from vigil.launch.model import BusSpec, SecuritySpec
 from vigil.nodes._scene import render_scene
 from vigil.nodes.logger.store import read_entries
 from vigil.schemas import DiagCode, DiagnosticEvent, Heartbeat, InferResult, Severity, Topic
-from vigil.tools._taps import KEY_ENV
+from vigil.testing.launchfiles import write
+from vigil.tools._options import KEY_ENV
 from vigil.tools.cli import cli
 
 pytestmark = pytest.mark.verifies("SR-SEC-001")
@@ -75,16 +76,12 @@ def secured() -> Iterator[Secured]:
         frontend = f"tcp://127.0.0.1:{front_port}"
         backend = f"tcp://127.0.0.1:{back_port}"
         launch = pipeline_launch(
-            bus={"address": "127.0.0.1", "pub_port": pub_port, "sub_port": sub_port},
-            security={"keys_dir": "keys", "allowed": ["client"]},
+            ingest=msgspec.structs.replace(INGEST, frontend=frontend, backend=backend),
+            worker=msgspec.structs.replace(WORKER, backend=backend),
+            bus=BusSpec(address="127.0.0.1", pub_port=pub_port, sub_port=sub_port),
+            security=SecuritySpec(keys_dir="keys", allowed=["client"]),
         )
-        for node in launch["nodes"]:  # type: ignore[attr-defined]
-            if node["kind"] == "ingest":
-                node["config"].update(frontend=frontend, backend=backend)
-            if node["kind"] == "worker":
-                node["config"]["backend"] = backend
-        path = root / "secure.yaml"
-        path.write_text(yaml.safe_dump(launch))
+        path = write(launch, root, "secure.yaml")
         run = RunDir(root / "run")
         keys = root / "keys"
         with Launcher(load(path, run.path), run) as launcher:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zmq
 from click.testing import CliRunner
 
@@ -21,9 +20,14 @@ from vigil.client import Client
 from vigil.errors import RequestError
 from vigil.launch import Launcher, load
 from vigil.models.keys import generate_key_pair, load_private_key
-from vigil.models.repository import set_latest
+from vigil.models.repository import RepositoryConfig, set_latest
 from vigil.models.signing import sign_directory
+from vigil.nodes.ingest import IngestConfig
+from vigil.nodes.loader import LoaderConfig
+from vigil.nodes.logger import LoggerConfig
+from vigil.nodes.logger.store import StoreConfig
 from vigil.schemas import DiagCode, DiagnosticEvent, InferResult, ModelEvent, ModelStep, Topic
+from vigil.testing.launchfiles import launch_file, node, write
 from vigil.testing.modelgen import add_version, classifier_workers, signed_pair, tiny_classifier
 from vigil.tools.cli import cli
 
@@ -42,25 +46,15 @@ class Repo:
 def repo(short_tmp: Path) -> Iterator[Repo]:
     """Two signed versions of a small classifier served by two workers."""
     root, trusted, _ = signed_pair(short_tmp)
-    launch = {
-        "name": "swap",
-        "heartbeat_ms": 100,
-        "allow_root": True,  # the tests run as root in CI
-        "nodes": [
-            {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}},
-            {
-                "name": "loader",
-                "kind": "loader",
-                "config": {
-                    "repository": {"root": str(root), "model": "tiny", "trusted_keys": str(trusted)}
-                },
-            },
-            classifier_workers(2),
-            {"name": "ingest", "kind": "ingest", "config": {"default_deadline_ms": 10000}},
-        ],
-    }
-    path = short_tmp / "swap.yaml"
-    path.write_text(yaml.safe_dump(launch))
+    repository = RepositoryConfig(root=str(root), model="tiny", trusted_keys=str(trusted))
+    launch = launch_file(
+        "swap",
+        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
+        node("loader", LoaderConfig(repository=repository)),
+        classifier_workers(2),
+        node("ingest", IngestConfig(default_deadline_ms=10000)),
+    )
+    path = write(launch, short_tmp)
     run = RunDir(short_tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()

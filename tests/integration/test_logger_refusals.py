@@ -8,16 +8,17 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import yaml
 import zmq
 
 from vigil.bus.envelope import TraceContext
 from vigil.bus.pubsub import Publisher
 from vigil.bus.rundir import RunDir
 from vigil.launch import Launcher, load
+from vigil.nodes.logger import LoggerConfig
 from vigil.nodes.logger.node import REFUSED_EVENT
-from vigil.nodes.logger.store import read_entries, verify_store
+from vigil.nodes.logger.store import StoreConfig, read_entries, verify_store
 from vigil.schemas import DiagCode, DiagnosticEvent, Severity, Topic
+from vigil.testing.launchfiles import launch_file, node, write
 
 pytestmark = pytest.mark.verifies("SR-LOG-003", "SR-ERR-002")
 
@@ -25,14 +26,8 @@ pytestmark = pytest.mark.verifies("SR-LOG-003", "SR-ERR-002")
 @pytest.fixture
 def logger(short_tmp: Path) -> Iterator[Launcher]:
     """A launched logger (and the bus proxy) alone."""
-    launch = {
-        "name": "refusals",
-        "heartbeat_ms": 100,
-        "allow_root": True,
-        "nodes": [{"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}}],
-    }
-    path = short_tmp / "refusals.yaml"
-    path.write_text(yaml.safe_dump(launch))
+    logger = node("logger", LoggerConfig(store=StoreConfig(path="log.store")))
+    path = write(launch_file("refusals", logger), short_tmp)
     run = RunDir(short_tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()

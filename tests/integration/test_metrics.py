@@ -11,18 +11,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import pipeline_launch
+from tests.integration.conftest import INGEST, pipeline_launch
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.errors import RequestError
 from vigil.launch import Launcher, load
 from vigil.nodes._scene import render_scene
+from vigil.nodes.ingest import RateLimitConfig
+from vigil.nodes.metrics import MetricsConfig
 from vigil.schemas import DiagCode, ErrorCode, InferResult
+from vigil.testing.launchfiles import launch_file, node, write
 
 # Every family the endpoint owes from start-up (counters without their `_total`).
 FAMILIES = {
@@ -43,7 +46,7 @@ FAMILIES = {
 
 # Per tenant: a burst of 8 of which low priority may take 6 (a quarter stays reserved), and
 # one token a second after that: a quick flood of 10 is refused at least 4 times.
-RATE_LIMIT = {"rate_per_s": 1.0, "burst": 8.0, "reserved_fraction": 0.25, "high_priority": 4}
+RATE_LIMIT = RateLimitConfig(rate_per_s=1.0, burst=8.0, reserved_fraction=0.25, high_priority=4)
 
 
 @dataclass(frozen=True)
@@ -101,15 +104,11 @@ def scrape_until(
 def metered(short_tmp: Path) -> Iterator[tuple[Launcher, str]]:
     """The pipeline with a metrics node (first, so it hears every node from its start) and
     a rate-limited ingest; yields the launcher and the /metrics URL from graph.json."""
-    launch = pipeline_launch()
-    nodes: list[dict[str, object]] = launch["nodes"]  # type: ignore[assignment]
-    for node in nodes:
-        if node["kind"] == "ingest":
-            node["config"] = {**node["config"], "rate_limit": RATE_LIMIT}  # type: ignore[dict-item]
+    launch = pipeline_launch(ingest=msgspec.structs.replace(INGEST, rate_limit=RATE_LIMIT))
     # Port 0: the kernel picks a free port and the node reports it, so nothing races for one.
-    nodes.insert(0, {"name": "metrics", "kind": "metrics", "config": {"port": 0}})
-    path = short_tmp / "metrics.yaml"
-    path.write_text(yaml.safe_dump(launch))
+    metrics = node("metrics", MetricsConfig(port=0))
+    launch = msgspec.structs.replace(launch, nodes=[metrics, *launch.nodes])
+    path = write(launch, short_tmp, "metrics.yaml")
     run = RunDir(short_tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()
@@ -243,13 +242,8 @@ def test_every_metric_is_exported_from_start_and_moves_under_load(
 
 def test_metrics_node_stops_on_sigterm_and_frees_its_port(short_tmp: Path) -> None:
     """SIGTERM ends the node with exit 0 and the HTTP server's socket closed."""
-    path = short_tmp / "metrics-only.yaml"
-    launch = {
-        "name": "m",
-        "allow_root": True,
-        "nodes": [{"name": "metrics", "kind": "metrics", "config": {"port": 0}}],
-    }
-    path.write_text(yaml.safe_dump(launch))
+    launch = launch_file("m", node("metrics", MetricsConfig(port=0)), heartbeat_ms=200)
+    path = write(launch, short_tmp, "metrics-only.yaml")
     run = RunDir(short_tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 import zmq.auth
 
 from tests.integration.conftest import DETECTOR
@@ -30,8 +29,15 @@ from vigil.bus.rundir import RunDir, RunGraph
 from vigil.client import Client
 from vigil.errors import Unavailable
 from vigil.launch import Launcher, load
+from vigil.launch.model import BusSpec, SecuritySpec
 from vigil.nodes._scene import render_scene
+from vigil.nodes.ingest import IngestConfig
+from vigil.nodes.loader import LoaderConfig
+from vigil.nodes.logger import LoggerConfig
+from vigil.nodes.logger.store import StoreConfig
+from vigil.nodes.worker import EngineConfig, WorkerConfig
 from vigil.schemas import InferResult
+from vigil.testing.launchfiles import launch_file, node, write
 
 
 @dataclass(frozen=True)
@@ -93,39 +99,28 @@ def _launch_file(root: Path, hosts: Hosts) -> Path:
         zmq.auth.create_certificates(str(keys), name)
     pub, sub, front, back = _free_ports(4)
     backend = f"tcp://{hosts.a}:{back}"
-    launch = {
-        "name": "twohosts",
-        "heartbeat_ms": 100,
-        "allow_root": True,
-        "hosts": {"a": hosts.a, "b": hosts.b},
-        "bus": {"host": "a", "pub_port": pub, "sub_port": sub},
-        "security": {"keys_dir": "keys", "allowed": ["client"]},
-        "nodes": [
-            {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}},
-            {"name": "loader", "kind": "loader", "config": {"pinned": DETECTOR}},
-            {
-                "name": "ingest",
-                "kind": "ingest",
-                "config": {"frontend": f"tcp://{hosts.a}:{front}", "backend": backend},
-            },
-            {
-                "name": "remote",
-                "kind": "worker",
-                "host": "b",
-                "key": "host-b",
-                "replicas": 2,
-                "config": {
-                    "backend": backend,
-                    "warm_height": 96,
-                    "warm_width": 160,
-                    "engine": {"intra_op_threads": 1},
-                },
-            },
-        ],
-    }
-    path = root / "twohosts.yaml"
-    path.write_text(yaml.safe_dump(launch))
-    return path
+    launch = launch_file(
+        "twohosts",
+        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
+        node("loader", LoaderConfig(pinned=DETECTOR)),
+        node("ingest", IngestConfig(frontend=f"tcp://{hosts.a}:{front}", backend=backend)),
+        node(
+            "remote",
+            WorkerConfig(
+                backend=backend,
+                warm_height=96,
+                warm_width=160,
+                engine=EngineConfig(intra_op_threads=1),
+            ),
+            host="b",
+            key="host-b",
+            replicas=2,
+        ),
+        hosts={"a": hosts.a, "b": hosts.b},
+        bus=BusSpec(host="a", pub_port=pub, sub_port=sub),
+        security=SecuritySpec(keys_dir="keys", allowed=["client"]),
+    )
+    return write(launch, root)
 
 
 def test_requests_on_host_a_are_served_by_workers_on_host_b(hosts: Hosts) -> None:

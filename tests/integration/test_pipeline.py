@@ -8,7 +8,6 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-import yaml
 import zmq
 from click.testing import CliRunner
 
@@ -21,6 +20,7 @@ from vigil.launch import Launcher, load
 from vigil.nodes._scene import render_scene
 from vigil.nodes.logger.store import read_entries, verify_store
 from vigil.schemas import DiagCode, InferResult, StateChange, Topic
+from vigil.testing.launchfiles import write
 from vigil.tools.cli import cli
 
 
@@ -166,8 +166,7 @@ def test_only_workers_load_the_inference_engine(launched: Launcher) -> None:
 def test_nodes_drain_and_exit_cleanly_on_sigterm(short_tmp: Path) -> None:
     """Stopping the launch sends SIGTERM in order; every node answers what it holds, closes
     its sockets and exits 0 (the proxy last)."""
-    path = short_tmp / "stop.yaml"
-    path.write_text(yaml.safe_dump(pipeline_launch()))
+    path = write(pipeline_launch(), short_tmp, "stop.yaml")
     run = RunDir(short_tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()

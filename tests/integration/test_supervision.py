@@ -14,27 +14,29 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import yaml
 import zmq
 
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
-from vigil.launch import Launcher, LaunchError, load
-from vigil.nodes.logger.store import read_entries
+from vigil.launch import Launcher, LaunchError, RestartPolicy, load
+from vigil.launch.model import Limits, NodeSpec
+from vigil.nodes.demo_sink import SinkConfig
+from vigil.nodes.logger import LoggerConfig
+from vigil.nodes.logger.store import StoreConfig, read_entries
+from vigil.nodes.worker import WorkerConfig
 from vigil.schemas import AuditId, Heartbeat, SafetyState, StateChange, Topic
+from vigil.testing.launchfiles import launch_file, node, write
 
 pytestmark = pytest.mark.verifies("SR-SUP-001")
 
-_LOGGER = {"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}}
-_QUICK = {"max_restarts": 1, "backoff_initial_ms": 20, "backoff_max_ms": 50}
+_LOGGER = node("logger", LoggerConfig(store=StoreConfig(path="log.store")))
+_QUICK = RestartPolicy(max_restarts=1, backoff_initial_ms=20, backoff_max_ms=50)
 _TEST_USER = "vigiltest"
 
 
 @contextmanager
-def _launch(tmp: Path, nodes: list[dict[str, object]]) -> Iterator[Launcher]:
-    path = tmp / "supervised.yaml"
-    launch = {"name": "supervised", "heartbeat_ms": 100, "allow_root": True, "nodes": nodes}
-    path.write_text(yaml.safe_dump(launch))
+def _launch(tmp: Path, nodes: list[NodeSpec]) -> Iterator[Launcher]:
+    path = write(launch_file("supervised", *nodes), tmp)
     run = RunDir(tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()
@@ -63,12 +65,12 @@ def _child(launcher: Launcher, label: str) -> object:
 def test_node_over_its_address_space_limit_is_restarted_and_logged(short_tmp: Path) -> None:
     """A worker that cannot fit its address-space limit is restarted, then given up on;
     both decisions are sealed as audit events while the rest of the launch runs on."""
-    hog = {
-        "name": "hog",
-        "kind": "worker",
-        "limits": {"address_space_mb": 120, "core_dumps": False},
-        "restart": _QUICK,
-    }
+    hog = node(
+        "hog",
+        WorkerConfig(),
+        limits=Limits(address_space_mb=120, core_dumps=False),
+        restart=_QUICK,
+    )
     with _launch(short_tmp, [_LOGGER, hog]) as launcher:
         assert _child(launcher, "hog").failed  # type: ignore[attr-defined]
         assert launcher.failure is None
@@ -113,14 +115,14 @@ def test_node_runs_as_its_user_with_limits_and_no_new_privs(
     """A node with user:, limits, cpu_affinity and nice runs with exactly those, and with
     no_new_privs set; it reaches the bus through the shared run directory."""
     short_tmp.chmod(0o711)  # the run directory's parent must be traversable
-    sink = {
-        "name": "sink",
-        "kind": "demo_sink",
-        "user": _TEST_USER,
-        "limits": {"open_files": 256, "core_dumps": False},
-        "cpu_affinity": [0],
-        "nice": 5,
-    }
+    sink = node(
+        "sink",
+        SinkConfig(),
+        user=_TEST_USER,
+        limits=Limits(open_files=256, core_dumps=False),
+        cpu_affinity=[0],
+        nice=5,
+    )
     with _launch(short_tmp, [_LOGGER, sink]) as launcher:
         pid = _child(launcher, "sink").pid  # type: ignore[attr-defined]
         status = dict(
@@ -146,8 +148,8 @@ def test_root_is_refused_without_allow_root(short_tmp: Path) -> None:
     is not restarted, and the launch fails naming it."""
     if os.geteuid() != 0:
         pytest.skip("runs as root only")
-    path = short_tmp / "rooted.yaml"
-    path.write_text(yaml.safe_dump({"name": "rooted", "nodes": [_LOGGER]}))
+    rooted = launch_file("rooted", _LOGGER, heartbeat_ms=200, allow_root=False)
+    path = write(rooted, short_tmp)
     run = RunDir(short_tmp / "run")
     with Launcher(load(path, run.path), run) as launcher, pytest.raises(LaunchError) as caught:
         launcher.start()
@@ -160,7 +162,7 @@ def test_root_is_refused_without_allow_root(short_tmp: Path) -> None:
 def test_required_node_failure_brings_safe_stop(short_tmp: Path) -> None:
     """When a required node fails for good the launcher publishes SAFE_STOP (latched) with
     the cause, seals it, stops every node and reports failure."""
-    sink = {"name": "sink", "kind": "demo_sink", "required": True, "restart": {"max_restarts": 0}}
+    sink = node("sink", SinkConfig(), required=True, restart=RestartPolicy(max_restarts=0))
     with _launch(short_tmp, [_LOGGER, sink]) as launcher:
         os.kill(_child(launcher, "sink").pid, signal.SIGKILL)  # type: ignore[attr-defined]
         assert launcher.supervise(20) == 1
@@ -179,7 +181,7 @@ def test_required_node_failure_brings_safe_stop(short_tmp: Path) -> None:
 def test_killed_proxy_is_restarted_and_heartbeats_flow_again(short_tmp: Path) -> None:
     """SIGKILL the proxy: the launcher restarts it, nodes reconnect by themselves (their
     heartbeats come through the new proxy) and the restart is sealed in the log."""
-    sink = {"name": "sink", "kind": "demo_sink"}
+    sink = node("sink", SinkConfig())
     with _launch(short_tmp, [_LOGGER, sink]) as launcher:
         proxy = _child(launcher, "proxy")
         old_pid = proxy.pid  # type: ignore[attr-defined]

@@ -9,47 +9,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 import zmq
 from click.testing import CliRunner, Result
 
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.launch import Launcher, load
+from vigil.nodes.demo_sink import SinkConfig
+from vigil.nodes.demo_source import SourceConfig
+from vigil.nodes.ingest import IngestConfig
 from vigil.schemas import DiagnosticEvent, Topic
+from vigil.testing.launchfiles import launch_file, node, write
 from vigil.tools.cli import cli
 
 # No workers: the ingest admits every request (and publishes it on infer/request, image and
 # all) and then answers it with a typed error, which is all these tools need to see.
-LIGHT = {
-    "name": "taps",
-    "heartbeat_ms": 100,
-    "allow_root": True,  # the tests run as root in CI
-    "nodes": [
-        {"name": "ingest", "kind": "ingest", "config": {"default_deadline_ms": 200}},
-        {"name": "sink", "kind": "demo_sink"},
-        {
-            "name": "source",
-            "kind": "demo_source",
-            "config": {
-                "rate_hz": 40,
-                "streams": 1,
-                "invalid_every": 0,
-                "height": 32,
-                "width": 48,
-                "deadline_ms": 200,
-            },
-        },
-    ],
-}
+LIGHT = launch_file(
+    "taps",
+    node("ingest", IngestConfig(default_deadline_ms=200)),
+    node("sink", SinkConfig()),
+    node(
+        "source",
+        SourceConfig(rate_hz=40, streams=1, invalid_every=0, height=32, width=48, deadline_ms=200),
+    ),
+)
 
 
 @pytest.fixture(scope="module")
 def light() -> Iterator[Launcher]:
     """The light launch, shared by every test of this module."""
     with tempfile.TemporaryDirectory(prefix="vg-", dir="/tmp") as tmp:
-        path = Path(tmp) / "taps.yaml"
-        path.write_text(yaml.safe_dump(LIGHT))
+        path = write(LIGHT, Path(tmp))
         run = RunDir(Path(tmp) / "run")
         with Launcher(load(path, run.path), run) as launcher:
             launcher.start()

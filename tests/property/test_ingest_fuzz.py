@@ -24,7 +24,6 @@ import msgspec
 import numpy as np
 import psutil
 import pytest
-import yaml
 import zmq
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
@@ -32,8 +31,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vigil.bus.envelope import Envelope, TraceContext, new_span_id, new_trace_id
 from vigil.bus.rundir import RunDir
-from vigil.launch import Launcher, load
+from vigil.launch import Launcher, RestartPolicy, load
+from vigil.nodes.ingest import IngestConfig
+from vigil.nodes.loader import LoaderConfig, PinnedModel
+from vigil.nodes.worker import EngineConfig, Task, WorkerConfig
 from vigil.schemas import SCHEMAS, ErrorCode, ErrorReply, InferResult
+from vigil.testing.launchfiles import launch_file, node, write
 
 pytestmark = pytest.mark.verifies("SR-ING-001", "SR-ING-003")
 
@@ -85,53 +88,30 @@ def ingest_under_fuzz(short_tmp: Path) -> Iterator[tuple[Launcher, int]]:
     """
     model = short_tmp / "tiny.onnx"
     digest = _tiny_classifier(model)
-    launch = {
-        "name": "fuzz",
-        "heartbeat_ms": 100,
-        "allow_root": True,  # the tests run as root in CI
-        "nodes": [
-            {
-                "name": "worker",
-                "kind": "worker",
-                "config": {
-                    "max_batch": 8,
-                    "max_queue_delay_us": 500,
-                    "warm_height": 8,
-                    "warm_width": 8,
-                    "engine": {"task": "classification", "intra_op_threads": 1, "pad_to": 1},
-                },
-            },
-            {
-                "name": "loader",
-                "kind": "loader",
-                "config": {
-                    "pinned": {
-                        "name": "tiny",
-                        "version": "1",
-                        "path": str(model),
-                        "sha256": digest,
-                    }
-                },
-            },
-            {
-                "name": "ingest",
-                "kind": "ingest",
-                "required": True,
-                "restart": {"max_restarts": 0},
-                "config": {
-                    "max_message_bytes": MAX_MESSAGE_BYTES,
-                    "max_height": FRAME_LIMIT,
-                    "max_width": FRAME_LIMIT,
-                    "max_queue": 1024,
-                    "default_deadline_ms": 1000,
-                    "max_deadline_ms": 2000,
-                    "publish_requests": False,
-                },
-            },
-        ],
-    }
-    path = short_tmp / "fuzz.yaml"
-    path.write_text(yaml.safe_dump(launch))
+    worker = WorkerConfig(
+        max_batch=8,
+        max_queue_delay_us=500,
+        warm_height=8,
+        warm_width=8,
+        engine=EngineConfig(task=Task.CLASSIFICATION, intra_op_threads=1, pad_to=1),
+    )
+    pinned = PinnedModel(name="tiny", version="1", path=str(model), sha256=digest)
+    ingest = IngestConfig(
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        max_height=FRAME_LIMIT,
+        max_width=FRAME_LIMIT,
+        max_queue=1024,
+        default_deadline_ms=1000,
+        max_deadline_ms=2000,
+        publish_requests=False,
+    )
+    launch = launch_file(
+        "fuzz",
+        node("worker", worker),
+        node("loader", LoaderConfig(pinned=pinned)),
+        node("ingest", ingest, required=True, restart=RestartPolicy(max_restarts=0)),
+    )
+    path = write(launch, short_tmp)
     run = RunDir(short_tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()

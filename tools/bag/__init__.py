@@ -8,7 +8,6 @@ from vigil.tools.bag._mcap import (
     BagWriter,
     read_messages,
 )
-from vigil.tools.bag.cli import bag
 from vigil.tools.bag.compare import (
     DEFAULT_TOLERANCES,
     BoxTolerance,
@@ -53,7 +52,6 @@ __all__ = [
     "TopicInfo",
     "TopicReport",
     "TopicTolerance",
-    "bag",
     "bag_info",
     "compare",
     "format_info",

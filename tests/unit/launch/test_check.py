@@ -8,51 +8,51 @@ from typing import Any
 
 import msgspec
 import pytest
-import yaml
 from click.testing import CliRunner
 
-from vigil.launch import load
-from vigil.launch.check import GraphReport, Level, check_file, check_plan
+from vigil.launch import LaunchFile, Level, NodeSpec, RestartPolicy, load
+from vigil.launch.check import GraphReport, check_file, check_plan
 from vigil.nodes.contract import NodeContract
+from vigil.nodes.demo_sink import SinkConfig
+from vigil.nodes.demo_source import SourceConfig
+from vigil.nodes.ingest import IngestConfig
 from vigil.nodes.kinds import node_kinds
+from vigil.nodes.loader import LoaderConfig, PinnedModel
+from vigil.nodes.logger import LoggerConfig
+from vigil.nodes.logger.store import StoreConfig
+from vigil.nodes.watchdog import WatchdogConfig
+from vigil.nodes.worker import WorkerConfig
 from vigil.schemas import Topic
+from vigil.testing.launchfiles import launch_file, node, replace_node, write
 from vigil.tools.cli import cli
 
 DEMO = Path(__file__).resolve().parents[3] / "launch" / "demo.yaml"
+_UNRESTARTED_INGEST = node("ingest", IngestConfig(), restart=RestartPolicy(max_restarts=0))
 
 
-def _pipeline(**changes: Any) -> dict[str, Any]:
-    """A small complete pipeline; `changes` maps a node name to keys to set (None removes)."""
-    nodes: dict[str, dict[str, Any]] = {
-        "logger": {"name": "logger", "kind": "logger", "config": {"store": {"path": "l.store"}}},
-        "loader": {
-            "name": "loader",
-            "kind": "loader",
-            "config": {
-                "pinned": {"name": "m", "version": "1", "path": "m.onnx", "sha256": "0" * 64}
-            },
-        },
-        "worker": {"name": "worker", "kind": "worker", "replicas": 2},
-        "ingest": {"name": "ingest", "kind": "ingest"},
-        "watchdog": {"name": "watchdog", "kind": "watchdog"},
-        "sink": {"name": "sink", "kind": "demo_sink"},
-    }
-    for name, keys in changes.items():
-        if keys is None:
-            del nodes[name]
-        else:
-            nodes[name] = {**nodes.get(name, {"name": name}), **keys}
-    return {"name": "g", "nodes": list(nodes.values())}
+def _pipeline(**changes: NodeSpec | None) -> LaunchFile:
+    """A small complete pipeline; `changes` maps a node name to its node (None removes it)."""
+    pinned = PinnedModel(name="m", version="1", path="m.onnx", sha256="0" * 64)
+    launch = launch_file(
+        "g",
+        node("logger", LoggerConfig(store=StoreConfig(path="l.store"))),
+        node("loader", LoaderConfig(pinned=pinned)),
+        node("worker", WorkerConfig(), replicas=2),
+        node("ingest", IngestConfig()),
+        node("watchdog", WatchdogConfig()),
+        node("sink", SinkConfig()),
+    )
+    for name, spec in changes.items():
+        launch = replace_node(launch, name, spec)
+    return launch
 
 
-def _check(tmp_path: Path, launch: dict[str, Any], **kwargs: Any) -> GraphReport:
-    path = tmp_path / "launch.yaml"
-    path.write_text(yaml.safe_dump(launch))
-    return check_plan(load(path, tmp_path / "run"), **kwargs)
+def _check(tmp_path: Path, launch: LaunchFile, **kwargs: Any) -> GraphReport:
+    return check_plan(load(write(launch, tmp_path), tmp_path / "run"), **kwargs)
 
 
 def _rules(report: GraphReport, level: Level = Level.ERROR) -> set[tuple[str, str]]:
-    return {(f.rule, f.node) for f in report.findings if f.level is level}
+    return {(f.check, f.subject) for f in report.findings if f.level is level}
 
 
 def test_the_demo_launch_is_clean_and_fully_covered() -> None:
@@ -75,9 +75,7 @@ def test_a_complete_pipeline_passes(tmp_path: Path) -> None:
 
 def test_a_watched_topic_nobody_publishes_is_an_error(tmp_path: Path) -> None:
     """A watchdog watching a topic for staleness that no node publishes is reported."""
-    launch = _pipeline(
-        watchdog={"kind": "watchdog", "config": {"staleness_ms": {"cam/front": 500}}}
-    )
+    launch = _pipeline(watchdog=node("watchdog", WatchdogConfig(staleness_ms={"cam/front": 500})))
     report = _check(tmp_path, launch)
     assert ("no-publisher", "watchdog") in _rules(report)
     assert ("unknown-topic", "watchdog") in _rules(report)
@@ -108,14 +106,14 @@ def test_an_ingest_without_workers_is_an_error(tmp_path: Path) -> None:
 
 def test_a_client_pointed_at_the_wrong_socket_is_an_error(tmp_path: Path) -> None:
     """A demo source connecting to the worker backend has no ingest frontend to talk to."""
-    launch = _pipeline(source={"kind": "demo_source", "config": {"endpoint": "workers"}})
+    launch = _pipeline(source=node("source", SourceConfig(endpoint="workers")))
     report = _check(tmp_path, launch)
     assert ("no-peer", "source") in _rules(report)
 
 
 def test_two_ingests_on_one_address_is_an_error(tmp_path: Path) -> None:
     """Two nodes cannot bind one address."""
-    report = _check(tmp_path, _pipeline(ingest2={"kind": "ingest"}))
+    report = _check(tmp_path, _pipeline(ingest2=node("ingest2", IngestConfig())))
     assert any(rule == "duplicate-bind" for rule, _ in _rules(report))
 
 
@@ -130,16 +128,16 @@ def test_a_type_mismatch_is_an_error(tmp_path: Path) -> None:
 
     kinds = {**node_kinds(), "demo_sink": dataclasses.replace(sink, contract=sink_reading_requests)}
     report = _check(tmp_path, _pipeline(), kinds=kinds)
-    (mismatch,) = [f for f in report.errors if f.rule == "type-mismatch"]
-    assert Topic.INFER_RESULT in mismatch.message
-    assert "infer.request by sink" in mismatch.message
-    assert "infer.result by ingest" in mismatch.message
+    (mismatch,) = [f for f in report.errors if f.check == "type-mismatch"]
+    assert Topic.INFER_RESULT in mismatch.detail
+    assert "infer.request by sink" in mismatch.detail
+    assert "infer.result by ingest" in mismatch.detail
 
 
 def test_an_unsupervised_single_point_is_an_error(tmp_path: Path) -> None:
     """An ingest that is never restarted, with no watchdog, is an uncovered single point;
     the coverage figure drops to the covered share of request-path processes."""
-    launch = _pipeline(watchdog=None, ingest={"kind": "ingest", "restart": {"max_restarts": 0}})
+    launch = _pipeline(watchdog=None, ingest=_UNRESTARTED_INGEST)
     report = _check(tmp_path, launch)
     assert ("uncovered-single-point", "ingest") in _rules(report)
     assert report.coverage == pytest.approx(2 / 3)
@@ -147,7 +145,7 @@ def test_an_unsupervised_single_point_is_an_error(tmp_path: Path) -> None:
 
 def test_a_watchdog_covers_an_unrestarted_single_point(tmp_path: Path) -> None:
     """With a watchdog the same ingest's failure is detected: covered, no error."""
-    launch = _pipeline(ingest={"kind": "ingest", "restart": {"max_restarts": 0}})
+    launch = _pipeline(ingest=_UNRESTARTED_INGEST)
     report = _check(tmp_path, launch)
     assert report.ok and report.coverage == 1.0
     ingest = next(e for e in report.elements if e.node == "ingest")
@@ -156,7 +154,7 @@ def test_a_watchdog_covers_an_unrestarted_single_point(tmp_path: Path) -> None:
 
 def test_queues_are_bounded_and_their_worst_case_stated(tmp_path: Path) -> None:
     """Every request-path queue has a bound; the ingest's worst case in memory is given."""
-    report = _check(tmp_path, _pipeline(ingest={"kind": "ingest", "config": {"max_queue": 16}}))
+    report = _check(tmp_path, _pipeline(ingest=node("ingest", IngestConfig(max_queue=16))))
     queues = {(q.node, q.name): q for q in report.queues}
     assert queues["ingest", "ingest.max_queue"].bound == 16
     assert queues["ingest", "ingest.max_queue"].worst_bytes > 16 * 1920 * 1080 * 3
@@ -165,8 +163,7 @@ def test_queues_are_bounded_and_their_worst_case_stated(tmp_path: Path) -> None:
 
 def test_the_command_exits_non_zero_on_errors(tmp_path: Path) -> None:
     """`vigil graph check` prints the findings and exits 1 on an error, 0 when clean."""
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(_pipeline(worker=None)))
+    path = write(_pipeline(worker=None), tmp_path, "bad.yaml")
     runner = CliRunner()
     bad = runner.invoke(cli, ["graph", "check", str(path)])
     assert bad.exit_code == 1

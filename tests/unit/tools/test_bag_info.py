@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from vigil.bus.codec import Codec
 from vigil.bus.envelope import Envelope
 from vigil.schemas import Heartbeat, Topic
-from vigil.tools.bag import BagWriter, bag, bag_info, format_info
+from vigil.tools.bag import BagWriter, bag_info, format_info
+from vigil.tools.bag_cmd import bag
 
 CODEC = Codec()
 

@@ -14,12 +14,11 @@ from click.testing import CliRunner
 
 from vigil.bus.ptp import CLOCK_REALTIME, fd_to_clockid
 from vigil.bus.rundir import RunDir, RunGraph
+from vigil.launch import Finding, Level
 from vigil.models.keys import generate_key_pair
 from vigil.tools.cli import cli
 from vigil.tools.doctor_cmd import (
     TAI_UTC_S,
-    Finding,
-    Status,
     check_clock,
     check_disk,
     check_gpu,
@@ -30,8 +29,8 @@ from vigil.tools.doctor_cmd import (
 )
 
 
-def statuses(findings: list[Finding]) -> list[Status]:
-    return [f.status for f in findings]
+def statuses(findings: list[Finding]) -> list[Level]:
+    return [f.level for f in findings]
 
 
 @pytest.fixture
@@ -61,27 +60,27 @@ def test_versions_of_this_interpreter_pass() -> None:
     """The versions vigil runs with here are the versions it needs."""
     findings = check_versions()
     assert {f.check for f in findings} >= {"python", "pyzmq", "msgspec", "log sealer"}
-    assert Status.FAIL not in statuses(findings)
+    assert Level.ERROR not in statuses(findings)
 
 
 def test_an_unbuilt_sealing_loop_warns_with_the_fix() -> None:
     """The compiled sealing loop is OK; the Python fallback warns and names the build needs."""
     (built,) = [f for f in check_versions("compiled") if f.check == "log sealer"]
     (fallback,) = [f for f in check_versions("python") if f.check == "log sealer"]
-    assert built.status is Status.OK
-    assert fallback.status is Status.WARN and "libssl-dev" in fallback.fix
+    assert built.level is Level.OK
+    assert fallback.level is Level.WARNING and "libssl-dev" in fallback.fix
 
 
 def test_a_private_run_dir_with_a_live_graph_is_ok(run_dir: Path) -> None:
     """Mode 0700 and a graph.json whose launcher runs."""
-    assert statuses(check_run_dir(run_dir)) == [Status.OK, Status.OK]
+    assert statuses(check_run_dir(run_dir)) == [Level.OK, Level.OK]
 
 
 def test_a_run_dir_others_can_enter_fails_with_chmod(run_dir: Path) -> None:
     """Mode 0755 exposes the ipc sockets: FAIL, fixed by chmod 700."""
     os.chmod(run_dir, 0o755)
     finding = check_run_dir(run_dir)[0]
-    assert finding.status is Status.FAIL
+    assert finding.level is Level.ERROR
     assert "0755" in finding.detail and finding.fix == f"chmod 700 {run_dir}"
 
 
@@ -93,21 +92,21 @@ def test_missing_or_stale_graph_warns(run_dir: Path) -> None:
     graph.write_bytes(msgspec.json.encode(stale))
     assert "stale" in check_run_dir(run_dir)[1].detail
     graph.unlink()
-    assert statuses(check_run_dir(run_dir)) == [Status.OK, Status.WARN]
-    assert statuses(check_run_dir(run_dir / "absent")) == [Status.WARN]
+    assert statuses(check_run_dir(run_dir)) == [Level.OK, Level.WARNING]
+    assert statuses(check_run_dir(run_dir / "absent")) == [Level.WARNING]
 
 
 def test_a_garbled_graph_fails(run_dir: Path) -> None:
     """A graph.json that does not decode is an error, not a missing launch."""
     (run_dir / "graph.json").write_text("{not json")
-    assert check_run_dir(run_dir)[1].status is Status.FAIL
+    assert check_run_dir(run_dir)[1].level is Level.ERROR
 
 
 def test_keys_with_the_right_modes_pass(keys: tuple[Path, Path]) -> None:
     """A 0600 private key and a trusted directory only its owner may change."""
     private, trusted = keys
     findings = check_keys(trusted, [private])
-    assert statuses(findings) == [Status.OK, Status.OK]
+    assert statuses(findings) == [Level.OK, Level.OK]
     assert "1 key(s)" in findings[0].detail and "0600" in findings[1].detail
 
 
@@ -117,7 +116,7 @@ def test_a_readable_private_key_fails_with_chmod_600(keys: tuple[Path, Path], mo
     private, _ = keys
     os.chmod(private, mode)
     (finding,) = check_keys(None, [private.parent])
-    assert finding.status is Status.FAIL
+    assert finding.level is Level.ERROR
     assert f"{mode:04o}" in finding.detail and finding.fix == f"chmod 600 {private}"
 
 
@@ -125,7 +124,7 @@ def test_a_group_writable_trusted_dir_fails(keys: tuple[Path, Path]) -> None:
     """Someone else could add a key the loader trusts."""
     _, trusted = keys
     os.chmod(trusted, 0o775)
-    assert statuses(check_keys(trusted)) == [Status.OK, Status.FAIL]
+    assert statuses(check_keys(trusted)) == [Level.OK, Level.ERROR]
 
 
 def test_a_private_key_in_the_trusted_dir_warns(keys: tuple[Path, Path]) -> None:
@@ -133,13 +132,13 @@ def test_a_private_key_in_the_trusted_dir_warns(keys: tuple[Path, Path]) -> None
     private, trusted = keys
     (trusted / private.name).write_bytes(private.read_bytes())
     findings = check_keys(trusted)
-    assert statuses(findings) == [Status.OK, Status.WARN]
+    assert statuses(findings) == [Level.OK, Level.WARNING]
     assert private.name in findings[1].detail
 
 
 def test_an_empty_trusted_dir_fails(tmp_path: Path) -> None:
     """A target that trusts nobody can never load a model."""
-    assert statuses(check_keys(tmp_path)) == [Status.FAIL]
+    assert statuses(check_keys(tmp_path)) == [Level.ERROR]
 
 
 def test_a_key_that_is_not_a_key_fails(tmp_path: Path) -> None:
@@ -148,15 +147,15 @@ def test_a_key_that_is_not_a_key_fails(tmp_path: Path) -> None:
     bogus.write_text("not a key")
     os.chmod(bogus, 0o600)
     (finding,) = check_keys(None, [bogus])
-    assert finding.status is Status.FAIL and "PEM" in finding.detail
+    assert finding.level is Level.ERROR and "PEM" in finding.detail
 
 
 def test_disk_space_against_the_store_size(tmp_path: Path) -> None:
     """A store that fits is OK; one larger than any disk fails, naming the shortfall."""
     store = tmp_path / "run" / "log.store"
-    assert statuses(check_disk(store, 1024 * 1024)) == [Status.OK]
+    assert statuses(check_disk(store, 1024 * 1024)) == [Level.OK]
     (finding,) = check_disk(store, 2**62)
-    assert finding.status is Status.FAIL and "short" in finding.detail
+    assert finding.level is Level.ERROR and "short" in finding.detail
 
 
 def test_an_existing_store_needs_no_new_space(tmp_path: Path) -> None:
@@ -164,7 +163,7 @@ def test_an_existing_store_needs_no_new_space(tmp_path: Path) -> None:
     store = tmp_path / "log.store"
     with store.open("wb") as f:
         f.truncate(2**40)  # sparse: a terabyte that takes no blocks
-    assert statuses(check_disk(store, 2**40)) == [Status.OK]
+    assert statuses(check_disk(store, 2**40)) == [Level.OK]
 
 
 class FakePhc:
@@ -202,28 +201,28 @@ class FakePhc:
 def test_no_phc_warns_about_the_fallback_clock() -> None:
     """Without /dev/ptp* the logger stamps from CLOCK_TAI: a WARN, not a FAIL."""
     (finding,) = check_ptp([])
-    assert finding.status is Status.WARN and "fallback" in finding.detail
+    assert finding.level is Level.WARNING and "fallback" in finding.detail
 
 
 @pytest.mark.parametrize(
     ("offset_ns", "status", "words"),
     [
-        (TAI_UTC_S * 10**9 + 20_000, Status.OK, "keeps TAI"),
-        (-30_000, Status.WARN, "keeps UTC"),
-        (TAI_UTC_S * 10**9 + 5 * 10**6, Status.FAIL, "neither TAI nor UTC"),
+        (TAI_UTC_S * 10**9 + 20_000, Level.OK, "keeps TAI"),
+        (-30_000, Level.WARNING, "keeps UTC"),
+        (TAI_UTC_S * 10**9 + 5 * 10**6, Level.ERROR, "neither TAI nor UTC"),
     ],
 )
-def test_phc_offset_against_tai(offset_ns: int, status: Status, words: str) -> None:
+def test_phc_offset_against_tai(offset_ns: int, status: Level, words: str) -> None:
     """PHC - system is TAI - UTC within the tolerance, else the PHC is not disciplined."""
     (finding,) = check_ptp(["/dev/ptp0"], max_offset_ms=1.0, lib=FakePhc(offset_ns))
-    assert finding.status is status and words in finding.detail
+    assert finding.level is status and words in finding.detail
     assert "ioctl" in finding.detail
 
 
 def test_an_unreadable_phc_fails() -> None:
     """A PHC the node cannot open is a FAIL naming the device."""
     (finding,) = check_ptp(["/dev/ptp1"], lib=FakePhc(0, readable=False))
-    assert finding.status is Status.FAIL and "/dev/ptp1" in finding.fix
+    assert finding.level is Level.ERROR and "/dev/ptp1" in finding.fix
 
 
 def test_clock_tai_offset_and_clocksource(tmp_path: Path) -> None:
@@ -231,13 +230,13 @@ def test_clock_tai_offset_and_clocksource(tmp_path: Path) -> None:
     source = tmp_path / "current_clocksource"
     source.write_text("tsc\n")
     assert statuses(check_clock(tai_offset=lambda: TAI_UTC_S, clocksource=source)) == [
-        Status.OK,
-        Status.OK,
+        Level.OK,
+        Level.OK,
     ]
     source.write_text("jiffies\n")
     assert statuses(check_clock(tai_offset=lambda: 0, clocksource=source)) == [
-        Status.WARN,
-        Status.WARN,
+        Level.WARNING,
+        Level.WARNING,
     ]
 
 
@@ -253,7 +252,7 @@ def test_a_cpu_target_needs_no_gpu_stack() -> None:
         which=lambda _: None,
         cupy_version=_no_cupy,
     )
-    assert statuses(findings) == [Status.OK, Status.OK, Status.OK]
+    assert statuses(findings) == [Level.OK, Level.OK, Level.OK]
 
 
 def test_a_driver_without_cuda_provider_warns_and_require_fails() -> None:
@@ -264,8 +263,8 @@ def test_a_driver_without_cuda_provider_warns_and_require_fails() -> None:
         "smi_query": lambda _: "NVIDIA H100, 580.1, 81559 MiB",
         "cupy_version": _no_cupy,
     }
-    assert statuses(check_gpu("auto", **probes)) == [Status.OK, Status.WARN, Status.WARN]  # type: ignore[arg-type]
-    assert statuses(check_gpu("require", **probes)) == [Status.OK, Status.FAIL, Status.FAIL]  # type: ignore[arg-type]
+    assert statuses(check_gpu("auto", **probes)) == [Level.OK, Level.WARNING, Level.WARNING]  # type: ignore[arg-type]
+    assert statuses(check_gpu("require", **probes)) == [Level.OK, Level.ERROR, Level.ERROR]  # type: ignore[arg-type]
     assert check_gpu("skip") == []
 
 
@@ -278,7 +277,7 @@ def test_a_full_gpu_stack_passes() -> None:
         smi_query=lambda _: "NVIDIA H100",
         cupy_version=lambda: "13.6.0",
     )
-    assert statuses(findings) == [Status.OK, Status.OK, Status.OK]
+    assert statuses(findings) == [Level.OK, Level.OK, Level.OK]
 
 
 def test_cli_json_exits_1_on_a_fail_and_names_the_fix(
@@ -301,7 +300,7 @@ def test_cli_json_exits_1_on_a_fail_and_names_the_fix(
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
     assert report["ok"] is False
-    failed = [f for f in report["findings"] if f["status"] == "FAIL"]
+    failed = [f for f in report["findings"] if f["level"] == "error"]
     assert [f["fix"] for f in failed] == [f"chmod 600 {private}"]
     checks = {f["check"] for f in report["findings"]}
     assert {"python", "ptp", "clock tai", f"run dir {run_dir}", "graph.json"} <= checks
@@ -321,4 +320,4 @@ def test_cli_table_exits_0_without_fails(run_dir: Path, keys: tuple[Path, Path])
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "vigil doctor" in result.output and "onnxruntime" in result.output
-    assert " 0 fail" in result.output
+    assert " 0 error" in result.output

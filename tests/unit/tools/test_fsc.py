@@ -15,12 +15,12 @@ from vigil.tools.fsc import (
     FscExit,
     format_csv,
     format_markdown,
-    fsc,
     load_requirements,
     scan_implementations,
     scan_verifications,
     trace,
 )
+from vigil.tools.fsc_cmd import fsc
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 

@@ -20,7 +20,8 @@ from rich.text import Text
 from vigil.bus.curve import CurveConfig, applies
 from vigil.bus.rundir import RunDir, find_run_dir
 from vigil.errors import VigilError
-from vigil.tools._taps import key_option, open_bus, tap_curve
+from vigil.tools._options import json_option, key_option, run_dir_option
+from vigil.tools._taps import open_bus, tap_curve
 from vigil.tools.bag.check import CheckConfig, run_check
 from vigil.tools.bag.compare import format_report
 from vigil.tools.bag.info import bag_info, format_info
@@ -122,7 +123,7 @@ class _LiveLine:
 @click.option("-e", "--regex", "include", multiple=True, help="Record topics matching REGEX.")
 @click.option("-x", "--exclude", multiple=True, help="Skip topics matching REGEX.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Bag file (.mcap).")
-@click.option("--run-dir", help="Run directory (default $VIGIL_RUN_DIR or ./run/current).")
+@run_dir_option
 @click.option("--endpoint", help="Subscribe here instead of the run's proxy.")
 @key_option
 @click.option("-b", "--max-bag-size", type=int, default=0, help="Split at BYTES (0: never).")
@@ -213,7 +214,7 @@ def record(  # noqa: PLR0917 - click passes every option as an argument
 
 @bag.command("info")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option
 def info(paths: tuple[str, ...], as_json: bool) -> None:
     """Summarise bags: topics, message counts, times, compression and metadata."""
     try:
@@ -238,7 +239,7 @@ def info(paths: tuple[str, ...], as_json: bool) -> None:
 @click.option("--remap", multiple=True, help="Publish OLD topic as NEW (OLD:=NEW).")
 @click.option("--wait-for-subscribers", is_flag=True, help="Start once every topic has one.")
 @click.option("--wait-timeout", type=float, default=10.0, help="Give up waiting after SECONDS.")
-@click.option("--run-dir", help="Run directory (default $VIGIL_RUN_DIR or ./run/current).")
+@run_dir_option
 @click.option("--endpoint", help="Publish to this proxy input instead of the run's.")
 @click.option("--bind", "bind_endpoint", help="Bind ENDPOINT and publish there (no proxy).")
 @key_option
@@ -341,7 +342,7 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
 @click.option("--in-flight", type=int, default=8, help="Requests outstanding at once.")
 @click.option("--deadline", type=float, default=10.0, help="Deadline of each request (s).")
 @click.option("--pace", type=float, default=0.0, help="1: recorded schedule; 0: flat out.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def check(  # noqa: PLR0917 - click passes every option as an argument
     paths: tuple[str, ...],
     launch_file: str,

@@ -1,0 +1,72 @@
+"""The options the `vigil` commands share, each defined once: the run, the keys, JSON output.
+
+`--key` always names a key file; what it is for depends on the command, so each meaning is one
+option here: the client key of a tool on a Curve-secured bus, the key `model sign` signs with,
+and the private keys `doctor` audits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import click
+
+__all__ = [
+    "KEY_ENV",
+    "audited_keys_option",
+    "json_option",
+    "key_option",
+    "new_run_dir_option",
+    "run_dir_option",
+    "signing_key_option",
+]
+
+KEY_ENV: Final = "VIGIL_KEY"
+
+run_dir_option = click.option(
+    "--run-dir",
+    default=None,
+    metavar="DIR",
+    help="Run directory (default: $VIGIL_RUN_DIR or run/current).",
+)
+"""The `--run-dir` of every command that works on a run that exists."""
+
+new_run_dir_option = click.option(
+    "--run-dir",
+    default=None,
+    metavar="DIR",
+    help="Run directory to create (default: run/<name>-<time>, linked as run/current).",
+)
+"""The `--run-dir` of the commands that start a run."""
+
+key_option = click.option(
+    "--key",
+    envvar=KEY_ENV,
+    default=None,
+    metavar="FILE",
+    help="Client key pair (NAME.key_secret, from `vigil keys gen`, allowed by the launch "
+    f"file) for a tcp bus with CurveZMQ (default ${KEY_ENV}; not needed on ipc).",
+)
+"""The `--key` of every tool that connects to the bus."""
+
+signing_key_option = click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM private key (from `vigil model keygen`).",
+)
+"""The `--key` that signs a model."""
+
+audited_keys_option = click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A private key file, or a directory of *.key files, to check (repeatable).",
+)
+"""The `--key` of the files `vigil doctor` checks."""
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+"""The `--json` of every command whose output a program may read."""

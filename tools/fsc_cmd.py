@@ -1,0 +1,74 @@
+"""`vigil fsc`: the safety traceability matrix on the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vigil.errors import ConfigError
+from vigil.tools.fsc import FscExit, format_csv, format_markdown, load_requirements, trace
+
+__all__ = ["fsc"]
+
+
+@click.command("fsc")
+@click.option(
+    "--requirements",
+    "requirements_path",
+    type=click.Path(dir_okay=False),
+    default="docs/safety-requirements.yaml",
+    show_default=True,
+    help="The safety requirement file.",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, exists=True),
+    default=".",
+    show_default=True,
+    help="Repository root; paths in the matrix are relative to it.",
+)
+@click.option("--code", multiple=True, help="Where implementations live (default: the root).")
+@click.option("--tests", multiple=True, help="Where tests live (default: ROOT/tests).")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the matrix here.")
+@click.pass_context
+def fsc(  # noqa: PLR0917 - click passes every option as an argument
+    ctx: click.Context,
+    requirements_path: str,
+    root: str,
+    code: tuple[str, ...],
+    tests: tuple[str, ...],
+    fmt: str,
+    output: str | None,
+) -> None:
+    """Print the safety traceability matrix; exit 1 when a requirement lacks code or a test."""
+    base = Path(root)
+    requirements_file = Path(requirements_path)
+    if not requirements_file.is_absolute() and not requirements_file.exists():
+        requirements_file = base / requirements_file
+    try:
+        requirements = load_requirements(requirements_file)
+        matrix = trace(
+            requirements,
+            base=base,
+            code=[base / c for c in code] or [base],
+            tests=[base / t for t in tests] or [base / "tests"],
+        )
+    except ConfigError as exc:
+        click.echo(f"fsc: {exc}", err=True)
+        ctx.exit(FscExit.CONFIG)
+    text = format_markdown(matrix) if fmt == "md" else format_csv(matrix)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)
+    if not matrix.complete:
+        gaps = [r.requirement.id for r in matrix.rows if not r.complete]
+        click.echo(
+            f"fsc: {len(gaps)} requirement(s) not traced both ways"
+            + (f": {', '.join(gaps)}" if gaps else "")
+            + (f"; unknown ids: {', '.join(matrix.unknown)}" if matrix.unknown else ""),
+            err=True,
+        )
+        ctx.exit(FscExit.GAPS)
