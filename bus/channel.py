@@ -13,6 +13,7 @@ import zmq
 
 from vigil.bus.codec import Codec
 from vigil.bus.envelope import Envelope, TraceContext
+from vigil.errors import VigilError
 from vigil.schemas import Message, schema_id
 
 __all__ = [
@@ -47,7 +48,7 @@ class Incoming:
     buffers: list[zmq.Frame]
 
 
-class FrameFault(Exception):
+class FrameFault(VigilError):
     """Frames that do not decode; carries what the rejection needs (never raised past a node)."""
 
     def __init__(self, identity: list[bytes], seq: int, what: str, field: str, rule: str) -> None:

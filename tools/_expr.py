@@ -33,7 +33,7 @@ class ExpressionError(VigilError):
         self.reason = reason
 
 
-class MissingField(LookupError):
+class MissingField(VigilError, LookupError):
     """The message has no such field or index (the filter is then false for it)."""
 
 

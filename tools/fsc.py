@@ -46,7 +46,7 @@ __all__ = [
 REQUIREMENT_ID = r"SR-[A-Z0-9]+-[0-9]{3}"
 _ID = re.compile(REQUIREMENT_ID)
 _IMPLEMENTS = re.compile(r"^#+\s*implements:\s*(?P<ids>.+)$", re.IGNORECASE)
-# Never searched for traces: tool caches, environments and the typecheck link back to the root.
+# Never searched for traces: tool caches, build output and environments.
 _SKIP_DIRS = frozenset({"__pycache__", "build", "dist", "node_modules", "run"})
 
 Asil = Literal["QM", "A", "B", "C", "D"]
