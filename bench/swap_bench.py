@@ -23,14 +23,12 @@ from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.launch import Launcher, load
-from vigil.models.repository import RepositoryConfig, set_latest
+from vigil.models.repository import set_latest
 from vigil.nodes.ingest import IngestConfig
-from vigil.nodes.loader import LoaderConfig
-from vigil.nodes.logger import LoggerConfig
-from vigil.nodes.logger.store import StoreConfig
 from vigil.schemas import InferResult, ModelEvent, ModelStep, Topic
 from vigil.testing.launchfiles import launch_file, node, write
-from vigil.testing.modelgen import classifier_workers, signed_pair
+from vigil.testing.modelgen import signed_pair
+from vigil.testing.pipeline import classifier_serving
 
 FRAME = np.full((32, 32, 3), 100, dtype=np.uint8)
 
@@ -41,12 +39,9 @@ def _pct(values: list[float], q: float) -> float:
 
 def measure(folder: Path, switches: int, steady_s: float, in_flight: int, workers: int) -> dict:
     root, trusted, _ = signed_pair(folder)
-    repository = RepositoryConfig(root=str(root), model="tiny", trusted_keys=str(trusted))
     launch = launch_file(
         "swapbench",
-        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
-        node("loader", LoaderConfig(repository=repository)),
-        classifier_workers(workers),
+        *classifier_serving(root, trusted, workers=workers),
         node("ingest", IngestConfig(default_deadline_ms=10000)),
     )
     path = write(launch, folder, "swap.yaml")

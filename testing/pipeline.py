@@ -21,6 +21,7 @@ import zmq
 from vigil.bus.pubsub import Subscriber
 from vigil.client import Client
 from vigil.errors import DeadlineExceeded, RequestError
+from vigil.launch.model import NodeSpec
 from vigil.launch.supervisor import Launcher
 from vigil.models.repository import RepositoryConfig
 from vigil.nodes.ingest import IngestConfig
@@ -32,7 +33,14 @@ from vigil.schemas import InferResult, SafetyState, StateChange, Topic
 from vigil.testing.launchfiles import launch_file, node, write
 from vigil.testing.modelgen import classifier_workers, signed_pair
 
-__all__ = ["FAST_INGEST", "FAST_WATCHDOG", "LoadDriver", "Outcome", "classifier_launch"]
+__all__ = [
+    "FAST_INGEST",
+    "FAST_WATCHDOG",
+    "LoadDriver",
+    "Outcome",
+    "classifier_launch",
+    "classifier_serving",
+]
 
 FRAME: npt.NDArray[np.uint8] = np.full((32, 32, 3), 90, dtype=np.uint8)
 
@@ -40,6 +48,26 @@ FRAME: npt.NDArray[np.uint8] = np.full((32, 32, 3), 90, dtype=np.uint8)
 # The watchdog recovers fast and probes small frames; the ingest gives up on a silent worker soon.
 FAST_WATCHDOG: Final = WatchdogConfig(recovery_delay_ms=500, probe=ProbeConfig(height=32, width=32))
 FAST_INGEST: Final = IngestConfig(default_deadline_ms=3000, worker_silence_ms=500)
+
+
+def classifier_serving(
+    root: Path,
+    trusted: Path,
+    *,
+    workers: int = 2,
+    version: str | None = None,
+    fault_injection: bool = False,
+) -> tuple[NodeSpec, ...]:
+    """The logger, a loader of the repository's `tiny` classifier (`version`, else its
+    latest) trusting the keys in `trusted`, and `workers` workers serving it."""
+    repository = RepositoryConfig(
+        root=str(root), model="tiny", trusted_keys=str(trusted), version=version
+    )
+    return (
+        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
+        node("loader", LoaderConfig(repository=repository)),
+        classifier_workers(workers, fault_injection=fault_injection),
+    )
 
 
 def classifier_launch(
@@ -53,12 +81,9 @@ def classifier_launch(
 ) -> Path:
     """A launch file serving the small signed classifier with a watchdog; returns its path."""
     root, trusted, _ = signed_pair(folder)
-    repository = RepositoryConfig(root=str(root), model="tiny", trusted_keys=str(trusted))
     launch = launch_file(
         "faults",
-        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
-        node("loader", LoaderConfig(repository=repository)),
-        classifier_workers(workers, fault_injection=fault_injection),
+        *classifier_serving(root, trusted, workers=workers, fault_injection=fault_injection),
         node("ingest", ingest),
         node("watchdog", watchdog),
         heartbeat_ms=heartbeat_ms,

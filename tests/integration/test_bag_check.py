@@ -12,15 +12,12 @@ from click.testing import CliRunner
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.launch import Launcher, LaunchFile, load
-from vigil.models.repository import RepositoryConfig
 from vigil.nodes.demo_source import SourceConfig
 from vigil.nodes.ingest import IngestConfig
-from vigil.nodes.loader import LoaderConfig
-from vigil.nodes.logger import LoggerConfig
-from vigil.nodes.logger.store import StoreConfig
 from vigil.schemas import InferResult, Topic
 from vigil.testing.launchfiles import launch_file, node, write
-from vigil.testing.modelgen import classifier_workers, signed_pair
+from vigil.testing.modelgen import signed_pair
+from vigil.testing.pipeline import classifier_serving
 from vigil.tools.bag import RecordConfig, Recorder, RecordStats, bag_info
 from vigil.tools.bag.check import check_recording, run_check
 from vigil.tools.cli import cli
@@ -30,14 +27,9 @@ WAIT_S = 20.0
 
 
 def _launch(root: Path, trusted: Path, version: str | None = None) -> LaunchFile:
-    repository = RepositoryConfig(
-        root=str(root), model="tiny", trusted_keys=str(trusted), version=version
-    )
     return launch_file(
         "check",
-        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
-        node("loader", LoaderConfig(repository=repository)),
-        classifier_workers(2),
+        *classifier_serving(root, trusted, version=version),
         node("ingest", IngestConfig(default_deadline_ms=10000)),
         # The recording's requests replace the source when the pipeline is checked.
         node("source", SourceConfig(rate_hz=1, height=32)),

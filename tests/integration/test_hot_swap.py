@@ -20,15 +20,13 @@ from vigil.client import Client
 from vigil.errors import RequestError
 from vigil.launch import Launcher, load
 from vigil.models.keys import generate_key_pair, load_private_key
-from vigil.models.repository import RepositoryConfig, set_latest
+from vigil.models.repository import set_latest
 from vigil.models.signing import sign_directory
 from vigil.nodes.ingest import IngestConfig
-from vigil.nodes.loader import LoaderConfig
-from vigil.nodes.logger import LoggerConfig
-from vigil.nodes.logger.store import StoreConfig
 from vigil.schemas import DiagCode, DiagnosticEvent, InferResult, ModelEvent, ModelStep, Topic
 from vigil.testing.launchfiles import launch_file, node, write
-from vigil.testing.modelgen import add_version, classifier_workers, signed_pair, tiny_classifier
+from vigil.testing.modelgen import add_version, signed_pair, tiny_classifier
+from vigil.testing.pipeline import classifier_serving
 from vigil.tools.cli import cli
 
 FRAME = np.full((32, 32, 3), 128, dtype=np.uint8)
@@ -46,12 +44,9 @@ class Repo:
 def repo(short_tmp: Path) -> Iterator[Repo]:
     """Two signed versions of a small classifier served by two workers."""
     root, trusted, _ = signed_pair(short_tmp)
-    repository = RepositoryConfig(root=str(root), model="tiny", trusted_keys=str(trusted))
     launch = launch_file(
         "swap",
-        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
-        node("loader", LoaderConfig(repository=repository)),
-        classifier_workers(2),
+        *classifier_serving(root, trusted),
         node("ingest", IngestConfig(default_deadline_ms=10000)),
     )
     path = write(launch, short_tmp)
