@@ -386,9 +386,10 @@ def check_plan(
     )
 
 
-def check_file(path: str | Path) -> GraphReport:
-    """Load a launch file (ConfigError names what is wrong) and check its graph."""
-    return check_plan(load(path, Path("run") / "graph-check"))
+def check_file(path: str | Path, arguments: Mapping[str, str] | None = None) -> GraphReport:
+    """Load a launch file with its `arguments` (ConfigError names what is wrong) and check its
+    graph."""
+    return check_plan(load(path, Path("run") / "graph-check", arguments=arguments))
 
 
 def _size(n: int) -> str:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-import yaml
 
 from vigil.bus.channel import validation_path
 from vigil.bus.curve import CurveConfig
 from vigil.errors import ConfigError
+from vigil.launch._arguments import ArgName, Argument, Scalar
+from vigil.launch._include import Expanded, declared_arguments, read_launch
 from vigil.nodes.contract import NodeArgs
 from vigil.nodes.kinds import node_kinds
 from vigil.schemas import Config
 
 __all__ = [
+    "Argument",
     "BusSpec",
     "LaunchFile",
     "LaunchPlan",
@@ -25,6 +28,7 @@ __all__ = [
     "PlannedProcess",
     "RestartPolicy",
     "SecuritySpec",
+    "describe_arguments",
     "load",
 ]
 
@@ -90,7 +94,10 @@ class NodeSpec(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
     required: bool = False
     heartbeat_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] | None = None
     restart: RestartPolicy = RestartPolicy()
+    # The stop ladder (as ROS 2 launch's): SIGINT, then SIGTERM after `stop_grace_ms`, then
+    # SIGKILL after `kill_grace_ms` more.
     stop_grace_ms: Annotated[int, msgspec.Meta(ge=0)] = 5000
+    kill_grace_ms: Annotated[int, msgspec.Meta(ge=0)] = 5000
     config: dict[str, Any] = {}
     host: NodeName | None = None
     user: UserName | None = None
@@ -100,12 +107,17 @@ class NodeSpec(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ) = None
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] | None = None
     key: KeyName | None = None
+    # The software-instance id of the first process (replicas take the next ones), written
+    # into binary audit records; by default 100 times the node's place in the file.
+    instance_id: Annotated[int, msgspec.Meta(ge=2, le=(1 << 32) - 65)] | None = None
 
 
 class LaunchFile(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A whole launch file."""
 
     name: NodeName
+    # Declared arguments: `vigil launch FILE name:=value`, used as `$(arg name)`.
+    arguments: dict[ArgName, Argument] = {}
     heartbeat_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 200
     ready_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     # Nodes refuse to run as root unless this says otherwise (give them a `user:` instead).
@@ -140,6 +152,7 @@ class LaunchPlan(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     launch: LaunchFile
     processes: list[PlannedProcess]
+    arguments: dict[str, Scalar] = {}
     host: str = ""
     proxy: PlannedProcess | None = None
     pub: str = ""
@@ -151,18 +164,45 @@ class LaunchPlan(msgspec.Struct, frozen=True, kw_only=True):
         where = f" on host {self.host}" if self.host else ""
         bus = f"; bus {self.pub} / {self.sub}" if self.pub else ""
         lines = [f"launch {self.launch.name} from {self.source}{where}{bus}"]
+        if self.arguments:
+            given = " ".join(f"{k}:={_spelt(v)}" for k, v in self.arguments.items())
+            lines.append(f"  arguments: {given}")
         for p in self.processes:
             flags = " required" if p.spec.required else ""
             if p.spec.host:
                 flags += f" host={p.spec.host}"
             if p.spec.user:
                 flags += f" user={p.spec.user}"
+            flags += f" id={p.args.instance_id}"
             cfg = msgspec.json.encode(p.config).decode()
             lines.append(f"  {p.label:<16} {p.spec.kind:<12}{flags} {cfg}")
         return "\n".join(lines)
 
 
+def describe_arguments(path: str | Path) -> str:
+    """The arguments a launch file declares, as text for `vigil launch FILE --show-args`."""
+    declared = declared_arguments(path)
+    if not declared:
+        return f"{path} declares no arguments"
+    lines = [f"arguments of {path} (give them as NAME:=VALUE):"]
+    for name, argument in declared.items():
+        default = "required" if argument.default is None else f"default {_spelt(argument.default)}"
+        lines.append(f"  {name:<16} {argument.type:<6} {default}")
+        if argument.choices is not None:
+            lines.append(f"      one of: {', '.join(_spelt(c) for c in argument.choices)}")
+        if argument.description:
+            lines.append(f"      {argument.description}")
+    return "\n".join(lines)
+
+
 _INDEX = re.compile(r"^\$")
+_NODE_PATH = re.compile(r"^\$\.nodes\[(?P<index>\d+)\](?P<rest>.*)$")
+
+
+def _spelt(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _fail(source: str, exc: msgspec.ValidationError, prefix: str = "$") -> ConfigError:
@@ -170,49 +210,69 @@ def _fail(source: str, exc: msgspec.ValidationError, prefix: str = "$") -> Confi
     return ConfigError(source, _INDEX.sub(prefix, path) if path else prefix, rule)
 
 
-def load(path: str | Path, run_dir: str | Path, *, host: str | None = None) -> LaunchPlan:
+def _decode(source: str, expanded: Expanded) -> LaunchFile:
+    """The typed launch file; an error inside a node names the file it was written in."""
+    try:
+        return msgspec.convert(expanded.tree, type=LaunchFile)
+    except msgspec.ValidationError as exc:
+        path, rule = validation_path(exc)
+        node = _NODE_PATH.match(path)
+        if node is not None and int(node["index"]) < len(expanded.origins):
+            origin = expanded.origins[int(node["index"])]
+            raise ConfigError(origin.source, origin.path + node["rest"], rule) from exc
+        raise ConfigError(source, path or "$", rule) from exc
+
+
+def load(
+    path: str | Path,
+    run_dir: str | Path,
+    *,
+    host: str | None = None,
+    arguments: Mapping[str, Scalar] | None = None,
+) -> LaunchPlan:
     """Read, validate and resolve a launch file into a plan; ConfigError names what is wrong.
 
-    With `host`, the plan holds only the nodes placed on that host (and the proxy when the
-    bus lives there); without it, every node of the file.
+    `arguments` are the values of its declared arguments (`name:=value` on the command line,
+    as text or typed). With `host`, the plan holds only the nodes placed on that host (and
+    the proxy when the bus lives there); without it, every node of the file.
     """
     source = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, "", f"invalid YAML: {exc}") from exc
-    try:
-        launch = msgspec.convert(raw, type=LaunchFile)
-    except msgspec.ValidationError as exc:
-        raise _fail(source, exc) from exc
+    expanded = read_launch(path, arguments or {})
+    launch = _decode(source, expanded)
     launch_dir = Path(path).resolve().parent
     bus_host, pub, sub = _bus(source, launch, host)
     keys = _Keys(source, launch, launch_dir)
     seen: set[str] = set()
+    ids: dict[int, str] = {PROXY_INSTANCE_ID: "proxy"}
     processes: list[PlannedProcess] = []
     kinds = node_kinds()
-    for index, spec in enumerate(launch.nodes):
-        where = f"$.nodes[{index}]"
+    for index, (spec, origin) in enumerate(zip(launch.nodes, expanded.origins, strict=True)):
+        written, where = origin.source, origin.path
+        first_id = spec.instance_id or 100 * (index + 1)
+        for taken in range(first_id, first_id + spec.replicas):
+            if taken in ids:
+                raise ConfigError(
+                    written, f"{where}.instance_id", f"instance id {taken} is {ids[taken]}'s"
+                )
+            ids[taken] = spec.name
         if spec.name in seen:
-            raise ConfigError(source, f"{where}.name", f"duplicate node name {spec.name!r}")
+            raise ConfigError(written, f"{where}.name", f"duplicate node name {spec.name!r}")
         seen.add(spec.name)
         if spec.kind not in kinds or spec.kind == "proxy":
             known = ", ".join(sorted(k for k in kinds if k != "proxy"))
             raise ConfigError(
-                source, f"{where}.kind", f"unknown node kind; expected one of {known}"
+                written, f"{where}.kind", f"unknown node kind; expected one of {known}"
             )
         try:
             config = msgspec.convert(spec.config, type=kinds[spec.kind].config)
         except msgspec.ValidationError as exc:
-            raise _fail(source, exc, f"{where}.config") from exc
+            raise _fail(written, exc, f"{where}.config") from exc
         placed = spec.host or bus_host
         if spec.host is not None and spec.host not in launch.hosts:
-            raise ConfigError(source, f"{where}.host", f"unknown host {spec.host!r}")
+            raise ConfigError(written, f"{where}.host", f"unknown host {spec.host!r}")
         if launch.security is None and _uses_tcp(msgspec.to_builtins(config)):
             raise ConfigError(
-                source, f"{where}.config", "tcp endpoints need a security: section (CurveZMQ)"
+                written, f"{where}.config", "tcp endpoints need a security: section (CurveZMQ)"
             )
         if host is not None and placed != host:
             continue
@@ -224,12 +284,13 @@ def load(path: str | Path, run_dir: str | Path, *, host: str | None = None) -> L
                 instance=instance + 1 if spec.replicas > 1 else 0,
                 run_dir=str(run_dir),
                 heartbeat_ms=spec.heartbeat_ms or launch.heartbeat_ms,
-                launch_dir=str(launch_dir),
+                launch_dir=str(origin.directory),
                 pub_endpoint=pub,
                 sub_endpoint=sub,
                 curve=curve,
                 allow_root=launch.allow_root,
                 host=placed,
+                instance_id=first_id + instance,
             )
             processes.append(PlannedProcess(spec=spec, args=args, config=config))
     proxy = None
@@ -245,12 +306,14 @@ def load(path: str | Path, run_dir: str | Path, *, host: str | None = None) -> L
             curve=keys.curve(None, serves=True, where="$.bus"),
             allow_root=launch.allow_root,
             host=bus_host,
+            instance_id=PROXY_INSTANCE_ID,
         )
         proxy = PlannedProcess(spec=PROXY_SPEC, args=proxy_args, config=kinds["proxy"].config())
     return LaunchPlan(
         source=source,
         launch=launch,
         processes=processes,
+        arguments=expanded.values,
         host=host or "",
         proxy=proxy,
         pub=pub,
@@ -260,6 +323,9 @@ def load(path: str | Path, run_dir: str | Path, *, host: str | None = None) -> L
 
 
 PROXY_SPEC = NodeSpec(name="proxy", kind="proxy", required=True)
+# Software-instance ids of what no launch file lists: the launcher is 0, its proxy 1.
+LAUNCHER_INSTANCE_ID = 0
+PROXY_INSTANCE_ID = 1
 
 
 def _bus(source: str, launch: LaunchFile, host: str | None) -> tuple[str, str, str]:

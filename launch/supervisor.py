@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import hashlib
 import math
 import os
 import signal
@@ -78,8 +79,8 @@ class _Child:
 class Launcher:
     """Owns every node process of one run and the run directory's graph.
 
-    Use as a context manager: leaving it stops every node (SIGTERM in reverse start order,
-    SIGKILL after each node's grace period), whatever happened inside.
+    Use as a context manager: leaving it stops every node in reverse start order (SIGINT,
+    then SIGTERM and SIGKILL after each node's grace periods), whatever happened inside.
     """
 
     def __init__(
@@ -178,6 +179,17 @@ class Launcher:
             self._await_ready(child)
         self.write_graph()
         self.log.info("launch.ready", nodes=len(self.children), run_dir=str(self.run.path))
+        # Audited once every node is up, the logger included: what configuration runs, and
+        # which process is which software instance.
+        digest = hashlib.sha256(msgspec.json.encode(self.plan.launch)).hexdigest()
+        given = " ".join(f"{k}:={v}" for k, v in self.plan.arguments.items())
+        self._audit(
+            AuditId.LAUNCH_CONFIGURED,
+            f"config {digest[:16]} {self.plan.launch.name} from {self.plan.source} {given}",
+        )
+        for child in self.children:
+            if child.ready:
+                self._audit_started(child)
 
     def _share_run_dir(self) -> None:
         """Let nodes that run as an unprivileged user into the run directory.
@@ -317,7 +329,21 @@ class Launcher:
                     self._beats_since_proxy.clear()
                 if child.restarts:
                     self.write_graph()
+                    if child is not self._proxy_child():
+                        self._audit_started(child)
                 return
+
+    def _audit(self, event: AuditId, detail: str) -> None:
+        self.publisher.publish(
+            Topic.AUDIT, AuditEvent(event=event, node="launcher", detail=detail[:1024])
+        )
+
+    def _audit_started(self, child: _Child) -> None:
+        args = child.plan.args
+        self._audit(
+            AuditId.NODE_STARTED,
+            f"{args.label} id {args.instance_id} pid {child.pid} kind {args.kind}",
+        )
 
     def _proxy_child(self) -> _Child | None:
         return self.children[0] if self.plan.proxy is not None else None
@@ -475,20 +501,40 @@ class Launcher:
     # -- stop ------------------------------------------------------------------------------
 
     def stop_all(self) -> None:
-        """Stop nodes in reverse start order: SIGTERM, then SIGKILL after the grace period."""
+        """Stop nodes in reverse start order, each down the ladder of `stop`."""
         for child in reversed(self.children):
             child.restart_at = None
-            popen = child.popen
-            if popen is None or popen.poll() is not None:
-                continue
-            popen.send_signal(signal.SIGTERM)
+            self.stop(child)
+
+    def stop(self, child: _Child) -> None:
+        """Stop one node as ROS 2 launch does: SIGINT; SIGTERM when it has not exited within
+        `stop_grace_ms`; SIGKILL when it has not exited `kill_grace_ms` after that."""
+        popen = child.popen
+        if popen is None or popen.poll() is not None:
+            return
+        spec = child.plan.spec
+        for sig, grace_ms in (
+            (signal.SIGINT, spec.stop_grace_ms),
+            (signal.SIGTERM, spec.kill_grace_ms),
+        ):
+            self.log.info("node.signalled", node=child.plan.label, signal=sig.name)
+            popen.send_signal(sig)
             try:
-                popen.wait(timeout=child.plan.spec.stop_grace_ms / 1000)
+                popen.wait(timeout=grace_ms / 1000)
+                break
             except subprocess.TimeoutExpired:
-                self.log.warning("node.killed", node=child.plan.label)
-                popen.kill()
-                popen.wait()
-            self.log.info("node.stopped", node=child.plan.label, code=popen.returncode)
+                continue
+        else:
+            self.log.warning("node.killed", node=child.plan.label)
+            popen.kill()
+            popen.wait()
+        self.log.info("node.stopped", node=child.plan.label, code=popen.returncode)
+        if child is not self._proxy_child():
+            args = child.plan.args
+            self._audit(
+                AuditId.NODE_STOPPED,
+                f"{args.label} id {args.instance_id} exit {popen.returncode}",
+            )
 
     # -- graph -----------------------------------------------------------------------------
 

@@ -81,6 +81,17 @@ class HeartbeatThread(threading.Thread):
                 # Refusals are seen on the ZAP thread; this thread owns a publisher already.
                 for event in node.refusal_events():
                     pub.publish(Topic.DIAGNOSTIC, event)
+                    # A refused peer is a security event: audited as well as diagnosed.
+                    pub.publish(
+                        Topic.AUDIT,
+                        AuditEvent(
+                            event=AuditId.AUTH_REFUSED,
+                            node=event.node,
+                            instance=event.instance,
+                            detail=f"{event.rule}: {event.message}"[:1024],
+                            instance_id=node.args.instance_id,
+                        ),
+                    )
                 detail = dict(node.heartbeat_detail)
                 detail["loop_age_ms"] = str((node.clock() - node.loop_ns) // 1_000_000)
                 if stopping:
@@ -354,7 +365,11 @@ class Node:
         self.publisher.publish(
             Topic.AUDIT,
             AuditEvent(
-                event=event, node=self.args.label, instance=self.args.instance, detail=detail[:1024]
+                event=event,
+                node=self.args.label,
+                instance=self.args.instance,
+                detail=detail[:1024],
+                instance_id=self.args.instance_id,
             ),
             trace=trace,
         )

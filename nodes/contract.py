@@ -69,6 +69,8 @@ class NodeArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # A node refuses to run as root unless the launch file says so.
     allow_root: bool = False
     host: str = ""
+    # The software-instance id the launch file gives this process (binary audit records).
+    instance_id: Annotated[int, msgspec.Meta(ge=0, lt=1 << 32)] = 0
 
     @property
     def label(self) -> str:

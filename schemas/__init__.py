@@ -1,7 +1,7 @@
 """Every message type on the vigil bus, the topic catalogue, diagnostic and audit codes."""
 
 from vigil.schemas._base import Config, Message
-from vigil.schemas.audit import AuditEvent, AuditId
+from vigil.schemas.audit import AuditClass, AuditEvent, AuditId, audit_class
 from vigil.schemas.catalogue import LATCHED_TOPICS, SCHEMAS, TOPICS, Topic, schema_id, topic_type
 from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DIAG_CODES, DiagCode, DiagnosticEvent, Severity
@@ -22,6 +22,7 @@ __all__ = [
     "LATCHED_TOPICS",
     "SCHEMAS",
     "TOPICS",
+    "AuditClass",
     "AuditEvent",
     "AuditId",
     "Box",
@@ -49,6 +50,7 @@ __all__ = [
     "TensorRef",
     "Topic",
     "WorkerCredit",
+    "audit_class",
     "schema_id",
     "topic_type",
 ]

@@ -28,6 +28,7 @@ class DiagCode(enum.StrEnum):
     NODE_RESTARTED = "DIA-4010"
     MODEL_INTEGRITY = "DIA-5001"
     MODEL_LOAD_FAILED = "DIA-5002"
+    NO_MODEL = "DIA-5003"
     AUTH_REFUSED = "DIA-6001"
 
 
@@ -45,6 +46,7 @@ DIAG_CODES: dict[DiagCode, str] = {
     DiagCode.NODE_RESTARTED: "the launcher restarted a node",
     DiagCode.MODEL_INTEGRITY: "a model failed digest or signature verification",
     DiagCode.MODEL_LOAD_FAILED: "a verified model could not be loaded",
+    DiagCode.NO_MODEL: "no verified model is active: a request is refused at once (UNAVAILABLE)",
     DiagCode.AUTH_REFUSED: "a peer was refused by bus security (no Curve or a key not allowed)",
 }
 

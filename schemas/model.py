@@ -20,6 +20,11 @@ class ModelStep(enum.StrEnum):
     REFUSED = "refused"
     LOADING = "loading"
     READY = "ready"
+    # A worker that cannot load the version beside the serving one within its memory budget:
+    # the loader then rolls the switch out one worker at a time.
+    DEFERRED = "deferred"
+    # A worker of a rolling switch serves the version now (its known answer passed first).
+    SWITCHED = "switched"
     COMMITTED = "committed"
     ROLLED_BACK = "rolled_back"
 
@@ -49,19 +54,23 @@ class ModelAnnouncement(Message, kw_only=True, frozen=True, tag="model.announce"
 
 
 class ModelAction(enum.StrEnum):
-    """The phases of a switch across the worker pool (two-phase commit)."""
+    """The phases of a switch across the worker pool (two-phase commit, or rolling)."""
 
     PREPARE = "prepare"  # load and warm beside the serving version, run the known answer
     COMMIT = "commit"  # serve the prepared version from the next batch on
     ABORT = "abort"  # drop the prepared version; the serving one stays
+    # One worker of a rolling switch: stop taking work, drain, load (and known-answer test)
+    # `model`, then take work again on it; on failure serve the previous version again.
+    SWITCH = "switch"
 
 
 class ModelCommand(Message, kw_only=True, frozen=True, tag="model.command"):
-    """The loader's instruction to every worker for one switch generation."""
+    """The loader's instruction to every worker (or to `worker` alone) for one generation."""
 
     action: ModelAction
     generation: Annotated[int, msgspec.Meta(ge=1)]
     model: ModelAnnouncement
+    worker: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 class ModelEvent(Message, kw_only=True, frozen=True, tag="model.event"):
@@ -74,3 +83,5 @@ class ModelEvent(Message, kw_only=True, frozen=True, tag="model.event"):
     instance: int = 0
     detail: Annotated[str, msgspec.Meta(max_length=512)] = ""
     generation: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # The version's memory footprint as the worker measured it (0: not measured).
+    footprint_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0

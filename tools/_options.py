@@ -12,11 +12,14 @@ from typing import Final
 
 import click
 
+from vigil.launch import parse_assignments
+
 __all__ = [
     "KEY_ENV",
     "audited_keys_option",
     "json_option",
     "key_option",
+    "launch_arguments",
     "new_run_dir_option",
     "run_dir_option",
     "signing_key_option",
@@ -70,3 +73,20 @@ audited_keys_option = click.option(
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 """The `--json` of every command whose output a program may read."""
+
+
+def _assignments(
+    ctx: click.Context, param: click.Parameter, tokens: tuple[str, ...]
+) -> dict[str, str]:
+    rest, values = parse_assignments(tokens)
+    if rest:
+        raise click.BadParameter(
+            f"{rest[0]!r} is not NAME:=VALUE (see --show-args of `vigil launch`)", ctx, param
+        )
+    return values
+
+
+launch_arguments = click.argument(
+    "assignments", nargs=-1, callback=_assignments, metavar="[NAME:=VALUE]..."
+)
+"""The `NAME:=VALUE` launch arguments of `launch` and `graph check`, as a mapping."""

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from types import FrameType
 
 import click
@@ -20,10 +21,12 @@ from rich.text import Text
 from vigil.bus.curve import CurveConfig, applies
 from vigil.bus.rundir import RunDir, find_run_dir
 from vigil.errors import VigilError
+from vigil.launch import parse_assignments
 from vigil.tools._options import json_option, key_option, run_dir_option
 from vigil.tools._taps import open_bus, tap_curve
 from vigil.tools.bag.check import CheckConfig, run_check
 from vigil.tools.bag.compare import format_report
+from vigil.tools.bag.convert import convert_bags
 from vigil.tools.bag.info import bag_info, format_info
 from vigil.tools.bag.play import PlayConfig, Player, parse_remap
 from vigil.tools.bag.record import (
@@ -129,6 +132,18 @@ class _LiveLine:
 @click.option("-b", "--max-bag-size", type=int, default=0, help="Split at BYTES (0: never).")
 @click.option("-d", "--max-bag-duration", type=float, default=0.0, help="Split every SECONDS.")
 @click.option("--compression", type=click.Choice(["zstd", "lz4", "none"]), default="zstd")
+@click.option(
+    "--encoding",
+    type=click.Choice(["msgpack", "json"]),
+    default="msgpack",
+    help="json: what Foxglove and `mcap cat --json` decode, with images and boxes.",
+)
+@click.option(
+    "--images",
+    type=click.Choice(["raw", "png", "jpeg"]),
+    default="raw",
+    help="With --encoding json: frames as foxglove.RawImage, or compressed.",
+)
 @click.option("--chunk-size", type=int, default=1 << 20, help="Chunk size in bytes.")
 @click.option(
     "--flush-interval", type=float, default=1.0, help="Close a chunk at least every SECONDS."
@@ -151,6 +166,8 @@ def record(  # noqa: PLR0917 - click passes every option as an argument
     max_bag_size: int,
     max_bag_duration: float,
     compression: str,
+    encoding: str,
+    images: str,
     chunk_size: int,
     flush_interval: float,
     fsync: bool,
@@ -173,6 +190,8 @@ def record(  # noqa: PLR0917 - click passes every option as an argument
                 "max_bag_size": max_bag_size,
                 "max_bag_duration_s": max_bag_duration,
                 "compression": compression,
+                "encoding": encoding,
+                "images": images,
                 "chunk_size": chunk_size,
                 "flush_interval_s": flush_interval,
                 "fsync": fsync,
@@ -209,6 +228,37 @@ def record(  # noqa: PLR0917 - click passes every option as an argument
     console.print(
         f"recorded {stats.recorded} messages, {stats.bytes / 1e6:.1f} MB, {stats.lost} dropped, "
         f"{stats.malformed} malformed, into {', '.join(stats.files) or 'no file'}"
+    )
+
+
+@bag.command("convert")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option(
+    "--encoding", type=click.Choice(["json", "msgpack"]), default="json", show_default=True
+)
+@click.option("--images", type=click.Choice(["raw", "png", "jpeg"]), default="raw")
+@click.option("--compression", type=click.Choice(["zstd", "lz4", "none"]), default="zstd")
+def convert(
+    paths: tuple[str, ...], output: str, encoding: str, images: str, compression: str
+) -> None:
+    """Rewrite the bags PATHS (one, or a split recording) into OUTPUT in another encoding:
+    json opens in Foxglove with images and detections."""
+    if any(Path(p).resolve() == Path(output).resolve() for p in paths):
+        raise click.UsageError("OUTPUT must not be one of the input bags")
+    try:
+        stats = convert_bags(
+            list(paths),
+            output,
+            encoding=encoding,  # type: ignore[arg-type]  # click.Choice checked it
+            images=images,  # type: ignore[arg-type]
+            compression=compression,  # type: ignore[arg-type]
+        )
+    except VigilError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"wrote {stats.messages} messages and {stats.derived} derived Foxglove messages "
+        f"from {stats.files_read} file(s) to {output} ({encoding})"
     )
 
 
@@ -330,7 +380,7 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
 
 
 @bag.command("check")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, metavar="PATHS... [NAME:=VALUE]...")
 @click.option(
     "--launch",
     "launch_file",
@@ -352,8 +402,13 @@ def check(  # noqa: PLR0917 - click passes every option as an argument
     pace: float,
     as_json: bool,
 ) -> None:
-    """Replay the requests recorded in PATHS through a fresh pipeline from --launch and compare
-    its outputs with the recorded ones; exit 1 on any regression."""
+    """Replay the requests recorded in PATHS through a fresh pipeline from --launch (given its
+    arguments as NAME:=VALUE) and compare its outputs with the recorded ones; exit 1 on any
+    regression."""
+    bags, arguments = parse_assignments(paths)
+    for path in bags:
+        if not Path(path).is_file():
+            raise click.BadParameter(f"no bag file {path!r}", param_hint="PATHS")
     try:
         config = msgspec.convert(
             {"in_flight": in_flight, "deadline_s": deadline, "pace": pace}, CheckConfig
@@ -362,7 +417,7 @@ def check(  # noqa: PLR0917 - click passes every option as an argument
         raise click.UsageError(str(exc)) from exc
     started = time.monotonic()
     try:
-        report, stats = run_check(list(paths), launch_file, tolerances, config)
+        report, stats = run_check(bags, launch_file, tolerances, config, arguments=arguments)
     except VigilError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

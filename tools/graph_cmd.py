@@ -9,7 +9,7 @@ import msgspec
 
 from vigil.errors import ConfigError
 from vigil.launch.check import check_file, format_report
-from vigil.tools._options import json_option
+from vigil.tools._options import json_option, launch_arguments
 
 __all__ = ["graph"]
 
@@ -21,15 +21,17 @@ def graph() -> None:
 
 @graph.command("check")
 @click.argument("launch_file", type=click.Path(dir_okay=False))
+@launch_arguments
 @json_option
 @click.option("--strict", is_flag=True, help="Fail on warnings too.")
-def check(launch_file: str, as_json: bool, strict: bool) -> None:
-    """Check LAUNCH_FILE: topics, endpoints, queue bounds, single points of failure.
+def check(launch_file: str, assignments: dict[str, str], as_json: bool, strict: bool) -> None:
+    """Check LAUNCH_FILE (with its arguments NAME:=VALUE): topics, endpoints, queue bounds,
+    single points of failure.
 
     Exits 1 when a rule is broken (with --strict, on warnings too), 2 on an invalid file.
     """
     try:
-        report = check_file(launch_file)
+        report = check_file(launch_file, assignments)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

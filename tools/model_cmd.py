@@ -9,6 +9,7 @@ import click
 import msgspec
 import zmq
 
+from vigil.bus.curve import CurveConfig
 from vigil.bus.pubsub import Subscriber
 from vigil.models.keys import (
     KeyFileError,
@@ -29,7 +30,7 @@ from vigil.schemas import Heartbeat, ModelAnnouncement, Topic
 from vigil.tools._options import key_option, run_dir_option, signing_key_option
 from vigil.tools._taps import open_bus, open_run
 
-__all__ = ["model"]
+__all__ = ["format_status", "model"]
 
 
 @click.group()
@@ -159,13 +160,22 @@ def activate(repo: Path, name: str, version: str) -> None:
 @click.option("--wait", type=float, default=1.0, show_default=True, help="Seconds to listen.")
 @key_option
 def status(run_dir: str | None, wait: float, key: str | None) -> None:
-    """What every worker of a running launch serves, and what the loader committed."""
+    """What every worker of a running launch serves, what the loader committed, and a rolling
+    switch in progress (or how the last switch ended)."""
     bus = open_bus(open_run(run_dir), key)
+    click.echo(format_status(*_listen(bus.sub, bus.curve, wait)))
+
+
+def _listen(
+    endpoint: str, curve: CurveConfig | None, wait: float
+) -> tuple[ModelAnnouncement | None, dict[str, str], dict[str, dict[str, str]]]:
+    """(the committed model, the loader's heartbeat detail, each worker's) heard in `wait` s."""
     workers: dict[str, dict[str, str]] = {}
+    loader: dict[str, str] = {}
     committed: ModelAnnouncement | None = None
     with (
         zmq.Context() as ctx,
-        Subscriber(ctx, bus.sub, [Topic.HEARTBEAT, Topic.MODEL_ACTIVE], curve=bus.curve) as sub,
+        Subscriber(ctx, endpoint, [Topic.HEARTBEAT, Topic.MODEL_ACTIVE], curve=curve) as sub,
     ):
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:
@@ -176,17 +186,35 @@ def status(run_dir: str | None, wait: float, key: str | None) -> None:
                 committed = got.body
             elif isinstance(got.body, Heartbeat) and got.body.kind == "worker":
                 workers[got.body.node] = got.body.detail
+            elif isinstance(got.body, Heartbeat) and got.body.kind == "loader":
+                loader = got.body.detail
+    return committed, loader, workers
+
+
+def format_status(
+    committed: ModelAnnouncement | None,
+    loader: dict[str, str],
+    workers: dict[str, dict[str, str]],
+) -> str:
+    """The text of `vigil model status`."""
+    lines = []
     if committed is not None:
-        click.echo(
+        lines.append(
             f"committed: {committed.name} {committed.version} "
             f"(generation {committed.generation}, sha256 {committed.sha256[:16]}…)"
         )
     else:
-        click.echo("committed: none announced")
+        lines.append("committed: none announced")
+    if "rollout" in loader:
+        lines.append(f"rollout:   {loader['rollout']}")
+    elif "last_switch" in loader:
+        lines.append(f"last switch: {loader['last_switch']}")
     for name, detail in sorted(workers.items()):
-        click.echo(
+        footprint = f", {detail['footprint_mb']} MiB" if "footprint_mb" in detail else ""
+        lines.append(
             f"  {name:<12} {detail.get('model', '-')} {detail.get('version', '-')} "
-            f"(generation {detail.get('generation', '-')})"
+            f"(generation {detail.get('generation', '-')}{footprint})"
         )
     if not workers:
-        click.echo("  no worker heartbeats heard")
+        lines.append("  no worker heartbeats heard")
+    return "\n".join(lines)

@@ -41,6 +41,10 @@ class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     shed_below_priority: Annotated[int, msgspec.Meta(ge=0, le=8)] = 4
     rate_limit: RateLimitConfig = RateLimitConfig()
     publish_requests: bool = True
+    # While no verified model is active, refuse each request at once (UNAVAILABLE, DIA-5003)
+    # instead of letting it wait out its deadline. Off only for an ingest that admits and
+    # publishes requests with no worker behind it (taps and benches of the front door).
+    require_model: bool = True
 
 
 Config = IngestConfig
@@ -57,7 +61,7 @@ def _contract(config: IngestConfig) -> NodeContract:
             Topic.DIAGNOSTIC,
             Topic.AUDIT,
         ),
-        subscribes=frozenset({Topic.SAFETY_STATE, Topic.HEARTBEAT}),
+        subscribes=frozenset({Topic.SAFETY_STATE, Topic.HEARTBEAT, Topic.MODEL_ACTIVE}),
         # Worker heartbeats prove busy workers alive; without them held work is re-dispatched.
         requires=frozenset({Topic.HEARTBEAT}),
         endpoints=(

@@ -35,6 +35,7 @@ from vigil.schemas import (
     Heartbeat,
     InferRequest,
     InferResult,
+    ModelAnnouncement,
     SafetyState,
     Severity,
     StateChange,
@@ -102,8 +103,9 @@ class _Ingest:
         self.clients = Channel(self.frontend, source=node.args.name, routed=True)
         self.workers = Channel(self.backend, source=node.args.name, routed=True)
         # Worker heartbeats (from their own thread) prove a busy worker alive; a stopped or
-        # hung one falls silent and its work is re-dispatched.
-        self.state_sub = node.subscriber([Topic.SAFETY_STATE, Topic.HEARTBEAT])
+        # hung one falls silent and its work is re-dispatched. The committed model is latched:
+        # until one is, no request could ever be served.
+        self.state_sub = node.subscriber([Topic.SAFETY_STATE, Topic.HEARTBEAT, Topic.MODEL_ACTIVE])
         node.poller.register(self.frontend, zmq.POLLIN)
         node.poller.register(self.backend, zmq.POLLIN)
         self.validator = RequestValidator(
@@ -116,6 +118,7 @@ class _Ingest:
         self.limiter = RateLimiter(config.rate_limit, node.clock)
         self.dispatcher = Dispatcher(max_queue=config.max_queue)
         self.state = SafetyState.NORMAL
+        self.model: ModelAnnouncement | None = None
         self.counts = {"accepted": 0, "answered": 0, "rejected": 0, "errors": 0}
         # Receive-to-reply spans, exported only where OpenTelemetry is set up.
         self.spans = node.enter(request_spans(f"vigil.{node.args.name}"))
@@ -123,6 +126,7 @@ class _Ingest:
         # What a valid request must pass to be queued, in order; the first rejection refuses
         # it. The policy goes before the rate limit, so a shed request spends no token.
         self._checks: tuple[Callable[[_Admission], Rejection | None], ...] = (
+            self._check_model,
             self._check_policy,
             self._check_rate,
             self._check_deadline,
@@ -185,6 +189,18 @@ class _Ingest:
         if budget_ns is None:
             return self.config.default_deadline_ms * 1_000_000
         return min(budget_ns // 1_000_000, self.config.max_deadline_ms) * 1_000_000
+
+    def _check_model(self, admission: _Admission) -> Rejection | None:
+        """Refuse at once while no verified model is active (and no worker serves one).
+
+        Refused rather than left to time out: the client learns why, and the watchdog does
+        not take a missing model for inference timeouts.
+        """
+        if not self.config.require_model or self.model is not None or self.dispatcher.workers:
+            return None
+        return Rejection(
+            DiagCode.NO_MODEL, "$", "no verified model is active", code=ErrorCode.UNAVAILABLE
+        )
 
     # implements: SR-WDG-003
     def _check_policy(self, admission: _Admission) -> Rejection | None:
@@ -446,6 +462,8 @@ class _Ingest:
             body = received.body
             if isinstance(body, StateChange):
                 self.state = body.state
+            elif isinstance(body, ModelAnnouncement):
+                self.model = body
             elif isinstance(body, Heartbeat) and body.kind == "worker":
                 for slot in self.dispatcher.workers.values():
                     if slot.name == body.node and slot.pid == body.pid:

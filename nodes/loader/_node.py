@@ -22,7 +22,7 @@ from vigil.models.signing import ModelRefused
 from vigil.nodes._runtime import Node
 from vigil.nodes.contract import ExitCode, NodeArgs
 from vigil.nodes.loader._contract import KIND, LoaderConfig, PinnedModel
-from vigil.nodes.loader._switch import Switch, SwitchOutcome
+from vigil.nodes.loader._switch import Rollout, RolloutOutcome, Switch, SwitchOutcome
 from vigil.nodes.loader._watch import RepositoryWatch
 from vigil.schemas import (
     AuditId,
@@ -45,6 +45,8 @@ _AUDIT = {
     ModelStep.VERIFIED: AuditId.MODEL_VERIFIED,
     ModelStep.REFUSED: AuditId.MODEL_REFUSED,
     ModelStep.LOADING: AuditId.MODEL_LOADING,
+    ModelStep.READY: AuditId.MODEL_READY,
+    ModelStep.SWITCHED: AuditId.MODEL_SWITCHED,
     ModelStep.COMMITTED: AuditId.MODEL_COMMITTED,
     ModelStep.ROLLED_BACK: AuditId.MODEL_ROLLED_BACK,
 }
@@ -59,7 +61,10 @@ class _Loader:
         self.serving_dir = ""
         self.generation = 0
         self.switch: Switch | None = None
+        self.rollout: Rollout | None = None
+        self.last_switch = ""
         self.workers: dict[str, int] = {}
+        self.worker_pids: dict[str, int] = {}
         self.dirty_at: int | None = node.clock()
         self.refused_key: tuple[str, str] | None = None
         self.trusted: TrustedKeys | None = None
@@ -111,15 +116,33 @@ class _Loader:
                 self.workers.pop(body.node, None)
                 if self.switch is not None:
                     self.switch.on_worker_gone(body.node)
+                if self.rollout is not None:
+                    self.rollout.on_worker_gone(body.node)
             else:
                 self.workers[body.node] = now
-        elif isinstance(body, ModelEvent) and self.switch is not None:
-            if body.generation != self.switch.generation:
-                return
+                self.worker_pids[body.node] = body.pid
+                if self.rollout is not None:
+                    self.rollout.on_heartbeat(body.node, body.pid)
+        elif isinstance(body, ModelEvent) and body.node != self.node.args.label:
+            self._on_worker_event(body)
+
+    def _on_worker_event(self, body: ModelEvent) -> None:
+        switch, rollout = self.switch, self.rollout
+        if switch is not None and body.generation == switch.generation:
             if body.step is ModelStep.READY:
-                self.switch.on_ready(body.node)
+                switch.on_ready(body.node)
+            elif body.step is ModelStep.DEFERRED:
+                switch.on_deferred(body.node)
             elif body.step is ModelStep.REFUSED:
-                self.switch.on_refused(body.node, body.detail)
+                switch.on_refused(body.node, body.detail)
+        elif rollout is not None:
+            if body.step is ModelStep.SWITCHED:
+                rollout.on_switched(body.node, body.generation)
+                self.event(
+                    ModelStep.SWITCHED, body.name, body.version, f"{body.node}: {body.detail}"
+                )
+            elif body.step is ModelStep.REFUSED:
+                rollout.on_refused(body.node, body.generation, body.detail)
 
     def alive_workers(self, now: int) -> set[str]:
         horizon = self.config.worker_timeout_ms * 1_000_000
@@ -214,29 +237,106 @@ class _Loader:
 
     # implements: SR-MDL-003
     def advance(self) -> None:
-        """Commit or roll back the switch in progress once its outcome is known."""
+        """Commit, roll out or roll back the switch in progress as its outcome is known."""
+        if self.rollout is not None:
+            self._roll()
+            return
         switch = self.switch
         if switch is None:
             return
-        outcome = switch.outcome(self.node.clock())
+        now = self.node.clock()
+        outcome = switch.outcome(now)
         if outcome is SwitchOutcome.PENDING:
             return
         self.switch = None
         if outcome is SwitchOutcome.COMMIT:
+            self.event(
+                ModelStep.READY,
+                switch.model.name,
+                switch.model.version,
+                f"prepared beside the serving version on {len(switch.ready)} workers",
+            )
             self.commit(switch.model, self.pending_dir)
             return
+        if outcome is SwitchOutcome.ROLL and self.serving is not None:
+            self.rollout = Rollout(
+                generation=switch.generation,
+                model=switch.model,
+                previous=self.serving,
+                order=sorted(switch.expected),
+                pids={w: self.worker_pids.get(w, 0) for w in switch.expected},
+                step_timeout_ns=self.config.switch_timeout_ms * 1_000_000,
+            )
+            self.event(
+                ModelStep.LOADING,
+                switch.model.name,
+                switch.model.version,
+                f"rolling out one worker at a time: {', '.join(sorted(switch.deferred))} "
+                "cannot hold two versions within the memory budget",
+            )
+            self._roll()
+            return
+        self._abort(switch.generation, switch.model, switch.why_aborted())
+
+    def _roll(self) -> None:
+        """Command the next step of the rollout, or end it."""
+        rollout = self.rollout
+        assert rollout is not None
+        now = self.node.clock()
+        outcome = rollout.outcome(now)
+        if outcome is RolloutOutcome.DONE:
+            self.rollout = None
+            self.commit(rollout.model, self.pending_dir, how="rolled out one worker at a time")
+            return
+        if outcome is RolloutOutcome.ROLLED_BACK:
+            self.rollout = None
+            self.generation = max(self.generation, rollout.back_generation)
+            self._abort(rollout.generation, rollout.model, rollout.why)
+            return
+        step = rollout.next_step(now)
+        if step is not None:
+            worker, target, generation = step
+            self.node.publisher.publish(
+                Topic.MODEL_COMMAND,
+                ModelCommand(
+                    action=ModelAction.SWITCH, generation=generation, model=target, worker=worker
+                ),
+            )
+        self._show(rollout.describe())
+
+    def _abort(self, generation: int, model: ModelAnnouncement, why: str) -> None:
+        """Every worker serves the old version again: drop what was prepared, seal why."""
         self.node.publisher.publish(
             Topic.MODEL_COMMAND,
-            ModelCommand(
-                action=ModelAction.ABORT, generation=switch.generation, model=switch.model
-            ),
+            ModelCommand(action=ModelAction.ABORT, generation=generation, model=model),
         )
         self.refused_key = (self.pending_dir, "switch")
-        self.event(
-            ModelStep.ROLLED_BACK, switch.model.name, switch.model.version, switch.why_aborted()
+        self.event(ModelStep.ROLLED_BACK, model.name, model.version, why)
+        self.node.diag(
+            DiagCode.MODEL_LOAD_FAILED,
+            f"{model.name} {model.version} rolled back on every worker: {why}",
+            severity=Severity.ERROR,
         )
+        self.last_switch = f"{model.version} rolled back: {why}"
+        self._show()
 
-    def commit(self, model: ModelAnnouncement, directory: str) -> None:
+    def _show(self, rollout: str = "") -> None:
+        """The serving version, a rollout in progress and how the last switch ended, in the
+        heartbeat (`vigil model status` prints them)."""
+        detail = {}
+        if self.serving is not None:
+            detail = {
+                "model": self.serving.name,
+                "version": self.serving.version,
+                "generation": str(self.serving.generation),
+            }
+        if rollout:
+            detail["rollout"] = rollout
+        if self.last_switch:
+            detail["last_switch"] = self.last_switch
+        self.node.heartbeat_detail = detail
+
+    def commit(self, model: ModelAnnouncement, directory: str, how: str = "") -> None:
         self.node.publisher.publish(
             Topic.MODEL_COMMAND,
             ModelCommand(action=ModelAction.COMMIT, generation=model.generation, model=model),
@@ -246,12 +346,14 @@ class _Loader:
         self.serving = model
         self.serving_dir = directory
         self.switches += 1
-        self.event(ModelStep.COMMITTED, model.name, model.version, f"sha256 {model.sha256}")
-        self.node.heartbeat_detail = {
-            "model": model.name,
-            "version": model.version,
-            "generation": str(model.generation),
-        }
+        self.event(
+            ModelStep.COMMITTED,
+            model.name,
+            model.version,
+            f"sha256 {model.sha256}" + (f"; {how}" if how else ""),
+        )
+        self.last_switch = f"{model.version} committed" + (f", {how}" if how else "")
+        self._show()
 
     def timeout_ms(self) -> float:
         now = self.node.clock()
@@ -318,7 +420,7 @@ def run(config: LoaderConfig, args: NodeArgs) -> ExitCode:
             if watch is not None and events.get(watch.fileno()):
                 watch.drain()
                 loader.dirty_at = node.clock() + config.settle_ms * 1_000_000
-            if loader.switch is not None:
+            if loader.switch is not None or loader.rollout is not None:
                 loader.advance()
             elif loader.dirty_at is not None and node.clock() >= loader.dirty_at:
                 loader.check()

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Final
 
-import crc32c
 import msgspec
 
 from vigil.bus.pubsub import Subscriber
@@ -76,17 +75,17 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
             if sub.lost > lost_seen:
                 # Publishers number every message: a gap is recorded, never hidden.
                 gaps = {t: s.lost for t, s in sub.stats.items() if s.lost}
-                store.append(
+                gap = AuditEvent(
+                    event=AuditId.LOG_GAP,
                     node=args.label,
-                    event=_AUDIT_SCHEMA,
-                    trace_id=b"",
-                    payload=_ENCODER.encode(
-                        AuditEvent(
-                            event=AuditId.LOG_GAP,
-                            node=args.label,
-                            detail=f"messages lost before the logger: {gaps}",
-                        )
-                    ),
+                    detail=f"messages lost before the logger: {gaps}",
+                    instance_id=args.instance_id,
+                )
+                store.append_many(
+                    [
+                        (args.label, _AUDIT_SCHEMA, _ENCODER.encode(gap), b""),
+                        _binary(store, gap, args.label, b""),
+                    ]
                 )
                 lost_seen = sub.lost
             if store.poll_timeout_ms() == 0:
@@ -158,18 +157,20 @@ def _burst(sub: Subscriber, store: LogStore) -> list[Record]:
         # The body frame arrives copied (small frames are): it is stored as it came.
         records.append((source, envelope.schema, received.frames[2], envelope.trace_id))
         if isinstance(received.body, AuditEvent):
-            # The fixed-layout binary record beside the full entry: what a DLT-style reader
-            # or an assessor's tool reads without MessagePack.
-            records.append(
-                store.audit_record(
-                    received.body.event,
-                    instance=crc32c.crc32c(source.encode()),
-                    payload=received.body.detail.encode()[:32],
-                    node=source,
-                    trace_id=envelope.trace_id,
-                )
-            )
+            records.append(_binary(store, received.body, source, envelope.trace_id))
     return records
+
+
+def _binary(store: LogStore, event: AuditEvent, source: str, trace_id: bytes) -> Record:
+    """The fixed-layout binary record of an audit event, sealed beside its full entry: what a
+    DLT-style reader or an assessor's tool reads without MessagePack (`vigil log audit`)."""
+    return store.audit_record(
+        event.event,
+        instance=event.instance_id,
+        payload=event.detail.encode()[:32],
+        node=source,
+        trace_id=trace_id,
+    )
 
 
 _POSITIONS = msgspec.msgpack.Decoder(dict[str, list[tuple[str, int, int, int]]])

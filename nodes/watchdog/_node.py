@@ -85,6 +85,10 @@ class _Watchdog:
         self.topics = {t: self._watch_entry(now, ms) for t, ms in config.staleness_ms.items()}
         self.probe_seq = 0
         self.next_learn_ns = now
+        # Failed requests seen, and how many of them the machine counted as inference
+        # timeouts (only DEADLINE_EXCEEDED is one); shown in the heartbeat.
+        self.errors_seen = 0
+        self.timeouts_seen = 0
 
     def _watch_entry(self, now: int, timeout_ms: int) -> _Watched:
         timeout_ns = timeout_ms * 1_000_000
@@ -138,8 +142,12 @@ class _Watchdog:
             self._on_heartbeat(body, now)
         elif isinstance(body, InferResult):
             self.machine.inference_ok()
-        elif isinstance(body, ErrorReply) and body.code is ErrorCode.DEADLINE_EXCEEDED:
-            self._apply(self.machine.inference_timeout(now))
+        elif isinstance(body, ErrorReply):
+            self.errors_seen += 1
+            if body.code is ErrorCode.DEADLINE_EXCEEDED:
+                self.timeouts_seen += 1
+                self._apply(self.machine.inference_timeout(now))
+            self._show()
 
     def _on_heartbeat(self, beat: Heartbeat, now: int) -> None:
         if beat.detail.get("lifecycle") == "stopping":
@@ -283,7 +291,16 @@ class _Watchdog:
             state=t.state.value,
             cause=t.cause,
         )
-        self.node.heartbeat_detail = {"state": t.state.value}
+        self._show()
+
+    def _show(self) -> None:
+        """Put the state and the error tallies into the heartbeat (read by its thread)."""
+        assert self.machine is not None
+        self.node.heartbeat_detail = {
+            "state": self.machine.state.value,
+            "errors_seen": str(self.errors_seen),
+            "timeouts_seen": str(self.timeouts_seen),
+        }
 
 
 _CORE = {Topic.HEARTBEAT, Topic.INFER_RESULT, Topic.INFER_ERROR}

@@ -6,6 +6,7 @@ loads in the worker process.
 
 from vigil.nodes.worker._contract import (
     FAULT_ABORT_STREAM,
+    FAULT_HANG_STREAM,
     KIND,
     Config,
     Device,
@@ -14,4 +15,13 @@ from vigil.nodes.worker._contract import (
     WorkerConfig,
 )
 
-__all__ = ["FAULT_ABORT_STREAM", "KIND", "Config", "Device", "EngineConfig", "Task", "WorkerConfig"]
+__all__ = [
+    "FAULT_ABORT_STREAM",
+    "FAULT_HANG_STREAM",
+    "KIND",
+    "Config",
+    "Device",
+    "EngineConfig",
+    "Task",
+    "WorkerConfig",
+]

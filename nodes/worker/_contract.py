@@ -11,9 +11,19 @@ from vigil.nodes.contract import Endpoint, EndpointRole, NodeContract, NodeKind,
 from vigil.schemas import Topic
 from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["FAULT_ABORT_STREAM", "KIND", "Config", "Device", "EngineConfig", "Task", "WorkerConfig"]
+__all__ = [
+    "FAULT_ABORT_STREAM",
+    "FAULT_HANG_STREAM",
+    "KIND",
+    "Config",
+    "Device",
+    "EngineConfig",
+    "Task",
+    "WorkerConfig",
+]
 
 FAULT_ABORT_STREAM = "vigil.fault.abort"
+FAULT_HANG_STREAM = "vigil.fault.hang"
 
 
 class Task(enum.StrEnum):
@@ -55,8 +65,14 @@ class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     engine: EngineConfig = EngineConfig()
     warm_height: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 384
     warm_width: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 640
+    # The memory model versions may take on this worker (GPU memory on CUDA, host memory on
+    # the CPU): a new version loads beside the serving one only when both footprints fit,
+    # else the switch rolls out one worker at a time. 0: whatever memory is free.
+    memory_budget_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
     # Fault injection for assessment (ISO 26262-4 asks for it): when on, a request on the
-    # stream `FAULT_ABORT_STREAM` makes the engine abort the process mid-batch. Off by default.
+    # stream `FAULT_ABORT_STREAM` makes the engine abort the process mid-batch, and one on
+    # `FAULT_HANG_STREAM` makes it hang for good (deaf to SIGINT and SIGTERM, as a call stuck
+    # inside the engine is; only SIGKILL ends it). Off by default.
     fault_injection: bool = False
 
 

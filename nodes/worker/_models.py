@@ -1,4 +1,15 @@
-"""The worker's model versions: the serving engine, a prepared one, and the switch between them."""
+"""The worker's model versions: the serving engine, a prepared one, and the switch between them.
+
+Memory model. Each version takes a *footprint* where it runs: on CUDA the device memory that
+its session, arenas and warm-up took (the fall of `cudaMemGetInfo`'s free memory across them),
+on the CPU the growth of the process's resident set across the same; never less than the
+model file itself. The worker measures it each time it loads a version. A new version's
+footprint before loading is estimated from the serving one's (scaled by file size), and at
+least `_HEADROOM` times its file. The new version is loaded *beside* the serving one only
+when both fit: the estimate within the free memory, and the two footprints within the
+worker's `memory_budget` (when one is configured). Otherwise the worker answers a prepare with
+`DEFERRED`, and the loader rolls the switch out one worker at a time instead.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +30,8 @@ from vigil.schemas import DiagCode, ModelAnnouncement, ModelStep
 
 __all__ = ["ModelLoadError", "ModelManager"]
 
-# A session needs its weights plus arenas and workspace: a version is only loaded beside the
-# serving one when this many times its file size is free.
+# A session needs its weights plus arenas and workspace: a new version is estimated to take at
+# least this many times its file size until it has been measured.
 _HEADROOM = 3
 
 
@@ -67,6 +78,20 @@ def free_memory_bytes(device: Device) -> int:
     return int(psutil.virtual_memory().available)
 
 
+def used_memory_bytes(device: Device) -> int:
+    """Memory in use where models live: the GPU's used memory on CUDA, this process's
+    resident set otherwise (the difference across a load is the version's footprint)."""
+    if device is not Device.CPU:
+        try:
+            import cupy  # noqa: PLC0415 - optional, only present on GPU targets
+
+            free, total = cupy.cuda.runtime.memGetInfo()
+            return int(total - free)
+        except ImportError:
+            pass
+    return int(psutil.Process().memory_info().rss)
+
+
 # implements: SR-MDL-002
 class ModelManager:
     """Loads versions, keeps at most one prepared beside the serving one, switches atomically.
@@ -82,21 +107,31 @@ class ModelManager:
         warm: tuple[int, int],
         max_batch: int = 1,
         event: Callable[[ModelStep, ModelAnnouncement, str, int], None],
+        budget_bytes: int = 0,
         free_memory: Callable[[Device], int] = free_memory_bytes,
+        used_memory: Callable[[Device], int] = used_memory_bytes,
     ) -> None:
         self.config = config
         self.warm = warm
         self.max_batch = max_batch
         self.event = event
+        self.budget_bytes = budget_bytes
         self.free_memory = free_memory
+        self.used_memory = used_memory
         self.engine: Engine | None = None
         self.serving: ModelAnnouncement | None = None
         self.generation = 0
-        # generation -> prepared engine, or None when it must be loaded after a drain
-        self.prepared: dict[int, tuple[ModelAnnouncement, Engine | None]] = {}
+        # The serving version's measured footprint, and that of the last version loaded.
+        self.footprint = 0
+        self.loaded_footprint = 0
+        # generation -> (version, prepared engine and its footprint), or no engine when it
+        # must be loaded after a drain
+        self.prepared: dict[int, tuple[ModelAnnouncement, Engine | None, int]] = {}
 
     def load(self, a: ModelAnnouncement) -> Engine:
-        """Read, check, build, warm and known-answer-test one version."""
+        """Read, check, build, warm and known-answer-test one version; its measured footprint
+        is then in `loaded_footprint`."""
+        before = self.used_memory(self.config.device)
         data = _read_checked(a.path, a.sha256)
         try:
             engine = Engine(data, self.config, name=a.name, version=a.version)
@@ -107,7 +142,22 @@ class ModelManager:
             ) from exc
         if a.kat_inputs:
             self._known_answer(engine, a)
+        self.loaded_footprint = max(self.used_memory(self.config.device) - before, a.size)
         return engine
+
+    def estimate(self, a: ModelAnnouncement) -> int:
+        """The footprint `a` is expected to take before it is loaded."""
+        scaled = 0
+        if self.serving is not None and self.serving.size:
+            scaled = self.footprint * a.size // self.serving.size
+        return max(_HEADROOM * a.size, scaled)
+
+    def fits_beside(self, a: ModelAnnouncement) -> bool:
+        """Whether `a` can be loaded while the serving version stays loaded."""
+        need = self.estimate(a)
+        if need > self.free_memory(self.config.device):
+            return False
+        return not self.budget_bytes or self.footprint + need <= self.budget_bytes
 
     def _known_answer(self, engine: Engine, a: ModelAnnouncement) -> None:
         inputs = _arrays(_read_checked(a.kat_inputs, a.kat_inputs_sha256))
@@ -129,30 +179,35 @@ class ModelManager:
                 raise ModelLoadError(DiagCode.MODEL_INTEGRITY, f"known answer differs: {name}")
 
     def activate(self, a: ModelAnnouncement, generation: int) -> bool:
-        """Serve `a` now (start-up, or a commit this worker was not prepared for)."""
+        """Serve `a` now (start-up, a commit, or a step of a rolling switch); the known answer
+        passes before the engine serves. ModelLoadError leaves no engine serving."""
         if self.serving is not None and generation <= self.generation:
             return False
         prepared = self.prepared.pop(generation, None)
-        engine = prepared[1] if prepared is not None else None
+        engine, footprint = (prepared[1], prepared[2]) if prepared is not None else (None, 0)
         if engine is None:
             self.event(ModelStep.LOADING, a, "", generation)
             self.engine = None  # release the old session first: it may not fit beside
             engine = self.load(a)
+            footprint = self.loaded_footprint
         self.engine = engine
         self.serving = a
         self.generation = generation
+        self.footprint = footprint
         self.prepared.clear()
         return True
 
-    def prepare(self, a: ModelAnnouncement, generation: int) -> str:
-        """Load `a` beside the serving version when memory allows; returns how it will switch."""
+    def prepare(self, a: ModelAnnouncement, generation: int) -> bool:
+        """Load `a` beside the serving version when it fits (see the memory model above);
+        False when it does not and must be loaded after a drain instead."""
         self.prepared.clear()
-        if self.engine is not None and self.free_memory(self.config.device) < _HEADROOM * a.size:
-            self.prepared[generation] = (a, None)
-            return "deferred: not enough free memory for two versions; swaps after a drain"
+        if self.engine is not None and not self.fits_beside(a):
+            self.prepared[generation] = (a, None, 0)
+            return False
         self.event(ModelStep.LOADING, a, "", generation)
-        self.prepared[generation] = (a, self.load(a))
-        return "prepared beside the serving version"
+        engine = self.load(a)
+        self.prepared[generation] = (a, engine, self.loaded_footprint)
+        return True
 
     def abort(self, generation: int) -> None:
         """Drop what was prepared for `generation`; the serving version stays."""

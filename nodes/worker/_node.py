@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from vigil.bus.envelope import TraceContext
 from vigil.bus.rundir import resolve_endpoint
 from vigil.nodes._runtime import Node
 from vigil.nodes.contract import ExitCode, NodeArgs
-from vigil.nodes.worker._contract import FAULT_ABORT_STREAM, KIND, WorkerConfig
+from vigil.nodes.worker._contract import FAULT_ABORT_STREAM, FAULT_HANG_STREAM, KIND, WorkerConfig
 from vigil.nodes.worker._models import ModelLoadError, ModelManager
 from vigil.schemas import (
     DiagCode,
@@ -71,6 +72,7 @@ class _Worker:
             warm=(config.warm_height, config.warm_width),
             max_batch=config.max_batch,
             event=self._event,
+            budget_bytes=config.memory_budget_mb << 20,
         )
         self.pending: deque[_Job] = deque()
         self.batch_ids = itertools.count(1)
@@ -91,19 +93,48 @@ class _Worker:
         a = cmd.model
         if self.config.model and a.name != self.config.model:
             return
+        if cmd.worker and cmd.worker != self.node.args.label:
+            return
         if cmd.action is ModelAction.PREPARE:
             try:
-                how = self.manager.prepare(a, cmd.generation)
+                beside = self.manager.prepare(a, cmd.generation)
             except ModelLoadError as exc:
                 self._refuse(a, exc, cmd.generation)
                 return
-            self._event(ModelStep.READY, a, how, cmd.generation)
+            if beside:
+                how, step = "prepared beside the serving version", ModelStep.READY
+            else:
+                need = self.manager.estimate(a) >> 20
+                how = (
+                    f"deferred: about {need} MiB does not fit beside the serving version "
+                    f"({self.manager.footprint >> 20} MiB) within the memory budget"
+                )
+                step = ModelStep.DEFERRED
+            self._event(step, a, how, cmd.generation, self.manager.loaded_footprint * beside)
         elif cmd.action is ModelAction.COMMIT:
             self._activate(a, cmd.generation)
+        elif cmd.action is ModelAction.SWITCH:
+            self._switch(a, cmd.generation)
         else:
             self.manager.abort(cmd.generation)
 
-    def _activate(self, a: ModelAnnouncement, generation: int) -> None:
+    # implements: SR-MDL-002, SR-MDL-003
+    def _switch(self, a: ModelAnnouncement, generation: int) -> None:
+        """This worker's step of a rolling switch: no new work while it drains and loads, and
+        its known answer passes before it takes work again on the new version."""
+        serving = self.manager.serving
+        if serving is not None and serving.sha256 == a.sha256:
+            # Serves these very bytes already (a restarted worker that a rollback reaches).
+            self.manager.generation = max(self.manager.generation, generation)
+            self._event(ModelStep.SWITCHED, a, "serves it already", generation)
+            return
+        if self.manager.engine is not None:
+            self.offer(credit=0)  # withdrawn: the ingest sends its work to the other workers
+        self._activate(a, generation, step=ModelStep.SWITCHED)
+
+    def _activate(
+        self, a: ModelAnnouncement, generation: int, step: ModelStep = ModelStep.COMMITTED
+    ) -> None:
         if self.config.model and a.name != self.config.model:
             return
         if self.manager.serving is not None and generation <= self.manager.generation:
@@ -117,18 +148,37 @@ class _Worker:
         except ModelLoadError as exc:
             self._refuse(a, exc, generation)
             if previous is not None:
-                # Return to the version that served before; it loaded once, it loads again.
-                self.manager.activate(previous, generation)
+                self._restore(previous, generation)
             return
         if not switched:
             return
         engine = self.manager.engine
         assert engine is not None
-        self._event(ModelStep.COMMITTED, a, ",".join(engine.providers), generation)
+        detail = f"known answer passed on {','.join(engine.providers)}" if a.kat_inputs else ""
+        self._event(
+            step, a, detail or ",".join(engine.providers), generation, self.manager.footprint
+        )
+        self._serving(a, generation)
+
+    def _restore(self, previous: ModelAnnouncement, generation: int) -> None:
+        """Serve the version that served before a failed load; it loaded once, it loads again."""
+        try:
+            self.manager.activate(previous, generation)
+        except ModelLoadError as exc:
+            self.node.diag(
+                exc.code,
+                f"cannot serve {previous.name} {previous.version} again: {exc.reason}",
+                severity=Severity.CRITICAL,
+            )
+            return
+        self._serving(previous, generation)
+
+    def _serving(self, a: ModelAnnouncement, generation: int) -> None:
         self.node.heartbeat_detail = {
             "model": a.name,
             "version": a.version,
             "generation": str(generation),
+            "footprint_mb": f"{self.manager.footprint / 2**20:.1f}",
         }
         # The capacity is offered with every switch too: the offer is idempotent, and it
         # names the version now served.
@@ -141,13 +191,16 @@ class _Worker:
         if self.manager.engine is not None:
             self.offer()
 
-    def offer(self) -> None:
-        """Tell the ingest how many requests this worker takes at a time (its capacity)."""
+    def offer(self, credit: int | None = None) -> None:
+        """Tell the ingest how many requests this worker takes at a time (its capacity; 0
+        while it switches versions)."""
         engine = self.manager.engine
         assert engine is not None  # offered only once a model serves
         self.channel.send(
             WorkerCredit(
-                credit=self.config.credit or 2 * self.config.max_batch,
+                credit=(self.config.credit or 2 * self.config.max_batch)
+                if credit is None
+                else credit,
                 model=engine.name,
                 version=engine.version,
                 pid=os.getpid(),
@@ -155,7 +208,14 @@ class _Worker:
             )
         )
 
-    def _event(self, step: ModelStep, a: ModelAnnouncement, detail: str, generation: int) -> None:
+    def _event(
+        self,
+        step: ModelStep,
+        a: ModelAnnouncement,
+        detail: str,
+        generation: int,
+        footprint: int = 0,
+    ) -> None:
         self.node.publisher.publish(
             Topic.MODEL_EVENT,
             ModelEvent(
@@ -166,6 +226,7 @@ class _Worker:
                 instance=self.node.args.instance,
                 detail=detail[:512],
                 generation=generation,
+                footprint_bytes=footprint,
             ),
         )
 
@@ -255,6 +316,12 @@ class _Worker:
             j.request.stream_id == FAULT_ABORT_STREAM for j in jobs
         ):
             os.abort()  # what a crash inside the inference engine looks like from outside
+        if self.config.fault_injection and any(
+            j.request.stream_id == FAULT_HANG_STREAM for j in jobs
+        ):
+            self.node.record("critical", "worker.fault_injected", fault="hang", batch=batch_id)
+            # Signal handlers still run, but the loop that would act on them never turns again.
+            threading.Event().wait()
         started = self.node.clock()
         try:
             outputs = engine.run([j.image for j in jobs], [j.request.frame_ts_us for j in jobs])

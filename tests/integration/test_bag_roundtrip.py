@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import itertools
+import json
+import os
+import re
+import signal
 import socket
 import tempfile
 import threading
@@ -12,6 +19,11 @@ from pathlib import Path
 
 import pytest
 import zmq
+from click.testing import CliRunner
+from mcap.reader import make_reader
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.text import Text
 
 from vigil.bus.codec import Codec
 from vigil.bus.envelope import Envelope
@@ -30,6 +42,8 @@ from vigil.tools.bag import (
     RecordStats,
     bag_info,
 )
+from vigil.tools.bag_cmd import _LiveLine, _signals
+from vigil.tools.cli import cli
 
 WAIT_S = 10.0
 
@@ -301,3 +315,166 @@ def test_play_without_subscribers_times_out_with_a_typed_error(bus: Bus, tmp_pat
     with Player(config, [str(path)], bus.run.pub) as player, pytest.raises(NoSubscribers) as err:
         player.run(bus.ctx)
     assert err.value.topics == [Topic.HEARTBEAT]
+
+
+def test_json_recording_opens_in_the_mcap_reader_and_plays_back(bus: Bus, tmp_path: Path) -> None:
+    """`record --encoding json` writes what the official mcap reader decodes as JSON, and
+    `play` republishes it with the recorded frames."""
+    out = tmp_path / "rec.json.mcap"
+    config = RecordConfig(
+        output=str(out), topics=(Topic.HEARTBEAT, Topic.DIAGNOSTIC), encoding="json"
+    )
+    with _Running(bus, config) as recorder, Publisher(bus.ctx, bus.run.pub, source="src") as pub:
+        warm = _publish_until_recorded(pub, recorder, Topic.HEARTBEAT)
+        for i in range(20):
+            pub.publish(Topic.HEARTBEAT, _beat(100 + i), buffers=[bytes([i]) * 8])
+        _sentinel(pub, recorder)
+    with out.open("rb") as f:
+        decoded = [
+            (channel.message_encoding, channel.topic, json.loads(message.data))
+            for _, channel, message in make_reader(f).iter_messages()
+        ]
+    beats = [d for enc, topic, d in decoded if topic == Topic.HEARTBEAT and d["envelope"][1] > warm]
+    assert {enc for enc, _, _ in decoded} == {"json"}
+    assert [b["body"]["pid"] for b in beats] == list(range(100, 120))
+    assert base64.b64decode(beats[3]["buffers"][0]) == bytes([3]) * 8
+    with BagReader(out) as reader:
+        expected = [m.frames() for m in reader.messages([Topic.HEARTBEAT])]
+    with Subscriber(bus.ctx, bus.run.sub, [Topic.HEARTBEAT], typed=False) as sub:
+        config = PlayConfig(topics=(Topic.HEARTBEAT,), wait_for_subscribers=True)
+        with Player(config, [str(out)], bus.run.pub) as player:
+            player.run(bus.ctx)
+        got = []
+        while len(got) < len(expected):
+            received = sub.recv(timeout_ms=int(WAIT_S * 1000))
+            assert received is not None, f"only {len(got)} of {len(expected)} arrived"
+            got.append([bytes(f) for f in received.frames])
+    assert got == expected
+
+
+_REPORT = re.compile(
+    r"(?P<n>\d+) messages in (?P<s>[\d.]+) s .*lateness p50 (?P<p50>[\d.]+) us, "
+    r"p99 (?P<p99>[\d.]+) us, max (?P<max>[\d.]+) us"
+)
+
+
+def test_play_rate_2_takes_half_the_span_with_bounded_lateness(bus: Bus, tmp_path: Path) -> None:
+    """`bag play --rate 2` of a 2 s recording finishes in about 1 s (never sooner: no message
+    leaves before its deadline; far from the 2 s an ignored rate takes) and its report's
+    lateness stays within bounds a loaded 2-core machine meets."""
+    path = tmp_path / "paced.mcap"
+    _synthetic_bag(path, 201, 10_000_000)  # 200 steps of 10 ms: a 2.0 s span
+    with Subscriber(bus.ctx, bus.run.sub, [Topic.HEARTBEAT], typed=False) as sub:
+        shown = CliRunner().invoke(
+            cli,
+            [
+                *("bag", "play", str(path), "--rate", "2", "--endpoint", bus.run.pub, "-q"),
+                *("--wait-for-subscribers", "--spin-us", "2000"),
+            ],
+        )
+        assert shown.exit_code == 0, shown.output
+        got = 0
+        while got < 201:
+            assert sub.recv(timeout_ms=int(WAIT_S * 1000)) is not None, f"{got} of 201 arrived"
+            got += 1
+    report = _REPORT.search(" ".join(shown.output.split()))  # the terminal wraps the line
+    assert report is not None, shown.output
+    assert int(report["n"]) == 201
+    assert 0.995 <= float(report["s"]) < 1.6
+    assert float(report["p50"]) < 20_000  # 20 ms
+    assert float(report["p99"]) < 250_000
+    assert float(report["max"]) < 500_000
+
+
+def test_live_line_shows_the_drops_the_publishers_sequence_reveals(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """Messages missing from a publisher's sequence are counted as drops, and the recorder's
+    live line shows them, in red."""
+    lines: list[Text] = []
+    shown = threading.Condition()
+
+    class Shown(Live):
+        """A live display that also keeps each line it is given."""
+
+        def update(self, renderable: RenderableType, *, refresh: bool = False) -> None:
+            super().update(renderable, refresh=refresh)
+            with shown:
+                assert isinstance(renderable, Text)
+                lines.append(renderable)
+                shown.notify_all()
+
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    config = RecordConfig(output=str(tmp_path / "drops.mcap"), topics=(Topic.HEARTBEAT,))
+    recorder = Recorder(config, bus.run.sub)
+    with (
+        Shown(Text("waiting"), console=console, auto_refresh=False) as live,
+        Publisher(bus.ctx, bus.run.pub, source="src") as pub,
+    ):
+        line = _LiveLine(live)
+        thread = threading.Thread(target=lambda: recorder.run(bus.ctx, report=line))
+        thread.start()
+        try:
+            _publish_until_recorded(pub, recorder, Topic.HEARTBEAT)
+            pub.encode(Topic.HEARTBEAT, _beat(1))  # numbered, never sent: two drops
+            pub.encode(Topic.HEARTBEAT, _beat(2))
+            pub.publish(Topic.HEARTBEAT, _beat(3))
+            with shown:
+                ok = shown.wait_for(lambda: bool(lines) and "drops 2" in str(lines[-1]), WAIT_S)
+                assert ok, [str(x) for x in lines[-3:]]
+        finally:
+            recorder.request_stop()
+            thread.join(WAIT_S)
+            recorder.close()
+    last = lines[-1]
+    start = str(last).index("drops 2")
+    assert any(
+        span.start <= start < span.end and span.style == "bold red" for span in last.spans
+    ), last.spans
+    assert "drops 2" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_recording_splits_by_duration(bus: Bus, tmp_path: Path) -> None:
+    """With -d the recording continues in numbered files, one per period, each a complete
+    bag, in time order, together holding every message."""
+    config = RecordConfig(
+        output=str(tmp_path / "timed.mcap"),
+        topics=(Topic.HEARTBEAT, Topic.DIAGNOSTIC),
+        max_bag_duration_s=0.2,
+    )
+    with _Running(bus, config) as recorder, Publisher(bus.ctx, bus.run.pub, source="src") as pub:
+        _publish_until_recorded(pub, recorder, Topic.HEARTBEAT)
+        i = 0
+        while not recorder.wait_for(lambda s: len(s.files) >= 3, 0.01):
+            pub.publish(Topic.HEARTBEAT, _beat(i))
+            i += 1
+        _sentinel(pub, recorder)
+        total = recorder.stats().recorded
+    files = sorted(tmp_path.glob("timed_*.mcap"))
+    assert [f.name for f in files[:3]] == ["timed_0000.mcap", "timed_0001.mcap", "timed_0002.mcap"]
+    infos = [bag_info(f) for f in files]
+    assert all(i.complete for i in infos)
+    assert sum(i.messages for i in infos) == total
+    spans = [(i.start_ns, i.end_ns) for i in infos if i.messages]
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_snapshot_is_written_on_sigusr1(bus: Bus, tmp_path: Path) -> None:
+    """In snapshot mode, SIGUSR1 (through the handler `bag record` installs) writes the ring
+    to a numbered file; nothing is written before."""
+    config = RecordConfig(
+        output=str(tmp_path / "ring.mcap"), topics=(Topic.HEARTBEAT,), snapshot=True
+    )
+    with _Running(bus, config) as recorder, Publisher(bus.ctx, bus.run.pub, source="src") as pub:
+        _publish_until_recorded(pub, recorder, Topic.HEARTBEAT)
+        for i in range(10):
+            pub.publish(Topic.HEARTBEAT, _beat(i))
+        _wait(recorder, lambda s: s.recorded >= 11)
+        assert not list(tmp_path.glob("ring_*.mcap"))
+        with _signals({signal.SIGUSR1: recorder.request_snapshot}):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            _wait(recorder, lambda s: s.snapshots == 1)
+        recorded = recorder.stats().recorded
+    (ring,) = tmp_path.glob("ring_*.mcap")
+    assert ring.name == "ring_0000.mcap"
+    assert bag_info(ring).messages == recorded

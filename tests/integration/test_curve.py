@@ -187,14 +187,15 @@ def test_unauthorised_peer_can_neither_subscribe_publish_nor_request(
 
 
 def test_refusals_are_sealed_and_the_pipeline_serves_on(secured: Secured) -> None:
-    """After the refused attempts the sealed log holds AUTH_REFUSED entries and an
-    authorised client is still served."""
+    """After the refused attempts the sealed log holds AUTH_REFUSED diagnostics and security
+    audit records, and an authorised client is still served."""
     result = _infer(secured.frontend, secured.client, 20)
     assert isinstance(result, InferResult)
     store = secured.launcher.run.path / "log.store"
     deadline = time.monotonic() + 20
     sealed: list[dict[str, object]] = []
-    while not sealed and time.monotonic() < deadline:
+    audited: list[str] = []
+    while not (sealed and audited) and time.monotonic() < deadline:
         secured.launcher.supervise(0.2)
         sealed = [
             p
@@ -202,7 +203,10 @@ def test_refusals_are_sealed_and_the_pipeline_serves_on(secured: Secured) -> Non
             if e.event == "diag.event"
             and (p := msgspec.msgpack.decode(e.payload)).get("code") == DiagCode.AUTH_REFUSED
         ]
+        shown = CliRunner().invoke(cli, ["log", "audit", str(store), "--class", "security_event"])
+        audited = [line for line in shown.output.splitlines() if " AUTH_REFUSED " in line]
     assert sealed, "no AUTH_REFUSED diagnostic in the sealed log"
+    assert audited, "no AUTH_REFUSED security event among the binary audit records"
 
 
 def _tap(secured: Secured, *args: str, key: str | None) -> Result:

@@ -11,15 +11,15 @@ import pytest
 import zmq
 from click.testing import CliRunner
 
-from tests.integration.conftest import pipeline_launch
+from tests.integration.conftest import DETECTOR, pipeline_launch
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
-from vigil.errors import InvalidArgument
+from vigil.errors import InvalidArgument, Unavailable
 from vigil.launch import Launcher, load
 from vigil.nodes._scene import render_scene
 from vigil.nodes.logger.store import read_entries, verify_store
-from vigil.schemas import DiagCode, InferResult, StateChange, Topic
+from vigil.schemas import DiagCode, Heartbeat, InferResult, StateChange, Topic
 from vigil.testing.launchfiles import write
 from vigil.tools.cli import cli
 
@@ -178,3 +178,41 @@ def test_nodes_drain_and_exit_cleanly_on_sigterm(short_tmp: Path) -> None:
         children = list(launcher.children)
     codes = {c.plan.label: c.popen.returncode for c in children if c.popen is not None}
     assert codes and all(code == 0 for code in codes.values()), codes
+
+
+@pytest.mark.verifies("SR-ERR-001")
+def test_no_active_model_is_a_fast_unavailable_not_a_timeout(short_tmp: Path) -> None:
+    """With no verified model (the pinned one is refused), every request is refused at once
+    with UNAVAILABLE and its own diagnostic code, long before its deadline, and the watchdog
+    does not count these as inference timeouts (it stays NORMAL)."""
+    launch = pipeline_launch()
+    # A digest the file cannot have: the pinned model is refused, none is active.
+    refused = {"pinned": {**msgspec.to_builtins(DETECTOR), "sha256": "0" * 64}}
+    changes: dict[str, dict[str, object]] = {
+        "loader": {"config": refused},
+        "worker": {"replicas": 1},
+    }
+    nodes = [msgspec.structs.replace(n, **changes.get(n.kind, {})) for n in launch.nodes]
+    path = write(msgspec.structs.replace(launch, nodes=nodes), short_tmp, "nomodel.yaml")
+    run = RunDir(short_tmp / "run")
+    frame = render_scene(0, 96, 160)
+    with (
+        Launcher(load(path, run.path), run) as launcher,
+        Subscriber(launcher.ctx, run.sub, [Topic.HEARTBEAT]) as beats,
+    ):
+        launcher.start()
+        with _client(launcher) as client:
+            for ts in range(1, 6):
+                # A deadline far beyond the test's own timeout: only a fast refusal passes.
+                with pytest.raises(Unavailable) as refused:
+                    client.infer(frame, stream_id="cam0", frame_ts_us=ts, deadline_s=600)
+                assert refused.value.reply.diag_code == DiagCode.NO_MODEL
+        detail: dict[str, str] = {}
+        deadline = time.monotonic() + 30
+        while int(detail.get("errors_seen", "0")) < 5:
+            assert time.monotonic() < deadline, f"the watchdog never saw the errors: {detail}"
+            got = beats.recv(100)
+            if got is not None and isinstance(got.body, Heartbeat) and got.body.kind == "watchdog":
+                detail = got.body.detail
+        assert detail["timeouts_seen"] == "0"
+        assert detail["state"] == "NORMAL"

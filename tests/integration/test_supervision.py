@@ -13,19 +13,24 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 import zmq
+from structlog.testing import capture_logs
 
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
+from vigil.client import Client
 from vigil.launch import Launcher, LaunchError, RestartPolicy, load
 from vigil.launch.model import Limits, NodeSpec
 from vigil.nodes.demo_sink import SinkConfig
 from vigil.nodes.logger import LoggerConfig
 from vigil.nodes.logger.store import StoreConfig, read_entries
-from vigil.nodes.worker import WorkerConfig
-from vigil.schemas import AuditId, Heartbeat, SafetyState, StateChange, Topic
+from vigil.nodes.worker import FAULT_HANG_STREAM, WorkerConfig
+from vigil.schemas import AuditId, Heartbeat, LogRecord, SafetyState, StateChange, Topic
 from vigil.testing.launchfiles import launch_file, node, write
+from vigil.testing.modelgen import signed_pair
+from vigil.testing.pipeline import FAST_INGEST, classifier_serving
 
 pytestmark = pytest.mark.verifies("SR-SUP-001")
 
@@ -204,3 +209,55 @@ def test_killed_proxy_is_restarted_and_heartbeats_flow_again(short_tmp: Path) ->
                         fresh.add(got.body.node)
         assert proxy.pid != old_pid and proxy.ready  # type: ignore[attr-defined]
         _wait_sealed(launcher, AuditId.NODE_RESTARTED, "proxy")
+
+
+def _ladder(logs: list[dict[str, object]], label: str) -> list[str]:
+    """The stop steps the launcher logged for one node, in order."""
+    steps = []
+    for entry in logs:
+        if entry.get("node") != label:
+            continue
+        if entry["event"] == "node.signalled":
+            steps.append(str(entry["signal"]))
+        elif entry["event"] == "node.killed":
+            steps.append("SIGKILL")
+    return steps
+
+
+@pytest.mark.verifies("SR-SUP-002")
+def test_stop_ladder_kills_a_hung_worker_and_stops_a_healthy_node_at_sigint(
+    short_tmp: Path,
+) -> None:
+    """Stopping a worker hung inside its engine (deaf to SIGINT and SIGTERM) goes SIGINT,
+    then SIGTERM after its grace, then SIGKILL; a healthy node stops at SIGINT with code 0."""
+    root, trusted, _ = signed_pair(short_tmp)
+    logger, loader, workers = classifier_serving(root, trusted, workers=1, fault_injection=True)
+    workers = msgspec.structs.replace(workers, stop_grace_ms=100, kill_grace_ms=100)
+    path = write(
+        launch_file("ladder", logger, loader, workers, node("ingest", FAST_INGEST)), short_tmp
+    )
+    run = RunDir(short_tmp / "run")
+    frame = np.full((32, 32, 3), 90, dtype=np.uint8)
+    with capture_logs() as logs, Launcher(load(path, run.path), run) as launcher:
+        launcher.start()
+        with (
+            Client(run.ipc("ingest"), name="hang", ctx=launcher.ctx) as client,
+            Subscriber(launcher.ctx, run.sub, [Topic.LOG]) as sub,
+        ):
+            client.submit(frame, stream_id=FAULT_HANG_STREAM, frame_ts_us=1, deadline_s=30)
+            deadline = time.monotonic() + 30
+            hung = False
+            while not hung:
+                assert time.monotonic() < deadline, "the worker never took the hanging batch"
+                got = sub.recv(100)
+                hung = isinstance(got and got.body, LogRecord) and (
+                    got.body.event == "worker.fault_injected"  # type: ignore[union-attr]
+                )
+        worker = _child(launcher, "worker")
+        launcher.stop(worker)  # type: ignore[arg-type]
+        assert worker.popen.returncode == -signal.SIGKILL  # type: ignore[attr-defined]
+        ingest = _child(launcher, "ingest")
+        launcher.stop(ingest)  # type: ignore[arg-type]
+        assert ingest.popen.returncode == 0  # type: ignore[attr-defined]
+    assert _ladder(logs, "worker") == ["SIGINT", "SIGTERM", "SIGKILL"]
+    assert _ladder(logs, "ingest") == ["SIGINT"]

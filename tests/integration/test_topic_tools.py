@@ -22,11 +22,12 @@ from vigil.schemas import DiagnosticEvent, Topic
 from vigil.testing.launchfiles import launch_file, node, write
 from vigil.tools.cli import cli
 
-# No workers: the ingest admits every request (and publishes it on infer/request, image and
-# all) and then answers it with a typed error, which is all these tools need to see.
+# No workers and no model: the ingest (told not to require one) admits every request (and
+# publishes it on infer/request, image and all) and then answers it with a typed error, which
+# is all these tools need to see.
 LIGHT = launch_file(
     "taps",
-    node("ingest", IngestConfig(default_deadline_ms=200)),
+    node("ingest", IngestConfig(default_deadline_ms=200, require_model=False)),
     node("sink", SinkConfig()),
     node(
         "source",
@@ -180,7 +181,7 @@ def test_pub_without_subscribers_gives_up(light: Launcher) -> None:
         "topic",
         "pub",
         Topic.AUDIT,
-        "{event: 100, node: cli}",
+        "{event: 1002, node: cli}",
         "--wait-timeout",
         "0.3",
     )

@@ -4,7 +4,9 @@ Each MCAP message holds one bus message as a MessagePack map
 `{"envelope": <frame 2>, "body": <frame 3>, "buffers": [<bin>, ...]}` in which the envelope and
 body are the recorded frames spliced in byte for byte (each frame is one MessagePack value), so
 a replay republishes exactly what was recorded and any MessagePack reader sees plain values.
-The topic (frame 1) is the MCAP channel's topic. `docs/bags.md` describes the layout.
+The topic (frame 1) is the MCAP channel's topic. A bag may instead be written in JSON, the
+encoding Foxglove and the mcap tools decode (`_foxglove.py`); readers take both.
+`docs/bags.md` describes the layout.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ from vigil.bus.codec import topic_frame
 from vigil.bus.envelope import Envelope
 from vigil.errors import IntegrityError, VigilError
 from vigil.schemas import TOPICS
+from vigil.tools.bag._foxglove import (
+    DERIVED,
+    JSON_ENCODING,
+    ImageFormat,
+    JsonRecords,
+    foxglove_schema,
+    record_from_json,
+)
 
 __all__ = [
     "MAGIC",
@@ -47,6 +57,7 @@ __all__ = [
     "BagReader",
     "BagWriter",
     "Compression",
+    "Encoding",
     "encode_record",
     "output_path",
     "read_messages",
@@ -64,6 +75,7 @@ _RECORD_HEADER = struct.Struct("<BQ")
 _MESSAGE_HEADER = struct.Struct("<HIQQ")
 
 Compression = Literal["zstd", "lz4", "none"]
+Encoding = Literal["msgpack", "json"]
 _COMPRESSION: Final[dict[str, CompressionType]] = {
     "zstd": CompressionType.ZSTD,
     "lz4": CompressionType.LZ4,
@@ -198,6 +210,9 @@ class BagWriter:
     `chunk_size` bytes or `flush()` is called, the chunk is compressed, written and the file
     flushed (and fsync'd when asked), so a crash loses at most the chunk in progress.
     `finish()` writes the summary and closes the file only when this writer opened it.
+
+    With `encoding="json"` each record is written as JSON, and requests and results also
+    yield Foxglove images (`images`: raw, png or jpeg) and annotations on derived topics.
     """
 
     def __init__(
@@ -207,6 +222,8 @@ class BagWriter:
         chunk_size: int = 1 << 20,
         compression: Compression = "zstd",
         fsync: bool = False,
+        encoding: Encoding = "msgpack",
+        images: ImageFormat = "raw",
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
@@ -228,12 +245,16 @@ class BagWriter:
         )
         self._writer.start(profile=PROFILE, library=f"vigil/{vigil_version()}")
         self._channels: dict[str, int] = {}
+        self._schemas: dict[str, int] = {}
+        self._json = JsonRecords(images) if encoding == JSON_ENCODING else None
+        self._encoding = encoding
         self._pending = 0
         self._finished = False
         self.messages = 0
+        self.derived = 0
         self.start_ns = 0
         self.end_ns = 0
-        self.add_metadata("vigil.layout", {"version": LAYOUT_VERSION})
+        self.add_metadata("vigil.layout", {"version": LAYOUT_VERSION, "encoding": encoding})
 
     def _channel(self, topic: str) -> int:
         channel = self._channels.get(topic)
@@ -243,7 +264,20 @@ class BagWriter:
             cls = TOPICS.get(topic)
             tag = cls.__struct_config__.tag if cls is not None else None
             meta = {"vigil.schema": tag if isinstance(tag, str) else ""}
-            channel = self._writer.register_channel(topic, MESSAGE_ENCODING, schema_id, meta)
+            channel = self._writer.register_channel(topic, self._encoding, schema_id, meta)
+            self._channels[topic] = channel
+        return channel
+
+    def _derived_channel(self, topic: str, cls: type[msgspec.Struct]) -> int:
+        channel = self._channels.get(topic)
+        if channel is None:
+            name, schema = foxglove_schema(cls)
+            schema_id = self._schemas.get(name)
+            if schema_id is None:
+                schema_id = self._writer.register_schema(name, SCHEMA_ENCODING, schema)
+                self._schemas[name] = schema_id
+            meta = {DERIVED: "foxglove"}
+            channel = self._writer.register_channel(topic, JSON_ENCODING, schema_id, meta)
             self._channels[topic] = channel
         return channel
 
@@ -260,6 +294,17 @@ class BagWriter:
         if self._finished:
             raise BagError(f"{self.path}: bag already finished")
         channel = self._channel(topic)
+        if self._json is not None:
+            data, derived = self._json.convert(topic, data)
+            for extra in derived:
+                self._writer.add_message(
+                    self._derived_channel(extra.topic, extra.schema),
+                    log_time=log_time_ns,
+                    data=extra.data,
+                    publish_time=publish_time_ns,
+                )
+                self._pending += len(extra.data) + 31
+                self.derived += 1
         self._writer.add_message(
             channel,
             log_time=log_time_ns,
@@ -462,7 +507,8 @@ class BagReader(Closing):
                 yield Schema.read(ReadDataStream(io.BytesIO(record)))
 
     def messages(self, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
-        """Every message on `topics` (all when None), in file order."""
+        """Every bus message on `topics` (all when None), in file order; derived Foxglove
+        topics of a JSON bag are not bus messages and are left out."""
         wanted = None if topics is None else set(topics)
         for record in self._records():
             if isinstance(record, Message):
@@ -471,6 +517,8 @@ class BagReader(Closing):
                     raise BagFormatError(
                         self.path, f"message on unknown channel {record.channel_id}"
                     )
+                if channel.metadata.get(DERIVED):
+                    continue
                 if wanted is not None and channel.topic not in wanted:
                     continue
                 yield self._message(channel, record)
@@ -478,21 +526,29 @@ class BagReader(Closing):
                 self._note(record)
 
     def _message(self, channel: Channel, record: Message) -> BagMessage:
-        if channel.message_encoding != MESSAGE_ENCODING:
-            raise BagFormatError(
-                self.path, f"channel {channel.topic!r} is {channel.message_encoding!r}"
-            )
         try:
-            wrapper = _RECORD.decode(record.data)
+            if channel.message_encoding == MESSAGE_ENCODING:
+                wrapper = _RECORD.decode(record.data)
+                envelope, body, buffers = (
+                    bytes(wrapper.envelope),
+                    bytes(wrapper.body),
+                    wrapper.buffers,
+                )
+            elif channel.message_encoding == JSON_ENCODING:
+                envelope, body, buffers = record_from_json(channel.topic, record.data)
+            else:
+                raise BagFormatError(
+                    self.path, f"channel {channel.topic!r} is {channel.message_encoding!r}"
+                )
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise IntegrityError(
                 f"{self.path}: message on {channel.topic}", "a vigil bag record", str(exc)
             ) from exc
         return BagMessage(
             topic=channel.topic,
-            envelope_bytes=bytes(wrapper.envelope),
-            body_bytes=bytes(wrapper.body),
-            buffers=wrapper.buffers,
+            envelope_bytes=envelope,
+            body_bytes=body,
+            buffers=buffers,
             log_time_ns=record.log_time,
             publish_time_ns=record.publish_time,
         )

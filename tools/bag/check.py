@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,10 +215,13 @@ def run_check(
     launch_file: str | Path,
     tolerances: Tolerances | str | Path | None = None,
     config: CheckConfig = _DEFAULT,
+    *,
+    arguments: Mapping[str, str] | None = None,
 ) -> tuple[CheckReport, ReplayStats]:
-    """Replay `recording` through a fresh pipeline from `launch_file`; the comparison report
-    and what the replay did. ConfigError for a bad launch or tolerance file, BagError for an
-    unreadable recording, NotServing when the pipeline never serves."""
+    """Replay `recording` through a fresh pipeline from `launch_file` (with its launch
+    `arguments`); the comparison report and what the replay did. ConfigError for a bad launch
+    or tolerance file, BagError for an unreadable recording, NotServing when the pipeline
+    never serves."""
     paths = [recording] if isinstance(recording, str | Path) else list(recording)
     rules = _tolerances(tolerances)
     recorded_in, recorded_out = read_bag_io([str(p) for p in paths], rules)
@@ -233,7 +236,7 @@ def run_check(
     reference = [m for m in recorded_out if _key(m.body) in sent]
     with ExitStack() as stack:
         run = stack.enter_context(_run_dir())
-        plan = _without_sources(load(launch_file, run.path))
+        plan = _without_sources(load(launch_file, run.path, arguments=arguments))
         ingest = next((p for p in plan.processes if p.spec.kind == "ingest"), None)
         if ingest is None:
             raise NotServing([], config.serving_timeout_s)

@@ -25,9 +25,11 @@ from vigil.bus.curve import CurveConfig
 from vigil.bus.pubsub import Received, Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.schemas import ModelAnnouncement, Topic
+from vigil.tools.bag._foxglove import ImageFormat
 from vigil.tools.bag._mcap import (
     BagWriter,
     Compression,
+    Encoding,
     encode_record,
     output_path,
     vigil_version,
@@ -60,6 +62,9 @@ class RecordConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # A chunk is closed at least this often, so a crash loses at most this much traffic.
     flush_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     compression: Compression = "zstd"
+    # "json" writes what Foxglove opens: JSON records plus images and detections in its schemas.
+    encoding: Encoding = "msgpack"
+    images: ImageFormat = "raw"
     fsync: bool = False
     max_bag_size: Annotated[int, msgspec.Meta(ge=0)] = 0
     max_bag_duration_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
@@ -213,6 +218,8 @@ class _Files:
             chunk_size=self._config.chunk_size,
             compression=self._config.compression,
             fsync=self._config.fsync,
+            encoding=self._config.encoding,
+            images=self._config.images,
         )
         self.opened.append(str(path))
         for name, data in self._metadata.items():

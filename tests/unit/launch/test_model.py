@@ -214,3 +214,33 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_config_error_is_a_vigil_error() -> None:
     """ConfigError is caught by `except VigilError`."""
     assert issubclass(ConfigError, VigilError)
+
+
+# -- software-instance ids ----------------------------------------------------------------
+
+
+def test_instance_ids_default_to_the_place_in_the_file(tmp_path: Path) -> None:
+    """Without instance_id a node's id is 100 times its place; replicas take the next ones;
+    the proxy is 1; `--print` shows each id."""
+    plan = _plan(tmp_path)
+    assert [p.args.instance_id for p in plan.processes] == [100, 200, 201]
+    assert plan.proxy is not None and plan.proxy.args.instance_id == 1
+    assert "worker.2         worker       id=201 " in plan.describe()
+
+
+def test_instance_id_is_assigned_in_the_launch_file(tmp_path: Path) -> None:
+    """`instance_id:` sets a node's id (and its replicas' after it)."""
+    plan = _plan(
+        tmp_path, GOOD.replace("    replicas: 2\n", "    replicas: 2\n    instance_id: 40\n")
+    )
+    assert [p.args.instance_id for p in plan.processes] == [100, 40, 41]
+
+
+def test_instance_ids_must_be_unique(tmp_path: Path) -> None:
+    """Two processes with one id are refused at the second node's instance_id."""
+    text = GOOD.replace("    replicas: 2\n", "    replicas: 2\n    instance_id: 99\n")
+    error = _error(
+        tmp_path, text.replace("kind: demo_sink\n", "kind: demo_sink\n    instance_id: 100\n")
+    )
+    assert error.path == "$.nodes[1].instance_id"
+    assert "instance id 100 is sink's" in error.reason

@@ -26,7 +26,7 @@ def test_layout_is_46_little_endian_bytes() -> None:
     """u64 timestamp, u16 event, u32 instance, 32-byte payload, little-endian, unpadded."""
     record = pack_audit(0x0102030405060708, AuditId.LOG_GAP, 0x0A0B0C0D, b"\xff")
     assert AUDIT_RECORD.size == AUDIT_DTYPE.itemsize == len(record) == 46
-    assert record[:14] == bytes.fromhex("0807060504030201f4010d0c0b0a")
+    assert record[:14] == bytes.fromhex("0807060504030201d3070d0c0b0a")  # LOG_GAP = 2003
     assert record[14:] == b"\xff" + bytes(31)
 
 
@@ -42,7 +42,7 @@ def test_numpy_view_shares_the_buffer() -> None:
     raw = bytearray(pack_audit(1, AuditId.NODE_STARTED, 1) + pack_audit(2, AuditId.NODE_STOPPED, 1))
     view = audit_view(raw)
     assert np.shares_memory(view, np.frombuffer(raw, dtype=np.uint8))
-    assert view["event"].tolist() == [100, 101]
+    assert view["event"].tolist() == [1002, 1003]
 
 
 def test_unknown_event_id_is_refused() -> None:
