@@ -49,15 +49,29 @@ class Incoming:
 
 
 class FrameFault(VigilError):
-    """Frames that do not decode; carries what the rejection needs (never raised past a node)."""
+    """Frames that do not decode; carries what the rejection needs (never raised past a node).
 
-    def __init__(self, identity: list[bytes], seq: int, what: str, field: str, rule: str) -> None:
+    `envelope` is the sender's envelope when it was readable (the body was not), so the
+    rejection can still answer in the sender's trace.
+    """
+
+    def __init__(
+        self,
+        identity: list[bytes],
+        seq: int,
+        what: str,
+        field: str,
+        rule: str,
+        *,
+        envelope: Envelope | None = None,
+    ) -> None:
         super().__init__(f"{what}: {rule} at {field}")
         self.identity = identity
         self.seq = seq
         self.what = what
         self.field = field
         self.rule = rule
+        self.envelope = envelope
 
 
 def drain_events(monitor: zmq.Socket[bytes]) -> int:
@@ -166,6 +180,17 @@ class Channel:
         head = [self._codec.encode(envelope)] if envelope is not None else []
         self.socket.send_multipart([*identity, *head, *frames], copy=False)
 
+    def peek_envelope(self, frames: list[zmq.Frame]) -> Envelope | None:
+        """The envelope of frames refused before decoding (too large), when it is a small,
+        valid envelope; None otherwise. Only the envelope frame is read."""
+        _, rest = split_identity(frames) if self._routed else ([], frames)
+        if not rest or len(rest[0]) > _MAX_PEEK_BYTES:
+            return None
+        try:
+            return self._codec.decode_envelope(rest[0].buffer)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+            return None
+
     def recv(self, flags: int = 0) -> Incoming:
         """Receive and decode one message; raises FrameFault for frames that do not decode."""
         return self.decode(self.socket.recv_multipart(flags, copy=False))
@@ -189,7 +214,7 @@ class Channel:
             body = self._codec.decode_body(envelope.schema, rest[1].buffer)
         except KeyError as exc:
             raise FrameFault(
-                identity, envelope.seq, "schema", "$.schema", "unknown schema id"
+                identity, envelope.seq, "schema", "$.schema", "unknown schema id", envelope=envelope
             ) from exc
         except msgspec.ValidationError as exc:
             # A type error is reported first even in truncated input; tell the two apart so
@@ -197,19 +222,29 @@ class Channel:
             try:
                 self._codec.decode_any(rest[1].buffer)
             except (msgspec.DecodeError, UnicodeDecodeError) as broken:
-                raise FrameFault(identity, envelope.seq, "body", "$", str(broken)) from broken
+                raise FrameFault(
+                    identity, envelope.seq, "body", "$", str(broken), envelope=envelope
+                ) from broken
             except RecursionError:
                 pass
             field, rule = validation_path(exc)
-            raise FrameFault(identity, envelope.seq, "body", field, rule) from exc
+            raise FrameFault(
+                identity, envelope.seq, "body", field, rule, envelope=envelope
+            ) from exc
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise FrameFault(identity, envelope.seq, "body", "$", str(exc)) from exc
+            raise FrameFault(
+                identity, envelope.seq, "body", "$", str(exc), envelope=envelope
+            ) from exc
         except RecursionError as exc:
-            raise FrameFault(identity, envelope.seq, "body", "$", _TOO_DEEP) from exc
+            raise FrameFault(
+                identity, envelope.seq, "body", "$", _TOO_DEEP, envelope=envelope
+            ) from exc
         return Incoming(identity, envelope, body, rest[2:])
 
 
 _PEEK = msgspec.msgpack.Decoder(list[Any])
+# Every envelope field is bounded; a valid envelope is a few hundred bytes at most.
+_MAX_PEEK_BYTES = 1024
 _TOO_DEEP = "nesting too deep"
 
 

@@ -38,6 +38,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     tenant: Annotated[str, msgspec.Meta(max_length=64)] = ""
     # Random per publisher start: a receiver tells a restarted publisher from a replay.
     session: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Non-zero on a message that `vigil bag play` published again: the id of that replay.
+    # Live nodes leave such messages out of their state (a replay is not evidence of now).
+    replay: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     @classmethod
     def build(
@@ -53,6 +56,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
         priority: int = 0,
         tenant: str = "",
         session: int = 0,
+        replay: int = 0,
     ) -> Envelope:
         """An envelope carrying `trace` in its flattened wire fields (what senders use)."""
         return cls(
@@ -68,6 +72,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
             priority=priority,
             tenant=tenant,
             session=session,
+            replay=replay,
         )
 
     def with_trace(self, trace: TraceContext | None) -> Envelope:

@@ -6,17 +6,20 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import msgspec
 import zmq
 
 from vigil.bus.closing import Closing
 from vigil.bus.codec import topic_frame
 from vigil.bus.curve import CurveConfig, Gate, secure
+from vigil.bus.envelope import Envelope
 
 __all__ = ["Proxy"]
 
 # Frames forwarded per readiness event before returning to the poller, so one busy side
 # cannot starve the other and the heartbeat.
 _BURST = 256
+_ENVELOPE = msgspec.msgpack.Decoder(Envelope)
 
 
 # implements: SR-WDG-003
@@ -27,6 +30,9 @@ class Proxy(Closing):
     matches it arrives (XPUB_VERBOSE passes every subscription, not only the first), so a late
     joiner gets the current value at once. Subscribers that had it already drop the copy as a
     duplicate by its sequence number.
+
+    A replayed value (`vigil bag play`) never replaces a live one: it is kept only where no
+    live value is, and never written to disk.
     """
 
     def __init__(
@@ -57,6 +63,8 @@ class Proxy(Closing):
         for topic in self._latched:
             self.frontend.send(b"\x01" + topic)
         self._last: dict[bytes, list[bytes]] = {}
+        # Latched topics whose kept value is a replayed one.
+        self._replayed: set[bytes] = set()
         self.forwarded = 0
         # Latched values survive a proxy restart: they are kept on disk as they change (rarely)
         # and loaded back, so a late joiner still learns the state after the proxy died.
@@ -88,11 +96,22 @@ class Proxy(Closing):
                 return
             first = frames[0].bytes
             if first in self._latched:
-                kept = self._last[first] = [f.bytes for f in frames]
-                if self._keep is not None:
-                    _write_frames(self._keep / f"{first[:-1].hex()}.frames", kept)
+                self._latch(first, [f.bytes for f in frames])
             self.backend.send_multipart(frames, copy=False)
             self.forwarded += 1
+
+    def _latch(self, topic: bytes, frames: list[bytes]) -> None:
+        """Keep `frames` as the last value of `topic`, unless a replay would hide a live one."""
+        if _replayed(frames):
+            if topic in self._last and topic not in self._replayed:
+                return
+            self._replayed.add(topic)
+            self._last[topic] = frames
+            return
+        self._replayed.discard(topic)
+        self._last[topic] = frames
+        if self._keep is not None:
+            _write_frames(self._keep / f"{topic[:-1].hex()}.frames", frames)
 
     def _forward_subscriptions(self) -> None:
         for _ in range(_BURST):
@@ -111,6 +130,16 @@ class Proxy(Closing):
         """Close both sockets without lingering."""
         self.frontend.close(linger=0)
         self.backend.close(linger=0)
+
+
+def _replayed(frames: list[bytes]) -> bool:
+    """Whether a message's envelope marks it replayed (an unreadable one counts as live)."""
+    if len(frames) < 2:
+        return False
+    try:
+        return _ENVELOPE.decode(frames[1]).replay != 0
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+        return False
 
 
 def _write_frames(path: Path, frames: list[bytes]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +165,7 @@ class TopicStats:
     lost: int = 0
     duplicates: int = 0
     malformed: int = 0
+    replayed: int = 0  # replayed messages (left out, or delivered without gap counting)
     last_seq: dict[tuple[str, int, int], int] = field(default_factory=dict)
 
 
@@ -173,6 +174,11 @@ class Subscriber(Closing):
 
     A topic is subscribed exactly (name + NUL) unless `prefix=True`, when every topic that
     starts with the name matches (`""` then means every topic).
+
+    A message that `vigil bag play` published (its envelope's `replay` is set) is only counted
+    when `skip_replayed` is True or names its topic; otherwise it is delivered, outside the
+    sequence accounting of live publishers (a replay may carry the very sessions it was
+    recorded from).
     """
 
     def __init__(
@@ -187,6 +193,7 @@ class Subscriber(Closing):
         bind: bool = False,
         curve: CurveConfig | None = None,
         strict: bool = False,
+        skip_replayed: bool | Collection[str] = False,
     ) -> None:
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -202,6 +209,8 @@ class Subscriber(Closing):
         # With `strict`, a subscriber that knows a publisher session counts the first message
         # of that session on a new topic from seq 1 (for receivers that must miss nothing).
         self._strict = strict
+        self._skip_all = skip_replayed is True
+        self._skip = frozenset(() if isinstance(skip_replayed, bool) else skip_replayed)
         self._known: dict[bytes, tuple[str, TopicStats]] = {}
         self._sessions: set[tuple[str, int, int]] = set()
         self._codec = Codec()
@@ -265,6 +274,13 @@ class Subscriber(Closing):
         ):
             stats.malformed += 1
             return None
+        if envelope.replay:
+            stats.replayed += 1
+            if self._skip_all or topic in self._skip:
+                return None
+            stats.messages += 1
+            stats.bytes += size
+            return Received(topic, envelope, body, frames[3:], frames, size)
         key = (envelope.source, envelope.instance, envelope.session)
         last = stats.last_seq.get(key)
         if last is not None and envelope.seq <= last:

@@ -115,6 +115,7 @@ class Launcher:
                 self.sub_endpoint,
                 [Topic.SAFETY_STATE, Topic.HEARTBEAT],
                 curve=plan.curve,
+                skip_replayed=True,
             )
         )
         planned = [plan.proxy] if plan.proxy is not None else []

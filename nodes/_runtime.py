@@ -9,7 +9,7 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +28,7 @@ from vigil.bus.signals import SignalWakeup
 from vigil.nodes._logging import current_trace, trace_fields
 from vigil.nodes.contract import NodeArgs, NodeContract
 from vigil.schemas import (
+    CONTROL_TOPICS,
     TOPICS,
     AuditEvent,
     AuditId,
@@ -45,6 +46,13 @@ __all__ = ["HeartbeatThread", "Node"]
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The structlog level of each diagnostic's local line.
+_DIAG_LEVELS = {
+    Severity.INFO: "info",
+    Severity.WARNING: "warning",
+    Severity.ERROR: "error",
+    Severity.CRITICAL: "critical",
+}
 # How long a starting node waits for its publications to come back through the proxy, and
 # how often it asks again meanwhile.
 _JOIN_TIMEOUT_S = 10.0
@@ -235,11 +243,18 @@ class Node:
             )
 
     def subscriber(
-        self, topics: list[str], *, prefix: bool = False, strict: bool = False
+        self,
+        topics: list[str],
+        *,
+        prefix: bool = False,
+        strict: bool = False,
+        skip_replayed: bool | Collection[str] = CONTROL_TOPICS,
     ) -> Subscriber:
         """A subscriber on the proxy, owned by this node and registered with its poller.
 
         A `prefix` subscription takes every catalogued topic that one of `topics` begins.
+        Replayed messages (`vigil bag play`) on control topics are left out by default: a live
+        node follows the live system's liveness, state and model, never a recording's.
         """
         sub: Subscriber = self._stack.enter_context(
             Subscriber(
@@ -249,6 +264,7 @@ class Node:
                 prefix=prefix,
                 curve=self.args.curve,
                 strict=strict,
+                skip_replayed=skip_replayed,
             )
         )
         self.poller.register(sub.socket, zmq.POLLIN)
@@ -344,7 +360,14 @@ class Node:
         stream_id: str = "",
         trace: TraceContext | None = None,
     ) -> None:
-        """Publish a diagnostic event (the logger seals it) and log it locally."""
+        """Publish a diagnostic event (the logger seals it) and log it locally, in `trace`
+        (or the one bound by an enclosing `traced()` block)."""
+        if trace is None:
+            trace = current_trace()
+        getattr(self.log, _DIAG_LEVELS.get(severity, "warning"))(
+            "diag", code=str(code), message=message, field=field, rule=rule, stream_id=stream_id,
+            **trace_fields(trace),
+        )  # fmt: skip
         self.publisher.publish(
             Topic.DIAGNOSTIC,
             DiagnosticEvent(

@@ -2,10 +2,19 @@
 
 from vigil.schemas._base import Config, Message
 from vigil.schemas.audit import AuditClass, AuditEvent, AuditId, audit_class
-from vigil.schemas.catalogue import LATCHED_TOPICS, SCHEMAS, TOPICS, Topic, schema_id, topic_type
+from vigil.schemas.catalogue import (
+    CONTROL_TOPICS,
+    LATCHED_TOPICS,
+    SCHEMAS,
+    TOPICS,
+    Topic,
+    schema_id,
+    topic_type,
+)
 from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DIAG_CODES, DiagCode, DiagnosticEvent, Severity
 from vigil.schemas.errors import ErrorCode, ErrorReply
+from vigil.schemas.evidence import BatchEvidence, Outcome, RequestEvidence
 from vigil.schemas.health import Heartbeat, SafetyState, StateChange
 from vigil.schemas.infer import Box, InferRequest, InferResult, PerceptionOutput, TensorRef
 from vigil.schemas.log import LogRecord
@@ -18,6 +27,7 @@ from vigil.schemas.model import (
 )
 
 __all__ = [
+    "CONTROL_TOPICS",
     "DIAG_CODES",
     "LATCHED_TOPICS",
     "SCHEMAS",
@@ -25,6 +35,7 @@ __all__ = [
     "AuditClass",
     "AuditEvent",
     "AuditId",
+    "BatchEvidence",
     "Box",
     "BusProbe",
     "Config",
@@ -43,7 +54,9 @@ __all__ = [
     "ModelEvent",
     "ModelStep",
     "NodeReady",
+    "Outcome",
     "PerceptionOutput",
+    "RequestEvidence",
     "SafetyState",
     "Severity",
     "StateChange",

@@ -9,12 +9,21 @@ from vigil.schemas.audit import AuditEvent
 from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DiagnosticEvent
 from vigil.schemas.errors import ErrorReply
+from vigil.schemas.evidence import BatchEvidence, RequestEvidence
 from vigil.schemas.health import Heartbeat, StateChange
 from vigil.schemas.infer import InferRequest, InferResult
 from vigil.schemas.log import LogRecord
 from vigil.schemas.model import ModelAnnouncement, ModelCommand, ModelEvent
 
-__all__ = ["LATCHED_TOPICS", "SCHEMAS", "TOPICS", "Topic", "schema_id", "topic_type"]
+__all__ = [
+    "CONTROL_TOPICS",
+    "LATCHED_TOPICS",
+    "SCHEMAS",
+    "TOPICS",
+    "Topic",
+    "schema_id",
+    "topic_type",
+]
 
 
 class Topic:
@@ -32,6 +41,8 @@ class Topic:
     MODEL_ACTIVE: Final = "model/active"
     MODEL_COMMAND: Final = "model/command"
     BUS_PROBE: Final = "bus/probe"
+    REQUEST_EVIDENCE: Final = "evidence/request"
+    BATCH_EVIDENCE: Final = "evidence/batch"
 
 
 TOPICS: Final[dict[str, type[Message]]] = {
@@ -47,11 +58,26 @@ TOPICS: Final[dict[str, type[Message]]] = {
     Topic.MODEL_ACTIVE: ModelAnnouncement,
     Topic.MODEL_COMMAND: ModelCommand,
     Topic.BUS_PROBE: BusProbe,
+    Topic.REQUEST_EVIDENCE: RequestEvidence,
+    Topic.BATCH_EVIDENCE: BatchEvidence,
 }
 
 # Topics whose last value the proxy keeps and re-sends to every new subscriber, so a late
 # joiner learns the safety state and the serving model at once (the slow-joiner trap).
 LATCHED_TOPICS: Final[frozenset[str]] = frozenset({Topic.SAFETY_STATE, Topic.MODEL_ACTIVE})
+
+# Topics that steer live nodes (liveness, the safety state, the serving model). A replayed
+# message on one of them is left out of every live node's state unless it is asked for, and
+# `vigil bag play` warns before it publishes one into a running pipeline.
+CONTROL_TOPICS: Final[frozenset[str]] = frozenset(
+    {
+        Topic.HEARTBEAT,
+        Topic.SAFETY_STATE,
+        Topic.MODEL_ACTIVE,
+        Topic.MODEL_COMMAND,
+        Topic.MODEL_EVENT,
+    }
+)
 
 
 def schema_id(cls: type[Message]) -> str:

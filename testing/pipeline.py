@@ -121,7 +121,9 @@ class LoadDriver:
     def __post_init__(self) -> None:
         run = self.launcher.run
         self._client = Client(run.ipc("ingest"), name="load", ctx=self.launcher.ctx)
-        self._states = Subscriber(self.launcher.ctx, run.sub, [Topic.SAFETY_STATE])
+        self._states = Subscriber(
+            self.launcher.ctx, run.sub, [Topic.SAFETY_STATE], skip_replayed=True
+        )
         self._poller = zmq.Poller()
         self._poller.register(self._client.socket, zmq.POLLIN)
         self._poller.register(self._states.socket, zmq.POLLIN)

@@ -27,7 +27,9 @@ __all__ = ["demo", "run_demo"]
 
 def _latched_state(launcher: Launcher, timeout_ms: int = 2000) -> str:
     """The current safety state: the proxy re-sends the latched value to a new subscriber."""
-    with Subscriber(launcher.ctx, launcher.run.sub, [Topic.SAFETY_STATE]) as sub:
+    with Subscriber(
+        launcher.ctx, launcher.run.sub, [Topic.SAFETY_STATE], skip_replayed=True
+    ) as sub:
         received = sub.recv(timeout_ms)
         if received is not None and isinstance(received.body, StateChange):
             return str(received.body.state)

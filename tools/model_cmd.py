@@ -175,7 +175,9 @@ def _listen(
     committed: ModelAnnouncement | None = None
     with (
         zmq.Context() as ctx,
-        Subscriber(ctx, endpoint, [Topic.HEARTBEAT, Topic.MODEL_ACTIVE], curve=curve) as sub,
+        Subscriber(
+            ctx, endpoint, [Topic.HEARTBEAT, Topic.MODEL_ACTIVE], curve=curve, skip_replayed=True
+        ) as sub,
     ):
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:

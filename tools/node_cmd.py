@@ -44,7 +44,9 @@ def listen_for_beats(bus: BusTap, window_s: float, expected: Iterable[str] = ())
     deadline = time.monotonic() + window_s
     with (
         zmq.Context() as ctx,
-        Subscriber(ctx, bus.sub, [Topic.HEARTBEAT], typed=False, curve=bus.curve) as sub,
+        Subscriber(
+            ctx, bus.sub, [Topic.HEARTBEAT], typed=False, curve=bus.curve, skip_replayed=True
+        ) as sub,
     ):
         while (left := deadline - time.monotonic()) > 0:
             received = sub.recv(max(1, int(left * 1000)))

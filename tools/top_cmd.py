@@ -144,7 +144,9 @@ def top(run_dir: str | None, window: float, interval: float, once: bool, key: st
     console = Console()
     with (
         zmq.Context() as ctx,
-        Subscriber(ctx, bus.sub, [""], prefix=True, typed=False, curve=bus.curve) as sub,
+        Subscriber(
+            ctx, bus.sub, [""], prefix=True, typed=False, curve=bus.curve, skip_replayed=True
+        ) as sub,
     ):
         if once:
             view.nodes()  # starts the CPU measurement of every node

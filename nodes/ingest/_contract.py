@@ -60,6 +60,7 @@ def _contract(config: IngestConfig) -> NodeContract:
             Topic.INFER_ERROR,
             Topic.DIAGNOSTIC,
             Topic.AUDIT,
+            Topic.REQUEST_EVIDENCE,
         ),
         subscribes=frozenset({Topic.SAFETY_STATE, Topic.HEARTBEAT, Topic.MODEL_ACTIVE}),
         # Worker heartbeats prove busy workers alive; without them held work is re-dispatched.

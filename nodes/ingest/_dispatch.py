@@ -32,6 +32,12 @@ class Request:
     tenant: str = ""
     attempts: int = 0
     worker: bytes | None = None
+    # For the request's evidence: the client's span and name, and when it was admitted and
+    # last dispatched (the ingest's monotonic clock).
+    parent: TraceContext | None = None
+    peer: str = ""
+    admitted_ns: int = 0
+    dispatched_ns: int = 0
 
 
 @dataclass(slots=True)

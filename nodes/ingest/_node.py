@@ -20,6 +20,7 @@ from vigil.nodes._tracing import request_spans
 from vigil.nodes.contract import ExitCode, NodeArgs
 from vigil.nodes.ingest._contract import KIND, DegradedPolicy, IngestConfig
 from vigil.nodes.ingest._dispatch import Dispatcher, Request
+from vigil.nodes.ingest._evidence import Evidence, RequestPath, peer_of
 from vigil.nodes.ingest._ratelimit import RateLimiter
 from vigil.nodes.ingest._validate import (
     Limits,
@@ -35,7 +36,9 @@ from vigil.schemas import (
     Heartbeat,
     InferRequest,
     InferResult,
+    Message,
     ModelAnnouncement,
+    Outcome,
     SafetyState,
     Severity,
     StateChange,
@@ -67,18 +70,40 @@ class _Admission:
 
     def refusal(self, rejection: Rejection) -> _Refusal:
         """The refusal of this request for `rejection`."""
-        return _Refusal(self.identity, self.envelope.seq, rejection, self.request, self.trace)
+        path = _path(self.trace, self.envelope, self.received_ns, self.request)
+        return _Refusal(self.identity, self.envelope.seq, rejection, self.request, path)
 
 
 @dataclass(frozen=True, slots=True)
 class _Refusal:
-    """A refused request with what the refusal can name: nothing is known before decoding."""
+    """A refused request with what the refusal can name: nothing is known before decoding,
+    and its trace only once its envelope was read."""
 
     identity: bytes
     seq: int
     rejection: Rejection
     request: InferRequest | None = None
-    trace: TraceContext | None = None
+    path: RequestPath | None = None
+
+    @property
+    def trace(self) -> TraceContext | None:
+        """The ingest's span of the refused request."""
+        return self.path.trace if self.path is not None else None
+
+
+def _path(
+    trace: TraceContext, envelope: Envelope, received_ns: int, request: InferRequest | None
+) -> RequestPath:
+    """The evidence path of a request read as far as its envelope (and maybe its body)."""
+    return RequestPath(
+        trace=trace,
+        parent=envelope.trace,
+        received_ns=received_ns,
+        peer=peer_of(envelope),
+        tenant=envelope.tenant,
+        stream_id=request.stream_id if request is not None else "",
+        frame_ts_us=request.frame_ts_us if request is not None else 0,
+    )
 
 
 class _Ingest:
@@ -120,8 +145,9 @@ class _Ingest:
         self.state = SafetyState.NORMAL
         self.model: ModelAnnouncement | None = None
         self.counts = {"accepted": 0, "answered": 0, "rejected": 0, "errors": 0}
-        # Receive-to-reply spans, exported only where OpenTelemetry is set up.
+        # Spans, exported only where OpenTelemetry is set up; evidence of every request.
         self.spans = node.enter(request_spans(f"vigil.{node.args.name}"))
+        self.evidence = Evidence(node.publisher, self.spans, node.clock)
         self._published: tuple[int, ...] = ()
         # What a valid request must pass to be queued, in order; the first rejection refuses
         # it. The policy goes before the rate limit, so a shed request spends no token.
@@ -168,20 +194,36 @@ class _Ingest:
             self.validator.check_size(frames[1:])
             incoming = self.clients.decode(frames)
         except Rejection as rejection:
-            # Refused before a byte of it is decoded: there is no envelope to answer by.
-            return _Refusal(identity, 0, rejection)
+            # Refused before its body is decoded; its envelope alone is read when it is small.
+            return self._refusal(identity, rejection, self.clients.peek_envelope(frames), now)
         except FrameFault as fault:
-            return _Refusal(identity, fault.seq, rejection_from_fault(fault))
+            return self._refusal(identity, rejection_from_fault(fault), fault.envelope, now, fault)
         envelope = incoming.envelope
-        client = envelope.trace
-        trace = client.child() if client is not None else TraceContext.new()
+        trace = _ingest_trace(envelope)
         try:
             request = self.validator.check(incoming)
         except Rejection as rejection:
             body = incoming.body if isinstance(incoming.body, InferRequest) else None
-            return _Refusal(identity, envelope.seq, rejection, body, trace)
+            path = _path(trace, envelope, now, body)
+            return _Refusal(identity, envelope.seq, rejection, body, path)
         deadline = Deadline.after(self._budget_ns(envelope), now)
         return _Admission(identity, frames, incoming, request, trace, now, deadline)
+
+    def _refusal(
+        self,
+        identity: bytes,
+        rejection: Rejection,
+        envelope: Envelope | None,
+        now: int,
+        fault: FrameFault | None = None,
+    ) -> _Refusal:
+        """The refusal of frames whose body did not decode: in the sender's trace whenever
+        its envelope was readable, else without one."""
+        seq = fault.seq if fault is not None else 0
+        if envelope is None:
+            return _Refusal(identity, seq, rejection)
+        path = _path(_ingest_trace(envelope), envelope, now, None)
+        return _Refusal(identity, envelope.seq, rejection, None, path)
 
     def _budget_ns(self, envelope: Envelope) -> int:
         """The client's budget in whole ms, at most the maximum; the default when it set none."""
@@ -272,16 +314,13 @@ class _Ingest:
             frame_ts_us=request.frame_ts_us,
             priority=envelope.priority,
             tenant=envelope.tenant,
+            parent=envelope.trace,
+            peer=peer_of(envelope),
+            admitted_ns=self.node.clock(),
         )
         self.dispatcher.admit(pending)  # cannot refuse: the queue check found room
         self.validator.accept(request)
         self.counts["accepted"] += 1
-        self.spans.start(
-            pending.rid,
-            admission.trace,
-            parent=envelope.trace,
-            attributes={"vigil.stream_id": request.stream_id, "vigil.tenant": envelope.tenant},
-        )
         if self.config.publish_requests:
             self.node.publisher.publish(
                 Topic.INFER_REQUEST,
@@ -305,12 +344,14 @@ class _Ingest:
             stream_id=request.stream_id if request else "",
             frame_ts_us=request.frame_ts_us if request else 0,
         )
-        self._answer_error(refusal.identity, refusal.seq, reply, trace)
+        body = self._answer(refusal.identity, refusal.seq, reply, trace)
         self.counts["rejected"] += 1
-        if trace is not None:
-            # Refused before admission: a span that starts and ends with the refusal.
-            self.spans.start(0, trace, name="ingest.refuse")
-            self.spans.end(0, code=rejection.code, error=True)
+        # Each refusal reported on its own has its evidence too; one refused before its
+        # envelope was read has no trace to file it under.
+        if refusal.path is not None:
+            self.evidence.ended(
+                refusal.path, reply, body, outcome=Outcome.REFUSED, model=self.model
+            )
         self.node.diag(
             rejection.diag,
             f"request refused: {rejection.code}",
@@ -320,12 +361,34 @@ class _Ingest:
             trace=trace,
         )
 
-    def _answer_error(
-        self, identity: bytes, seq: int, reply: ErrorReply, trace: TraceContext | None
-    ) -> None:
+    def _answer(
+        self, identity: bytes, seq: int, reply: Message, trace: TraceContext | None
+    ) -> bytes:
+        """Send `reply` to the client in its trace and publish it; returns its encoded body."""
+        body = self.clients.encode(reply)
         env = self.clients.envelope(reply, seq=seq, trace=trace)
-        self.clients.send(reply, identity=[identity], envelope=env)
-        self.node.publisher.publish(Topic.INFER_ERROR, reply, trace=trace)
+        self.clients.forward([body], identity=[identity], envelope=env)
+        topic = Topic.INFER_RESULT if isinstance(reply, InferResult) else Topic.INFER_ERROR
+        self.node.publisher.publish(topic, reply, trace=trace)
+        return body
+
+    def _ended(
+        self, request: Request, reply: InferResult | ErrorReply, body: bytes, outcome: Outcome
+    ) -> None:
+        """The one place an admitted request's evidence is written, once it is answered."""
+        path = RequestPath(
+            trace=request.trace,
+            parent=request.parent,
+            received_ns=request.received_ns,
+            peer=request.peer,
+            tenant=request.tenant,
+            stream_id=request.stream_id,
+            frame_ts_us=request.frame_ts_us,
+            admitted_ns=request.admitted_ns,
+            dispatched_ns=request.dispatched_ns,
+            attempts=request.attempts,
+        )
+        self.evidence.ended(path, reply, body, outcome=outcome, model=self.model)
 
     def _fail(self, request: Request, code: ErrorCode, diag: DiagCode, why: str) -> None:
         reply = ErrorReply(
@@ -335,9 +398,9 @@ class _Ingest:
             stream_id=request.stream_id,
             frame_ts_us=request.frame_ts_us,
         )
-        self._answer_error(request.client, request.client_seq, reply, request.trace)
+        body = self._answer(request.client, request.client_seq, reply, request.trace)
         self.counts["errors"] += 1
-        self.spans.end(request.rid, code=code, error=True)
+        self._ended(request, reply, body, Outcome.FAILED)
         self.node.diag(
             diag,
             why,
@@ -389,15 +452,13 @@ class _Ingest:
         if isinstance(body, InferResult):
             if self.state is not SafetyState.NORMAL:
                 body = msgspec.structs.replace(body, degraded=True)
-            env = self.clients.envelope(body, seq=request.client_seq, trace=request.trace)
-            self.clients.send(body, identity=[request.client], envelope=env)
-            self.node.publisher.publish(Topic.INFER_RESULT, body, trace=request.trace)
+            sent = self._answer(request.client, request.client_seq, body, request.trace)
             self.counts["answered"] += 1
-            self.spans.end(request.rid)
+            self._ended(request, body, sent, Outcome.SERVED)
         elif isinstance(body, ErrorReply):
-            self._answer_error(request.client, request.client_seq, body, request.trace)
+            sent = self._answer(request.client, request.client_seq, body, request.trace)
             self.counts["errors"] += 1
-            self.spans.end(request.rid, code=body.code, error=True)
+            self._ended(request, body, sent, Outcome.FAILED)
 
     def _worker_lost(self, identity: bytes, why: str, *, failed: bool = True) -> None:
         slot = self.dispatcher.workers.get(identity)
@@ -444,6 +505,7 @@ class _Ingest:
         # Both clocks read once: every deadline sent in this pass converts by the same offset.
         now_wall, now_mono = time.time_ns(), self.node.clock()
         for slot, request in self.dispatcher.assignments():
+            request.dispatched_ns = now_mono
             envelope = self.workers.envelope(
                 InferRequest,
                 seq=request.rid,
@@ -499,6 +561,12 @@ _MESSAGES = {
     ErrorCode.RESOURCE_EXHAUSTED: "resource exhausted",
     ErrorCode.INTERNAL: "internal error",
 }
+
+
+def _ingest_trace(envelope: Envelope) -> TraceContext:
+    """The ingest's span of a request: a child of the client's, or the root of a new trace."""
+    client = envelope.trace
+    return client.child() if client is not None else TraceContext.new()
 
 
 def _alive(pid: int) -> bool:

@@ -33,6 +33,9 @@ class LoaderConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     # File events come in bursts (a copy, then a rename): act once they settle.
     settle_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
     worker_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    # Follow replayed heartbeats and model events (`vigil bag play`) as if live. Off: a
+    # replay never steers a rollout.
+    accept_replay: bool = False
 
     def __post_init__(self) -> None:
         if (self.repository is None) == (self.pinned is None):

@@ -56,7 +56,9 @@ class _Loader:
     def __init__(self, node: Node, config: LoaderConfig) -> None:
         self.node = node
         self.config = config
-        self.sub = node.subscriber([Topic.HEARTBEAT, Topic.MODEL_EVENT])
+        self.sub = node.subscriber(
+            [Topic.HEARTBEAT, Topic.MODEL_EVENT], skip_replayed=not config.accept_replay
+        )
         self.serving: ModelAnnouncement | None = None
         self.serving_dir = ""
         self.generation = 0

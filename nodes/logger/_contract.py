@@ -24,8 +24,12 @@ class LoggerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
             Topic.MODEL_EVENT,
             Topic.MODEL_ACTIVE,
             Topic.LOG,
+            Topic.REQUEST_EVIDENCE,
         ]
     )
+    # Seal what `vigil bag play` publishes on these topics, as `log.replay` entries that name
+    # the replay (never as live ones); off: leave replayed messages out.
+    seal_replay: bool = True
 
 
 Config = LoggerConfig

@@ -9,7 +9,7 @@ from typing import Final
 
 import msgspec
 
-from vigil.bus.pubsub import Subscriber
+from vigil.bus.pubsub import Received, Subscriber
 from vigil.nodes._runtime import Node
 from vigil.nodes.contract import ExitCode, NodeArgs
 from vigil.nodes.logger._contract import KIND, LoggerConfig
@@ -21,14 +21,29 @@ from vigil.nodes.logger.store import (
 )
 from vigil.schemas import AuditEvent, AuditId, schema_id
 
-__all__ = ["REFUSED_EVENT", "Refusal", "run"]
+__all__ = ["REFUSED_EVENT", "REPLAY_EVENT", "Refusal", "Replayed", "run"]
 
 _AUDIT_SCHEMA = schema_id(AuditEvent)
 # Messages taken from the socket per wake-up, sealed and stored as one burst.
 _BURST = 1024
 # The entry that stands for a message the store could not take as it came.
 REFUSED_EVENT: Final = "log.refused"
+# The entry that stands for a message `vigil bag play` published again.
+REPLAY_EVENT: Final = "log.replay"
 _ENCODER = msgspec.msgpack.Encoder()
+
+
+class Replayed(msgspec.Struct, frozen=True, kw_only=True):
+    """The payload of a `log.replay` entry: a replayed message, marked as such.
+
+    `body` is the message body as received (embedded, so it reads as the message it is); the
+    entry's node is the recorded publisher, its trace the recorded one.
+    """
+
+    replay: int  # the replay's id (the envelope's `replay`)
+    schema: str
+    stamp_ns: int  # the recorded publisher's stamp
+    body: msgspec.Raw
 
 
 class Refusal(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,7 +70,7 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
         config.store, path=str(path if path.is_absolute() else Path(args.run_dir) / path)
     )
     with Node(args) as node, LogStore.open(store_config) as store:
-        sub = node.subscriber(config.topics, strict=True)
+        sub = node.subscriber(config.topics, strict=True, skip_replayed=not config.seal_replay)
         positions = Path(store_config.path + ".positions")
         resumed = _resume(sub, positions)
         node.log.info("logger.resumed", publisher_topics=resumed)
@@ -154,11 +169,28 @@ def _burst(sub: Subscriber, store: LogStore) -> list[Record]:
             break
         envelope = received.envelope
         source = f"{envelope.source}.{envelope.instance}" if envelope.instance else envelope.source
+        if envelope.replay:
+            # A replayed message is evidence of the replay, not of the live system.
+            records.append((source, REPLAY_EVENT, _replayed(received), envelope.trace_id))
+            continue
         # The body frame arrives copied (small frames are): it is stored as it came.
         records.append((source, envelope.schema, received.frames[2], envelope.trace_id))
         if isinstance(received.body, AuditEvent):
             records.append(_binary(store, received.body, source, envelope.trace_id))
     return records
+
+
+def _replayed(received: Received) -> bytes:
+    """The payload of a replayed message's entry."""
+    envelope = received.envelope
+    return _ENCODER.encode(
+        Replayed(
+            replay=envelope.replay,
+            schema=envelope.schema,
+            stamp_ns=envelope.stamp_ns,
+            body=msgspec.Raw(received.frames[2]),
+        )
+    )
 
 
 def _binary(store: LogStore, event: AuditEvent, source: str, trace_id: bytes) -> Record:

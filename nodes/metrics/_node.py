@@ -327,7 +327,8 @@ def run(config: MetricsConfig, args: NodeArgs) -> ExitCode:
                 "metrics.bind_failed", bind=config.bind, port=config.port, error=str(exc)
             )
             return ExitCode.CONFIG
-        sub = node.subscriber([""], prefix=True)
+        # The live system's figures: a replay (`vigil bag play`) moves none of them.
+        sub = node.subscriber([""], prefix=True, skip_replayed=True)
         with metrics.live.lock:
             metrics.live.subscriber = sub
         node.ready(KIND.contract(config), endpoints={"metrics": url})

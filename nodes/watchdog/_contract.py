@@ -45,6 +45,9 @@ class WatchdogConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_field
     # How long a (re)started watchdog waits for the latched state before it declares its own.
     resume_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 300
     probe: ProbeConfig = ProbeConfig()
+    # Follow replayed messages (`vigil bag play`) as if live: for a bench that drives the
+    # machine from a recording. Off: a replay never moves the live safety state.
+    accept_replay: bool = False
 
 
 Config = WatchdogConfig

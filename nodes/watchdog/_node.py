@@ -62,7 +62,8 @@ class _Watchdog:
                 Topic.INFER_RESULT,
                 Topic.INFER_ERROR,
                 *[t for t in config.staleness_ms if t not in _CORE],
-            ]
+            ],
+            skip_replayed=not config.accept_replay,
         )
         self.client: Client = node.enter(
             Client(
@@ -100,7 +101,12 @@ class _Watchdog:
         """Take over the last published state (a restarted watchdog must not reset it)."""
         state = SafetyState.NORMAL
         cause = "watchdog started"
-        with Subscriber(self.node.ctx, self.node.run.sub, [Topic.SAFETY_STATE]) as latched:
+        with Subscriber(
+            self.node.ctx,
+            self.node.run.sub,
+            [Topic.SAFETY_STATE],
+            skip_replayed=not self.config.accept_replay,
+        ) as latched:
             deadline = Deadline.after(self.config.resume_wait_ms * 1_000_000, self.node.clock())
             while not self.node.stopping:
                 left_ms = deadline.remaining_ns(self.node.clock()) / 1e6

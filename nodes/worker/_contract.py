@@ -83,7 +83,7 @@ def _contract(config: WorkerConfig) -> NodeContract:
     # A worker asks for `credit` requests (2 x max_batch by default) and never holds more.
     credit = config.credit or 2 * config.max_batch
     return NodeContract(
-        publishes=published(Topic.MODEL_EVENT, Topic.DIAGNOSTIC),
+        publishes=published(Topic.MODEL_EVENT, Topic.DIAGNOSTIC, Topic.BATCH_EVIDENCE),
         subscribes=frozenset({Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND}),
         # Without a loader no model is ever announced and the worker never serves.
         requires=frozenset({Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND}),

@@ -18,11 +18,15 @@ from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.bus.rundir import resolve_endpoint
+from vigil.nodes._logging import trace_fields
 from vigil.nodes._runtime import Node
+from vigil.nodes._tracing import request_spans
 from vigil.nodes.contract import ExitCode, NodeArgs
 from vigil.nodes.worker._contract import FAULT_ABORT_STREAM, FAULT_HANG_STREAM, KIND, WorkerConfig
+from vigil.nodes.worker._engine import Engine
 from vigil.nodes.worker._models import ModelLoadError, ModelManager
 from vigil.schemas import (
+    BatchEvidence,
     DiagCode,
     ErrorCode,
     ErrorReply,
@@ -51,6 +55,16 @@ class _Job:
     image: npt.NDArray[np.uint8]
     received_ns: int
     deadline: Deadline | None  # None: the ingest set none
+    parent: TraceContext | None = None  # the ingest's span of the request
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchTimes:
+    """When a batch started, its inference ended and its post-processing ended (monotonic)."""
+
+    started: int
+    inferred: int
+    ended: int
 
 
 class _Worker:
@@ -78,6 +92,8 @@ class _Worker:
         self.batch_ids = itertools.count(1)
         self.delay_ns = config.max_queue_delay_us * 1000
         self.served = 0
+        # Spans, exported only where OpenTelemetry is set up.
+        self.spans = node.enter(request_spans(f"vigil.{node.args.kind}"))
 
     # -- model ---------------------------------------------------------------------------
 
@@ -267,7 +283,9 @@ class _Worker:
             deadline = Deadline.from_wall(
                 env.deadline_wall_ns, now_wall_ns=time.time_ns(), now_mono_ns=now
             )
-        self.pending.append(_Job(env.seq, trace, request, image.reshape(h, w, c), now, deadline))
+        self.pending.append(
+            _Job(env.seq, trace, request, image.reshape(h, w, c), now, deadline, sender)
+        )
 
     def due(self, now: int) -> bool:
         """Whether a batch should run now: full, or its oldest request waited long enough."""
@@ -322,12 +340,19 @@ class _Worker:
             self.node.record("critical", "worker.fault_injected", fault="hang", batch=batch_id)
             # Signal handlers still run, but the loop that would act on them never turns again.
             threading.Event().wait()
-        started = self.node.clock()
+        clock = self.node.clock
+        started = clock()
+        images = [j.image for j in jobs]
         try:
-            outputs = engine.run([j.image for j in jobs], [j.request.frame_ts_us for j in jobs])
+            raw = engine.infer_frames(images)
+            inferred = clock()
+            outputs = engine.postprocess(
+                raw, [img.shape[:2] for img in images], [j.request.frame_ts_us for j in jobs]
+            )
         # onnxruntime's errors share no base below Exception; one batch's failure must not
         # become the node's.
         except Exception as exc:  # noqa: BLE001
+            failed = clock()
             self.node.diag(
                 DiagCode.INFERENCE_FAILED,
                 f"batch {batch_id} failed: {type(exc).__name__}",
@@ -335,8 +360,10 @@ class _Worker:
             )
             for job in jobs:
                 self._error(job.rid, job.trace, ErrorCode.INTERNAL, "inference failed")
+            self._observed(batch_id, jobs, _BatchTimes(started, failed, failed), failed=True)
             return
-        infer_us = (self.node.clock() - started) // 1000
+        times = _BatchTimes(started, inferred, clock())
+        infer_us = (times.ended - started) // 1000
         for job, output in zip(jobs, outputs, strict=True):
             result = InferResult(
                 stream_id=job.request.stream_id,
@@ -353,10 +380,94 @@ class _Worker:
             env = self.channel.envelope(result, seq=job.rid, trace=job.trace)
             self.channel.send(result, envelope=env)
         self.served += len(jobs)
+        self._observed(batch_id, jobs, times)
+
+    def _observed(
+        self, batch_id: int, jobs: list[_Job], times: _BatchTimes, *, failed: bool = False
+    ) -> None:
+        """Publish the batch's evidence (per-batch metrics observe it once) and its spans."""
+        engine = self.manager.engine
+        assert engine is not None
+        self.node.publisher.publish(
+            Topic.BATCH_EVIDENCE,
+            BatchEvidence(
+                worker=self.node.args.label,
+                model=engine.name,
+                version=engine.version[:64],
+                batch_id=batch_id,
+                size=len(jobs),
+                infer_us=(times.inferred - times.started) // 1000,
+                postprocess_us=(times.ended - times.inferred) // 1000,
+                failed=failed,
+            ),
+        )
+        if self.spans.enabled:
+            self._record_spans(batch_id, jobs, times, failed=failed, engine=engine)
+
+    def _record_spans(
+        self,
+        batch_id: int,
+        jobs: list[_Job],
+        times: _BatchTimes,
+        *,
+        failed: bool,
+        engine: Engine,
+    ) -> None:
+        """A span for the batch (its own trace, linked to every request it served) and, per
+        request, `worker.request` under the ingest's span with its queue wait, inference and
+        post-processing, linked back to the batch."""
+        now = self.node.clock()
+        to_wall = time.time_ns() - now
+        spans = self.spans
+        batch = TraceContext.new()
+        error = "INTERNAL" if failed else ""
+        attributes = {
+            "vigil.batch_id": batch_id,
+            "vigil.batch_size": len(jobs),
+            "vigil.model": engine.name,
+            "vigil.version": engine.version,
+            "vigil.worker": self.node.args.label,
+        }
+        spans.record(
+            "worker.batch",
+            batch,
+            start_ns=times.started + to_wall,
+            end_ns=times.ended + to_wall,
+            attributes=attributes,
+            links=[job.trace for job in jobs],
+            error=error,
+        )
+        for job in jobs:
+            spans.record(
+                "worker.request",
+                job.trace,
+                parent=job.parent,
+                start_ns=job.received_ns + to_wall,
+                end_ns=now + to_wall,
+                attributes={"vigil.stream_id": job.request.stream_id, **attributes},
+                links=[batch],
+                error=error,
+                server=True,
+            )
+            for name, start, end in (
+                ("worker.queue", job.received_ns, times.started),
+                ("worker.inference", times.started, times.inferred),
+                ("worker.postprocess", times.inferred, times.ended),
+            ):
+                spans.record(
+                    name,
+                    job.trace.child(),
+                    parent=job.trace,
+                    start_ns=start + to_wall,
+                    end_ns=end + to_wall,
+                    error=error if name != "worker.queue" else "",
+                )
 
     def _error(self, rid: int, trace: TraceContext | None, code: ErrorCode, why: str) -> None:
         reply = ErrorReply(code=code, message=why)
         self.channel.send(reply, envelope=self.channel.envelope(reply, seq=rid, trace=trace))
+        # A request this worker could not serve is a line in its log, in the request's trace.
+        self.node.log.warning("request.error", code=str(code), why=why, **trace_fields(trace))
 
 
 def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:

@@ -144,7 +144,7 @@ def _wait_serving(
     workers = {p.label for p in launcher.plan.processes if p.spec.kind == "worker"}
     serving: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
-    with Subscriber(ctx, launcher.run.sub, [Topic.HEARTBEAT]) as sub:
+    with Subscriber(ctx, launcher.run.sub, [Topic.HEARTBEAT], skip_replayed=True) as sub:
         while not workers <= set(serving):
             left = deadline - time.monotonic()
             if left <= 0:

@@ -37,9 +37,25 @@ def test_an_envelope_encoded_before_the_rename_decodes_after() -> None:
     assert Codec().decode_envelope(ENCODED_BEFORE_RENAME) == DECODED_AFTER_RENAME
 
 
-def test_an_envelope_encodes_as_before_the_rename() -> None:
-    """An envelope encodes to the very bytes the previous version wrote (old readers agree)."""
-    assert Codec().encode(DECODED_AFTER_RENAME) == ENCODED_BEFORE_RENAME
+def test_an_envelope_encodes_as_before_the_rename_plus_the_appended_replay_field() -> None:
+    """An envelope encodes to the bytes the previous version wrote, with one more array item
+    (`replay`, 0) at the end: the rename changed nothing on the wire."""
+    encoded = Codec().encode(DECODED_AFTER_RENAME)
+    assert encoded == b"\x9d" + ENCODED_BEFORE_RENAME[1:] + b"\x00"
+
+
+def test_a_reader_of_the_previous_envelope_decodes_a_replayed_one() -> None:
+    """An envelope type without `replay` decodes a replayed envelope field for field."""
+    fields = [(f, t, d) for f, t, d in _FIELDS if f != "replay"]
+    previous = msgspec.defstruct("Envelope", fields, array_like=True, frozen=True, kw_only=True)
+    replayed = msgspec.structs.replace(DECODED_AFTER_RENAME, replay=99)
+    decoded = msgspec.msgpack.decode(Codec().encode(replayed), type=previous)
+    assert msgspec.structs.asdict(decoded) == {
+        k: v for k, v in msgspec.structs.asdict(DECODED_AFTER_RENAME).items() if k != "replay"
+    }
+
+
+_FIELDS = [(f.name, f.type, f.default) for f in msgspec.structs.fields(Envelope)]
 
 
 def test_trace_unpacks_the_flattened_fields() -> None:
