@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack, suppress
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, cast
 
@@ -29,9 +30,42 @@ from vigil.errors import (
 )
 from vigil.schemas import ErrorCode, ErrorReply, InferRequest, InferResult, TensorRef
 
-__all__ = ["AsyncClient", "Client", "Reply"]
+__all__ = ["Answer", "AsyncClient", "Client", "Reply"]
 
 Reply = tuple[int, InferResult | RequestError]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A reply as the client received it: the request id, how the request ended, and the
+    envelope it came in (None for an outcome the client made itself, such as a local
+    deadline)."""
+
+    seq: int
+    outcome: InferResult | RequestError
+    envelope: Envelope | None = None
+
+    @property
+    def trace(self) -> TraceContext | None:
+        """The trace the pipeline answered in: the request's trace id, the ingest's span."""
+        return self.envelope.trace if self.envelope is not None else None
+
+    def result(self) -> InferResult:
+        """The result; raises the typed error the request ended with instead."""
+        if isinstance(self.outcome, RequestError):
+            raise self.outcome
+        return self.outcome
+
+
+def _answer(seq: int, body: object, envelope: Envelope) -> Answer:
+    """A decoded reply as the result or the typed error it stands for, in its trace."""
+    if isinstance(body, InferResult):
+        return Answer(seq, body, envelope)
+    if isinstance(body, ErrorReply):
+        return Answer(seq, error_from_reply(body, envelope.trace), envelope)
+    reply = ErrorReply(code=ErrorCode.INTERNAL, message="unexpected reply")
+    return Answer(seq, InternalError(reply, envelope.trace), envelope)
+
 
 # How long past its deadline a client waits for the ingest's own DEADLINE_EXCEEDED before it
 # gives up locally: the ingest answers at the deadline, this only covers a dead ingest.
@@ -180,6 +214,11 @@ class Client(Closing):
 
     def poll(self, timeout_ms: float) -> Reply | None:
         """The next reply within `timeout_ms`, or a local deadline error, or None."""
+        answer = self.poll_answer(timeout_ms)
+        return None if answer is None else (answer.seq, answer.outcome)
+
+    def poll_answer(self, timeout_ms: float) -> Answer | None:
+        """Like `poll`, with the envelope the reply came in (and so its trace)."""
         expired = self._expired()
         if expired is not None:
             return expired
@@ -194,17 +233,12 @@ class Client(Closing):
         except FrameFault as fault:
             reply = ErrorReply(code=ErrorCode.INTERNAL, message="undecodable reply")
             self._deadlines.pop(fault.seq, None)
-            return fault.seq, InternalError(reply)
+            return Answer(fault.seq, InternalError(reply), fault.envelope)
         seq = incoming.envelope.seq
         self._deadlines.pop(seq, None)
-        body = incoming.body
-        if isinstance(body, InferResult):
-            return seq, body
-        if isinstance(body, ErrorReply):
-            return seq, error_from_reply(body)
-        return seq, InternalError(ErrorReply(code=ErrorCode.INTERNAL, message="unexpected reply"))
+        return _answer(seq, incoming.body, incoming.envelope)
 
-    def _expired(self) -> Reply | None:
+    def _expired(self) -> Answer | None:
         now = time.monotonic_ns()
         for seq, deadline in self._deadlines.items():
             if deadline.expired(now):
@@ -212,7 +246,7 @@ class Client(Closing):
                 reply = ErrorReply(
                     code=ErrorCode.DEADLINE_EXCEEDED, message="no reply from the ingest"
                 )
-                return seq, DeadlineExceeded(reply)
+                return Answer(seq, DeadlineExceeded(reply))
         return None
 
     def infer(
@@ -226,37 +260,47 @@ class Client(Closing):
         priority: int | None = None,
     ) -> InferResult:
         """Run one frame through the pipeline; raises the typed error it ended with."""
-        seq = self.submit(
+        return self.infer_answer(
             frame,
             stream_id=stream_id,
             frame_ts_us=frame_ts_us,
             deadline_s=deadline_s,
             trace=trace,
             priority=priority,
-        )
+        ).result()
+
+    def infer_answer(
+        self,
+        frame: npt.NDArray[np.uint8],
+        *,
+        stream_id: str,
+        frame_ts_us: int,
+        deadline_s: float = 2.0,
+        trace: TraceContext | None = None,
+        priority: int | None = None,
+    ) -> Answer:
+        """Run one frame through the pipeline; its answer (result or typed error) with the
+        envelope it came in, whose trace is the request's."""
+        try:
+            seq = self.submit(
+                frame,
+                stream_id=stream_id,
+                frame_ts_us=frame_ts_us,
+                deadline_s=deadline_s,
+                trace=trace,
+                priority=priority,
+            )
+        except Unavailable as refused:  # never sent: no id, no reply to wait for
+            return Answer(0, refused)
         while True:
-            reply = self.poll(deadline_s * 1000 + _GRACE_NS / 1e6)
-            if reply is None:
-                continue
-            got, outcome = reply
-            if got != seq:
-                continue  # a straggler of an earlier submit(); infer() owns only its own
-            if isinstance(outcome, RequestError):
-                raise outcome
-            return outcome
+            answer = self.poll_answer(deadline_s * 1000 + _GRACE_NS / 1e6)
+            # Another id is a straggler of an earlier submit(); this call owns only its own.
+            if answer is not None and answer.seq == seq:
+                return answer
 
     def close(self) -> None:
         """Close the socket (and the context, when this client made it)."""
         self._stack.close()
-
-
-def _outcome(incoming_body: object) -> InferResult | RequestError:
-    """A decoded reply body as the result or the typed error it stands for."""
-    if isinstance(incoming_body, InferResult):
-        return incoming_body
-    if isinstance(incoming_body, ErrorReply):
-        return error_from_reply(incoming_body)
-    return InternalError(ErrorReply(code=ErrorCode.INTERNAL, message="unexpected reply"))
 
 
 class AsyncClient:
@@ -291,7 +335,7 @@ class AsyncClient:
         self.channel = Channel(cast("zmq.Socket[bytes]", self.socket), source=name)
         self.tenant = tenant
         self.priority = priority
-        self._waiting: dict[int, asyncio.Future[InferResult | RequestError]] = {}
+        self._waiting: dict[int, asyncio.Future[Answer]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -314,18 +358,15 @@ class AsyncClient:
             try:
                 incoming = self.channel.decode(frames)
             except FrameFault as fault:
-                seq = fault.seq
-                outcome: InferResult | RequestError = InternalError(
-                    ErrorReply(code=ErrorCode.INTERNAL, message="undecodable reply")
-                )
+                reply = ErrorReply(code=ErrorCode.INTERNAL, message="undecodable reply")
+                answer = Answer(fault.seq, InternalError(reply), fault.envelope)
             else:
-                seq = incoming.envelope.seq
-                outcome = _outcome(incoming.body)
-            waiter = self._waiting.pop(seq, None)
+                answer = _answer(incoming.envelope.seq, incoming.body, incoming.envelope)
+            waiter = self._waiting.pop(answer.seq, None)
             # A reply for a request that already ended (local deadline, cancelled) is a
             # straggler: there is nobody left to tell.
             if waiter is not None and not waiter.done():
-                waiter.set_result(outcome)
+                waiter.set_result(answer)
 
     async def infer(
         self,
@@ -339,6 +380,30 @@ class AsyncClient:
         model: str = "",
     ) -> InferResult:
         """Run one uint8 HWC frame through the pipeline; raises the typed error it ended with."""
+        answer = await self.infer_answer(
+            frame,
+            stream_id=stream_id,
+            frame_ts_us=frame_ts_us,
+            deadline_s=deadline_s,
+            priority=priority,
+            trace=trace,
+            model=model,
+        )
+        return answer.result()
+
+    async def infer_answer(
+        self,
+        frame: npt.NDArray[np.uint8],
+        *,
+        stream_id: str,
+        frame_ts_us: int,
+        deadline_s: float = 2.0,
+        priority: int | None = None,
+        trace: TraceContext | None = None,
+        model: str = "",
+    ) -> Answer:
+        """Run one uint8 HWC frame through the pipeline; its answer (result or typed error)
+        with the envelope it came in, whose trace is the request's."""
         self._start()
         deadline, deadline_wall_ns = _deadline(deadline_s)
         image, request, envelope = _request(
@@ -352,9 +417,7 @@ class AsyncClient:
             tenant=self.tenant,
             model=model,
         )
-        waiter: asyncio.Future[InferResult | RequestError] = (
-            asyncio.get_running_loop().create_future()
-        )
+        waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting[envelope.seq] = waiter
         try:
             try:
@@ -368,22 +431,19 @@ class AsyncClient:
                     copy=False,
                 )
             except zmq.Again:
-                raise _unreachable() from None
+                return Answer(envelope.seq, _unreachable())
             give_up = deadline.later(_GRACE_NS)
             try:
-                outcome = await asyncio.wait_for(
+                return await asyncio.wait_for(
                     waiter, give_up.remaining_ns(time.monotonic_ns()) / 1e9
                 )
             except TimeoutError:
                 reply = ErrorReply(
                     code=ErrorCode.DEADLINE_EXCEEDED, message="no reply from the ingest"
                 )
-                raise DeadlineExceeded(reply) from None
+                return Answer(envelope.seq, DeadlineExceeded(reply))
         finally:
             self._waiting.pop(envelope.seq, None)
-        if isinstance(outcome, RequestError):
-            raise outcome
-        return outcome
 
     async def close(self) -> None:
         """Stop the reader, fail what still waits, close the socket (and own context)."""
@@ -396,11 +456,10 @@ class AsyncClient:
             with suppress(asyncio.CancelledError):
                 await reader
         waiting, self._waiting = self._waiting, {}
-        for waiter in waiting.values():
+        for seq, waiter in waiting.items():
             if not waiter.done():
-                waiter.set_result(
-                    Unavailable(ErrorReply(code=ErrorCode.UNAVAILABLE, message="client closed"))
-                )
+                reply = ErrorReply(code=ErrorCode.UNAVAILABLE, message="client closed")
+                waiter.set_result(Answer(seq, Unavailable(reply)))
         self._stack.close()
 
     async def __aenter__(self) -> Self:

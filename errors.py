@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vigil.schemas.errors import ErrorCode, ErrorReply
+
+if TYPE_CHECKING:  # vigil.bus imports this module
+    from vigil.bus.envelope import TraceContext
 
 __all__ = [
     "ConfigError",
@@ -43,14 +48,19 @@ class IntegrityError(VigilError):
 
 
 class RequestError(VigilError):
-    """A request ended with a typed error instead of a result."""
+    """A request ended with a typed error instead of a result.
+
+    `trace` is the trace the pipeline answered in (the request's trace id), None for an error
+    the client made itself.
+    """
 
     code: ErrorCode = ErrorCode.INTERNAL
 
-    def __init__(self, reply: ErrorReply) -> None:
+    def __init__(self, reply: ErrorReply, trace: TraceContext | None = None) -> None:
         detail = f" ({reply.field}: {reply.rule})" if reply.field or reply.rule else ""
         super().__init__(f"{reply.code}: {reply.message}{detail}")
         self.reply = reply
+        self.trace = trace
 
 
 class InvalidArgument(RequestError):
@@ -89,6 +99,6 @@ _LEAVES: dict[ErrorCode, type[RequestError]] = {
 }
 
 
-def error_from_reply(reply: ErrorReply) -> RequestError:
+def error_from_reply(reply: ErrorReply, trace: TraceContext | None = None) -> RequestError:
     """The exception leaf that matches a wire error code one-to-one."""
-    return _LEAVES[reply.code](reply)
+    return _LEAVES[reply.code](reply, trace)

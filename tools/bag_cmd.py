@@ -22,6 +22,7 @@ from vigil.bus.curve import CurveConfig, applies
 from vigil.bus.rundir import RunDir, find_run_dir
 from vigil.errors import VigilError
 from vigil.launch import parse_assignments
+from vigil.schemas import CONTROL_TOPICS
 from vigil.tools._options import json_option, key_option, run_dir_option
 from vigil.tools._taps import open_bus, tap_curve
 from vigil.tools.bag.check import CheckConfig, run_check
@@ -283,9 +284,12 @@ def info(paths: tuple[str, ...], as_json: bool) -> None:
 @click.option("-l", "--loop", is_flag=True, help="Play again from the start until Ctrl-C.")
 @click.option("--start-offset", type=float, default=0.0, help="Skip the first SECONDS.")
 @click.option("--duration", type=float, default=0.0, help="Play only SECONDS (0: all).")
-@click.option("-t", "--topic", "topics", multiple=True, help="Play only TOPIC.")
+@click.option("-t", "--topic", "--topics", "topics", multiple=True, help="Play only TOPIC.")
 @click.option("-e", "--regex", "include", multiple=True, help="Play topics matching REGEX.")
 @click.option("-x", "--exclude", multiple=True, help="Skip topics matching REGEX.")
+@click.option(
+    "--exclude-topic", "--exclude-topics", "exclude_topics", multiple=True, help="Skip TOPIC."
+)
 @click.option("--remap", multiple=True, help="Publish OLD topic as NEW (OLD:=NEW).")
 @click.option("--wait-for-subscribers", is_flag=True, help="Start once every topic has one.")
 @click.option("--wait-timeout", type=float, default=10.0, help="Give up waiting after SECONDS.")
@@ -306,6 +310,7 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
     topics: tuple[str, ...],
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    exclude_topics: tuple[str, ...],
     remap: tuple[str, ...],
     wait_for_subscribers: bool,
     wait_timeout: float,
@@ -316,13 +321,18 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
     spin_us: int,
     quiet: bool,
 ) -> None:
-    """Publish bags on the bus on their recorded schedule and report the timing fidelity."""
+    """Publish bags on the bus on their recorded schedule and report the timing fidelity.
+
+    Every message goes out marked as this replay's: the nodes of a running pipeline leave
+    replayed control topics out of their state, and its logger seals what it takes as replay.
+    """
     curve: CurveConfig | None = None
+    run: RunDir | None = None
     if bind_endpoint:
         # A bound player serves its own endpoint: no proxy to connect to, so no keys.
         target = bind_endpoint
     else:
-        target, curve, _ = _endpoint(endpoint, run_dir, key, "pub")
+        target, curve, run = _endpoint(endpoint, run_dir, key, "pub")
     try:
         config = msgspec.convert(
             {
@@ -333,6 +343,7 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
                 "topics": topics,
                 "include": include,
                 "exclude": exclude,
+                "exclude_topics": exclude_topics,
                 "remap": parse_remap(remap),
                 "wait_for_subscribers": wait_for_subscribers,
                 "wait_timeout_s": wait_timeout,
@@ -361,6 +372,8 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
             _signals({signal.SIGINT: player.request_stop, signal.SIGTERM: player.request_stop}),
             progress,
         ):
+            if not bind_endpoint:
+                _warn_control(console, player, run)
             span = player.span_ns
             task = progress.add_task("play", total=max(span, 1), at=0.0, span=span / 1e9)
 
@@ -379,6 +392,25 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
     console.print(report.summary())
 
 
+def _codes(counts: dict[str, int]) -> str:
+    return ", ".join(f"{code} {n}" for code, n in sorted(counts.items())) or "none"
+
+
+def _warn_control(console: Console, player: Player, run: RunDir | None) -> None:
+    """Say which control topics are about to go into a bus that live nodes may read."""
+    control = sorted(t for t in player.topics if t in CONTROL_TOPICS)
+    if not control:
+        return
+    where = f"the running pipeline of {run.path}" if run is not None else "the bus"
+    console.print(
+        f"[bold yellow]warning:[/] publishing control topics into {where}: "
+        f"{', '.join(control)}. They go out marked as replay {player.replay:x}: live nodes "
+        "leave them out of their state and the logger seals them as replay. Leave them out "
+        "with --exclude-topic TOPIC or -x REGEX.",
+        highlight=False,
+    )
+
+
 @bag.command("check")
 @click.argument("paths", nargs=-1, required=True, metavar="PATHS... [NAME:=VALUE]...")
 @click.option(
@@ -392,6 +424,12 @@ def play(  # noqa: PLR0917 - click passes every option as an argument
 @click.option("--in-flight", type=int, default=8, help="Requests outstanding at once.")
 @click.option("--deadline", type=float, default=10.0, help="Deadline of each request (s).")
 @click.option("--pace", type=float, default=0.0, help="1: recorded schedule; 0: flat out.")
+@click.option(
+    "--include-load-dependent",
+    is_flag=True,
+    help="Also compare UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED outcomes "
+    "(by default they are counted apart: they depend on load, not on the model).",
+)
 @json_option
 def check(  # noqa: PLR0917 - click passes every option as an argument
     paths: tuple[str, ...],
@@ -400,6 +438,7 @@ def check(  # noqa: PLR0917 - click passes every option as an argument
     in_flight: int,
     deadline: float,
     pace: float,
+    include_load_dependent: bool,
     as_json: bool,
 ) -> None:
     """Replay the requests recorded in PATHS through a fresh pipeline from --launch (given its
@@ -411,7 +450,13 @@ def check(  # noqa: PLR0917 - click passes every option as an argument
             raise click.BadParameter(f"no bag file {path!r}", param_hint="PATHS")
     try:
         config = msgspec.convert(
-            {"in_flight": in_flight, "deadline_s": deadline, "pace": pace}, CheckConfig
+            {
+                "in_flight": in_flight,
+                "deadline_s": deadline,
+                "pace": pace,
+                "include_load_dependent": include_load_dependent,
+            },
+            CheckConfig,
         )
     except msgspec.ValidationError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -432,6 +477,13 @@ def check(  # noqa: PLR0917 - click passes every option as an argument
             f"{served}); {stats.skipped_outputs} recorded outputs had no recorded request; "
             f"total {time.monotonic() - started:.2f} s"
         )
+        aside = stats.load_dependent
+        if aside.outputs:
+            click.echo(
+                f"{len(aside.outputs)} outputs set aside as load-dependent (recorded: "
+                f"{_codes(aside.recorded)}; replayed: {_codes(aside.replayed)}); "
+                "--include-load-dependent compares them"
+            )
         click.echo(format_report(report))
     if not report.passed:
         sys.exit(1)

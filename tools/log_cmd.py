@@ -21,10 +21,22 @@ from vigil.nodes.logger.store import (
     read_entries,
     verify_store,
 )
-from vigil.schemas import AuditClass, audit_class
+from vigil.schemas import AuditClass, RequestEvidence, audit_class, schema_id
 from vigil.tools._options import json_option
 
 __all__ = ["log"]
+
+_REQUEST_EVENT = schema_id(RequestEvidence)
+_EVIDENCE = msgspec.msgpack.Decoder(RequestEvidence)
+# A request's stages as `vigil log trace` names them, with the step that leads to each.
+_STAGES = (
+    ("received", "", "received_ns"),
+    ("admitted", "admission", "admitted_us"),
+    ("dispatched", "ingest queue", "dispatched_us"),
+    ("batch start", "to the worker, its queue", "batch_start_us"),
+    ("batch end", "batch", "batch_end_us"),
+    ("replied", "reply", "replied_us"),
+)
 
 _VERIFY_HELP = f"""Verify every seal, chain link, sequence number and timestamp of a store.
 
@@ -135,6 +147,12 @@ def _stamp(ns: int) -> str:
 
 @log.command("show")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--request",
+    "requests",
+    is_flag=True,
+    help="Only the evidence of requests, one line each: outcome, code, stream, model, time.",
+)
 @click.option("--since", help="Earliest timestamp: nanoseconds or ISO 8601.")
 @click.option("--until", help="Latest timestamp: nanoseconds or ISO 8601.")
 @click.option("--node", multiple=True, help="Only entries of this node (repeatable).")
@@ -150,12 +168,19 @@ def show_cmd(
     event: tuple[str, ...],
     trace: str | None,
     limit: int | None,
+    requests: bool,
 ) -> None:
     """Print entries, oldest first, filtered by time, node, event and trace."""
     selected = _entries(
-        path, since=_time_ns(since), until=_time_ns(until), node=node, event=event,
-        trace=_trace(trace),
+        path, since=_time_ns(since), until=_time_ns(until), node=node,
+        event=(_REQUEST_EVENT,) if requests else event, trace=_trace(trace),
     )  # fmt: skip
+    if requests:
+        for count, entry in enumerate(selected, 1):
+            click.echo(_request_line(entry))
+            if limit is not None and count >= limit:
+                break
+        return
     for count, entry in enumerate(selected, 1):
         body = msgspec.json.encode(_payload(entry)).decode()
         trace_hex = entry.trace_id.hex() or "-"
@@ -217,14 +242,67 @@ def _export_record(entry: Entry) -> dict[str, Any]:
     }
 
 
+def _evidence(entry: Entry) -> RequestEvidence:
+    try:
+        return _EVIDENCE.decode(entry.payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise click.ClickException(f"entry {entry.seq}: not a request's evidence: {exc}") from exc
+
+
+def _ms(micros: int | None) -> str:
+    return "-" if micros is None else f"{micros / 1000:.3f}"
+
+
+def _request_line(entry: Entry) -> str:
+    """One request's evidence in one line (`vigil log show --request`)."""
+    r = _evidence(entry)
+    model = f"{r.model} {r.version}".strip() or "-"
+    return (
+        f"{entry.seq:>8} {_stamp(r.received_ns)} {entry.trace_id.hex() or '-'} "
+        f"{r.outcome:<7} {r.code:<18} {r.stream_id or '-':<16} {model:<16} "
+        f"{_ms(r.replied_us):>10} ms  {r.peer or '-'}"
+    )
+
+
+def _path_lines(entry: Entry) -> list[str]:
+    """A request's path: each stage it reached, when, and how long the step to it took."""
+    r = _evidence(entry)
+    model = f"{r.model} {r.version}".strip() or "no model"
+    lines = [
+        f"request {r.outcome} ({r.code}{', ' + r.diag_code if r.diag_code else ''}): "
+        f"stream {r.stream_id or '-'} frame {r.frame_ts_us}, peer {r.peer or '-'}"
+        f"{', tenant ' + r.tenant if r.tenant else ''}, {model}"
+        + (f", {r.worker} batch {r.batch_id} of {r.batch_size}" if r.worker else "")
+        + (f", {r.attempts} dispatches" if r.attempts > 1 else ""),
+        f"  received at {_stamp(r.received_ns)} (ingest clock)",
+        f"  {'stage':<12} {'at ms':>10} {'step ms':>10}  step",
+    ]
+    previous = 0
+    for name, step, field in _STAGES:
+        at = 0 if field == "received_ns" else getattr(r, field)
+        if at is None:
+            continue
+        lines.append(
+            f"  {name:<12} {at / 1000:>10.3f} {(at - previous) / 1000:>10.3f}  {step}".rstrip()
+        )
+        previous = at
+    lines.append(f"  reply sha256 {r.digest.hex() or '-'}")
+    return lines
+
+
 @log.command("trace")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("trace_id")
 def trace_cmd(*, path: str, trace_id: str) -> None:
-    """Follow one request across nodes: every entry of TRACE_ID in time order, with timings."""
+    """Follow one request across nodes: its path through the pipeline stage by stage (from its
+    sealed evidence), then every entry of TRACE_ID in time order, with timings."""
     entries = sorted(_entries(path, trace=_trace(trace_id)), key=lambda e: (e.timestamp_ns, e.seq))
     if not entries:
         raise click.ClickException(f"no entry carries trace {trace_id}")
+    for entry in entries:
+        if entry.event == _REQUEST_EVENT:
+            for line in _path_lines(entry):
+                click.echo(line)
     start = previous = entries[0].timestamp_ns
     click.echo(f"trace {trace_id}: {len(entries)} entries")
     for entry in entries:

@@ -1,9 +1,11 @@
 """The metrics node: one Prometheus endpoint for the whole running system, fed over the bus.
 
-Every node already publishes what an operator wants to graph — results with their timings,
-typed errors, diagnostics, heartbeats, audit events, the safety state — so this node only
-listens (a prefix-"" subscription to every topic) and keeps the counts. Nothing on the request
-path knows it exists, and a scrape never reaches another process.
+Every node already publishes what an operator wants to graph — each request's evidence when
+it ends, each batch's when it ran, typed errors, diagnostics, heartbeats, audit events, the
+safety state — so this node only listens (a prefix-"" subscription to every topic) and keeps
+the counts. Nothing on the request path knows it exists, and a scrape never reaches another
+process. Histograms carry exemplars (the request's trace id) in the OpenMetrics exposition,
+which the endpoint serves to a scraper that asks for it. `docs/metrics.md` lists every metric.
 
 Values that only make sense at the moment of a scrape (the age of each node's last heartbeat,
 the per-topic message and loss counts of this node's own subscriber) come from a collector
@@ -32,6 +34,7 @@ from vigil.schemas import (
     TOPICS,
     AuditEvent,
     AuditId,
+    BatchEvidence,
     DiagCode,
     DiagnosticEvent,
     ErrorCode,
@@ -39,6 +42,8 @@ from vigil.schemas import (
     Heartbeat,
     InferResult,
     ModelAnnouncement,
+    Outcome,
+    RequestEvidence,
     SafetyState,
     StateChange,
 )
@@ -52,6 +57,10 @@ _BURST = 1024
 _INFER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# A request end to end: from a refusal in microseconds to a deadline of tens of seconds.
+_REQUEST_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
 
 RESULT_CODE = "OK"
 
@@ -126,22 +135,43 @@ class BusMetrics:
         self.live = _Live()
         reg = self.registry
         self.inference = Histogram(
-            "model_inference_duration_seconds",
-            "Time the inference engine took per batch, by model and version.",
+            "vigil_inference_duration_seconds",
+            "Pre-processing and inference of one batch, observed once per batch.",
+            ["model", "version"],
+            buckets=_INFER_BUCKETS,
+            registry=reg,
+        )
+        self.postprocess = Histogram(
+            "vigil_postprocess_duration_seconds",
+            "Post-processing of one batch's outputs, observed once per batch.",
             ["model", "version"],
             buckets=_INFER_BUCKETS,
             registry=reg,
         )
         self.queue_time = Histogram(
             "vigil_queue_time_seconds",
-            "Time a request waited in a worker before its batch ran.",
+            "Time a request waited in a worker before its batch ran, per result.",
             buckets=_QUEUE_BUCKETS,
             registry=reg,
         )
         self.batch_size = Histogram(
             "vigil_batch_size",
-            "Requests per inference batch.",
+            "Requests per inference batch, observed once per batch.",
             buckets=_BATCH_BUCKETS,
+            registry=reg,
+        )
+        self.request_duration = Histogram(
+            "vigil_request_duration_seconds",
+            "A request from its arrival at the ingest to its answer, by outcome (served, "
+            "refused, failed) and model; exemplars carry the trace id.",
+            ["outcome", "model"],
+            buckets=_REQUEST_BUCKETS,
+            registry=reg,
+        )
+        self.model_active = Gauge(
+            "vigil_model_active_info",
+            "The model version the loader committed: 1 for the active one.",
+            ["model", "version"],
             registry=reg,
         )
         self.requests = Counter(
@@ -199,6 +229,7 @@ class BusMetrics:
         self._kinds: dict[str, str] = {}
         self._rate_seen: dict[tuple[str, int], tuple[int, int]] = {}
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            BatchEvidence: self._on_batch,
             InferResult: self._on_result,
             ErrorReply: self._on_error,
             DiagnosticEvent: self._on_diag,
@@ -210,16 +241,31 @@ class BusMetrics:
 
     def observe(self, received: Received) -> None:
         """Account one bus message; types that carry no metric are skipped."""
-        handler = self._handlers.get(type(received.body))
+        body = received.body
+        if isinstance(body, RequestEvidence):
+            self._on_request(body, received.envelope.trace_id)
+            return
+        handler = self._handlers.get(type(body))
         if handler is not None:
-            handler(received.body)
+            handler(body)
+
+    def _on_request(self, evidence: RequestEvidence, trace_id: bytes) -> None:
+        exemplar = {"trace_id": trace_id.hex()} if trace_id else None
+        self.request_duration.labels(outcome=evidence.outcome.value, model=evidence.model).observe(
+            evidence.replied_us / 1e6, exemplar=exemplar
+        )
+
+    def _on_batch(self, batch: BatchEvidence) -> None:
+        self.inference.labels(model=batch.model, version=batch.version).observe(
+            batch.infer_us / 1e6
+        )
+        self.postprocess.labels(model=batch.model, version=batch.version).observe(
+            batch.postprocess_us / 1e6
+        )
+        self.batch_size.observe(batch.size)
 
     def _on_result(self, result: InferResult) -> None:
-        self.inference.labels(model=result.model, version=result.version).observe(
-            result.infer_us / 1e6
-        )
         self.queue_time.observe(result.queue_us / 1e6)
-        self.batch_size.observe(result.batch_size)
         self.requests.labels(outcome="result", code=RESULT_CODE).inc()
 
     def _on_error(self, reply: ErrorReply) -> None:
@@ -273,7 +319,13 @@ class BusMetrics:
             self.safety_state.labels(state=state.value).set(1 if state is change.state else 0)
 
     def _on_model(self, announcement: ModelAnnouncement) -> None:
-        self.inference.labels(model=announcement.name, version=announcement.version)
+        name, version = announcement.name, announcement.version
+        self.inference.labels(model=name, version=version)
+        self.postprocess.labels(model=name, version=version)
+        for outcome in Outcome:
+            self.request_duration.labels(outcome=outcome.value, model=name)
+        self.model_active.clear()
+        self.model_active.labels(model=name, version=version).set(1)
 
 
 def _count(detail: dict[str, str], key: str) -> int | None:

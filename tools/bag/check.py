@@ -11,6 +11,12 @@ Only outputs whose request is in the recording can be reproduced, so recorded ou
 a recorded request (requests rejected before the ingest published them, a recording that
 started mid-flight, the watchdog's own health probes) are left out of the comparison and
 counted in the statistics instead, never silently.
+
+What is compared is what the model decides: results and the errors a model or a request
+causes. Outcomes that depend on the load of the moment — `UNAVAILABLE` (shedding),
+`DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED` — on either side set that output aside; they are
+counted in `ReplayStats.load_dependent`, not reported as regressions, unless
+`include_load_dependent` asks for them to be compared too.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from vigil.bus.rundir import RunDir, resolve_endpoint
 from vigil.client import Client
 from vigil.launch import Launcher, load
 from vigil.launch.model import LaunchPlan
-from vigil.schemas import InferResult, Topic
+from vigil.schemas import ErrorCode, InferResult, Topic
 from vigil.tools.bag._mcap import BagError, BagMessage
 from vigil.tools.bag.compare import (
     DEFAULT_TOLERANCES,
@@ -45,11 +51,23 @@ from vigil.tools.bag.compare import (
     read_bag_io,
 )
 
-__all__ = ["CheckConfig", "NotServing", "ReplayStats", "check_recording", "run_check"]
+__all__ = [
+    "LOAD_DEPENDENT",
+    "CheckConfig",
+    "LoadDependent",
+    "NotServing",
+    "ReplayStats",
+    "check_recording",
+    "run_check",
+]
 
 # The watchdog's known-answer probe: a request of the pipeline to itself, not an input.
 PROBE_STREAM: Final = "vigil.health-probe"
 _NS: Final = 1_000_000_000
+# Error codes that say how loaded the pipeline was, not what the model decided.
+LOAD_DEPENDENT: Final = frozenset(
+    {ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.RESOURCE_EXHAUSTED}
+)
 
 
 class NotServing(BagError):
@@ -73,6 +91,19 @@ class CheckConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     pace: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     serving_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     exclude_streams: tuple[str, ...] = (PROBE_STREAM,)
+    # Compare load-dependent outcomes (see LOAD_DEPENDENT) like any other output.
+    include_load_dependent: bool = False
+
+
+class LoadDependent(msgspec.Struct, frozen=True, kw_only=True):
+    """Outputs set aside because one side ended with a load-dependent error."""
+
+    recorded: dict[str, int] = {}
+    """Load-dependent error code -> outputs of the recording that ended with it."""
+    replayed: dict[str, int] = {}
+    """The same for the replay."""
+    outputs: list[str] = []
+    """The outputs (`stream_id frame_ts_us`) left out of the comparison."""
 
 
 class ReplayStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,6 +119,7 @@ class ReplayStats(msgspec.Struct, frozen=True, kw_only=True):
     """Worker -> `model version` it served during the replay."""
     launch_s: float
     replay_s: float
+    load_dependent: LoadDependent = LoadDependent()
 
 
 _DEFAULT: Final = CheckConfig()
@@ -104,6 +136,40 @@ def _key(body: Any) -> tuple[str, int] | None:
         return None
     stream, ts = body.get("stream_id"), body.get("frame_ts_us")
     return (stream, ts) if isinstance(stream, str) and isinstance(ts, int) else None
+
+
+def _load_code(topic: str, body: Any) -> str | None:
+    """The load-dependent error code an output ended with, if it did."""
+    if topic != Topic.INFER_ERROR or not isinstance(body, dict):
+        return None
+    code = body.get("code")
+    return code if code in LOAD_DEPENDENT else None
+
+
+def _set_aside(
+    recorded: list[BagMessage], replayed: list[_Output]
+) -> tuple[list[BagMessage], list[_Output], LoadDependent]:
+    """Both sides without the outputs that either side ended with a load-dependent error."""
+    aside: set[tuple[str, int] | None] = set()
+
+    def count(outputs: Sequence[BagMessage | _Output]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for output in outputs:
+            code = _load_code(output.topic, output.body)
+            if code is not None:
+                found[code] = found.get(code, 0) + 1
+                aside.add(_key(output.body))
+        return found
+
+    counts = (count(recorded), count(replayed))
+    kept_recorded = [m for m in recorded if _key(m.body) not in aside]
+    kept_replayed = [o for o in replayed if _key(o.body) not in aside]
+    named = sorted(f"{k[0]} {k[1]}" for k in aside if k is not None)
+    return (
+        kept_recorded,
+        kept_replayed,
+        LoadDependent(recorded=counts[0], replayed=counts[1], outputs=named),
+    )
 
 
 def _frame(message: BagMessage) -> npt.NDArray[Any]:
@@ -250,6 +316,9 @@ def run_check(
         with Client(endpoint, name="bag-check", ctx=ctx) as client:
             replayed, results, errors = _replay(client, inputs, config)
         finished = time.monotonic()
+    aside = LoadDependent()
+    if not config.include_load_dependent:
+        reference, replayed, aside = _set_aside(reference, replayed)
     report = compare(reference, replayed, rules)
     stats = ReplayStats(
         requests=len(inputs),
@@ -259,6 +328,7 @@ def run_check(
         serving=serving,
         launch_s=launched - started,
         replay_s=finished - launched,
+        load_dependent=aside,
     )
     return report, stats
 

@@ -12,6 +12,8 @@ it records how late each message left so the report gives the schedule's fidelit
 
 from __future__ import annotations
 
+import re
+import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -62,6 +64,8 @@ class PlayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     topics: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    # Topics left out by name (`exclude` takes regexes); both win over every selection.
+    exclude_topics: tuple[str, ...] = ()
     remap: dict[str, str] = {}
     wait_for_subscribers: bool = False
     wait_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
@@ -80,10 +84,12 @@ class PlayReport(msgspec.Struct, frozen=True, kw_only=True):
     late_p99_us: float
     late_max_us: float
     late_mean_us: float
+    replay: int = 0  # the id every published envelope carried
 
     def summary(self) -> str:
         """One line for the terminal."""
         return (
+            f"replay {self.replay:x}: "
             f"{self.messages} messages in {self.elapsed_s:.3f} s ({self.loops} pass"
             f"{'es' if self.loops != 1 else ''}); lateness p50 {self.late_p50_us:.1f} us, "
             f"p99 {self.late_p99_us:.1f} us, max {self.late_max_us:.1f} us"
@@ -105,7 +111,9 @@ def parse_remap(items: Iterable[str]) -> dict[str, str]:
 class Player(Closing):
     """Publishes the messages of one bag (or a split recording) on their recorded schedule.
 
-    `curve` holds the Curve keys for a tcp proxy the player connects to.
+    Every envelope goes out marked with this replay's id (`replay`, random, never 0), so live
+    nodes leave the replay out of their state and the logger seals it as a replay. `curve`
+    holds the Curve keys for a tcp proxy the player connects to.
     """
 
     def __init__(
@@ -128,8 +136,9 @@ class Player(Closing):
             config.topics,
             all_topics=not (config.topics or config.include),
             include=config.include,
-            exclude=config.exclude,
+            exclude=(*config.exclude, *(f"^{re.escape(t)}$" for t in config.exclude_topics)),
         )
+        self.replay = secrets.randbits(62) | 1
         infos = [bag_info(p) for p in self.paths]
         starts = [i.start_ns for i in infos if i.messages]
         ends = [i.end_ns for i in infos if i.messages]
@@ -199,7 +208,7 @@ class Player(Closing):
                 if self._stopping or not config.loop:
                     break
         elapsed = (self._monotonic() - started) / _NS
-        return _report(lateness, passes, elapsed)
+        return msgspec.structs.replace(_report(lateness, passes, elapsed), replay=self.replay)
 
     def _play_once(
         self,
@@ -231,11 +240,10 @@ class Player(Closing):
                 progress(message.log_time_ns - origin, span)
 
     def _frames_of(self, message: BagMessage, index: int) -> list[bytes]:
-        envelope = message.envelope_bytes
-        if index:
-            recorded = _ENVELOPE_DECODER.decode(envelope)
-            session = (recorded.session + index * _SESSION_STEP) & 0x7FFFFFFF
-            envelope = _ENVELOPE_ENCODER.encode(msgspec.structs.replace(recorded, session=session))
+        recorded = _ENVELOPE_DECODER.decode(message.envelope_bytes)
+        session = (recorded.session + index * _SESSION_STEP) & 0x7FFFFFFF
+        marked = msgspec.structs.replace(recorded, session=session, replay=self.replay)
+        envelope = _ENVELOPE_ENCODER.encode(marked)
         return [self._frames[message.topic], envelope, message.body_bytes, *message.buffers]
 
     def _wait_until(self, deadline: int, poller: zmq.Poller, xpub: zmq.Socket[bytes]) -> bool:
