@@ -218,10 +218,12 @@ class _Ingest:
         fault: FrameFault | None = None,
     ) -> _Refusal:
         """The refusal of frames whose body did not decode: in the sender's trace whenever
-        its envelope was readable, else without one."""
-        seq = fault.seq if fault is not None else 0
+        its envelope was readable, else in a trace of its own (as for a request sent without
+        one), so its reply and its evidence still share an id."""
         if envelope is None:
-            return _Refusal(identity, seq, rejection)
+            seq = fault.seq if fault is not None else 0
+            path = RequestPath(TraceContext.new(), None, now)
+            return _Refusal(identity, seq, rejection, None, path)
         path = _path(_ingest_trace(envelope), envelope, now, None)
         return _Refusal(identity, envelope.seq, rejection, None, path)
 
@@ -346,8 +348,7 @@ class _Ingest:
         )
         body = self._answer(refusal.identity, refusal.seq, reply, trace)
         self.counts["rejected"] += 1
-        # Each refusal reported on its own has its evidence too; one refused before its
-        # envelope was read has no trace to file it under.
+        # Each refusal reported on its own has its evidence too.
         if refusal.path is not None:
             self.evidence.ended(
                 refusal.path, reply, body, outcome=Outcome.REFUSED, model=self.model

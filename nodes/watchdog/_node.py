@@ -157,7 +157,8 @@ class _Watchdog:
 
     def _on_heartbeat(self, beat: Heartbeat, now: int) -> None:
         if beat.detail.get("lifecycle") == "stopping":
-            self.nodes.pop(beat.node, None)  # a clean stop is not a fault
+            if self.nodes.pop(beat.node, None) is not None:  # a clean stop is not a fault
+                self._show()
             return
         timeout_ms = (
             self.config.deadlines_ms.get(beat.node)
@@ -168,6 +169,7 @@ class _Watchdog:
         watched = self.nodes.get(beat.node)
         if watched is None:
             self.nodes[beat.node] = self._watch_entry(now, timeout_ms)
+            self._show()
             return
         watched.timeout_ns = timeout_ms * 1_000_000
         watched.heard(now)
@@ -306,6 +308,8 @@ class _Watchdog:
             "state": self.machine.state.value,
             "errors_seen": str(self.errors_seen),
             "timeouts_seen": str(self.timeouts_seen),
+            # The nodes whose heartbeats it expects: what a missing beat would degrade.
+            "watching": ",".join(sorted(self.nodes)),
         }
 
 
