@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from vigil.bus.codec import topic_frame
+from vigil.bus.codec import Codec, topic_frame
 from vigil.bus.envelope import Envelope
 from vigil.bus.proxy import Proxy
 from vigil.bus.pubsub import Publisher, Received, Subscriber
@@ -422,3 +422,96 @@ def test_deeply_nested_body_is_counted_as_malformed(
         frames = [zmq.Frame(b"t\0"), zmq.Frame(envelope), zmq.Frame(nested)]
         assert sub.decode(frames) is None
     assert sub.stats["t"].malformed == 1
+
+
+def _state_of(sub: Subscriber) -> Received:
+    """The next message on the safety state topic (warm-ups of other syncs are skipped)."""
+    while (got := _next(sub)).topic != Topic.SAFETY_STATE:
+        pass
+    return got
+
+
+def _replayed(pub: Publisher, topic: str, body: StateChange, replay: int = 77) -> None:
+    """Publish `body` as `vigil bag play` would: its envelope marked with a replay id."""
+    frames = pub.encode(topic, body)
+    envelope = Codec().decode_envelope(bytes(frames[1]))
+    marked = msgspec.structs.replace(envelope, replay=replay)
+    pub.publish_raw([frames[0], Codec().encode(marked), *frames[2:]])
+
+
+def test_a_replayed_value_never_replaces_a_latched_live_one(
+    ctx: zmq.Context[zmq.Socket[bytes]], proxy_endpoints: tuple[str, str]
+) -> None:
+    """After a live state and a replayed one, a late joiner gets the live state."""
+    frontend, backend = proxy_endpoints
+    with (
+        Publisher(ctx, frontend, source="watchdog") as live,
+        Publisher(ctx, frontend, source="player") as player,
+        Subscriber(ctx, backend, [SYNC, Topic.SAFETY_STATE]) as early,
+    ):
+        _sync(live, early)
+        _sync(player, early)
+        live.publish(Topic.SAFETY_STATE, _state(SafetyState.DEGRADED))
+        assert _state_of(early).envelope.replay == 0
+        _replayed(player, Topic.SAFETY_STATE, _state(SafetyState.SAFE_STOP))
+        assert _state_of(early).envelope.replay == 77  # forwarded, as every message is
+        with Subscriber(ctx, backend, [Topic.SAFETY_STATE]) as late:
+            got = _state_of(late)
+    assert got.envelope.replay == 0
+    assert got.body == _state(SafetyState.DEGRADED)
+
+
+def test_a_replayed_value_is_latched_until_a_live_one_comes(
+    ctx: zmq.Context[zmq.Socket[bytes]], proxy_endpoints: tuple[str, str]
+) -> None:
+    """Where no live value is kept, a replayed one is (a replay into a bare bus still latches);
+    the next live value replaces it."""
+    frontend, backend = proxy_endpoints
+    with (
+        Publisher(ctx, frontend, source="watchdog") as live,
+        Publisher(ctx, frontend, source="player") as player,
+        Subscriber(ctx, backend, [SYNC, Topic.SAFETY_STATE]) as early,
+    ):
+        _sync(live, early)
+        _sync(player, early)
+        _replayed(player, Topic.SAFETY_STATE, _state(SafetyState.SAFE_STOP))
+        _state_of(early)
+        with Subscriber(ctx, backend, [Topic.SAFETY_STATE]) as late:
+            assert _state_of(late).envelope.replay == 77
+        live.publish(Topic.SAFETY_STATE, _state(SafetyState.NORMAL))
+        _state_of(early)
+        with Subscriber(ctx, backend, [Topic.SAFETY_STATE]) as later:
+            got = _state_of(later)
+    assert (got.envelope.replay, got.body) == (0, _state(SafetyState.NORMAL))
+
+
+def test_replayed_messages_are_skipped_where_asked_and_kept_out_of_sequence_counting(
+    ctx: zmq.Context[zmq.Socket[bytes]], ipc_dir: str
+) -> None:
+    """A subscriber skipping replays only counts them; one taking them does not let a replay
+    of the live publisher's own session (later numbers) make its next message a duplicate."""
+    endpoint = f"ipc://{ipc_dir}/replay"
+    codec = Codec()
+    with (
+        Publisher(ctx, endpoint, source="watchdog", bind=True) as pub,
+        Subscriber(ctx, endpoint, [SYNC, Topic.SAFETY_STATE]) as taking,
+        Subscriber(ctx, endpoint, [SYNC, Topic.SAFETY_STATE], skip_replayed=True) as skipping,
+    ):
+        _sync(pub, taking)
+        _sync(pub, skipping)
+        pub.publish(Topic.SAFETY_STATE, _state(SafetyState.NORMAL))
+        first = _state_of(taking)
+        _state_of(skipping)
+        recorded_later = msgspec.structs.replace(
+            first.envelope, seq=first.envelope.seq + 5, replay=77
+        )
+        body = codec.encode(_state(SafetyState.SAFE_STOP))
+        pub.publish_raw([topic_frame(Topic.SAFETY_STATE), codec.encode(recorded_later), body])
+        pub.publish(Topic.SAFETY_STATE, _state(SafetyState.DEGRADED))
+        replayed, live = _state_of(taking), _state_of(taking)
+        skipped_to = _state_of(skipping)
+    assert (replayed.envelope.replay, live.envelope.replay) == (77, 0)
+    assert live.body == _state(SafetyState.DEGRADED)
+    assert skipped_to.body == _state(SafetyState.DEGRADED)
+    assert skipping.stats[Topic.SAFETY_STATE].replayed == 1
+    assert taking.stats[Topic.SAFETY_STATE].lost == 0
