@@ -272,7 +272,7 @@ def _path_lines(entry: Entry) -> list[str]:
         f"request {r.outcome} ({r.code}{', ' + r.diag_code if r.diag_code else ''}): "
         f"stream {r.stream_id or '-'} frame {r.frame_ts_us}, peer {r.peer or '-'}"
         f"{', tenant ' + r.tenant if r.tenant else ''}, {model}"
-        + (f", {r.worker} batch {r.batch_id} of {r.batch_size}" if r.worker else "")
+        + (f", {r.worker} batch {r.batch_id} ({r.batch_size} requests)" if r.worker else "")
         + (f", {r.attempts} dispatches" if r.attempts > 1 else ""),
         f"  received at {_stamp(r.received_ns)} (ingest clock)",
         f"  {'stage':<12} {'at ms':>10} {'step ms':>10}  step",

@@ -11,6 +11,7 @@ from vigil.bus.codec import Codec
 from vigil.bus.envelope import Envelope
 from vigil.schemas import Heartbeat, Topic
 from vigil.tools.bag import BagWriter, PlayConfig, Player, parse_remap
+from vigil.tools.bag._mcap import read_messages
 
 CODEC = Codec()
 
@@ -64,3 +65,29 @@ def test_player_needs_a_bag() -> None:
     """A player with no files is a ValueError."""
     with pytest.raises(ValueError, match="nothing to play"):
         Player(PlayConfig(), [], "ipc:///nonexistent")
+
+
+def test_exclude_topics_leaves_names_out_like_ros2_bag_play(tmp_path: Path) -> None:
+    """--exclude-topic names a topic exactly; --topics keeps only the named ones."""
+    path = tmp_path / "x.mcap"
+    _bag(path, [Topic.HEARTBEAT, Topic.SAFETY_STATE, Topic.DIAGNOSTIC, "diag/eventful"])
+    excluded = PlayConfig(exclude_topics=(Topic.HEARTBEAT, Topic.DIAGNOSTIC))
+    with Player(excluded, [str(path)], "ipc:///nonexistent") as player:
+        assert player.topics == ["diag/eventful", Topic.SAFETY_STATE]
+    only = PlayConfig(topics=(Topic.HEARTBEAT,))
+    with Player(only, [str(path)], "ipc:///nonexistent") as player:
+        assert player.topics == [Topic.HEARTBEAT]
+
+
+def test_every_published_envelope_is_marked_with_the_replay_id(tmp_path: Path) -> None:
+    """Play changes the envelope's replay id (and per loop its session), nothing else."""
+    path = tmp_path / "m.mcap"
+    _bag(path, [Topic.HEARTBEAT])
+    with Player(PlayConfig(), [str(path)], "ipc:///nonexistent") as player:
+        (message,) = list(read_messages([str(path)]))
+        first = CODEC.decode_envelope(player._frames_of(message, 0)[1])
+        second = CODEC.decode_envelope(player._frames_of(message, 1)[1])
+    recorded = CODEC.decode_envelope(message.envelope_bytes)
+    assert player.replay != 0
+    assert first == msgspec.structs.replace(recorded, replay=player.replay)
+    assert second.replay == player.replay and second.session != recorded.session

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from vigil.nodes.logger._crashsim import SimClock
 from vigil.nodes.logger.store import LogStore, StoreConfig, export_watermark_path
+from vigil.schemas import Outcome, RequestEvidence
 from vigil.tools.log_cmd import log
 
 TRACE = bytes(range(16))
@@ -95,3 +96,81 @@ def test_trace_of_an_unknown_id_fails(store_path: str) -> None:
     _store(store_path)
     result = CliRunner().invoke(log, ["trace", store_path, "ab" * 16])
     assert result.exit_code == 1
+
+
+SERVED = RequestEvidence(
+    outcome=Outcome.SERVED,
+    code="OK",
+    peer="cam-client",
+    stream_id="cam0",
+    frame_ts_us=7,
+    model="det",
+    version="2",
+    worker="worker.1",
+    batch_id=4,
+    batch_size=2,
+    attempts=1,
+    received_ns=1_700_000_000_000_000_000,
+    admitted_us=10,
+    dispatched_us=30,
+    batch_start_us=250,
+    batch_end_us=5250,
+    replied_us=5400,
+    digest=bytes(32),
+)
+REFUSED = RequestEvidence(
+    outcome=Outcome.REFUSED,
+    code="RESOURCE_EXHAUSTED",
+    diag_code="DIA-5001",
+    stream_id="cam0",
+    received_ns=1_700_000_000_000_000_000,
+    replied_us=40,
+)
+OTHER = bytes(range(16, 32))
+
+
+def _evidence_store(path: str) -> None:
+    config = StoreConfig(path=path, size_bytes=64 * 1024, group_bytes=4096)
+    with LogStore.open(config, clock=SimClock(step_ns=2_000_000)) as store:
+        for evidence, trace in ((SERVED, TRACE), (REFUSED, OTHER)):
+            store.append(
+                node="ingest",
+                event="evidence.request",
+                payload=msgspec.msgpack.encode(evidence),
+                trace_id=trace,
+            )
+        store.append(node="watchdog", event="diag.event", payload=msgspec.msgpack.encode("x"))
+
+
+def test_trace_prints_each_stage_of_a_served_request_with_its_step(store_path: str) -> None:
+    """trace reads the request's evidence: every stage, when, and how long the step took."""
+    _evidence_store(store_path)
+    result = CliRunner().invoke(log, ["trace", store_path, TRACE.hex()])
+    assert result.exit_code == 0, result.output
+    assert "request served (OK): stream cam0 frame 7, peer cam-client, det 2" in result.output
+    steps = {
+        line.split()[0] + (" " + line.split()[1] if line.split()[1].isalpha() else ""): line
+        for line in result.output.splitlines()
+        if line.startswith("  ") and len(line.split()) > 2
+    }
+    assert "0.220" in steps["batch start"] and "5.000" in steps["batch end"]
+    assert "5.400" in steps["replied"] and "0.150" in steps["replied"]
+
+
+def test_trace_of_a_refusal_shows_only_the_stages_it_reached(store_path: str) -> None:
+    """A refused request was received and answered, nothing in between."""
+    _evidence_store(store_path)
+    result = CliRunner().invoke(log, ["trace", store_path, OTHER.hex()])
+    assert result.exit_code == 0, result.output
+    assert "request refused (RESOURCE_EXHAUSTED, DIA-5001)" in result.output
+    assert "admitted" not in result.output and "batch" not in result.output
+
+
+def test_show_request_prints_one_line_per_request(store_path: str) -> None:
+    """show --request keeps only the requests' evidence, one line each."""
+    _evidence_store(store_path)
+    result = CliRunner().invoke(log, ["show", store_path, "--request"])
+    assert result.exit_code == 0, result.output
+    served, refused = result.output.splitlines()
+    assert TRACE.hex() in served and " served " in served and "5.400 ms" in served
+    assert OTHER.hex() in refused and "RESOURCE_EXHAUSTED" in refused
