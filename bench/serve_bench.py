@@ -20,6 +20,12 @@ threads = cores), since more would only oversubscribe the cores.
 `--json PATH` writes pipeline_img_s, inprocess_img_s, baseline_http_img_s, p50_ms and p99_ms
 (the pipeline at its best setting) with the full table; `--png PATH` plots throughput against
 p99 latency per system.
+
+`--evidence-cost` measures instead what each request's sealed evidence costs the serving
+rate: the pipeline serves the small test classifier (so per-request costs are not hidden under
+inference) closed-loop, launched afresh with the ingest's evidence on and off in interleaved
+repetitions (on/off, off/on, ...), and prints every run, the median of each side and the
+spread. The logger seals the evidence in its group commit in the "on" runs.
 """
 
 from __future__ import annotations
@@ -52,10 +58,11 @@ from vigil.launch import Launcher, LaunchFile, load
 from vigil.nodes.ingest import IngestConfig
 from vigil.nodes.loader import LoaderConfig, PinnedModel
 from vigil.nodes.logger import LoggerConfig
-from vigil.nodes.logger.store import StoreConfig
+from vigil.nodes.logger.store import StoreConfig, read_entries
 from vigil.nodes.worker import Device, EngineConfig, Task, WorkerConfig
 from vigil.nodes.worker._engine import Engine
 from vigil.testing.launchfiles import launch_file, node, write
+from vigil.testing.modelgen import tiny_classifier
 
 SIZE = 224
 MEAN = (0.485, 0.456, 0.406)
@@ -427,6 +434,100 @@ def vigil_pipeline(
         return rows
 
 
+# -- the cost of per-request evidence ---------------------------------------------------------
+
+
+def _evidence_launch(model: Path, args: argparse.Namespace, *, evidence: bool) -> LaunchFile:
+    import hashlib  # noqa: PLC0415
+
+    pinned = PinnedModel(
+        name="tiny",
+        version="1",
+        path=str(model),
+        sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
+    )
+    engine = EngineConfig(
+        task=Task.CLASSIFICATION, mean=(0, 0, 0), std=(1, 1, 1), intra_op_threads=1
+    )
+    worker = WorkerConfig(
+        max_batch=4, max_queue_delay_us=500, warm_height=32, warm_width=32, engine=engine
+    )
+    ingest = IngestConfig(
+        default_deadline_ms=60_000, publish_requests=False, publish_evidence=evidence
+    )
+    return launch_file(
+        "evidencebench",
+        node("logger", LoggerConfig(store=StoreConfig(path="log.store"))),
+        node("loader", LoaderConfig(pinned=pinned)),
+        node("worker", worker, replicas=args.workers),
+        node("ingest", ingest),
+        heartbeat_ms=200,
+        ready_timeout_s=120,
+    )
+
+
+def _evidence_run(model: Path, args: argparse.Namespace, tmp: Path, *, evidence: bool) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="ev-", dir=tmp))
+    path = write(_evidence_launch(model, args, evidence=evidence), folder)
+    run = RunDir(folder / "run")
+    frames = [np.full((32, 32, 3), i * 30, dtype=np.uint8) for i in range(8)]
+    with Launcher(load(path, run.path), run) as launcher:
+        launcher.start()
+        driver = _VigilDriver(run.ipc("ingest"), frames)
+        driver.closed(args.workers, 0.0, 1.0)  # every worker warm
+        done, errors = driver.closed(args.concurrency[0], args.warm, args.duration)
+    latencies = [(end - start) * 1000 for start, end in done]
+    entries = sum(1 for _ in read_entries(run.path / "log.store"))
+    return {
+        "evidence": evidence,
+        "req_s": round(len(done) / args.duration, 1),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 3) if latencies else float("nan"),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 3) if latencies else float("nan"),
+        "errors": errors,
+        "sealed_entries": entries,
+    }
+
+
+def evidence_cost(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Interleaved runs with the ingest's per-request evidence on and off; the spread."""
+    model = tmp / "tiny.onnx"
+    model.write_bytes(tiny_classifier(args.seed))
+    runs: list[dict] = []
+    for rep_ in range(args.repeats):
+        order = (True, False) if rep_ % 2 == 0 else (False, True)
+        for evidence in order:
+            runs.append(_evidence_run(model, args, tmp, evidence=evidence))
+            r = runs[-1]
+            print(
+                f"  run {len(runs):>2} evidence {'on ' if evidence else 'off'}"
+                f"  {r['req_s']:8.1f} req/s"
+                f"  p50 {r['p50_ms']:7.3f}  p99 {r['p99_ms']:7.3f} ms  errors {r['errors']}"
+                f"  sealed entries {r['sealed_entries']}",
+                flush=True,
+            )
+    summary: dict[str, Any] = {"runs": runs}
+    for side, flag in (("on", True), ("off", False)):
+        rates = [r["req_s"] for r in runs if r["evidence"] is flag]
+        p99 = [r["p99_ms"] for r in runs if r["evidence"] is flag]
+        summary[side] = {
+            "req_s_median": float(np.median(rates)),
+            "req_s_min": min(rates),
+            "req_s_max": max(rates),
+            "p99_ms_median": float(np.median(p99)),
+        }
+    on, off = summary["on"]["req_s_median"], summary["off"]["req_s_median"]
+    summary["rate_change_pct"] = round((on - off) / off * 100, 1) if off else float("nan")
+    print(
+        f"evidence on: median {on:.1f} req/s (min {summary['on']['req_s_min']:.1f}, max "
+        f"{summary['on']['req_s_max']:.1f}); off: median {off:.1f} req/s (min "
+        f"{summary['off']['req_s_min']:.1f}, max {summary['off']['req_s_max']:.1f}); "
+        f"change {summary['rate_change_pct']:+.1f} %; p99 median on "
+        f"{summary['on']['p99_ms_median']:.3f} ms, off {summary['off']['p99_ms_median']:.3f} ms",
+        flush=True,
+    )
+    return summary
+
+
 # -- the sweep -------------------------------------------------------------------------------
 
 
@@ -502,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--png", dest="png_path", default=None)
+    parser.add_argument(
+        "--evidence-cost", action="store_true", help="per-request evidence on vs off (see above)"
+    )
+    parser.add_argument("--repeats", type=int, default=4, help="--evidence-cost pairs of runs")
+    parser.add_argument("--concurrency", type=int, default=8, help="--evidence-cost load")
     args = parser.parse_args(argv)
     # The launcher's per-node lines would bury the table; warnings still show.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -525,6 +631,19 @@ def main(argv: list[str] | None = None) -> int:
         if gpu:  # a GPU wants big batches: sweep further
             args.batches = [1, 4, 8, 16, 32]
             args.concurrency = [1, 4, 16, 32, 64, 128]
+    if args.evidence_cost:
+        args.duration = args.duration or (3.0 if args.quick else 8.0)
+        args.warm, args.concurrency = 1.0, [args.concurrency]
+        print(
+            f"evidence cost: tiny classifier, {args.workers} workers x 1 thread, concurrency "
+            f"{args.concurrency[0]}, {args.duration:g} s per run, {args.repeats} interleaved pairs",
+            flush=True,
+        )
+        with tempfile.TemporaryDirectory(prefix="vb-", dir="/tmp") as tmp_name:
+            summary = evidence_cost(args, Path(tmp_name))
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(summary, indent=2))
+        return 0
     rng = np.random.default_rng(args.seed)
     frames = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(8)]
     with tempfile.TemporaryDirectory(prefix="vb-", dir="/tmp") as tmp_name:

@@ -41,6 +41,10 @@ class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     shed_below_priority: Annotated[int, msgspec.Meta(ge=0, le=8)] = 4
     rate_limit: RateLimitConfig = RateLimitConfig()
     publish_requests: bool = True
+    # One RequestEvidence per request at its end (the logger seals it). Off only to measure
+    # what it costs (`vigil bench serve --evidence-cost`): without it a served request leaves
+    # no sealed trace.
+    publish_evidence: bool = True
     # While no verified model is active, refuse each request at once (UNAVAILABLE, DIA-5003)
     # instead of letting it wait out its deadline. Off only for an ingest that admits and
     # publishes requests with no worker behind it (taps and benches of the front door).

@@ -57,10 +57,18 @@ class Evidence:
     where OpenTelemetry export is configured.
     """
 
-    def __init__(self, publisher: Publisher, spans: RequestSpans, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        spans: RequestSpans,
+        clock: Callable[[], int],
+        *,
+        publish: bool = True,
+    ) -> None:
         self._publisher = publisher
         self._spans = spans
         self._clock = clock
+        self._publish = publish
 
     def ended(
         self,
@@ -76,6 +84,10 @@ class Evidence:
         `model` names the active model for an answer that carries none (a typed error).
         """
         now = self._clock()
+        if self._spans.enabled:
+            self._record_spans(path, now, reply, outcome)
+        if not self._publish:
+            return
         origin = path.received_ns
         replied_us = max(0, (now - origin) // 1000)
         dispatched_us = _after(path.dispatched_ns, origin)
@@ -118,14 +130,14 @@ class Evidence:
             ),
             trace=path.trace,
         )
-        if self._spans.enabled:
-            self._record_spans(path, now, code, outcome)
 
-    def _record_spans(self, path: RequestPath, now: int, code: str, outcome: Outcome) -> None:
+    def _record_spans(
+        self, path: RequestPath, now: int, reply: InferResult | ErrorReply, outcome: Outcome
+    ) -> None:
         """The request's ingest spans: the whole of it, its admission and its queue wait."""
         to_wall = time.time_ns() - now  # one offset for every stamp of this request
         spans, trace = self._spans, path.trace
-        error = "" if code == RESULT_CODE else code
+        error = str(reply.code) if isinstance(reply, ErrorReply) else ""
         spans.record(
             "ingest.refuse" if outcome is Outcome.REFUSED else "ingest.request",
             trace,

@@ -147,7 +147,9 @@ class _Ingest:
         self.counts = {"accepted": 0, "answered": 0, "rejected": 0, "errors": 0}
         # Spans, exported only where OpenTelemetry is set up; evidence of every request.
         self.spans = node.enter(request_spans(f"vigil.{node.args.name}"))
-        self.evidence = Evidence(node.publisher, self.spans, node.clock)
+        self.evidence = Evidence(
+            node.publisher, self.spans, node.clock, publish=config.publish_evidence
+        )
         self._published: tuple[int, ...] = ()
         # What a valid request must pass to be queued, in order; the first rejection refuses
         # it. The policy goes before the rate limit, so a shed request spends no token.
