@@ -607,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         "--evidence-cost", action="store_true", help="per-request evidence on vs off (see above)"
     )
     parser.add_argument("--repeats", type=int, default=4, help="--evidence-cost pairs of runs")
-    parser.add_argument("--concurrency", type=int, default=8, help="--evidence-cost load")
+    parser.add_argument(
+        "--evidence-concurrency", type=int, default=8, help="--evidence-cost requests in flight"
+    )
     args = parser.parse_args(argv)
     # The launcher's per-node lines would bury the table; warnings still show.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -633,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
             args.concurrency = [1, 4, 16, 32, 64, 128]
     if args.evidence_cost:
         args.duration = args.duration or (3.0 if args.quick else 8.0)
-        args.warm, args.concurrency = 1.0, [args.concurrency]
+        args.warm, args.concurrency = 1.0, [args.evidence_concurrency]
         print(
             f"evidence cost: tiny classifier, {args.workers} workers x 1 thread, concurrency "
             f"{args.concurrency[0]}, {args.duration:g} s per run, {args.repeats} interleaved pairs",
