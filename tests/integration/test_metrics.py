@@ -29,7 +29,10 @@ from vigil.testing.launchfiles import launch_file, node, write
 
 # Every family the endpoint owes from start-up (counters without their `_total`).
 FAMILIES = {
-    "model_inference_duration_seconds": "histogram",
+    "vigil_inference_duration_seconds": "histogram",
+    "vigil_postprocess_duration_seconds": "histogram",
+    "vigil_request_duration_seconds": "histogram",
+    "vigil_model_active_info": "gauge",
     "vigil_queue_time_seconds": "histogram",
     "vigil_batch_size": "histogram",
     "vigil_requests": "counter",
@@ -150,7 +153,7 @@ def test_every_metric_is_exported_from_start_and_moves_under_load(
     assert ("ppocr-det", "4.0") in {
         (dict(ls)["model"], dict(ls)["version"])
         for (n, ls) in before.samples
-        if n == "model_inference_duration_seconds_count"
+        if n == "vigil_inference_duration_seconds_count"
     }
 
     results = 0
@@ -220,11 +223,17 @@ def test_every_metric_is_exported_from_start_and_moves_under_load(
     assert after.total("vigil_queue_time_seconds_count") >= (
         before.total("vigil_queue_time_seconds_count") + results
     )
-    inferred = after.value(
-        "model_inference_duration_seconds_count", model="ppocr-det", version="4.0"
+    # Observed once per batch: at least one batch, at most one per result.
+    labels = {"model": "ppocr-det", "version": "4.0"}
+    batches = after.value("vigil_inference_duration_seconds_count", **labels)
+    assert batches - before.value("vigil_inference_duration_seconds_count", **labels) >= 1
+    assert after.value("vigil_inference_duration_seconds_sum", **labels) > 0
+    assert after.value("vigil_batch_size_count") == batches
+    assert after.value("vigil_model_active_info", model="ppocr-det", version="4.0") == 1
+    served = after.value(
+        "vigil_request_duration_seconds_count", outcome="served", model="ppocr-det"
     )
-    assert inferred >= results
-    assert after.value("model_inference_duration_seconds_sum", model="ppocr-det", version="4.0") > 0
+    assert served >= results
     for topic in ("infer/result", "infer/error", "diag/event", "health/heartbeat"):
         assert after.value("vigil_topic_messages_total", topic=topic) > before.value(
             "vigil_topic_messages_total", topic=topic

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
 import pytest
+from prometheus_client.openmetrics.exposition import generate_latest
 
 from vigil.bus.envelope import Envelope
 from vigil.bus.pubsub import Received
@@ -12,6 +14,7 @@ from vigil.nodes.metrics._node import BusMetrics
 from vigil.schemas import (
     AuditEvent,
     AuditId,
+    BatchEvidence,
     DiagCode,
     DiagnosticEvent,
     ErrorCode,
@@ -19,7 +22,10 @@ from vigil.schemas import (
     Heartbeat,
     InferResult,
     Message,
+    ModelAnnouncement,
+    Outcome,
     PerceptionOutput,
+    RequestEvidence,
     SafetyState,
     Severity,
     StateChange,
@@ -75,29 +81,74 @@ def test_known_label_sets_start_at_zero(metrics: BusMetrics) -> None:
     assert value(metrics, "vigil_topic_messages_total", topic="infer/result") == 0
 
 
-def test_a_result_moves_timings_batch_and_count(metrics: BusMetrics) -> None:
-    """infer_us, queue_us and batch_size of a result land in their histograms."""
-    metrics.observe(
-        received(
-            InferResult(
-                stream_id="s",
-                frame_ts_us=1,
-                output=PerceptionOutput(confidence=1.0, timestamp_us=1, boxes=[]),
-                model="det",
-                version="2",
-                batch_size=3,
-                queue_us=1500,
-                infer_us=20_000,
-            )
-        )
+def _result(batch_size: int = 3) -> InferResult:
+    return InferResult(
+        stream_id="s",
+        frame_ts_us=1,
+        output=PerceptionOutput(confidence=1.0, timestamp_us=1, boxes=[]),
+        model="det",
+        version="2",
+        batch_size=batch_size,
+        queue_us=1500,
+        infer_us=20_000,
     )
+
+
+def test_a_result_moves_the_queue_time_and_the_count(metrics: BusMetrics) -> None:
+    """A result's queue wait and its count are per result; nothing per batch moves."""
+    metrics.observe(received(_result()))
+    metrics.observe(received(_result()))
+    assert value(metrics, "vigil_queue_time_seconds_sum") == pytest.approx(0.003)
+    assert value(metrics, "vigil_requests_total", outcome="result", code="OK") == 2
+    assert value(metrics, "vigil_batch_size_count") == 0
+
+
+def test_a_batch_is_observed_once_in_the_per_batch_histograms(metrics: BusMetrics) -> None:
+    """One batch of three moves inference, post-processing and batch size once."""
+    batch = BatchEvidence(
+        worker="w",
+        model="det",
+        version="2",
+        batch_id=1,
+        size=3,
+        infer_us=20_000,
+        postprocess_us=500,
+    )
+    metrics.observe(received(batch))
+    for _ in range(3):
+        metrics.observe(received(_result()))
     labels = {"model": "det", "version": "2"}
-    assert value(metrics, "model_inference_duration_seconds_sum", **labels) == pytest.approx(0.02)
-    assert value(metrics, "model_inference_duration_seconds_bucket", le="0.025", **labels) == 1
-    assert value(metrics, "vigil_queue_time_seconds_sum") == pytest.approx(0.0015)
+    assert value(metrics, "vigil_inference_duration_seconds_count", **labels) == 1
+    assert value(metrics, "vigil_inference_duration_seconds_sum", **labels) == pytest.approx(0.02)
+    assert value(metrics, "vigil_postprocess_duration_seconds_sum", **labels) == pytest.approx(5e-4)
+    assert value(metrics, "vigil_batch_size_count") == 1
     assert value(metrics, "vigil_batch_size_bucket", le="2.0") == 0
     assert value(metrics, "vigil_batch_size_bucket", le="4.0") == 1
-    assert value(metrics, "vigil_requests_total", outcome="result", code="OK") == 1
+
+
+def test_a_request_lands_end_to_end_with_its_trace_as_exemplar(metrics: BusMetrics) -> None:
+    """The evidence's reply time is observed by outcome and model, the trace id its exemplar."""
+    evidence = RequestEvidence(outcome=Outcome.SERVED, code="OK", model="det", replied_us=4000)
+    message = received(evidence)
+    message.envelope = msgspec.structs.replace(message.envelope, trace_id=bytes(range(16)))
+    metrics.observe(message)
+    labels = {"outcome": "served", "model": "det"}
+    assert value(metrics, "vigil_request_duration_seconds_sum", **labels) == pytest.approx(0.004)
+    exposition = generate_latest(metrics.registry).decode()
+    (line,) = [x for x in exposition.splitlines() if "# {trace_id=" in x]
+    assert 'le="0.005"' in line and bytes(range(16)).hex() in line
+
+
+def test_the_announced_model_is_the_active_one(metrics: BusMetrics) -> None:
+    """model/active sets its version to 1 and the one before it goes away."""
+    for version in ("1", "2"):
+        metrics.observe(
+            received(
+                ModelAnnouncement(name="det", version=version, path="p", sha256="a" * 64, size=1)
+            )
+        )
+    assert value(metrics, "vigil_model_active_info", model="det", version="2") == 1
+    assert value(metrics, "vigil_model_active_info", model="det", version="1") is None
 
 
 def test_errors_count_by_code(metrics: BusMetrics) -> None:

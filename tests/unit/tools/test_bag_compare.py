@@ -20,6 +20,7 @@ from vigil.tools.bag import (
     format_report,
     load_tolerances,
 )
+from vigil.tools.bag.check import LOAD_DEPENDENT, _Output, _set_aside
 from vigil.tools.bag.compare import iou
 
 
@@ -224,3 +225,30 @@ def test_unknown_tolerance_key_names_the_file_and_path(tmp_path: Path) -> None:
     assert err.value.source == str(path)
     assert err.value.path.startswith("$.topics")
     assert "absolute" in err.value.reason
+
+
+def _error(code: str, ts: int) -> _Output:
+    return _Output(Topic.INFER_ERROR, {"code": code, "stream_id": "s", "frame_ts_us": ts})
+
+
+def _served(ts: int) -> _Output:
+    return _Output(Topic.INFER_RESULT, {"stream_id": "s", "frame_ts_us": ts, "model": "m"})
+
+
+def test_load_dependent_outcomes_on_either_side_are_set_aside_and_counted() -> None:
+    """A shed or late output on either side leaves the comparison and is counted by code;
+    a model-attributable error stays in it."""
+    recorded = [_served(1), _error("DEADLINE_EXCEEDED", 2), _error("INVALID_ARGUMENT", 3)]
+    replayed = [_error("UNAVAILABLE", 1), _served(2), _error("INVALID_ARGUMENT", 3)]
+    kept_recorded, kept_replayed, aside = _set_aside(recorded, replayed)  # type: ignore[arg-type]
+    assert kept_recorded == [recorded[2]] and kept_replayed == [replayed[2]]
+    assert aside.recorded == {"DEADLINE_EXCEEDED": 1}
+    assert aside.replayed == {"UNAVAILABLE": 1}
+    assert aside.outputs == ["s 1", "s 2"]
+    assert compare(kept_recorded, kept_replayed).passed
+
+
+def test_without_setting_aside_a_load_dependent_outcome_is_a_regression() -> None:
+    """Compared like any output (--include-load-dependent), a shed request fails the check."""
+    assert not compare([_served(1)], [_error("UNAVAILABLE", 1)]).passed
+    assert {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"} == LOAD_DEPENDENT
