@@ -71,24 +71,23 @@ class _Admission:
     def refusal(self, rejection: Rejection) -> _Refusal:
         """The refusal of this request for `rejection`."""
         path = _path(self.trace, self.envelope, self.received_ns, self.request)
-        return _Refusal(self.identity, self.envelope.seq, rejection, self.request, path)
+        return _Refusal(self.identity, self.envelope.seq, rejection, path, self.request)
 
 
 @dataclass(frozen=True, slots=True)
 class _Refusal:
-    """A refused request with what the refusal can name: nothing is known before decoding,
-    and its trace only once its envelope was read."""
+    """A refused request with what the refusal can name: only what was decoded before it."""
 
     identity: bytes
     seq: int
     rejection: Rejection
+    path: RequestPath
     request: InferRequest | None = None
-    path: RequestPath | None = None
 
     @property
-    def trace(self) -> TraceContext | None:
+    def trace(self) -> TraceContext:
         """The ingest's span of the refused request."""
-        return self.path.trace if self.path is not None else None
+        return self.path.trace
 
 
 def _path(
@@ -207,7 +206,7 @@ class _Ingest:
         except Rejection as rejection:
             body = incoming.body if isinstance(incoming.body, InferRequest) else None
             path = _path(trace, envelope, now, body)
-            return _Refusal(identity, envelope.seq, rejection, body, path)
+            return _Refusal(identity, envelope.seq, rejection, path, body)
         deadline = Deadline.after(self._budget_ns(envelope), now)
         return _Admission(identity, frames, incoming, request, trace, now, deadline)
 
@@ -225,9 +224,9 @@ class _Ingest:
         if envelope is None:
             seq = fault.seq if fault is not None else 0
             path = RequestPath(TraceContext.new(), None, now)
-            return _Refusal(identity, seq, rejection, None, path)
+            return _Refusal(identity, seq, rejection, path)
         path = _path(_ingest_trace(envelope), envelope, now, None)
-        return _Refusal(identity, envelope.seq, rejection, None, path)
+        return _Refusal(identity, envelope.seq, rejection, path)
 
     def _budget_ns(self, envelope: Envelope) -> int:
         """The client's budget in whole ms, at most the maximum; the default when it set none."""
@@ -351,10 +350,7 @@ class _Ingest:
         body = self._answer(refusal.identity, refusal.seq, reply, trace)
         self.counts["rejected"] += 1
         # Each refusal reported on its own has its evidence too.
-        if refusal.path is not None:
-            self.evidence.ended(
-                refusal.path, reply, body, outcome=Outcome.REFUSED, model=self.model
-            )
+        self.evidence.ended(refusal.path, reply, body, outcome=Outcome.REFUSED, model=self.model)
         self.node.diag(
             rejection.diag,
             f"request refused: {rejection.code}",
