@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 import zmq
 from click.testing import CliRunner
@@ -240,8 +241,16 @@ def _synthetic_bag(path: Path, count: int, step_ns: int) -> list[list[bytes]]:
     return frames
 
 
+def _marked(frames: list[bytes], replay: int) -> list[bytes]:
+    """Recorded frames as play sends them: the envelope marked with the replay's id."""
+    codec = Codec()
+    envelope = msgspec.structs.replace(codec.decode_envelope(frames[1]), replay=replay)
+    return [frames[0], codec.encode(envelope), *frames[2:]]
+
+
 def test_play_republishes_recorded_frames_after_subscribers_join(bus: Bus, tmp_path: Path) -> None:
-    """Play waits for a subscriber, then every message arrives with its recorded frames."""
+    """Play waits for a subscriber, then every message arrives with its recorded frames, the
+    envelope only marked with the replay's id."""
     path = tmp_path / "play.mcap"
     expected = _synthetic_bag(path, 300, 1_000_000)
     with Subscriber(bus.ctx, bus.run.sub, [Topic.HEARTBEAT], typed=False) as sub:
@@ -252,8 +261,8 @@ def test_play_republishes_recorded_frames_after_subscribers_join(bus: Bus, tmp_p
             received = sub.recv(timeout_ms=int(WAIT_S * 1000))
             assert received is not None, f"only {len(got)} of {len(expected)} arrived"
             got.append([bytes(f) for f in received.frames])
-    assert got == expected
-    assert report.messages == 300
+    assert got == [_marked(frames, player.replay) for frames in expected]
+    assert report.messages == 300 and report.replay == player.replay != 0
     print(f"play --rate 1, 1 kHz: {report.summary()}")
 
 
@@ -277,7 +286,7 @@ def test_play_remaps_topics_and_honours_offset_and_duration(bus: Bus, tmp_path: 
             assert received is not None
             got.append(received)
     assert [r.envelope.seq for r in got] == list(range(21, 31))
-    assert [bytes(f) for f in got[0].frames[1:]] == expected[20][1:]
+    assert [bytes(f) for f in got[0].frames[1:]] == _marked(expected[20], player.replay)[1:]
 
 
 def test_play_loop_renews_the_session_so_passes_are_not_duplicates(
@@ -349,7 +358,7 @@ def test_json_recording_opens_in_the_mcap_reader_and_plays_back(bus: Bus, tmp_pa
             received = sub.recv(timeout_ms=int(WAIT_S * 1000))
             assert received is not None, f"only {len(got)} of {len(expected)} arrived"
             got.append([bytes(f) for f in received.frames])
-    assert got == expected
+    assert got == [_marked(frames, player.replay) for frames in expected]
 
 
 _REPORT = re.compile(
