@@ -61,10 +61,12 @@ def _answer(seq: int, body: object, envelope: Envelope) -> Answer:
     """A decoded reply as the result or the typed error it stands for, in its trace."""
     if isinstance(body, InferResult):
         return Answer(seq, body, envelope)
+    trace = envelope.trace
+    traceparent = trace.traceparent if trace is not None else ""
     if isinstance(body, ErrorReply):
-        return Answer(seq, error_from_reply(body, envelope.trace), envelope)
+        return Answer(seq, error_from_reply(body, traceparent), envelope)
     reply = ErrorReply(code=ErrorCode.INTERNAL, message="unexpected reply")
-    return Answer(seq, InternalError(reply, envelope.trace), envelope)
+    return Answer(seq, InternalError(reply, traceparent), envelope)
 
 
 # How long past its deadline a client waits for the ingest's own DEADLINE_EXCEEDED before it

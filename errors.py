@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vigil.schemas.errors import ErrorCode, ErrorReply
-
-if TYPE_CHECKING:  # vigil.bus imports this module
-    from vigil.bus.envelope import TraceContext
 
 __all__ = [
     "ConfigError",
@@ -50,17 +45,17 @@ class IntegrityError(VigilError):
 class RequestError(VigilError):
     """A request ended with a typed error instead of a result.
 
-    `trace` is the trace the pipeline answered in (the request's trace id), None for an error
-    the client made itself.
+    `traceparent` is the W3C trace the pipeline answered in (the request's trace id), empty for
+    an error the client made itself.
     """
 
     code: ErrorCode = ErrorCode.INTERNAL
 
-    def __init__(self, reply: ErrorReply, trace: TraceContext | None = None) -> None:
+    def __init__(self, reply: ErrorReply, traceparent: str = "") -> None:
         detail = f" ({reply.field}: {reply.rule})" if reply.field or reply.rule else ""
         super().__init__(f"{reply.code}: {reply.message}{detail}")
         self.reply = reply
-        self.trace = trace
+        self.traceparent = traceparent
 
 
 class InvalidArgument(RequestError):
@@ -99,6 +94,6 @@ _LEAVES: dict[ErrorCode, type[RequestError]] = {
 }
 
 
-def error_from_reply(reply: ErrorReply, trace: TraceContext | None = None) -> RequestError:
+def error_from_reply(reply: ErrorReply, traceparent: str = "") -> RequestError:
     """The exception leaf that matches a wire error code one-to-one."""
-    return _LEAVES[reply.code](reply, trace)
+    return _LEAVES[reply.code](reply, traceparent)

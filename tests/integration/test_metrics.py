@@ -224,10 +224,10 @@ def test_every_metric_is_exported_from_start_and_moves_under_load(
         before.total("vigil_queue_time_seconds_count") + results
     )
     # Observed once per batch: at least one batch, at most one per result.
-    labels = {"model": "ppocr-det", "version": "4.0"}
-    batches = after.value("vigil_inference_duration_seconds_count", **labels)
-    assert batches - before.value("vigil_inference_duration_seconds_count", **labels) >= 1
-    assert after.value("vigil_inference_duration_seconds_sum", **labels) > 0
+    served_by = {"model": "ppocr-det", "version": "4.0"}
+    batches = after.value("vigil_inference_duration_seconds_count", **served_by)
+    assert batches - before.value("vigil_inference_duration_seconds_count", **served_by) >= 1
+    assert after.value("vigil_inference_duration_seconds_sum", **served_by) > 0
     assert after.value("vigil_batch_size_count") == batches
     assert after.value("vigil_model_active_info", model="ppocr-det", version="4.0") == 1
     served = after.value(
