@@ -18,7 +18,7 @@ _MS_SYNC = 4
 
 
 class Medium(Protocol):
-    """What the store needs from its storage; the simulated disk in `_crashsim` is the other one."""
+    """What the store needs from its storage; `vigil.testing.crashsim` simulates a disk."""
 
     @property
     def size(self) -> int:

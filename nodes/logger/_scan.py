@@ -204,27 +204,76 @@ def verify_image(
     except StoreLayoutError as exc:
         report.add(FaultClass.UNREADABLE, "superblock/metadata", str(exc))
         return report
-    meta = view.meta
-    report.clean = meta.clean
-    _check_slots(view, report)
-    live = view.live_groups()
-    prev_chain: bytes | None = genesis_chain(view.store_id) if not live else None
-    expected = meta.last_seq + 1 if not live else 0
-    last_ts = -1
-    pending: tuple[int, EntryFault] | None = None
-    counts: dict[int, int] = {}
-    for index, group in enumerate(live):
-        newest = index == len(live) - 1
+    verifier = _Verifier(view, report, on_entry)
+    verifier.run()
+    verifier.summarise(allow_fallback_clock=allow_fallback_clock)
+    return report
+
+
+class _Verifier:
+    """One walk of verify over the live groups, oldest first, one method per step of a group.
+
+    What it carries from group to group: the sequence number and chain value the next entry
+    must continue (`expected`, `prev_chain`; no chain while the previous group was unreadable),
+    the last timestamp, a fault that ended the previous group's walk (`pending`: a torn tail if
+    the next group continues the chain exactly there, else a fault), and the clock counts.
+    """
+
+    def __init__(
+        self, view: StoreView, report: VerifyReport, on_entry: Callable[[Entry], None] | None
+    ) -> None:
+        self.view = view
+        self.meta = view.meta
+        self.report = report
+        self.on_entry = on_entry
+        self.live = view.live_groups()
+        self.prev_chain: bytes | None = genesis_chain(view.store_id) if not self.live else None
+        self.expected = self.meta.last_seq + 1 if not self.live else 0
+        self.last_ts = -1
+        self.pending: tuple[int, EntryFault] | None = None
+        self.counts: dict[int, int] = {}
+
+    def run(self) -> None:
+        """Walk every live group: its header, its link to the previous one, its entries, and
+        for the newest one how the store ends."""
+        self.report.clean = self.meta.clean
+        _check_slots(self.view, self.report)
+        for index, group in enumerate(self.live):
+            newest = index == len(self.live) - 1
+            header = self.view.header(group)
+            if header is None:
+                if self.header_missing(group, newest):
+                    break
+                continue
+            self.link(group, header)
+            stop_at = self.tail_stop(group, newest)
+            self.walk(group, header, stop_at, newest=newest)
+            if newest:
+                self.check_end(group, header, stop_at)
+        if not self.live and self.meta.clean and self.meta.last_seq:
+            self.report.add(
+                FaultClass.GAP,
+                "store",
+                f"metadata says {self.meta.last_seq} entries, no group holds them",
+            )
+
+    def header_missing(self, group: int, newest: bool) -> bool:
+        """A group whose header is unreadable: the end of an unclean store's writes (True: stop
+        here), or damage, after which the chain restarts at the next readable header."""
         where = f"group {group}"
-        header = view.header(group)
-        if header is None:
-            if newest and not meta.clean:
-                report.notes.append(f"{where}: newest group's header never became durable")
-                break
-            report.add(FaultClass.DIGEST, where, "group header damaged or of the wrong epoch")
-            prev_chain = None
-            pending = None
-            continue
+        if newest and not self.meta.clean:
+            self.report.notes.append(f"{where}: newest group's header never became durable")
+            return True
+        self.report.add(FaultClass.DIGEST, where, "group header damaged or of the wrong epoch")
+        self.prev_chain = None
+        self.pending = None
+        return False
+
+    def link(self, group: int, header: GroupHeader) -> None:
+        """Check that the group continues the previous one, then start the walk at its anchor."""
+        report = self.report
+        where = f"group {group}"
+        prev_chain, expected, pending = self.prev_chain, self.expected, self.pending
         if prev_chain is not None:
             if pending is not None and (
                 header.first_seq != expected or header.anchor != prev_chain
@@ -253,77 +302,96 @@ def verify_image(
                 report.notes.append(f"group {pending[0]}: tail abandoned at a crash ({detail})")
         elif report.first_seq is None:
             report.first_seq = header.first_seq
-        pending = None
-        expected = header.first_seq
-        prev_chain = header.anchor
+        self.pending = None
+        self.expected = header.first_seq
+        self.prev_chain = header.anchor
+
+    def tail_stop(self, group: int, newest: bool) -> int | None:
+        """Where the walk of this group must end: the clean-close tail of the newest group."""
+        meta = self.meta
         stop_at = meta.tail[1] if newest and meta.clean and meta.tail is not None else None
         if newest and meta.clean and (meta.tail is None or meta.tail[0] != group):
-            report.add(
+            self.report.add(
                 FaultClass.DIGEST, "metadata", "clean-close tail does not name the newest group"
             )
+        return stop_at
+
+    def walk(self, group: int, header: GroupHeader, stop_at: int | None, *, newest: bool) -> None:
+        """Check and count every entry of the group; keep the fault that ends it, if any."""
+        view = self.view
+        newest_clean = newest and self.meta.clean
         view.last_offset = GROUP_HEADER_BYTES
-        for item in view.walk_group(group, expected, prev_chain, stop_at):
+        for item in view.walk_group(group, header.first_seq, header.anchor, stop_at):
             if isinstance(item, EntryFault):
-                if item.kind != "stale" or (newest and meta.clean):
-                    pending = (group, item)
+                if item.kind != "stale" or newest_clean:
+                    self.pending = (group, item)
                 continue
-            if item.timestamp_ns < last_ts:
+            self.accept(group, item)
+
+    def accept(self, group: int, item: Entry) -> None:
+        """One entry whose seals and link hold: its timestamp, clock, and count."""
+        report = self.report
+        if item.timestamp_ns < self.last_ts:
+            report.add(
+                FaultClass.TIME,
+                f"group {group}",
+                f"timestamp goes back {self.last_ts - item.timestamp_ns} ns",
+                item.seq,
+            )
+        self.last_ts = item.timestamp_ns
+        source = int(item.clock_source)
+        self.counts[source] = self.counts.get(source, 0) + 1
+        report.entries += 1
+        report.bytes_verified += len(item.payload)
+        if self.on_entry is not None:
+            self.on_entry(item)
+        self.expected = item.seq + 1
+        self.prev_chain = item.chain
+
+    def check_end(self, group: int, header: GroupHeader, stop_at: int | None) -> None:
+        """How the newest group ends: exactly at the clean-close tail with the recorded last
+        seq and chain, or (unclean) with a tail that cannot be told from a torn write."""
+        report, meta, pending = self.report, self.meta, self.pending
+        where = f"group {group}"
+        if meta.clean:
+            if pending is not None:
                 report.add(
-                    FaultClass.TIME,
+                    _KIND_CLASS.get(pending[1].kind, FaultClass.DIGEST),
                     where,
-                    f"timestamp goes back {last_ts - item.timestamp_ns} ns",
-                    item.seq,
+                    pending[1].detail,
                 )
-            last_ts = item.timestamp_ns
-            source = int(item.clock_source)
-            counts[source] = counts.get(source, 0) + 1
-            report.entries += 1
-            report.bytes_verified += len(item.payload)
-            if on_entry is not None:
-                on_entry(item)
-            expected = item.seq + 1
-            prev_chain = item.chain
-        if newest:
-            if meta.clean:
-                if pending is not None:
-                    report.add(
-                        _KIND_CLASS.get(pending[1].kind, FaultClass.DIGEST),
-                        where,
-                        pending[1].detail,
-                    )
-                elif stop_at is not None and view.last_offset != stop_at:
-                    report.add(FaultClass.DIGEST, where, "entries end before the clean-close tail")
-                elif stop_at is not None and _sealed_after(view, group, stop_at, header.first_seq):
-                    report.add(FaultClass.CHAIN, where, "an entry follows the clean-close tail")
-                if expected - 1 != meta.last_seq:
-                    report.add(
-                        FaultClass.GAP,
-                        where,
-                        f"last entry is {expected - 1}, metadata says {meta.last_seq}",
-                    )
-                elif prev_chain != meta.last_chain:
-                    report.add(
-                        FaultClass.CHAIN, where, "last chain value differs from the metadata"
-                    )
-            elif pending is not None:
-                report.notes.append(
-                    f"{where}: unverifiable tail after seq {expected - 1} (unclean shutdown)"
+            elif stop_at is not None and self.view.last_offset != stop_at:
+                report.add(FaultClass.DIGEST, where, "entries end before the clean-close tail")
+            elif stop_at is not None and _sealed_after(self.view, group, stop_at, header.first_seq):
+                report.add(FaultClass.CHAIN, where, "an entry follows the clean-close tail")
+            if self.expected - 1 != meta.last_seq:
+                report.add(
+                    FaultClass.GAP,
+                    where,
+                    f"last entry is {self.expected - 1}, metadata says {meta.last_seq}",
                 )
-    if not live and meta.clean and meta.last_seq:
-        report.add(
-            FaultClass.GAP, "store", f"metadata says {meta.last_seq} entries, no group holds them"
-        )
-    report.last_seq = expected - 1 if report.entries else None
-    clocks = {ClockSource(k).name: v for k, v in counts.items()}
-    report.clock_sources = clocks
-    fallback = {k: v for k, v in clocks.items() if k != ClockSource.PHC.name}
-    if fallback:
-        detail = ", ".join(f"{v} entries stamped by CLOCK_{k}" for k, v in sorted(fallback.items()))
-        if allow_fallback_clock:
-            report.notes.append(detail)
-        else:
-            report.add(FaultClass.CLOCK, "store", detail)
-    return report
+            elif self.prev_chain != meta.last_chain:
+                report.add(FaultClass.CHAIN, where, "last chain value differs from the metadata")
+        elif pending is not None:
+            report.notes.append(
+                f"{where}: unverifiable tail after seq {self.expected - 1} (unclean shutdown)"
+            )
+
+    def summarise(self, *, allow_fallback_clock: bool) -> None:
+        """The last sequence number and which clocks stamped the entries."""
+        report = self.report
+        report.last_seq = self.expected - 1 if report.entries else None
+        clocks = {ClockSource(k).name: v for k, v in self.counts.items()}
+        report.clock_sources = clocks
+        fallback = {k: v for k, v in clocks.items() if k != ClockSource.PHC.name}
+        if fallback:
+            detail = ", ".join(
+                f"{v} entries stamped by CLOCK_{k}" for k, v in sorted(fallback.items())
+            )
+            if allow_fallback_clock:
+                report.notes.append(detail)
+            else:
+                report.add(FaultClass.CLOCK, "store", detail)
 
 
 def _sealed_after(view: StoreView, group: int, tail: int, first_seq: int) -> bool:

@@ -9,10 +9,10 @@ from multiprocessing import get_context
 
 import pytest
 
-from vigil.nodes.logger._crashsim import RecordingMedium, SimClock, SimMonotonic
 from vigil.nodes.logger._format import Entry, decode_group_header
 from vigil.nodes.logger._scan import open_view, verify_image
 from vigil.nodes.logger.store import FaultClass, LogStore, StoreConfig, StoreLayoutError
+from vigil.testing.crashsim import RecordingMedium, SimClock, SimMonotonic
 
 pytestmark = pytest.mark.verifies("SR-LOG-002")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vigil.nodes.logger._crashsim import SimClock, SimMonotonic
 from vigil.nodes.logger.store import StoreConfig
+from vigil.testing.crashsim import SimClock, SimMonotonic
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from vigil.nodes.logger._audit import (
     pack_audit,
     unpack_audit,
 )
-from vigil.nodes.logger._crashsim import SimClock
 from vigil.nodes.logger.store import LogStore, StoreConfig, read_entries
 from vigil.schemas.audit import AuditId
+from vigil.testing.crashsim import SimClock
 
 pytestmark = pytest.mark.verifies("SR-LOG-003")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 from click.testing import CliRunner
 
-from vigil.nodes.logger._crashsim import SimClock
 from vigil.nodes.logger.store import LogStore, StoreConfig, export_watermark_path
 from vigil.schemas import Outcome, RequestEvidence
+from vigil.testing.crashsim import SimClock
 from vigil.tools.log_cmd import log
 
 TRACE = bytes(range(16))

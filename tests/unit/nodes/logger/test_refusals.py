@@ -7,7 +7,6 @@ import hashlib
 import msgspec
 import pytest
 
-from vigil.nodes.logger._crashsim import SimClock
 from vigil.nodes.logger.node import REFUSED_EVENT, Refusal, _append
 from vigil.nodes.logger.store import (
     EntryTooLarge,
@@ -18,6 +17,7 @@ from vigil.nodes.logger.store import (
     read_entries,
     verify_store,
 )
+from vigil.testing.crashsim import SimClock
 
 pytestmark = pytest.mark.verifies("SR-LOG-003", "SR-ERR-002")
 

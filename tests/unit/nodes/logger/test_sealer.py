@@ -6,10 +6,10 @@ import crc32c
 import pytest
 
 from vigil.nodes.logger import _sealc, _sealer
-from vigil.nodes.logger._crashsim import SimClock
 from vigil.nodes.logger._format import genesis_chain
 from vigil.nodes.logger._sealer import Names, Record, SealFn, seal_python
 from vigil.nodes.logger.store import LogStore, StoreConfig, read_entries, verify_store
+from vigil.testing.crashsim import SimClock
 
 pytestmark = pytest.mark.verifies("SR-LOG-001")
 

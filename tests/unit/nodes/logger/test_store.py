@@ -13,7 +13,6 @@ import pytest
 
 from vigil.bus.ptp import ClockSource
 from vigil.errors import IntegrityError
-from vigil.nodes.logger._crashsim import RecordingMedium, SimClock, SimMonotonic
 from vigil.nodes.logger._medium import MmapMedium
 from vigil.nodes.logger._sealer import SEALER, SealFn, seal, seal_python
 from vigil.nodes.logger.store import (
@@ -27,6 +26,7 @@ from vigil.nodes.logger.store import (
     read_entries,
     verify_store,
 )
+from vigil.testing.crashsim import RecordingMedium, SimClock, SimMonotonic
 
 
 def _user_entries(path: str) -> list[tuple[int, str, str, bytes, bytes]]:

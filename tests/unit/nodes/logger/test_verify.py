@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vigil.nodes.logger._crashsim import RecordingMedium, SimClock, SimMonotonic
 from vigil.nodes.logger._format import GROUP_HEADER_BYTES, META_FIXED, decode_entry_at
 from vigil.nodes.logger._scan import FaultClass, open_view, verify_image
 from vigil.nodes.logger.store import LogStore, StoreConfig, verify_store
+from vigil.testing.crashsim import RecordingMedium, SimClock, SimMonotonic
 
 pytestmark = pytest.mark.verifies("SR-LOG-001")
 
