@@ -1,22 +1,35 @@
 """A simulated disk for power-loss tests: records every write and sync, rebuilds any cut point.
 
-The store runs on `RecordingMedium` exactly as on an mmap'd file. Every write lands in the live
-image and is appended to the operation log; `image_at(cut)` replays the log onto the image that
-existed when the medium was opened, up to an operation, optionally tearing that operation (only
-its first `torn` bytes land, which models a page written in part), so a test can open the store
-on what the disk held had the power failed at that instant.
+The store runs on `RecordingMedium` exactly as on an mmap'd file: every write lands in the live
+image (the page cache, which a killed process leaves behind) and is appended to the operation
+log. `power_cuts` replays the log the way a disk under a page cache behaves: a sync makes the
+pages it covers durable; a page written since its last sync may or may not have reached the
+disk when the power fails, in any order, or in part. At every cut (after each operation) it
+yields the images a disk can hold from the unsynced pages: all of them landed, none, each one
+lost alone or landed alone, an in-order prefix (a cut at a 4 KiB page boundary), each one torn
+at 512-byte sectors, each one at its version before its last write.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
 from vigil.bus.ptp import ClockOffset, ClockSource
 
-__all__ = ["Cut", "Op", "RecordingMedium", "SimClock", "SimMonotonic"]
+__all__ = [
+    "PAGE",
+    "SECTOR",
+    "Op",
+    "PowerCut",
+    "RecordingMedium",
+    "SimClock",
+    "SimMonotonic",
+    "power_cuts",
+]
 
 
 class Op(msgspec.Struct, frozen=True):
@@ -29,11 +42,17 @@ class Op(msgspec.Struct, frozen=True):
     tag: tuple[int, ...] = ()
 
 
-class Cut(msgspec.Struct, frozen=True):
-    """A power-loss point: operations `[0, index)` landed, then `torn` bytes of the next one."""
+class PowerCut(msgspec.Struct, frozen=True):
+    """A disk image as the power left it: operations `[0, index)` issued, unsynced pages
+    treated as `variant` says."""
 
     index: int
-    torn: int = 0
+    variant: str
+    image: bytearray
+
+
+PAGE: Final = 4096
+SECTOR: Final = 512
 
 
 class RecordingMedium:
@@ -48,6 +67,11 @@ class RecordingMedium:
         self.probe: Callable[[], tuple[int, ...]] | None = None
 
     @property
+    def initial(self) -> bytes:
+        """The image the medium was opened on."""
+        return self._initial
+
+    @property
     def size(self) -> int:
         """Bytes on the simulated disk."""
         return len(self._live)
@@ -59,12 +83,15 @@ class RecordingMedium:
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Apply and record a write (a copy: the caller may reuse its buffer)."""
-        self._live[offset : offset + len(data)] = data
+        if offset < 0 or offset + len(data) > len(self._live):
+            raise ValueError(f"write of {len(data)} bytes at {offset} outside the medium")
         tag = self.probe() if self.probe is not None else ()
+        self._live[offset : offset + len(data)] = data
         self.ops.append(Op("write", offset, bytes(data), len(data), tag))
 
     def sync(self, offset: int, length: int) -> None:
-        """Record a sync; everything written before it is durable once it returns."""
+        """Record a sync; everything written before it in the pages it covers is durable once
+        it returns."""
         tag = self.probe() if self.probe is not None else ()
         self.ops.append(Op("sync", offset, b"", length, tag))
 
@@ -72,54 +99,90 @@ class RecordingMedium:
         """Nothing to release; idempotent."""
         self.closed = True
 
-    def cuts(self, page: int) -> Iterator[Cut]:
-        """Every distinct power-loss point: before each operation, and inside each write.
 
-        A write is torn at every page boundary it crosses and in the middle of each page it
-        touches, so both whole-page and part-page tears are covered.
-        """
-        for index, op in enumerate(self.ops):
-            yield Cut(index)
-            if op.kind != "write":
+class _Disk:
+    """Durable content, the page cache, and which pages of the cache are not yet durable."""
+
+    def __init__(self, initial: bytes) -> None:
+        self.durable = bytearray(initial)
+        self.live = bytearray(initial)
+        # Unsynced page -> its content before the last write that touched it (insertion order:
+        # the order the pages were first dirtied, which is the order writeback would take).
+        self.dirty: dict[int, bytes] = {}
+
+    def apply(self, op: Op) -> None:
+        if op.kind == "write":
+            first = op.offset // PAGE
+            last = (op.offset + op.length - 1) // PAGE
+            for page in range(first, last + 1):
+                self.dirty[page] = bytes(self.live[page * PAGE : (page + 1) * PAGE])
+            self.live[op.offset : op.offset + op.length] = op.data
+            return
+        # msync covers whole pages, from the page holding `offset` to the end of the range.
+        first = op.offset // PAGE
+        last = (op.offset + max(op.length, 1) - 1) // PAGE
+        for page in range(first, last + 1):
+            if self.dirty.pop(page, None) is not None:
+                self.durable[page * PAGE : (page + 1) * PAGE] = self.page(page)
+
+    def page(self, page: int) -> bytes:
+        return bytes(self.live[page * PAGE : (page + 1) * PAGE])
+
+    def image(self, content: dict[int, bytes]) -> bytearray:
+        """The durable image with `content` laid over some unsynced pages."""
+        out = bytearray(self.durable)
+        for page, data in content.items():
+            out[page * PAGE : page * PAGE + len(data)] = data
+        return out
+
+    def variants(self) -> Iterator[tuple[str, dict[int, bytes]]]:
+        """(name, unsynced pages that reached the disk, with the content they reached it with)."""
+        pages = list(self.dirty)
+        new = {p: self.page(p) for p in pages}
+        yield "landed", new
+        if not pages:
+            return
+        yield "lost", {}
+        if len(pages) > 1:
+            for p in pages:
+                yield f"lost:{p}", {q: d for q, d in new.items() if q != p}
+                yield f"only:{p}", {p: new[p]}
+            for i in range(2, len(pages)):
+                yield f"prefix:{i}", {q: new[q] for q in pages[:i]}
+        for p in pages:
+            old = bytes(self.durable[p * PAGE : (p + 1) * PAGE])
+            changed = [
+                s for s in range(0, PAGE, SECTOR) if new[p][s : s + SECTOR] != old[s : s + SECTOR]
+            ]
+            if len(changed) > 1:
+                half = len(changed) // 2
+                for name, landed in (("torn512", changed[:half]), ("torn512r", changed[half:])):
+                    torn = bytearray(old)
+                    for s in landed:
+                        torn[s : s + SECTOR] = new[p][s : s + SECTOR]
+                    yield f"{name}:{p}", {**new, p: bytes(torn)}
+            previous = self.dirty[p]
+            if previous != old and previous != new[p]:
+                yield f"stale:{p}", {**new, p: previous}
+
+
+def power_cuts(medium: RecordingMedium) -> Iterator[PowerCut]:
+    """Every distinct image a power cut can leave, after every operation of `medium`'s log.
+
+    Images identical to one already yielded for the same cut are left out.
+    """
+    disk = _Disk(medium.initial)
+    for index in range(len(medium.ops) + 1):
+        seen: set[bytes] = set()
+        for name, content in disk.variants():
+            image = disk.image(content)
+            key = hashlib.blake2b(image, digest_size=16).digest()
+            if key in seen:
                 continue
-            tears: set[int] = set()
-            start = op.offset
-            end = op.offset + op.length
-            boundary = start - start % page
-            while boundary < end:
-                lo = max(boundary, start)
-                hi = min(boundary + page, end)
-                tears.add(lo + (hi - lo) // 2 - start)
-                if hi < end:
-                    tears.add(hi - start)
-                boundary += page
-            tears.discard(0)
-            tears.discard(op.length)
-            for torn in sorted(tears):
-                yield Cut(index, torn)
-        yield Cut(len(self.ops))
-
-    def replay(self) -> Iterator[tuple[Cut, bytearray]]:
-        """(cut, disk image at that cut) for every cut of `cuts`, built incrementally.
-
-        The yielded image is a fresh copy the caller may keep or modify.
-        """
-        page = 4096
-        disk = bytearray(self._initial)
-        pending: dict[int, list[Cut]] = {}
-        for cut in self.cuts(page):
-            pending.setdefault(cut.index, []).append(cut)
-        for index in range(len(self.ops) + 1):
-            for cut in pending.get(index, ()):
-                image = bytearray(disk)
-                if cut.torn:
-                    op = self.ops[index]
-                    image[op.offset : op.offset + cut.torn] = op.data[: cut.torn]
-                yield cut, image
-            if index < len(self.ops):
-                op = self.ops[index]
-                if op.kind == "write":
-                    disk[op.offset : op.offset + op.length] = op.data
+            seen.add(key)
+            yield PowerCut(index, name, image)
+        if index < len(medium.ops):
+            disk.apply(medium.ops[index])
 
 
 class SimClock:

@@ -2,7 +2,8 @@
 
 `--key` always names a key file; what it is for depends on the command, so each meaning is one
 option here: the client key of a tool on a Curve-secured bus, the key `model sign` signs with,
-and the private keys `doctor` audits.
+the public key `log verify` checks the log's checkpoints with, and the private keys `doctor`
+audits.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "json_option",
     "key_option",
     "launch_arguments",
+    "log_key_option",
     "new_run_dir_option",
     "run_dir_option",
     "signing_key_option",
@@ -61,6 +63,16 @@ signing_key_option = click.option(
     help="PEM private key (from `vigil model keygen`).",
 )
 """The `--key` that signs a model."""
+
+log_key_option = click.option(
+    "--key",
+    "key_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The logger's public key (PEM, `log.pub` from `vigil log keygen` or the run "
+    "directory): check the signatures of the store's checkpoints.",
+)
+"""The `--key` that checks the sealed log's signed checkpoints."""
 
 audited_keys_option = click.option(
     "--key",

@@ -15,14 +15,22 @@ import msgspec
 from vigil.errors import VigilError
 from vigil.nodes.logger._audit import AUDIT_EVENT, AuditRecordError, unpack_audit
 from vigil.nodes.logger.store import (
+    CheckpointError,
     Entry,
+    ExternalCheckpoint,
     FaultClass,
+    LogKeyError,
+    Verifier,
+    checkpoint_path,
     export_watermark_path,
+    generate_key,
+    load_verifier,
+    parse_note,
     read_entries,
     verify_store,
 )
 from vigil.schemas import AuditClass, RequestEvidence, audit_class, schema_id
-from vigil.tools._options import json_option
+from vigil.tools._options import json_option, log_key_option
 
 __all__ = ["log"]
 
@@ -38,19 +46,35 @@ _STAGES = (
     ("replied", "reply", "replied_us"),
 )
 
-_VERIFY_HELP = f"""Verify every seal, chain link, sequence number and timestamp of a store.
+_VERIFY_HELP = f"""Verify every seal, chain link, sequence number, timestamp and commit record of a
+store; with --key, the signed checkpoints too.
 
 \b
-Exit code: 0 when nothing was found, else the OR of the fault classes found:
-  {int(FaultClass.UNREADABLE):>3}  UNREADABLE  not a store, or superblock and metadata unusable
-  {int(FaultClass.DIGEST):>3}  DIGEST      a CRC32C, SHA-256, header or metadata seal fails
+The verdict says what the store is: clean (closed cleanly), open (not closed cleanly,
+nothing torn: a running or crashed logger), torn (not closed cleanly; bytes after the
+last durable entry were torn by the crash and left out), damaged, or unreadable.
+
+\b
+Exit code: 0 when the store is intact and stamped by the PTP clock, else the OR of:
+  {int(FaultClass.UNREADABLE):>3}  UNREADABLE  not a store (empty, short, foreign), or no usable
+                    superblock and metadata
+  {int(FaultClass.DIGEST):>3}  DIGEST      a CRC32C, SHA-256, header, metadata or commit record
+                    seal fails
   {int(FaultClass.CHAIN):>3}  CHAIN       an entry does not link to its predecessor
-                    (deletion, insertion, reordering, duplication)
-  {int(FaultClass.GAP):>3}  GAP         sequence numbers are missing
+                    (insertion, reordering, duplication)
+  {int(FaultClass.GAP):>3}  GAP         entries are missing (deleted, cut off, a group dropped)
   {int(FaultClass.TIME):>3}  TIME        a timestamp goes backwards
-  {int(FaultClass.CLOCK):>3}  CLOCK       entries were stamped by a fallback clock, not the PHC
-                    (left out with --allow-fallback-clock)
-  2 is a usage error.
+  {int(FaultClass.SIGNATURE):>3}  SIGNATURE   a checkpoint is unsigned, signed by another key, or
+                    the entries differ from what was signed (rewritten, re-sealed)
+and, for time quality rather than integrity:
+  {int(FaultClass.CLOCK):>3}  CLOCK       intact, but entries were stamped by a fallback clock the
+                    store recorded, not the PHC (0 with --allow-fallback-clock)
+2 is a usage error.
+
+\b
+--checkpoint defaults to PATH.checkpoint, the copy of the newest checkpoint the logger
+keeps beside the store; a newer one kept elsewhere (a recorder of the log/checkpoint
+topic) also tells a copy that was cut short or rolled back.
 """
 
 
@@ -60,23 +84,106 @@ def log() -> None:
 
 
 @log.command("verify", help=_VERIFY_HELP)
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False))
+@log_key_option
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    type=click.Path(dir_okay=False),
+    help="A checkpoint note kept outside the store (default: PATH.checkpoint, if present).",
+)
 @click.option("--allow-fallback-clock", is_flag=True, help="Do not count fallback-clock entries.")
 @json_option
-def verify_cmd(*, path: str, allow_fallback_clock: bool, as_json: bool) -> None:
-    report = verify_store(path, allow_fallback_clock=allow_fallback_clock)
+def verify_cmd(
+    *,
+    path: str,
+    key_path: str | None,
+    checkpoint_path: str | None,
+    allow_fallback_clock: bool,
+    as_json: bool,
+) -> None:
+    key = _key(key_path)
+    checkpoint, checkpoint_note = _external_checkpoint(path, checkpoint_path)
+    report = verify_store(
+        path, allow_fallback_clock=allow_fallback_clock, key=key, checkpoint=checkpoint
+    )
+    if checkpoint_note:
+        report.notes.append(checkpoint_note)
     if as_json:
         click.echo(msgspec.json.encode(report).decode())
+        sys.exit(report.exit_code)
+    span = f"{report.first_seq}..{report.last_seq}" if report.entries else "none"
+    click.echo(f"{path}: {report.entries} entries (seq {span}), {report.verdict}")
+    if report.durable_seq is not None:
+        click.echo(
+            f"  durable to seq {report.durable_seq}; history from seq {report.history_start}"
+        )
+    click.echo(f"  integrity   {'intact' if report.ok else 'FAULTS'}")
+    if report.time_quality:
+        click.echo(f"  time        {report.time_quality}")
+    signed = report.signatures + (f", signed by key {report.key_id}" if report.key_id else "")
+    click.echo(f"  signatures  {signed}")
+    if checkpoint is not None:
+        click.echo(f"  checkpoint  {checkpoint.source}: seq {checkpoint.checkpoint.size}")
+    for fault in report.faults:
+        click.echo(f"  {fault.fault:<10}  {fault.where}: {fault.detail}")
+    for note in report.notes:
+        click.echo(f"  note        {note}")
+    if report.exit_code == 0:
+        click.echo("OK")
+    elif report.exit_code == FaultClass.CLOCK:
+        click.echo(f"OK, sealed with a fallback clock (exit {report.exit_code})")
     else:
-        span = f"{report.first_seq}..{report.last_seq}" if report.entries else "none"
-        state = "clean close" if report.clean else "not closed cleanly"
-        click.echo(f"{path}: {report.entries} entries (seq {span}), {state}")
-        for fault in report.faults:
-            click.echo(f"  {fault.fault:<10} {fault.where}: {fault.detail}")
-        for note in report.notes:
-            click.echo(f"  note       {note}")
-        click.echo("OK" if report.exit_code == 0 else f"FAULTS (exit {report.exit_code})")
+        click.echo(f"FAULTS (exit {report.exit_code})")
     sys.exit(report.exit_code)
+
+
+def _key(path: str | None) -> Verifier | None:
+    if path is None:
+        return None
+    try:
+        return load_verifier(path)
+    except LogKeyError as exc:
+        raise click.BadParameter(str(exc), param_hint="--key") from exc
+
+
+def _external_checkpoint(store: str, given: str | None) -> tuple[ExternalCheckpoint | None, str]:
+    """The checkpoint to hold the store to, and a note when the default one is unusable."""
+    path = given if given is not None else str(checkpoint_path(store))
+    try:
+        raw = Path(path).read_bytes()
+        checkpoint, signatures = parse_note(raw)
+    except FileNotFoundError:
+        if given is not None:
+            raise click.BadParameter(f"{path} does not exist", param_hint="--checkpoint") from None
+        return None, ""
+    except (OSError, CheckpointError) as exc:
+        if given is not None:
+            raise click.BadParameter(f"{path}: {exc}", param_hint="--checkpoint") from exc
+        # The sidecar is not fsynced: a power cut may leave it empty or torn.
+        return None, f"{path} is not a usable checkpoint ({exc}); verified without it"
+    return ExternalCheckpoint(checkpoint=checkpoint, signatures=signatures, source=path), ""
+
+
+@log.command("keygen")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Key folder.")
+@click.option("--name", default="log", show_default=True, help="Writes NAME.key and NAME.pub.")
+@click.option("--force", is_flag=True, help="Replace an existing key pair of that name.")
+def keygen_cmd(*, out: str, name: str, force: bool) -> None:
+    """Make the Ed25519 key pair that signs the logger's checkpoints.
+
+    NAME.key (PEM, mode 0600) goes in the logger's `store.signing_key`; NAME.pub is what
+    `vigil log verify --key` takes.
+    """
+    folder = Path(out)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private, public = folder / f"{name}.key", folder / f"{name}.pub"
+    if private.exists() or public.exists():
+        if not force:
+            raise click.ClickException(f"{private} exists; use --force to replace it")
+        private.unlink(missing_ok=True)
+    signer = generate_key(private, public)
+    click.echo(f"private: {private}\npublic:  {public}\nkey id:  {signer.key_id.hex()}")
 
 
 def _time_ns(value: str | None) -> int | None:
@@ -128,7 +235,7 @@ def _entries(
             if trace is not None and entry.trace_id != trace:
                 continue
             yield entry
-    except VigilError as exc:
+    except (VigilError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -211,22 +318,37 @@ def export_cmd(*, path: str, output: str | None, mark: bool) -> None:
         for entry in _entries(path):
             sys.stdout.write(encoder.encode(_export_record(entry)).decode() + "\n")
         return
-    with open(output, "wb") as out:
-        for entry in _entries(path):
-            out.write(encoder.encode(_export_record(entry)) + b"\n")
-            last = entry.seq
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(output, "wb") as out:
+            for entry in _entries(path):
+                out.write(encoder.encode(_export_record(entry)) + b"\n")
+                last = entry.seq
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        # Nothing is marked: the store keeps every entry until an export is on disk.
+        raise click.ClickException(f"export to {output} failed, nothing marked: {exc}") from exc
     if mark and last:
-        # Write-then-rename, so the store never reads a half-written watermark.
-        target = export_watermark_path(path)
-        scratch = Path(str(target) + ".tmp")
+        _mark(path, last)
+    click.echo(f"exported up to seq {last} to {output}", err=True)
+
+
+def _mark(path: str, last: int) -> None:
+    # Write-then-rename, so the store never reads a half-written watermark.
+    target = export_watermark_path(path)
+    scratch = Path(str(target) + ".tmp")
+    try:
         with open(scratch, "w") as fh:
             fh.write(f"{last}\n")
             fh.flush()
             os.fsync(fh.fileno())
         scratch.replace(target)
-    click.echo(f"exported up to seq {last} to {output}", err=True)
+    except OSError as exc:
+        scratch.unlink(missing_ok=True)
+        raise click.ClickException(
+            f"the export is on disk but marking it in {target} failed: {exc}; "
+            "the store still keeps every entry"
+        ) from exc
 
 
 def _export_record(entry: Entry) -> dict[str, Any]:

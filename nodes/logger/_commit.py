@@ -1,28 +1,58 @@
-"""Group commit: byte ranges handed to msync, inline or on a committer thread outside the GIL."""
+"""Group commit: msync the entries, then write and msync the commit record that names them.
+
+The two syncs are separate on purpose: a commit record that reached the disk proves that
+every entry it names had reached it first, which is what lets verify and recovery tell a
+damaged durable entry from a torn unsynced one. With a signing key the record carries the
+checkpoint signature; after it is durable the signed note goes to the sidecar file.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+import msgspec
+
+from vigil.nodes.logger._checkpoint import Checkpoint, NoteSignature, Signer, note
 from vigil.nodes.logger._config import StoreStats
 from vigil.nodes.logger._errors import StoreIOError
+from vigil.nodes.logger._format import (
+    COMMIT_RECORD_BYTES,
+    CommitRecord,
+    Geometry,
+    encode_commit,
+)
 from vigil.nodes.logger._medium import Medium
 
 __all__ = ["Committer", "Request"]
 
-# A commit request: byte range [lo, hi), last sequence number in it, when its oldest entry
-# was appended, and its id.
-Request = tuple[int, int, int, int, int]
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Request:
+    """Make `[lo, hi)` durable; with `record`, then write a commit record naming entry `seq`
+    (its `chain`, where it ends, and where history starts). `first` is when the oldest entry
+    in it was appended; `id` numbers the request."""
+
+    lo: int
+    hi: int
+    seq: int
+    chain: bytes
+    tail: tuple[int, int]
+    start: int
+    first: int
+    id: int
+    record: bool
 
 
 class Committer:
     """Makes byte ranges of the medium durable and says how far the store is committed.
 
-    With `background` the msync runs on a committer thread, so a group commit overlaps with
+    With `background` the msyncs run on a committer thread, so a group commit overlaps with
     sealing the next entries; requests handed over while one is in flight are merged. Without
     it each request is synced inline. Requests are numbered; a waiter waits for its own
-    (merged ones take the last).
+    (merged ones take the last). `stats.committed_seq` follows the commit records.
     """
 
     def __init__(
@@ -48,6 +78,31 @@ class Committer:
         self._stopping = False
         self._error: OSError | None = None
         self._thread: threading.Thread | None = None
+        # Set by `attach_store` once the store is open.
+        self._geo: Geometry | None = None
+        self._store_id = b""
+        self._generation = 0
+        self._signer: Signer | None = None
+        self._sidecar: Callable[[bytes], None] | None = None
+        # The newest durable checkpoint note (signed when there is a key), for the bus.
+        self.note: bytes = b""
+
+    def attach_store(
+        self,
+        geo: Geometry,
+        store_id: bytes,
+        *,
+        generation: int,
+        signer: Signer | None,
+        sidecar: Callable[[bytes], None] | None,
+    ) -> None:
+        """Where commit records go, the generation of the next one, how they are signed, and
+        where the newest note is written outside the ring."""
+        self._geo = geo
+        self._store_id = store_id
+        self._generation = generation
+        self._signer = signer
+        self._sidecar = sidecar
 
     @property
     def last_id(self) -> int:
@@ -60,11 +115,25 @@ class Committer:
             self._thread = threading.Thread(target=self._run, name="vigil-log-commit", daemon=True)
             self._thread.start()
 
-    def submit(self, lo: int, hi: int, seq: int, first: int) -> int:
+    def submit(
+        self,
+        lo: int,
+        hi: int,
+        *,
+        seq: int,
+        chain: bytes,
+        tail: tuple[int, int],
+        start: int,
+        first: int,
+        record: bool,
+    ) -> int:
         """Hand over `[lo, hi)` holding entries up to `seq`, the oldest appended at `first`;
-        returns the request's id."""
+        with `record`, a commit record follows it. Returns the request's id."""
         self._request_id += 1
-        request = (lo, hi, seq, first, self._request_id)
+        request = Request(
+            lo=lo, hi=hi, seq=seq, chain=chain, tail=tail, start=start, first=first,
+            id=self._request_id, record=record,
+        )  # fmt: skip
         if self._thread is None:
             try:
                 self._sync(request)
@@ -76,10 +145,14 @@ class Committer:
                 raise StoreIOError(self._stats.committed_seq, self._error)
             pending = self._pending
             if pending is not None:
-                request = (
-                    min(pending[0], request[0]), max(pending[1], request[1]), request[2],
-                    min(pending[3], request[3]), request[4],
-                )  # fmt: skip
+                spans = [(r.lo, r.hi) for r in (pending, request) if r.hi > r.lo] or [(lo, lo)]
+                request = replace(
+                    request,
+                    lo=min(a for a, _ in spans),
+                    hi=max(b for _, b in spans),
+                    first=min(pending.first, first),
+                    record=pending.record or record,
+                )
             self._pending = request
             self._cv.notify_all()
         return self._request_id
@@ -95,22 +168,63 @@ class Committer:
                 raise StoreIOError(self._stats.committed_seq, self._error)
 
     def _sync(self, request: Request) -> None:
-        lo, hi, seq, first, request_id = request
         began = self._mono()
-        self._medium.sync(lo, hi - lo)
+        if request.hi > request.lo:
+            self._medium.sync(request.lo, request.hi - request.lo)
+        written: bytes | None = None
+        if request.record:
+            written = self._write_record(request)
         done = self._mono()
         stats = self._stats
         with self._cv:
-            stats.committed_seq = max(stats.committed_seq, seq)
-            self._synced_id = max(self._synced_id, request_id)
+            if request.record:
+                stats.committed_seq = max(stats.committed_seq, request.seq)
+                stats.history_start = request.start
+            self._synced_id = max(self._synced_id, request.id)
             stats.commits += 1
-            latency = (done - first) / 1e6
+            latency = (done - request.first) / 1e6
             stats.last_commit_latency_ms = latency
             stats.max_commit_latency_ms = max(stats.max_commit_latency_ms, latency)
             # Start the next commit early by the time this msync took, so that append-to-durable
             # stays within the configured latency.
             self.trigger_ns = max(self._latency_ns // 4, self._latency_ns - (done - began))
             self._cv.notify_all()
+        if written is not None and self._sidecar is not None:
+            try:
+                self._sidecar(written)
+            except OSError as exc:
+                # The ring holds the checkpoint; the copy outside it is retried next commit.
+                stats.checkpoint_errors += 1
+                stats.checkpoint_error = str(exc)
+
+    def _write_record(self, request: Request) -> bytes:
+        """Sign, write and msync the commit record; returns the checkpoint note."""
+        geo = self._geo
+        if geo is None:
+            raise RuntimeError("commit record requested before the store was attached")
+        checkpoint = Checkpoint(
+            store_id=self._store_id, size=request.seq, root=request.chain, start=request.start
+        )
+        signatures: list[NoteSignature] = []
+        record = CommitRecord(
+            generation=self._generation, last_seq=request.seq, chain=request.chain,
+            tail=request.tail, start=request.start,
+        )  # fmt: skip
+        signer = self._signer
+        if signer is not None:
+            # CPU time of this thread: what signing costs, not the wait for the GIL.
+            began = time.thread_time_ns()
+            signature = signer.sign(checkpoint)
+            self._stats.sign_ns += time.thread_time_ns() - began
+            self._stats.signatures += 1
+            record = msgspec.structs.replace(record, key_id=signer.key_id, signature=signature)
+            signatures.append(NoteSignature(signer.name, signer.key_id, signature))
+        offset = geo.commit_offset(self._generation)
+        self._medium.write(offset, encode_commit(record))
+        self._medium.sync(offset, COMMIT_RECORD_BYTES)
+        self._generation += 1
+        self.note = note(checkpoint, signatures)
+        return self.note
 
     def _run(self) -> None:
         while True:

@@ -25,6 +25,9 @@ class StoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     retention: Literal["overwrite", "exported"] = "overwrite"
     # msync from a committer thread (overlapping with sealing) or inline in `commit`.
     background_commit: bool = True
+    # The Ed25519 private key (PEM) that signs every commit record's checkpoint; without one
+    # the store writes unsigned commit records. `vigil log keygen` makes one.
+    signing_key: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.commit_latency_ms <= 60_000:
@@ -40,6 +43,8 @@ class StoreStats(msgspec.Struct, kw_only=True):
     last_seq: int = 0
     committed_seq: int = 0
     oldest_seq: int = 0
+    # Where history starts by the newest durable commit record (moves before a reclaim does).
+    history_start: int = 0
     commits: int = 0
     last_commit_latency_ms: float = 0.0
     max_commit_latency_ms: float = 0.0
@@ -50,3 +55,10 @@ class StoreStats(msgspec.Struct, kw_only=True):
     clock_source: str = ""
     # Which sealing loop serves: "compiled" (the C extension) or "python" (the reference).
     sealer: str = ""
+    # Checkpoints: how many were signed and the time spent signing them; the signed-note key
+    # hash (hex, empty when unsigned); copies outside the ring that could not be written.
+    signatures: int = 0
+    sign_ns: int = 0
+    key_id: str = ""
+    checkpoint_errors: int = 0
+    checkpoint_error: str = ""

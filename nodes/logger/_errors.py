@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vigil.errors import VigilError
 
-__all__ = ["StoreClosed", "StoreFull", "StoreIOError"]
+__all__ = ["StoreClosed", "StoreFull", "StoreIOError", "StoreNoSpace"]
 
 
 class StoreClosed(VigilError):
@@ -30,3 +30,20 @@ class StoreIOError(VigilError):
         super().__init__(f"store I/O failed after seq {committed_seq}: {cause}")
         self.committed_seq = committed_seq
         self.cause = cause
+
+
+class StoreNoSpace(StoreIOError):
+    """The file system cannot hold a new store: nothing was left behind."""
+
+    def __init__(self, path: str, size: int, free: int, cause: OSError | None = None) -> None:
+        cause = cause or OSError(28, "No space left on device")
+        VigilError.__init__(
+            self,
+            f"cannot create the log store {path}: it needs {size} bytes and the file system "
+            f"has {free} free",
+        )
+        self.committed_seq = 0
+        self.cause = cause
+        self.path = path
+        self.size = size
+        self.free = free

@@ -19,6 +19,9 @@ from vigil.errors import VigilError
 from vigil.nodes.logger._medium import Image
 
 __all__ = [
+    "COMMIT_FIXED",
+    "COMMIT_MAGIC",
+    "COMMIT_RECORD_BYTES",
     "ENTRY_HEADER",
     "ENTRY_MAGIC",
     "ENTRY_VERSION",
@@ -32,6 +35,7 @@ __all__ = [
     "SEALED_PREFIX",
     "SUPERBLOCK",
     "SUPER_MAGIC",
+    "CommitRecord",
     "Entry",
     "EntryFault",
     "EntryTooLarge",
@@ -42,10 +46,12 @@ __all__ = [
     "StoreLayoutError",
     "align8",
     "chain_digest",
+    "decode_commit",
     "decode_entry_at",
     "decode_group_header",
     "decode_meta",
     "decode_superblock",
+    "encode_commit",
     "encode_entry",
     "encode_group_header",
     "encode_meta",
@@ -55,7 +61,8 @@ __all__ = [
     "plan_geometry",
 ]
 
-FORMAT_VERSION: Final = 1
+# Version 2 added the commit record area (and so moved the groups).
+FORMAT_VERSION: Final = 2
 
 SUPER_MAGIC: Final = b"VIGILLOG"
 # magic, version, page, size, group_bytes, n_groups, slot_bytes, data_start, store_id, created_ns
@@ -68,6 +75,13 @@ _META_TABLE_AT: Final = 128
 NO_TAIL: Final = 0xFFFFFFFF
 GROUP_DTYPE: Final = np.dtype([("wear", "<u4"), ("flags", "<u4"), ("epoch", "<u8")])
 FLAG_BAD: Final = 1
+
+COMMIT_MAGIC: Final = b"VGLCOMIT"
+# magic, generation, last_seq, chain, tail_group, tail_offset, start_seq, key_id, sig_len
+COMMIT_FIXED: Final = struct.Struct("<8sQQ32sIIQ4sH")
+COMMIT_RECORD_BYTES: Final = 512
+_COMMIT_SIG_AT: Final = 80
+COMMIT_PAGES: Final = 2
 
 GROUP_MAGIC: Final = b"VGLG"
 # magic, version, epoch, first_seq, anchor (chain before first_seq), 4 zero bytes, crc32c
@@ -128,6 +142,20 @@ class Geometry(msgspec.Struct, frozen=True, kw_only=True):
     slot_bytes: int
     data_start: int
 
+    @property
+    def commit_at(self) -> int:
+        """File offset of the commit record area (after both metadata slots)."""
+        return self.page + 2 * self.slot_bytes
+
+    @property
+    def commit_slots(self) -> int:
+        """Commit records the area holds; they are written round-robin."""
+        return COMMIT_PAGES * self.page // COMMIT_RECORD_BYTES
+
+    def commit_offset(self, generation: int) -> int:
+        """File offset of the commit record slot that generation `generation` is written to."""
+        return self.commit_at + (generation % self.commit_slots) * COMMIT_RECORD_BYTES
+
     def group_offset(self, group: int) -> int:
         """File offset of a group's first byte."""
         return self.data_start + group * self.group_bytes
@@ -144,7 +172,7 @@ def plan_geometry(size: int, group_bytes: int, page: int) -> Geometry:
     n = size // group_bytes
     while n > 0:
         slot = -(-(_META_TABLE_AT + GROUP_DTYPE.itemsize * n + 4) // page) * page
-        data_start = page + 2 * slot
+        data_start = page + 2 * slot + COMMIT_PAGES * page
         fits = (size - data_start) // group_bytes
         if fits >= n:
             break
@@ -266,6 +294,55 @@ def decode_meta(buf: Image, n_groups: int) -> Meta | None:
     )
 
 
+class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A commit point: every entry up to `last_seq` is durable, and history starts at `start`.
+
+    Written after the msync that made those entries durable (never with it), so a record on
+    disk proves what it names. `chain` is the chain value of entry `last_seq`; `tail` is where
+    that entry ends (group, offset in the group; group NO_TAIL before the first group). With a
+    signing key, `signature` is the Ed25519 signature of the checkpoint note of (store id,
+    last_seq, chain, start) and `key_id` the signed-note key hash (`_checkpoint`).
+    """
+
+    generation: int
+    last_seq: int
+    chain: bytes
+    tail: tuple[int, int]
+    start: int
+    key_id: bytes = bytes(4)
+    signature: bytes = b""
+
+
+def encode_commit(record: CommitRecord) -> bytes:
+    """The 512-byte commit record, CRC32C-sealed."""
+    block = bytearray(COMMIT_RECORD_BYTES)
+    COMMIT_FIXED.pack_into(
+        block, 0, COMMIT_MAGIC, record.generation, record.last_seq, record.chain,
+        record.tail[0], record.tail[1], record.start, record.key_id, len(record.signature),
+    )  # fmt: skip
+    block[_COMMIT_SIG_AT : _COMMIT_SIG_AT + len(record.signature)] = record.signature
+    struct.pack_into("<I", block, COMMIT_RECORD_BYTES - 4, _seal_crc(block))
+    return bytes(block)
+
+
+def decode_commit(buf: Image, offset: int) -> CommitRecord | None:
+    """The commit record at `offset`, or None when none was written there (or it is torn)."""
+    block = buf[offset : offset + COMMIT_RECORD_BYTES]
+    magic, generation, last_seq, chain, group, tail, start, key_id, sig_len = (
+        COMMIT_FIXED.unpack_from(block, 0)
+    )
+    if magic != COMMIT_MAGIC or sig_len > 64:
+        return None
+    (crc,) = struct.unpack_from("<I", block, COMMIT_RECORD_BYTES - 4)
+    if crc != _seal_crc(block):
+        return None
+    return CommitRecord(
+        generation=generation, last_seq=last_seq, chain=bytes(chain), tail=(group, tail),
+        start=start, key_id=bytes(key_id),
+        signature=bytes(block[_COMMIT_SIG_AT : _COMMIT_SIG_AT + sig_len]),
+    )  # fmt: skip
+
+
 class GroupHeader(msgspec.Struct, frozen=True):
     """The first 64 bytes of a live group: its epoch and the chain anchor it continues."""
 
@@ -356,12 +433,14 @@ class EntryFault(msgspec.Struct, frozen=True):
 
 
 def decode_entry_at(
-    buf: Image, offset: int, end: int, expected_seq: int, prev_chain: bytes
+    buf: Image, offset: int, end: int, expected_seq: int | None, prev_chain: bytes | None
 ) -> tuple[Entry, int] | EntryFault | None:
     """Decode and check the entry at `offset` (the group ends at `end`).
 
     Returns (entry, next offset); None when no entry starts there (no magic: end of the group's
-    entries); or an EntryFault saying which seal or field failed.
+    entries); or an EntryFault saying which seal or field failed. With `prev_chain` None the
+    link to the predecessor is not checked, with `expected_seq` None the sequence number is
+    not: what a walk resuming after damage knows.
     """
     if offset + ENTRY_HEADER.size > end:
         return None
@@ -384,7 +463,10 @@ def decode_entry_at(
     if payload_digest(ts, payload) != digest:
         return EntryFault("digest", f"seq {seq}: SHA-256(timestamp||payload) mismatch")
     names = bytes(buf[names_at:payload_at])
-    if chain_digest(prev_chain, bytes(buf[offset : offset + SEALED_PREFIX]), names) != chain:
+    if prev_chain is None or expected_seq is None:
+        if expected_seq is not None and seq != expected_seq:
+            return EntryFault("sequence", f"found seq {seq} where {expected_seq} was due")
+    elif chain_digest(prev_chain, bytes(buf[offset : offset + SEALED_PREFIX]), names) != chain:
         if seq < expected_seq:
             # Sealed but from an earlier lap of the ring: what lies past a group's last entry.
             return EntryFault(
@@ -393,7 +475,7 @@ def decode_entry_at(
         if seq != expected_seq:
             return EntryFault("sequence", f"found seq {seq} where {expected_seq} was due")
         return EntryFault("chain", f"seq {seq}: chain digest does not link to its predecessor")
-    if seq != expected_seq:
+    elif seq != expected_seq:
         return EntryFault("sequence", f"found seq {seq} where {expected_seq} was due")
     if any(buf[body_end:next_offset]):
         return EntryFault("digest", f"seq {seq}: non-zero padding")

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import mmap
 import os
+import shutil
 from typing import Protocol
+
+from vigil.nodes.logger._errors import StoreNoSpace
 
 __all__ = ["Image", "Medium", "MmapMedium"]
 
@@ -61,23 +65,35 @@ class MmapMedium:
     """
 
     def __init__(self, path: str, size: int | None) -> None:
-        """Open (and when `size` is given and the file is new or empty, create) the store file."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        """Open the store file; when `size` is given and the file is new or empty, create it
+        at that size first. StoreNoSpace when the file system cannot hold it, and then the
+        file is left as it was (a new one is removed)."""
+        made = False
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if size is None:
+                raise
+            _check_space(path, size)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            made = True
         try:
             current = os.fstat(fd).st_size
+            self.created = False
             if current == 0 and size is not None:
-                # Reserve the blocks now: a write into a hole of a full disk is a SIGBUS later.
-                os.posix_fallocate(fd, 0, size)
+                _allocate(fd, path, size)
                 current = size
+                self.created = True
             if current == 0:
                 raise FileNotFoundError(path)
             self._map = mmap.mmap(fd, current, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
+            if made:
+                os.unlink(path)
             raise
         self._fd = fd
         self._size = current
-        self.created = size is not None and current == size and _all_zero_start(self._map)
         self._anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self._map)
         self._base = ctypes.addressof(self._anchor)
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -131,5 +147,19 @@ class MmapMedium:
         os.close(self._fd)
 
 
-def _all_zero_start(mapping: mmap.mmap) -> bool:
-    return not any(mapping[: min(len(mapping), 4096)])
+def _check_space(path: str, size: int) -> None:
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    if free < size:
+        raise StoreNoSpace(path, size, free)
+
+
+def _allocate(fd: int, path: str, size: int) -> None:
+    # Reserve the blocks now: a write into a hole of a full disk is a SIGBUS later.
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        os.ftruncate(fd, 0)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+            raise StoreNoSpace(path, size, free, exc) from exc
+        raise

@@ -1,7 +1,10 @@
 """Opening a store: create it, resume a cleanly closed one at its tail, or recover after a crash.
 
 Recovery reads what the file holds and decides where appends resume; it writes nothing but a
-new store's superblock and first metadata. `docs/log-store.md` states the contract.
+new store's superblock and first metadata. What it adopts from the page cache and what it
+abandons it hands to the writer (`Attached.resync`, `Attached.abandon`), which makes the one
+durable and zeroes the other before anything builds on them, and says so in the
+`log.recovered` entry. `docs/log-store.md` states the contract.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ from dataclasses import dataclass, field
 from vigil.errors import IntegrityError
 from vigil.nodes.logger._config import StoreConfig
 from vigil.nodes.logger._format import (
+    ENTRY_HEADER,
+    ENTRY_MAGIC,
     FLAG_BAD,
     GROUP_HEADER_BYTES,
+    CommitRecord,
     EntryFault,
     Geometry,
+    GroupHeader,
     Meta,
     StoreLayoutError,
     decode_meta,
@@ -30,7 +37,26 @@ from vigil.nodes.logger._medium import Medium, MmapMedium
 from vigil.nodes.logger._scan import StoreView, open_view
 from vigil.nodes.logger._wear import WearLeveller
 
-__all__ = ["Attached", "attach"]
+__all__ = ["Abandoned", "Attached", "Damaged", "attach"]
+
+
+@dataclass(slots=True, frozen=True)
+class Abandoned:
+    """Bytes after the last intact entry that recovery zeroes before appending over them."""
+
+    group: int
+    offset: int
+    length: int
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class Damaged:
+    """Entries a commit record names as durable that no longer verify; kept where they are."""
+
+    first_seq: int
+    last_seq: int
+    reason: str
 
 
 @dataclass(slots=True, kw_only=True)
@@ -38,6 +64,11 @@ class Attached:
     """What opening found: the layout, the metadata to carry on from, where appends resume.
 
     `group` is -1 when appends must open a fresh group first (then `pos` and `group_end` are 0).
+    After a crash, `resync` is the byte range recovery adopted as it found it (the page cache
+    may hold it without the disk), `abandon` what follows the last intact entry, `released`
+    groups whose header never became durable (whatever landed in them is zeroed before the
+    metadata frees them), `damaged` durable entries that no longer verify and `adopted` the
+    entries found past the last commit record.
     """
 
     geo: Geometry
@@ -45,6 +76,7 @@ class Attached:
     meta: Meta
     slot: int
     level: WearLeveller
+    commit: CommitRecord | None
     first_seqs: dict[int, int] = field(default_factory=dict)
     group: int = -1
     pos: int = 0
@@ -52,6 +84,11 @@ class Attached:
     seq: int = 0
     chain: bytes = b""
     recovered: bool = False
+    resync: tuple[int, int] | None = None
+    abandon: Abandoned | None = None
+    released: list[Abandoned] = field(default_factory=list)
+    damaged: Damaged | None = None
+    adopted: tuple[int, int] | None = None
 
 
 def attach(medium: Medium, config: StoreConfig) -> Attached:
@@ -75,6 +112,7 @@ def attach(medium: Medium, config: StoreConfig) -> Attached:
         meta=meta,
         slot=1 if view.slots[1] is view.meta else 0,
         level=level,
+        commit=view.newest_commit(),
     )
     for group in level.live:
         header = view.header(group)
@@ -86,8 +124,15 @@ def attach(medium: Medium, config: StoreConfig) -> Attached:
 
 
 def _create(medium: Medium, config: StoreConfig, page: int) -> StoreView:
-    geo = plan_geometry(medium.size, config.group_bytes, page)
     image = medium.image
+    if isinstance(medium, MmapMedium) and not medium.created and medium.size != config.size_bytes:
+        # Not a store, and not the size this configuration creates: someone else's file, or
+        # one left behind by an older release; never shrink the store to fit it.
+        raise StoreLayoutError(
+            f"{config.path} holds no log store and is {medium.size} bytes, not the configured "
+            f"{config.size_bytes}: remove it or point `path` elsewhere"
+        )
+    geo = plan_geometry(medium.size, config.group_bytes, page)
     for slot in (0, 1):
         existing = decode_meta(
             image[geo.slot_offset(slot) : geo.slot_offset(slot) + geo.slot_bytes],
@@ -123,6 +168,8 @@ def _resume_clean(view: StoreView, found: Attached) -> bool:
     live = found.level.live
     if not meta.clean:
         return False
+    if found.commit is not None and found.commit.last_seq > meta.last_seq:
+        return False  # committed past the clean close: the metadata is not the newest state
     if not live:
         found.seq = meta.last_seq
         found.chain = meta.last_chain if meta.last_seq else genesis_chain(view.store_id)
@@ -148,22 +195,100 @@ def _resume_clean(view: StoreView, found: Attached) -> bool:
 
 
 def _recover(view: StoreView, found: Attached) -> None:
-    # After a crash only the newest group can hold a torn tail; its header carries the
-    # chain anchor, so nothing older needs reading. Appends resume in a fresh group, so the
-    # torn bytes (and anything after them) are never overwritten by new entries.
+    # After a crash only the newest group can hold entries that are not durable: every older
+    # group was synced before the next one's header was written. Appends resume in that group
+    # right after its last intact entry (so a restart costs no group), once what recovery
+    # adopted is durable and what it abandoned is zeroed.
     found.recovered = True
-    found.seq, found.chain = 0, genesis_chain(view.store_id)
+    commit = found.commit
+    if commit is not None:
+        found.seq, found.chain = commit.last_seq, commit.chain
+    else:
+        found.seq, found.chain = 0, genesis_chain(view.store_id)
     for group in reversed(found.level.live):
         header = view.header(group)
-        if header is None:
+        committed_here = commit is not None and commit.tail[0] == group
+        if header is None and not committed_here:
+            # A header that never became durable: the group holds nothing durable, but entries
+            # written after the header may have landed; zeroed, they can never lie after the
+            # entries the group holds when it is taken again.
             found.level.release(group)
             found.first_seqs.pop(group, None)
+            found.released.append(
+                Abandoned(group, 0, view.geo.group_bytes, "group header never became durable")
+            )
             continue
-        found.seq, found.chain = header.first_seq - 1, header.anchor
-        for item in view.walk_group(group, header.first_seq, header.anchor):
-            if isinstance(item, EntryFault):
-                break
-            found.seq, found.chain = item.seq, item.chain
-        break
+        _resume_in(view, found, group, header)
+        return
     found.group = -1
     found.pos = found.group_end = 0
+
+
+def _resume_in(view: StoreView, found: Attached, group: int, header: GroupHeader | None) -> None:
+    """Walk the newest group to its last intact entry and resume there, keeping every entry a
+    commit record names as durable."""
+    geo = view.geo
+    start = geo.group_offset(group)
+    commit = found.commit
+    seq, chain, end, fault = found.seq, found.chain, GROUP_HEADER_BYTES, None
+    if header is not None:
+        seq, chain, end, fault = _walk(view, group, header.first_seq - 1, header.anchor)
+    committed = commit.last_seq if commit is not None and commit.tail[0] == group else 0
+    if commit is not None and committed > seq:
+        # Entries the commit record names as durable do not verify: keep them where they are
+        # (verify reports them) and resume after the commit point, where the chain is known.
+        reason = fault.detail if fault is not None else "missing"
+        if header is None:
+            reason = "group header damaged"
+        found.damaged = Damaged(seq + 1, committed, reason)
+        seq, chain, end, fault = _walk(view, group, committed, commit.chain, commit.tail[1])
+    base = commit.last_seq if commit is not None else 0
+    if seq > base:
+        found.adopted = (base + 1, seq)
+    found.seq, found.chain = seq, chain
+    found.group = group
+    found.pos = start + end
+    found.group_end = start + geo.group_bytes
+    found.resync = (start, start + end)
+    first_seq = header.first_seq if header is not None else committed + 1
+    leftover = _leftover(view, group, end, first_seq, fault)
+    if leftover is not None:
+        found.abandon = Abandoned(group, end, geo.group_bytes - end, leftover)
+
+
+def _walk(
+    view: StoreView, group: int, seq: int, chain: bytes, start_at: int = GROUP_HEADER_BYTES
+) -> tuple[int, bytes, int, EntryFault | None]:
+    """(last intact seq, its chain, where it ends, the fault that ended the walk if any)."""
+    end, fault = start_at, None
+    for item in view.walk_group(group, seq + 1, chain, start_at=start_at):
+        if isinstance(item, EntryFault):
+            fault = item
+            break
+        seq, chain, end = item.seq, item.chain, view.last_offset
+    return seq, chain, end, fault
+
+
+def _leftover(
+    view: StoreView, group: int, end: int, first_seq: int, fault: EntryFault | None
+) -> str | None:
+    """Why the bytes after `end` must be zeroed before appending over them, or None.
+
+    A torn entry, or an entry of this lap of the ring beyond a hole (a page that reached the
+    disk before the one before it), would otherwise lie after entries written later; what an
+    earlier lap left (lower sequence numbers) never verifies as part of this one.
+    """
+    if fault is not None and fault.kind != "stale":
+        return f"torn entry ({fault.detail})"
+    start = view.geo.group_offset(group)
+    at, stop = start + end, start + view.geo.group_bytes - ENTRY_HEADER.size
+    image = view.image if not isinstance(view.image, memoryview) else bytes(view.image)
+    while True:
+        at = image.find(ENTRY_MAGIC, at, stop)
+        if at < 0:
+            return None
+        if (at - start) % 8 == 0:
+            seq = int.from_bytes(image[at + 8 : at + 16], "little")
+            if seq >= first_seq:
+                return f"entry seq {seq} of this lap beyond the last intact entry"
+        at += 1

@@ -21,6 +21,7 @@ from vigil.nodes.logger._format import (
     FLAG_BAD,
     GROUP_HEADER_BYTES,
     MAX_NAME_BYTES,
+    NO_TAIL,
     EntryTooLarge,
     GroupHeader,
     RecordRefused,
@@ -89,15 +90,38 @@ class GroupWriter:
         self.seq = found.seq
         self.chain = found.chain
         self._first_dirty: int | None = None
+        # What the last commit record requested named: (seq, start).
+        self._recorded = (found.commit.last_seq, found.commit.start) if found.commit else (-1, 0)
         stats.bad_groups = sum(self._level.bad)
 
-    def begin(self) -> None:
-        """Record in the metadata that the store is open (not cleanly closed)."""
+    def begin(self, found: Attached) -> None:
+        """Record in the metadata that the store is open (not cleanly closed); then make what
+        recovery adopted durable and zero what it abandoned, and name the point appends resume
+        from in a commit record, before anything is appended after it."""
+        # Groups recovery released are zeroed before the metadata frees them. Then the
+        # metadata: the groups it names (the newest one's header may so far exist only in the
+        # page cache of a killed writer) must be durable before their content is.
+        for released in found.released:
+            start = self._geo.group_offset(released.group)
+            try:
+                self._write(start, bytes(released.length))
+                self._medium.sync(start, released.length)
+            except OSError as exc:
+                raise StoreIOError(self.stats.committed_seq, exc) from exc
         self._sync_level()
         self._meta.clean = False
         self._write_meta()
-        self.stats.last_seq = self.stats.committed_seq = self.seq
+        self.stats.last_seq = self.seq
         self._update_oldest()
+        lo, hi = found.resync if found.resync is not None else (self._pos, self._pos)
+        if found.abandon is not None:
+            start = self._geo.group_offset(found.abandon.group) + found.abandon.offset
+            try:
+                self._write(start, bytes(found.abandon.length))
+            except OSError as exc:
+                raise StoreIOError(self.stats.committed_seq, exc) from exc
+            hi = start + found.abandon.length
+        self.commit(also=(lo, hi - lo) if hi > lo else None)
 
     # -- appending -------------------------------------------------------------------------
 
@@ -191,14 +215,19 @@ class GroupWriter:
             group, reclaim = self._level.peek()
             if reclaim and self._config.retention == "exported":
                 self._check_exported(group)
+            # In order, each durable before the next is written, so that no cut can tear them:
+            # the group being left (with, when the oldest group is reclaimed, a commit record
+            # saying where history will start, so that wrap is told from deletion); then the
+            # metadata that takes the group; then its header.
+            if reclaim:
+                live = self._level.live
+                self.commit(start=self._first_seqs.get(live[1], self.seq + 1))
+            else:
+                self.commit(record=False)
             group, epoch = self._level.take()
             self._first_seqs.pop(group, None)
             self._sync_level()
-            # The metadata that takes the group and everything in the group being left must be
-            # durable before the new group's header can reach the disk, or a crash could keep
-            # the new group and lose the old group's tail. Both go in one msync (one flush of
-            # the disk): the range from the metadata slot to the tail holds nothing else dirty.
-            self.commit(also=(self._write_meta(sync=False), geo.slot_bytes))
+            self._write_meta()
             start = geo.group_offset(group)
             header = encode_group_header(GroupHeader(epoch, self.seq + 1, self.chain))
             try:
@@ -232,6 +261,11 @@ class GroupWriter:
         live = self._level.live
         self.stats.oldest_seq = self._first_seqs.get(live[0], 0) if live else 0
 
+    def _start_seq(self) -> int:
+        """The first sequence number retained (the next one when nothing is)."""
+        live = self._level.live
+        return self._first_seqs.get(live[0], self.seq + 1) if live else self.seq + 1
+
     def _sync_level(self) -> None:
         groups = self._meta.groups
         level = self._level
@@ -239,23 +273,20 @@ class GroupWriter:
         groups["epoch"] = level.epochs
         groups["flags"] = [FLAG_BAD if bad else 0 for bad in level.bad]
 
-    def _write_meta(self, *, sync: bool = True) -> int:
-        """Write the metadata into the next slot; returns the slot's offset.
+    def _write_meta(self) -> None:
+        """Write the metadata into the next slot and make it durable.
 
         Slots alternate, each durable before the next is written: a torn write can only spoil
-        the slot being written, and the other still holds the previous state. Without `sync`
-        the caller makes it durable (in its next commit) before anything depends on it.
+        the slot being written, and the other still holds the previous state.
         """
         self._slot ^= 1
         self._meta.generation += 1
         offset = self._geo.slot_offset(self._slot)
         try:
             self._write(offset, encode_meta(self._meta, self._geo.slot_bytes))
-            if sync:
-                self._medium.sync(offset, self._geo.slot_bytes)
+            self._medium.sync(offset, self._geo.slot_bytes)
         except OSError as exc:
             raise StoreIOError(self.stats.committed_seq, exc) from exc
-        return offset
 
     # -- committing ------------------------------------------------------------------------
 
@@ -266,26 +297,43 @@ class GroupWriter:
             return None
         return max(0, math.ceil((first + self._committer.trigger_ns - self._mono()) / 1_000_000))
 
-    def commit(self, also: tuple[int, int] | None = None) -> None:
-        """Commit what is dirty, and the byte range `also` with it, and wait until durable."""
-        self._committer.wait(self.request_commit(also))
+    def commit(
+        self, also: tuple[int, int] | None = None, *, record: bool = True, start: int | None = None
+    ) -> None:
+        """Commit what is dirty, and the byte range `also` with it, and wait until durable;
+        with `record`, then a commit record naming the last entry (and history's `start`)."""
+        self._committer.wait(self.request_commit(also, record=record, start=start))
 
-    def request_commit(self, also: tuple[int, int] | None = None) -> int:
-        """Hand the dirty range (widened by `also`) to msync; returns the id to wait for.
+    def request_commit(
+        self, also: tuple[int, int] | None = None, *, record: bool = True, start: int | None = None
+    ) -> int:
+        """Hand the dirty range (widened by `also`) to msync, followed with `record` by a
+        commit record; returns the id to wait for.
 
-        With nothing to commit, that is the id of the last request, which may still be in
-        flight: waiting for it waits for everything appended before.
+        With nothing to commit and nothing new to record, that is the id of the last request,
+        which may still be in flight: waiting for it waits for everything appended before.
         """
         lo, hi = self._dirty_lo, self._pos
         if also is not None:
-            lo, hi = min(lo, also[0]), max(hi, also[0] + also[1])
-        if hi <= lo:
+            lo, hi = (also[0], also[0] + also[1]) if hi <= lo else (
+                min(lo, also[0]), max(hi, also[0] + also[1])
+            )  # fmt: skip
+        start = self._start_seq() if start is None else start
+        record = record and self._recorded != (self.seq, start)
+        if hi <= lo and not record:
             self._first_dirty = None
             return self._committer.last_id
         first = self._first_dirty if self._first_dirty is not None else self._mono()
         self._dirty_lo = self._pos
         self._first_dirty = None
-        return self._committer.submit(lo, hi, self.seq, first)
+        if record:
+            self._recorded = (self.seq, start)
+        group = self._group
+        tail = (group, self._pos - self._geo.group_offset(group)) if group >= 0 else (NO_TAIL, 0)
+        return self._committer.submit(
+            lo, hi, seq=self.seq, chain=self.chain, tail=tail, start=start, first=first,
+            record=record,
+        )  # fmt: skip
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ by scanning. `docs/log-store.md` documents the layout, the retention policy and 
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Final, Protocol
 
 import msgspec
@@ -22,9 +22,20 @@ import msgspec
 from vigil.bus.closing import Closing
 from vigil.bus.ptp import ClockConfig, ClockOffset, ClockSource, PtpClock
 from vigil.nodes.logger._audit import AUDIT_EVENT, pack_audit
+from vigil.nodes.logger._checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    LogKeyError,
+    Signer,
+    Verifier,
+    generate_key,
+    load_signer,
+    load_verifier,
+    parse_note,
+)
 from vigil.nodes.logger._commit import Committer
 from vigil.nodes.logger._config import StoreConfig, StoreStats
-from vigil.nodes.logger._errors import StoreClosed, StoreFull, StoreIOError
+from vigil.nodes.logger._errors import StoreClosed, StoreFull, StoreIOError, StoreNoSpace
 from vigil.nodes.logger._format import (
     Entry,
     EntryTooLarge,
@@ -32,38 +43,53 @@ from vigil.nodes.logger._format import (
     StoreLayoutError,
 )
 from vigil.nodes.logger._medium import Medium, MmapMedium
-from vigil.nodes.logger._recovery import attach
-from vigil.nodes.logger._scan import (
+from vigil.nodes.logger._recovery import Attached, attach
+from vigil.nodes.logger._sealer import Record, SealFn, seal, seal_python
+from vigil.nodes.logger._snapshot import read_snapshot
+from vigil.nodes.logger._verify import (
+    ExternalCheckpoint,
     Fault,
     FaultClass,
+    Verdict,
     VerifyReport,
     iter_entries,
-    open_view,
-    verify_image,
+    verify_view,
 )
-from vigil.nodes.logger._sealer import Record, SealFn, seal, seal_python
 from vigil.nodes.logger._wear import NoHealthyGroup
 from vigil.nodes.logger._writer import GroupWriter, export_watermark_path
 from vigil.schemas.audit import AuditId
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointError",
     "Clock",
     "Entry",
     "EntryTooLarge",
+    "ExternalCheckpoint",
     "Fault",
     "FaultClass",
+    "LogKeyError",
     "LogStore",
     "NoHealthyGroup",
     "Record",
     "RecordRefused",
+    "Signer",
     "StoreClosed",
     "StoreConfig",
     "StoreFull",
     "StoreIOError",
     "StoreLayoutError",
+    "StoreNoSpace",
     "StoreStats",
+    "Verdict",
+    "Verifier",
     "VerifyReport",
+    "checkpoint_path",
     "export_watermark_path",
+    "generate_key",
+    "load_signer",
+    "load_verifier",
+    "parse_note",
     "read_entries",
     "verify_store",
 ]
@@ -129,6 +155,7 @@ class LogStore(Closing):
         )
         # Set by _attach.
         self._writer: GroupWriter
+        self._found: Attached
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -141,17 +168,26 @@ class LogStore(Closing):
         medium: Medium | None = None,
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
         sealer: SealFn = seal,
+        signer: Signer | None = None,
+        sidecar: Callable[[bytes], None] | None = None,
     ) -> LogStore:
         """Create the store, or open and recover it; stamps a clock entry before returning.
 
         `clock` and `medium` default to the configured PHC (or fallback) and the mmap'd file;
         the store closes only what it opened itself. `sealer` is the sealing loop: the
-        compiled one where it is built (`_sealer.SEALER`), or the Python reference.
+        compiled one where it is built (`_sealer.SEALER`), or the Python reference. `signer`
+        signs the checkpoints (default: `config.signing_key`, if set); `sidecar` receives the
+        newest checkpoint note after each commit (default: the file `PATH.checkpoint` when
+        the store opened its own file).
         """
         owns_clock = clock is None
         owns_medium = medium is None
         opened_clock: PtpClock | None = None
         opened_medium: Medium | None = None
+        if signer is None and config.signing_key:
+            signer = load_signer(config.signing_key)
+        if sidecar is None and owns_medium:
+            sidecar = _SidecarFile(checkpoint_path(config.path))
         try:
             if clock is None:
                 opened_clock = PtpClock.open(
@@ -165,7 +201,7 @@ class LogStore(Closing):
                 config, medium, clock, owns_medium=owns_medium, owns_clock=owns_clock,
                 monotonic_ns=monotonic_ns, sealer=sealer,
             )  # fmt: skip
-            store._attach()
+            store._attach(signer, sidecar)
         except BaseException:
             if opened_medium is not None:
                 opened_medium.close()
@@ -175,19 +211,26 @@ class LogStore(Closing):
         try:
             store._start()
         except BaseException:
-            store.close()
+            # A start that failed is not a clean close: the next open recovers.
+            store._release()
             raise
         return store
 
-    def _attach(self) -> None:
+    def _attach(self, signer: Signer | None, sidecar: Callable[[bytes], None] | None) -> None:
         found = attach(self._medium, self._config)
+        self._found = found
         self.stats.recovered = found.recovered
+        self.stats.key_id = signer.key_id.hex() if signer is not None else ""
+        generation = found.commit.generation + 1 if found.commit is not None else 1
+        self._committer.attach_store(
+            found.geo, found.store_id, generation=generation, signer=signer, sidecar=sidecar
+        )
         self._writer = GroupWriter(
             self._config, self._medium, found, self._committer, self.stats,
             now=self._now, clock_byte=int(self._clock.source), monotonic_ns=self._mono,
             sealer=self._seal,
         )  # fmt: skip
-        self._writer.begin()
+        self._writer.begin(found)
 
     def _start(self) -> None:
         self._committer.start()
@@ -204,9 +247,14 @@ class LogStore(Closing):
             self.append(
                 node="logger",
                 event=RECOVERY_EVENT,
-                payload=msgspec.msgpack.encode({"resumed_after_seq": self._writer.seq - 1}),
+                payload=msgspec.msgpack.encode(_recovery_record(self._found)),
             )
         self.commit()
+
+    @property
+    def checkpoint(self) -> bytes:
+        """The newest durable checkpoint as a signed note (C2SP format; empty before one)."""
+        return self._committer.note
 
     # -- appending -------------------------------------------------------------------------
 
@@ -278,45 +326,93 @@ class LogStore(Closing):
             self.commit()
             self._writer.record_clean_close()
         finally:
-            self._closed = True
-            self._committer.stop()
-            if self._owns_medium:
-                self._medium.close()
-            if self._owns_clock and isinstance(self._clock, PtpClock):
-                self._clock.close()
+            self._release()
+
+    def _release(self) -> None:
+        """Stop committing and release what the store opened, recording nothing."""
+        self._closed = True
+        self._committer.stop()
+        if self._owns_medium:
+            self._medium.close()
+        if self._owns_clock and isinstance(self._clock, PtpClock):
+            self._clock.close()
+
+
+def _recovery_record(found: Attached) -> dict[str, object]:
+    """What recovery did, as the `log.recovered` entry says it: where appends resumed, the
+    entries it adopted from past the last commit record, durable entries it found damaged, and
+    the bytes it zeroed after the last intact entry."""
+    record: dict[str, object] = {"resumed_after_seq": found.seq}
+    if found.adopted is not None:
+        record["adopted"] = list(found.adopted)
+    if found.damaged is not None:
+        damaged = found.damaged
+        record["damaged"] = {
+            "first_seq": damaged.first_seq, "last_seq": damaged.last_seq,
+            "reason": damaged.reason,
+        }  # fmt: skip
+    abandoned = [*found.released, *([found.abandon] if found.abandon is not None else [])]
+    if abandoned:
+        record["abandoned"] = [
+            {"group": a.group, "offset": a.offset, "bytes": a.length, "reason": a.reason}
+            for a in abandoned
+        ]
+    return record
+
+
+def checkpoint_path(store_path: str) -> Path:
+    """The sidecar file holding the store's newest checkpoint note, outside the ring."""
+    return Path(store_path + ".checkpoint")
+
+
+class _SidecarFile:
+    """Writes the newest checkpoint note beside the store: write, then rename over the old one.
+
+    Not fsynced: it is written after the commit record it copies is durable, so a copy lost
+    to a power cut is only older, never ahead of the store.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._scratch = path.with_name(path.name + ".tmp")
+
+    def __call__(self, note: bytes) -> None:
+        self._scratch.write_bytes(note)
+        os.replace(self._scratch, self._path)
 
 
 def verify_store(
-    path: str | os.PathLike[str], *, allow_fallback_clock: bool = False
+    path: str | os.PathLike[str],
+    *,
+    allow_fallback_clock: bool = False,
+    key: Verifier | None = None,
+    checkpoint: ExternalCheckpoint | None = None,
 ) -> VerifyReport:
-    """Verify a store file: every seal, link, sequence number, timestamp and the clock source."""
-    with _read_only(path) as image:
-        return verify_image(
-            image, allow_fallback_clock=allow_fallback_clock, page_hint=mmap.PAGESIZE
-        )
+    """Verify a store file (a consistent snapshot of it, if a logger is writing it): every
+    seal, link, sequence number, timestamp, commit record and the clock source; with `key`,
+    the signatures; with `checkpoint`, that the store still holds what it names. A file that
+    is empty, short, not a store or unreadable is an UNREADABLE verdict, never an exception."""
+    try:
+        view = read_snapshot(path)
+    except (StoreLayoutError, OSError) as exc:
+        report = VerifyReport()
+        report.add(FaultClass.UNREADABLE, os.fspath(path), str(exc))
+        report.verdict = Verdict.UNREADABLE
+        return report
+    if view.reclaimed:
+        view_notes = [
+            f"groups {sorted(view.reclaimed)} were reclaimed by the running logger while the "
+            "store was read; their entries count as evicted"
+        ]
+    else:
+        view_notes = []
+    report = verify_view(
+        view, allow_fallback_clock=allow_fallback_clock, key=key, checkpoint=checkpoint
+    )
+    report.notes.extend(view_notes)
+    return report
 
 
 def read_entries(path: str | os.PathLike[str]) -> Iterator[Entry]:
-    """Every entry whose seals hold, oldest first (what verify would accept)."""
-    with _read_only(path) as image:
-        yield from iter_entries(open_view(image, mmap.PAGESIZE))
-
-
-class _read_only:
-    """A read-only mapping of a store file, closed on every path."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._path = path
-        self._map: mmap.mmap | None = None
-
-    def __enter__(self) -> mmap.mmap:
-        with open(self._path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                raise StoreLayoutError(f"{self._path} is empty")
-            self._map = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
-        return self._map
-
-    def __exit__(self, *exc: object) -> None:
-        if self._map is not None:
-            self._map.close()
+    """Every entry verify accepts, oldest first, from a consistent snapshot of the store."""
+    yield from iter_entries(read_snapshot(path))

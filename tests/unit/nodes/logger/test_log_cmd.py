@@ -8,7 +8,14 @@ from pathlib import Path
 import msgspec
 from click.testing import CliRunner
 
-from vigil.nodes.logger.store import LogStore, StoreConfig, export_watermark_path
+from vigil.bus.ptp import ClockSource
+from vigil.nodes.logger.store import (
+    FaultClass,
+    LogStore,
+    StoreConfig,
+    checkpoint_path,
+    export_watermark_path,
+)
 from vigil.schemas import Outcome, RequestEvidence
 from vigil.testing.crashsim import SimClock
 from vigil.tools.log_cmd import log
@@ -174,3 +181,92 @@ def test_show_request_prints_one_line_per_request(store_path: str) -> None:
     served, refused = result.output.splitlines()
     assert TRACE.hex() in served and " served " in served and "5.400 ms" in served
     assert OTHER.hex() in refused and "RESOURCE_EXHAUSTED" in refused
+
+
+def _signed_store(path: str, keys: Path, entries: int = 3) -> str:
+    """A store signed with a key made by `vigil log keygen`; returns the public key's path."""
+    result = CliRunner().invoke(log, ["keygen", "--out", str(keys)])
+    assert result.exit_code == 0, result.output
+    config = StoreConfig(
+        path=path, size_bytes=64 * 1024, group_bytes=4096, signing_key=str(keys / "log.key")
+    )
+    with LogStore.open(config, clock=SimClock()) as store:
+        for i in range(entries):
+            store.append(node="ingest", event="diag.event", payload=bytes([i]))
+    assert oct((keys / "log.key").stat().st_mode & 0o777) == "0o600"
+    return str(keys / "log.pub")
+
+
+def test_verify_with_the_key_checks_the_signatures_and_the_sidecar(
+    store_path: str, tmp_path: Path
+) -> None:
+    """With the key made by `vigil log keygen`, verify checks the signed commit record and the
+    checkpoint copy beside the store, and says so."""
+    public = _signed_store(store_path, tmp_path / "keys")
+    assert checkpoint_path(store_path).read_text().startswith("vigil.log/")
+    result = CliRunner().invoke(log, ["verify", "--key", public, store_path])
+    assert result.exit_code == 0, result.output
+    assert "signatures  verified" in result.output
+    assert f"checkpoint  {checkpoint_path(store_path)}" in result.output
+
+
+def test_verify_with_the_key_refuses_a_store_signed_by_another(
+    store_path: str, tmp_path: Path
+) -> None:
+    """A store whose checkpoints another key signed fails with SIGNATURE (128)."""
+    _signed_store(store_path, tmp_path / "keys")
+    other = CliRunner().invoke(log, ["keygen", "--out", str(tmp_path / "other")])
+    assert other.exit_code == 0
+    result = CliRunner().invoke(
+        log, ["verify", "--key", str(tmp_path / "other" / "log.pub"), store_path]
+    )
+    assert result.exit_code == FaultClass.SIGNATURE, result.output
+    assert "SIGNATURE" in result.output
+
+
+def test_verify_with_a_newer_checkpoint_finds_a_rolled_back_copy(
+    store_path: str, tmp_path: Path
+) -> None:
+    """An older copy of the store checked against the newest checkpoint is missing the
+    entries since: GAP (16), with the missing range."""
+    public = _signed_store(store_path, tmp_path / "keys")
+    older = tmp_path / "older.vlog"
+    older.write_bytes(Path(store_path).read_bytes())
+    config = StoreConfig(
+        path=store_path, size_bytes=64 * 1024, group_bytes=4096,
+        signing_key=str(tmp_path / "keys" / "log.key"),
+    )  # fmt: skip
+    with LogStore.open(config, clock=SimClock(start_ns=1_800_000_000_000_000_000)) as store:
+        last = store.append(node="ingest", event="diag.event", payload=b"\xc0")
+    newest = tmp_path / "newest.checkpoint"
+    newest.write_bytes(checkpoint_path(store_path).read_bytes())
+    result = CliRunner().invoke(
+        log, ["verify", "--key", public, "--checkpoint", str(newest), str(older)]
+    )
+    assert result.exit_code == FaultClass.GAP, result.output
+    assert f"..{last} missing" in result.output
+
+
+def test_a_malformed_checkpoint_file_is_a_usage_error(store_path: str, tmp_path: Path) -> None:
+    """--checkpoint naming a file that is not a checkpoint note exits 2 with the reason."""
+    _store(store_path)
+    bad = tmp_path / "bad.checkpoint"
+    bad.write_bytes(b"\xff\xfe")
+    result = CliRunner().invoke(log, ["verify", "--checkpoint", str(bad), store_path])
+    assert result.exit_code == 2 and "UTF-8" in result.output
+
+
+def test_a_store_sealed_with_a_recorded_fallback_clock_is_intact(store_path: str) -> None:
+    """A store stamped throughout by a fallback clock it recorded is intact: verify says
+    integrity and time quality apart, exits 64 (not an integrity fault) and 0 when the
+    fallback is allowed."""
+    config = StoreConfig(path=store_path, size_bytes=64 * 1024, group_bytes=4096)
+    with LogStore.open(config, clock=SimClock(source=ClockSource.TAI)) as store:
+        store.append(node="ingest", event="diag.event", payload=b"\xc0")
+    result = CliRunner().invoke(log, ["verify", store_path])
+    assert result.exit_code == FaultClass.CLOCK, result.output
+    assert "integrity   intact" in result.output
+    assert "time        fallback clock recorded: 2 entries stamped by CLOCK_TAI" in result.output
+    assert "OK, sealed with a fallback clock (exit 64)" in result.output
+    allowed = CliRunner().invoke(log, ["verify", "--allow-fallback-clock", store_path])
+    assert allowed.exit_code == 0, allowed.output

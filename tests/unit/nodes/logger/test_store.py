@@ -14,6 +14,7 @@ import pytest
 from vigil.bus.ptp import ClockSource
 from vigil.errors import IntegrityError
 from vigil.nodes.logger._medium import MmapMedium
+from vigil.nodes.logger._scan import open_view
 from vigil.nodes.logger._sealer import SEALER, SealFn, seal, seal_python
 from vigil.nodes.logger.store import (
     CLOCK_EVENT,
@@ -184,7 +185,7 @@ def test_writes_skip_a_group_that_does_not_keep_data(store_path: str, clock: Sim
     medium.bad_start = 1 << 30
     with LogStore.open(config, clock=clock, medium=medium):
         pass
-    medium.bad_start = 3 * 4096 + 4096  # group 1 of this geometry
+    medium.bad_start = open_view(medium.image).geo.group_offset(1)
     with LogStore.open(config, clock=clock, medium=medium) as store:
         for _ in range(100):
             store.append(node="n", event="e", payload=bytes(200))

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vigil.nodes.logger._format import GROUP_HEADER_BYTES, META_FIXED, decode_entry_at
-from vigil.nodes.logger._scan import FaultClass, open_view, verify_image
+from vigil.nodes.logger._scan import open_view
+from vigil.nodes.logger._verify import FaultClass, verify_image
 from vigil.nodes.logger.store import LogStore, StoreConfig, verify_store
 from vigil.testing.crashsim import RecordingMedium, SimClock, SimMonotonic
 
@@ -195,13 +196,33 @@ def test_time_going_backwards_is_a_time_fault() -> None:
 
 
 def test_torn_tail_of_an_unclean_store_is_a_note_not_a_fault() -> None:
-    """After a crash the half-written last entry is noted, and what precedes it verifies."""
-    image = _store(6, 20, close=False)
+    """After a crash a half-written entry after the last commit is noted as a torn tail, and
+    every entry before it verifies."""
+    medium = RecordingMedium(bytes(SIZE))
+    store = LogStore.open(CONFIG, clock=SimClock(), medium=medium, monotonic_ns=SimMonotonic())
+    for i in range(6):
+        store.append(node="n", event="diag.event", payload=bytes([i]) * 20)
+    store.commit()
+    store.append(node="n", event="diag.event", payload=bytes(20))
+    image = bytearray(medium.image)
     start, end = _entry_spans(image)[-1]
     image[start + (end - start) // 2 : end] = bytes(end - start - (end - start) // 2)
     report = verify_image(image)
     assert report.ok and not report.clean
-    assert any("unverifiable tail" in note for note in report.notes)
+    assert (report.verdict, report.torn_after, report.last_seq) == ("torn", 7, 7)
+    assert any("torn tail after seq 7" in note for note in report.notes)
+
+
+def test_damage_to_a_committed_entry_of_the_newest_group_is_a_fault() -> None:
+    """In a store that was not closed cleanly, an entry the commit record names as durable
+    is checked in full: damage to it is a fault with its range, not a torn tail."""
+    image = _store(6, 20, close=False)
+    start, _end = _entry_spans(image)[-2]
+    image[start + 120] ^= 1
+    report = verify_image(image)
+    assert not report.ok and report.verdict == "damaged"
+    assert report.exit_code == FaultClass.DIGEST
+    assert report.faults[0].seq == 6
 
 
 def test_metadata_fixed_fields_are_all_sealed() -> None:
