@@ -17,7 +17,7 @@ from vigil.schemas.errors import ErrorCode, ErrorReply
 from vigil.schemas.evidence import BatchEvidence, Outcome, RequestEvidence
 from vigil.schemas.health import Heartbeat, SafetyState, StateChange
 from vigil.schemas.infer import Box, InferRequest, InferResult, PerceptionOutput, TensorRef
-from vigil.schemas.log import LogRecord
+from vigil.schemas.log import LogCheckpoint, LogRecord
 from vigil.schemas.model import (
     ModelAction,
     ModelAnnouncement,
@@ -46,6 +46,7 @@ __all__ = [
     "Heartbeat",
     "InferRequest",
     "InferResult",
+    "LogCheckpoint",
     "LogRecord",
     "Message",
     "ModelAction",

@@ -12,7 +12,7 @@ from vigil.schemas.errors import ErrorReply
 from vigil.schemas.evidence import BatchEvidence, RequestEvidence
 from vigil.schemas.health import Heartbeat, StateChange
 from vigil.schemas.infer import InferRequest, InferResult
-from vigil.schemas.log import LogRecord
+from vigil.schemas.log import LogCheckpoint, LogRecord
 from vigil.schemas.model import ModelAnnouncement, ModelCommand, ModelEvent
 
 __all__ = [
@@ -37,6 +37,7 @@ class Topic:
     DIAGNOSTIC: Final = "diag/event"
     AUDIT: Final = "audit/event"
     LOG: Final = "log/record"
+    LOG_CHECKPOINT: Final = "log/checkpoint"
     MODEL_EVENT: Final = "model/event"
     MODEL_ACTIVE: Final = "model/active"
     MODEL_COMMAND: Final = "model/command"
@@ -54,6 +55,7 @@ TOPICS: Final[dict[str, type[Message]]] = {
     Topic.DIAGNOSTIC: DiagnosticEvent,
     Topic.AUDIT: AuditEvent,
     Topic.LOG: LogRecord,
+    Topic.LOG_CHECKPOINT: LogCheckpoint,
     Topic.MODEL_EVENT: ModelEvent,
     Topic.MODEL_ACTIVE: ModelAnnouncement,
     Topic.MODEL_COMMAND: ModelCommand,

@@ -30,6 +30,7 @@ class DiagCode(enum.StrEnum):
     MODEL_LOAD_FAILED = "DIA-5002"
     NO_MODEL = "DIA-5003"
     AUTH_REFUSED = "DIA-6001"
+    LOG_DEGRADED = "DIA-7001"
 
 
 DIAG_CODES: dict[DiagCode, str] = {
@@ -48,6 +49,8 @@ DIAG_CODES: dict[DiagCode, str] = {
     DiagCode.MODEL_LOAD_FAILED: "a verified model could not be loaded",
     DiagCode.NO_MODEL: "no verified model is active: a request is refused at once (UNAVAILABLE)",
     DiagCode.AUTH_REFUSED: "a peer was refused by bus security (no Curve or a key not allowed)",
+    DiagCode.LOG_DEGRADED: "the logger cannot write a file beside its store (disk full); it keeps "
+    "sealing into the preallocated store",
 }
 
 

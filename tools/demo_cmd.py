@@ -17,7 +17,7 @@ from rich.table import Table
 from vigil.bus.pubsub import Subscriber
 from vigil.errors import ConfigError
 from vigil.launch import Launcher, LaunchError, load
-from vigil.nodes.logger.store import verify_store
+from vigil.nodes.logger.store import load_verifier, verify_store
 from vigil.schemas import StateChange, Topic
 from vigil.tools._options import new_run_dir_option
 from vigil.tools._rundirs import new_run_dir
@@ -50,7 +50,11 @@ def run_demo(launch_file: str, duration: float, run_dir: str | None) -> dict[str
         final_state = _latched_state(launcher)
     wall = time.monotonic() - started
     source = json.loads((run.path / "source-report.json").read_text())
-    report = verify_store(run.path / "log.store")
+    # The logger signed its checkpoints with a key it generated into the run directory.
+    public = run.path / "log.pub"
+    key = load_verifier(public) if public.exists() else None
+    report = verify_store(run.path / "log.store", key=key)
+    evidence = verify_store(run.path / "log.evidence", key=key)
     return {
         "run_dir": str(run.path),
         "sent": source["sent"],
@@ -64,7 +68,10 @@ def run_demo(launch_file: str, duration: float, run_dir: str | None) -> dict[str
         "latency_ms": source["latency_ms"],
         "final_state": final_state,
         "log_entries": report.entries,
-        "log_verified": bool(report.ok),
+        "log_verified": bool(report.ok and evidence.ok),
+        "log_verdict": f"{report.verdict}, evidence store {evidence.verdict}",
+        "log_signatures": report.signatures,
+        "log_time": report.time_quality,
         "launcher_exit": code,
         "driven_s": round(elapsed, 2),
         "wall_s": round(wall, 2),
@@ -86,6 +93,9 @@ def _print(summary: dict[str, Any]) -> None:
         ("final safety state", summary["final_state"]),
         ("sealed log entries", str(summary["log_entries"])),
         ("log verified", "yes" if summary["log_verified"] else "NO"),
+        ("log verdict", summary["log_verdict"]),
+        ("log signatures", summary["log_signatures"]),
+        ("log time", summary["log_time"]),
         ("run directory", summary["run_dir"]),
     ]
     for what, value in rows:

@@ -1,4 +1,4 @@
-"""The logger's configuration and contract: the store and the topics it seals."""
+"""The logger's configuration and contract: the stores and the topics it seals."""
 
 from __future__ import annotations
 
@@ -13,9 +13,16 @@ __all__ = ["KIND", "Config", "LoggerConfig"]
 
 
 class LoggerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The store and the topics whose messages it seals."""
+    """The stores and the topics whose messages they seal.
+
+    `store.signing_key` names the Ed25519 key (PEM) that signs the stores' checkpoints
+    (`vigil log keygen` makes one); without it the logger generates `log.key` and `log.pub`
+    in the run directory on first start and says so. `evidence` is the store that keeps
+    safety evidence apart from request traffic (default: beside `store`, see `_evidence`).
+    """
 
     store: StoreConfig
+    evidence: StoreConfig | None = None
     topics: list[str] = msgspec.field(
         default_factory=lambda: [
             Topic.DIAGNOSTIC,
@@ -36,8 +43,12 @@ Config = LoggerConfig
 
 
 def _contract(config: LoggerConfig) -> NodeContract:
-    # The logger seals whatever arrives; a topic nobody publishes is simply never sealed.
-    return NodeContract(publishes=published(), subscribes=frozenset(config.topics))
+    # The logger seals whatever arrives; a topic nobody publishes is simply never sealed. It
+    # publishes its stores' checkpoints (and a diagnostic when a disk fills).
+    return NodeContract(
+        publishes=published(Topic.LOG_CHECKPOINT, Topic.DIAGNOSTIC),
+        subscribes=frozenset(config.topics),
+    )
 
 
 KIND = NodeKind(

@@ -23,6 +23,7 @@ from vigil.schemas import (
     Heartbeat,
     InferRequest,
     InferResult,
+    LogCheckpoint,
     LogRecord,
     Message,
     ModelAction,
@@ -103,6 +104,13 @@ SAMPLES: dict[type[Message], Message] = {
         stream_id="cam-1",
     ),
     AuditEvent: AuditEvent(event=AuditId.MODEL_VERIFIED, node="loader", instance=1, detail="ok"),
+    LogCheckpoint: LogCheckpoint(
+        store="log",
+        store_id="00112233445566778899aabbccddeeff",
+        size=42,
+        start=1,
+        note="vigil.log/00112233445566778899aabbccddeeff\n42\nAAAA\nstart 1\n\n",
+    ),
     LogRecord: LogRecord(
         level="info",
         event="node.ready",
