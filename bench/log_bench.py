@@ -4,15 +4,18 @@ Prints, from one run on one machine:
 
 * durable entries/s: 256-byte payloads appended through `LogStore` with group commit, counted
   once the final commit has returned (every entry msynced), in bursts as the logger appends
-  them (`append_many`), with one `append` per entry beside it, and the same bursts through the
-  Python reference sealing loop as the same-run baseline of the compiled one;
+  them (`append_many`), with every commit record signed (an Ed25519 checkpoint per commit
+  group, as the logger runs); beside it the same without a signing key, one `append` per
+  entry, and the same bursts through the Python reference sealing loop;
+* the signing cost: signatures made, microseconds each, and their share of the run;
 * the compute ceiling: the store's sealing loop (CRC32C, SHA-256 of timestamp || payload, the
   chain SHA-256 and the header) over the same entries with no I/O at all, and beside it
   CRC32C + one SHA-256 per entry through Python's hashlib;
 * verify throughput in MB/s of store file walked.
 
-`--json PATH` writes `durable_entries_s`, `ceiling_entries_s` and `verify_mb_s` (and the
-figures beside them). The benchmark reports; it never asserts a timing.
+`--json PATH` writes `durable_entries_s` (signed), `durable_unsigned_entries_s`, `sign_us`,
+`ceiling_entries_s` and `verify_mb_s` (and the figures beside them). The benchmark reports; it
+never asserts a timing.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import time
 from pathlib import Path
 
 import crc32c
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vigil.nodes.logger._sealer import SEALER, SealFn, seal, seal_python
-from vigil.nodes.logger.store import LogStore, StoreConfig, verify_store
+from vigil.nodes.logger.store import LogStore, Signer, StoreConfig, verify_store
 
 PAYLOAD_BYTES = 256
 TRACE = bytes(range(16))
@@ -75,15 +79,17 @@ def measure_durable(
     burst: int,
     *,
     sealer: SealFn = seal,
+    signer: Signer | None = None,
 ) -> tuple[float, LogStore]:
     """Entries/s appended and made durable through the store's group commit; `burst` records
-    per `append_many` call, or one `append` call per entry when it is 1."""
+    per `append_many` call, or one `append` call per entry when it is 1; `signer` signs each
+    commit record's checkpoint."""
     size = max(64 << 20, len(payloads) * 448 * 2)
     config = StoreConfig(
         path=path, size_bytes=size, group_bytes=group_bytes, commit_latency_ms=latency_ms
     )
     records = [("bench", "diag.event", payload, TRACE) for payload in payloads]
-    with LogStore.open(config, sealer=sealer) as store:
+    with LogStore.open(config, sealer=sealer, signer=signer) as store:
         append, append_many = store.append, store.append_many
         began = time.perf_counter()
         if burst == 1:
@@ -127,21 +133,30 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = measure_ceiling(payloads, burst)
         hashlib_only = measure_hashlib(payloads)
 
-        def durable_run(name: str, per_call: int, sealer: SealFn = seal) -> tuple[float, LogStore]:
+        signer = Signer(Ed25519PrivateKey.generate())
+
+        def durable_run(
+            name: str, per_call: int, sealer: SealFn = seal, *, signed: bool = True
+        ) -> tuple[float, LogStore]:
             where = str(Path(tmp) / name)
             return measure_durable(
-                where, payloads, args.latency_ms, args.group_bytes, per_call, sealer=sealer
-            )
+                where, payloads, args.latency_ms, args.group_bytes, per_call, sealer=sealer,
+                signer=signer if signed else None,
+            )  # fmt: skip
 
         single, _ = durable_run("single.vlog", 1)
         reference, _ = durable_run("reference.vlog", burst, seal_python)
+        unsigned, _ = durable_run("unsigned.vlog", burst, signed=False)
         durable, store = durable_run("bench.vlog", burst)
         verify_mb_s, verified = measure_verify(path)
     stats = store.stats
+    sign_us = stats.sign_ns / stats.signatures / 1e3 if stats.signatures else 0.0
+    sign_share = stats.sign_ns / 1e9 / (args.entries / durable)
     print(f"entries               {args.entries:>12,d}  ({PAYLOAD_BYTES}-byte payloads)")
     commit = f"group commit {args.latency_ms} ms, {args.group_bytes >> 10} KiB groups"
     print(f"durable entries/s     {durable:>12,.0f}  ({SEALER} sealing loop, bursts of {burst},")
-    print(f"                      {'':>12}   {commit})")
+    print(f"                      {'':>12}   {commit}, signed checkpoints)")
+    print(f"  no signing key      {unsigned:>12,.0f}  (unsigned commit records)")
     print(f"  one append per call {single:>12,.0f}")
     print(f"  Python reference    {reference:>12,.0f}  (the same bursts, sealed in Python)")
     print(f"ceiling entries/s     {ceiling:>12,.0f}  (the sealing loop alone, no I/O)")
@@ -150,12 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"durable / reference   {durable / reference:>12.2f}")
     worst = stats.max_commit_latency_ms
     print(f"commits               {stats.commits:>12,d}  (max latency {worst:.2f} ms)")
+    print(
+        f"signatures            {stats.signatures:>12,d}  ({sign_us:.1f} us each, Ed25519; "
+        f"{sign_share:.1%} of the run)"
+    )
     print(f"verify                {verify_mb_s:>12,.1f}  MB/s ({verified:,d} entries)")
     if args.json_path:
         Path(args.json_path).write_text(
             json.dumps(
                 {
                     "durable_entries_s": durable,
+                    "durable_unsigned_entries_s": unsigned,
+                    "signatures": stats.signatures,
+                    "sign_us": sign_us,
+                    "sign_share": sign_share,
                     "durable_single_append_entries_s": single,
                     "durable_python_sealer_entries_s": reference,
                     "sealer": SEALER,
