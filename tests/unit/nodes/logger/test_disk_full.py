@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -140,25 +139,27 @@ def test_a_checkpoint_copy_the_disk_refuses_does_not_stop_the_store(store_path: 
 
 
 def test_verify_of_a_live_store_reads_a_consistent_snapshot(tmp_path: Path) -> None:
-    """While a writer appends and reclaims groups as fast as it can, verify of the same file
-    never reports a fault: it reads a snapshot whose metadata did not change under it."""
+    """While a logger process appends and reclaims groups as fast as it can, verify of the
+    same file never reports a fault: it reads a snapshot whose metadata did not change under
+    it."""
     path = str(tmp_path / "live.vlog")
-    config = StoreConfig(path=path, size_bytes=256 * 1024, group_bytes=16384)
-    stop = threading.Event()
-    with LogStore.open(config, clock=SimClock()) as store:
-        store.append_many([("w", "diag.event", bytes(200), b"")] * 2000)  # wrapped already
-
-        def write() -> None:
-            while not stop.is_set():
-                store.append_many([("w", "diag.event", bytes(200), b"")] * 50)
-
-        writer = threading.Thread(target=write)
-        writer.start()
+    writer = f"""
+from vigil.nodes.logger.store import LogStore, StoreConfig
+config = StoreConfig(path={path!r}, size_bytes=256 * 1024, group_bytes=16384)
+with LogStore.open(config) as store:
+    store.append_many([("w", "diag.event", bytes(200), b"")] * 2000)  # wrapped already
+    print("ready", flush=True)
+    while True:
+        store.append_many([("w", "diag.event", bytes(200), b"")] * 50)
+"""
+    with subprocess.Popen(
+        [sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True
+    ) as proc:
         try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             reports = [verify_store(path, allow_fallback_clock=True) for _ in range(30)]
         finally:
-            stop.set()
-            writer.join()
+            proc.kill()
     assert [r.faults for r in reports if not r.ok] == []
     assert {r.verdict for r in reports} <= {"open", "torn"}
 

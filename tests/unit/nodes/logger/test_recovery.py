@@ -42,11 +42,13 @@ def test_entries_a_restart_adopts_from_the_page_cache_are_made_durable_first() -
     and commits. Whatever the disk then loses of what was never synced, no entry the second
     writer committed is missing and verify finds no gap."""
     medium, clock = RecordingMedium(bytes(SIZE)), SimClock()
-    first = _open(medium, clock)
+    patient = msgspec.structs.replace(CONFIG, commit_latency_ms=60_000.0)
+    first = _open(medium, clock, patient)
     _append(first, 8)
     first.commit()
     _append(first, 3)  # killed here: these three are in the page cache only
-    second = _open(medium, clock)
+    assert first.stats.committed_seq < first.stats.last_seq
+    second = _open(medium, clock, patient)
     committed = _append(second, 5)
     second.commit()
     assert second.stats.committed_seq == committed
