@@ -271,6 +271,7 @@ class _Verifier:
         """Check that the group continues the previous one, then start the walk at its anchor."""
         report = self.report
         where = f"group {group}"
+        floor: int | None = None  # the seq this group may not start before
         if self.unresolved is not None:
             index, first = self.unresolved
             self.unresolved = None
@@ -282,32 +283,27 @@ class _Verifier:
                 ),
             )
             self.reached = max(self.reached, header.first_seq - 1)
-            if header.first_seq < first:
-                report.add(
-                    FaultClass.CHAIN,
-                    where,
-                    f"group restarts at seq {header.first_seq}, after {first - 1}",
-                )
+            floor = first
         elif self.prev_chain is not None:
-            expected = self.expected
+            expected = floor = self.expected
             if header.first_seq > expected:
                 report.add(
                     FaultClass.GAP, where,
                     f"entries {expected}..{header.first_seq - 1} missing", expected,
                 )  # fmt: skip
                 self.reached = max(self.reached, header.first_seq - 1)
-            elif header.first_seq < expected:
-                report.add(
-                    FaultClass.CHAIN,
-                    where,
-                    f"group restarts at seq {header.first_seq}, after {expected - 1}",
-                )
-            elif header.anchor != self.prev_chain:
+            elif header.first_seq == expected and header.anchor != self.prev_chain:
                 report.add(FaultClass.CHAIN, where, "group anchor does not continue the chain")
         elif report.first_seq is None:
             report.first_seq = header.first_seq
             self.reached = header.first_seq - 1
             self.saw_chain(header.first_seq - 1, header.anchor)
+        if floor is not None and header.first_seq < floor:
+            report.add(
+                FaultClass.CHAIN,
+                where,
+                f"group restarts at seq {header.first_seq}, after {floor - 1}",
+            )
         self.expected = header.first_seq
         self.prev_chain = header.anchor
 

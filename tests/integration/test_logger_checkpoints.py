@@ -9,15 +9,16 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import yaml
 import zmq
 
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.launch import Launcher, load
+from vigil.nodes.logger import LoggerConfig
 from vigil.nodes.logger.node import KEY_EVENT
 from vigil.nodes.logger.store import (
     ExternalCheckpoint,
+    StoreConfig,
     checkpoint_path,
     load_verifier,
     parse_note,
@@ -25,20 +26,14 @@ from vigil.nodes.logger.store import (
     verify_store,
 )
 from vigil.schemas import DiagCode, DiagnosticEvent, LogCheckpoint, Severity, Topic
+from vigil.testing.launchfiles import launch_file, node, write
 
 pytestmark = pytest.mark.verifies("SR-LOG-002", "SR-LOG-003")
 
 
 def _launch(short_tmp: Path) -> tuple[Path, RunDir]:
-    launch = {
-        "name": "checkpoints",
-        "heartbeat_ms": 100,
-        "allow_root": True,
-        "nodes": [{"name": "logger", "kind": "logger", "config": {"store": {"path": "log.store"}}}],
-    }
-    path = short_tmp / "checkpoints.yaml"
-    path.write_text(yaml.safe_dump(launch))
-    return path, RunDir(short_tmp / "run")
+    logger = node("logger", LoggerConfig(store=StoreConfig(path="log.store")))
+    return write(launch_file("checkpoints", logger), short_tmp), RunDir(short_tmp / "run")
 
 
 @pytest.fixture

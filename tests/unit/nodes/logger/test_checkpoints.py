@@ -37,27 +37,25 @@ class Store(msgspec.Struct):
 
 
 def _store(entries: int = 150, *, close: bool = True) -> Store:
+    """Two sessions of `entries // 2` each; the copy taken between them is `older`."""
     medium = RecordingMedium(bytes(SIZE))
     notes: list[bytes] = []
     clock, mono = SimClock(), SimMonotonic()
-    store = LogStore.open(
-        CONFIG, clock=clock, medium=medium, monotonic_ns=mono, signer=SIGNER,
-        sidecar=notes.append,
-    )  # fmt: skip
-    for i in range(entries // 2):
-        store.append(node=f"node{i % 3}", event="diag.event", payload=bytes([i % 251]) * 90)
-    store.close()
-    older = bytearray(medium.image)
-    store = LogStore.open(
-        CONFIG, clock=clock, medium=medium, monotonic_ns=mono, signer=SIGNER,
-        sidecar=notes.append,
-    )  # fmt: skip
-    for i in range(entries // 2):
-        store.append(node=f"node{i % 3}", event="diag.event", payload=bytes([i % 251]) * 90)
-    if close:
-        store.close()
-    else:
-        store.commit()
+    older = bytearray()
+    for session in range(2):
+        store = LogStore.open(
+            CONFIG, clock=clock, medium=medium, monotonic_ns=mono, signer=SIGNER,
+            sidecar=notes.append,
+        )  # fmt: skip
+        for i in range(entries // 2):
+            store.append(node=f"node{i % 3}", event="diag.event", payload=bytes([i % 251]) * 90)
+        if session == 0:
+            store.close()
+            older = bytearray(medium.image)
+        elif close:
+            store.close()
+        else:
+            store.commit()
     return Store(bytearray(medium.image), notes[-1], older)
 
 

@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vigil.nodes.logger._format import GROUP_HEADER_BYTES, META_FIXED, decode_entry_at
+from vigil.nodes.logger._format import GROUP_HEADER_BYTES, META_FIXED
 from vigil.nodes.logger._scan import open_view
 from vigil.nodes.logger._verify import FaultClass, verify_image
 from vigil.nodes.logger.store import LogStore, StoreConfig, verify_store
+from vigil.testing import logtamper
 from vigil.testing.crashsim import RecordingMedium, SimClock, SimMonotonic
 
 pytestmark = pytest.mark.verifies("SR-LOG-001")
@@ -36,21 +37,7 @@ def _store(entries: int, payload: int, *, close: bool = True, step_ns: int = 1_0
 
 def _entry_spans(image: bytearray) -> list[tuple[int, int]]:
     """(start, end) of every entry in file order, newest group last."""
-    view = open_view(image)
-    spans: list[tuple[int, int]] = []
-    for group in view.live_groups():
-        header = view.header(group)
-        assert header is not None
-        start = view.geo.group_offset(group)
-        offset, seq, chain = start + GROUP_HEADER_BYTES, header.first_seq, header.anchor
-        while True:
-            found = decode_entry_at(image, offset, start + view.geo.group_bytes, seq, chain)
-            if not isinstance(found, tuple):
-                break
-            entry, end = found
-            spans.append((offset, end))
-            offset, seq, chain = end, entry.seq + 1, entry.chain
-    return spans
+    return [(start, end) for _, start, end in logtamper.entry_spans(image)]
 
 
 def _live_ranges(image: bytearray) -> list[tuple[int, int]]:
