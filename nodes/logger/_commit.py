@@ -60,10 +60,17 @@ class Committer:
         medium: Medium,
         stats: StoreStats,
         *,
+        geo: Geometry,
+        store_id: bytes,
+        generation: int,
+        signer: Signer | None,
+        sidecar: Callable[[bytes], None] | None,
         latency_ns: int,
         monotonic_ns: Callable[[], int],
         background: bool,
     ) -> None:
+        """`generation` numbers the next commit record; `signer` signs their checkpoints and
+        `sidecar` receives each checkpoint note once its record is durable."""
         self._medium = medium
         self._stats = stats
         self._mono = monotonic_ns
@@ -78,31 +85,13 @@ class Committer:
         self._stopping = False
         self._error: OSError | None = None
         self._thread: threading.Thread | None = None
-        # Set by `attach_store` once the store is open.
-        self._geo: Geometry | None = None
-        self._store_id = b""
-        self._generation = 0
-        self._signer: Signer | None = None
-        self._sidecar: Callable[[bytes], None] | None = None
-        # The newest durable checkpoint note (signed when there is a key), for the bus.
-        self.note: bytes = b""
-
-    def attach_store(
-        self,
-        geo: Geometry,
-        store_id: bytes,
-        *,
-        generation: int,
-        signer: Signer | None,
-        sidecar: Callable[[bytes], None] | None,
-    ) -> None:
-        """Where commit records go, the generation of the next one, how they are signed, and
-        where the newest note is written outside the ring."""
         self._geo = geo
         self._store_id = store_id
         self._generation = generation
         self._signer = signer
         self._sidecar = sidecar
+        # The newest durable checkpoint note (signed when there is a key), for the bus.
+        self.note: bytes = b""
 
     @property
     def last_id(self) -> int:
@@ -200,8 +189,6 @@ class Committer:
     def _write_record(self, request: Request) -> bytes:
         """Sign, write and msync the commit record; returns the checkpoint note."""
         geo = self._geo
-        if geo is None:
-            raise RuntimeError("commit record requested before the store was attached")
         checkpoint = Checkpoint(
             store_id=self._store_id, size=request.seq, root=request.chain, start=request.start
         )

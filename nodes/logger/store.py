@@ -146,14 +146,8 @@ class LogStore(Closing):
             sealer="python" if sealer is seal_python else "compiled",
         )
         self._closed = False
-        self._committer = Committer(
-            medium,
-            self.stats,
-            latency_ns=int(config.commit_latency_ms * 1_000_000),
-            monotonic_ns=monotonic_ns,
-            background=config.background_commit,
-        )
         # Set by _attach.
+        self._committer: Committer
         self._writer: GroupWriter
         self._found: Attached
 
@@ -221,10 +215,13 @@ class LogStore(Closing):
         self._found = found
         self.stats.recovered = found.recovered
         self.stats.key_id = signer.key_id.hex() if signer is not None else ""
-        generation = found.commit.generation + 1 if found.commit is not None else 1
-        self._committer.attach_store(
-            found.geo, found.store_id, generation=generation, signer=signer, sidecar=sidecar
-        )
+        config = self._config
+        self._committer = Committer(
+            self._medium, self.stats, geo=found.geo, store_id=found.store_id,
+            generation=found.commit.generation + 1 if found.commit is not None else 1,
+            signer=signer, sidecar=sidecar, latency_ns=int(config.commit_latency_ms * 1e6),
+            monotonic_ns=self._mono, background=config.background_commit,
+        )  # fmt: skip
         self._writer = GroupWriter(
             self._config, self._medium, found, self._committer, self.stats,
             now=self._now, clock_byte=int(self._clock.source), monotonic_ns=self._mono,
