@@ -320,10 +320,8 @@ class _Verifier:
     def walk(
         self, group: int, header: GroupHeader, stop_at: int | None, *, newest: bool
     ) -> Iterator[Entry]:
-        """Check and yield every entry of the group. Where the entries stop before their end, a
-        torn tail ends the walk (only in the newest group of an unclean store, after the last
-        durable entry); anything else is damage, reported with its range, and the walk goes
-        on from the next entry whose own seals hold."""
+        """Check and yield every entry of the group, from its anchor to where its entries end;
+        where they stop before that, `after_stop` says whether and where the walk goes on."""
         view, image = self.view, self.image
         start = view.geo.group_offset(group)
         end = start + (view.geo.group_bytes if stop_at is None else stop_at)
@@ -331,7 +329,6 @@ class _Verifier:
         view.last_offset = GROUP_HEADER_BYTES
         expected: int = header.first_seq
         prev: bytes | None = header.anchor
-        unclean_newest = newest and not self.meta.clean
         while offset < end:
             result = decode_entry_at(image, offset, end, expected, prev)
             if isinstance(result, tuple):
@@ -341,44 +338,53 @@ class _Verifier:
                 yield entry
                 expected, prev = entry.seq + 1, entry.chain
                 continue
-            if result is not None and result.kind == "stale" and not (newest and self.meta.clean):
-                result = None  # an earlier lap's entry: where this lap's entries end
-            elif (
-                result is not None
-                and result.kind == "chain"
-                and self.altered(offset, end, expected)
-            ):
-                result = EntryFault(
-                    "digest", f"seq {expected}: sealed header fields or names altered"
-                )
-            found = self.resync(group, offset + 8, end, expected)
-            if result is None and found is None:
-                break  # the group's entries end here
-            if unclean_newest and expected > self.durable:
-                # Bytes after the last durable entry that do not continue it: a torn tail.
-                why = (
-                    result.detail
-                    if result is not None
-                    else f"an entry after a hole at seq {expected}"
-                )
-                self.torn(group, expected, why)
+            resumed = self.after_stop(group, offset, end, expected, result, newest=newest)
+            if resumed is None:
                 break
-            if unclean_newest and found is not None and found[1].seq > self.durable + 1:
-                self.damage(group, expected, self.durable, result)
-                self.torn(group, self.durable + 1, "an entry after a hole")
-                break
-            if found is not None:
-                self.damage(group, expected, found[1].seq - 1, result)
-                offset, expected, prev = found[0], found[1].seq, None
-                continue
-            if newest:
-                self.damage(group, expected, max(expected, self.durable), result)
-            else:
-                self.damage(group, expected, None, result)
-                prev = None  # the next group's header says where the damage ends
-            break
+            offset, expected, prev = resumed
         self.expected = expected
-        self.prev_chain = prev
+        self.prev_chain = prev if self.unresolved is None else None
+
+    def after_stop(
+        self,
+        group: int,
+        offset: int,
+        end: int,
+        expected: int,
+        fault: EntryFault | None,
+        *,
+        newest: bool,
+    ) -> tuple[int, int, None] | None:
+        """The entries of a group stopped at `offset` (with `fault`, or at no entry at all):
+        their normal end; a torn tail (only in the newest group of an unclean store, after the
+        last durable entry); or damage, reported with its range. Returns where the walk goes on
+        (the next entry of this lap whose own seals hold, its seq, no chain to link to) or
+        None."""
+        if fault is not None and fault.kind == "stale" and not (newest and self.meta.clean):
+            fault = None  # an earlier lap's entry: where this lap's entries end
+        elif fault is not None and fault.kind == "chain" and self.altered(offset, end, expected):
+            fault = EntryFault("digest", f"seq {expected}: sealed header fields or names altered")
+        found = self.resync(group, offset + 8, end, expected)
+        if fault is None and found is None:
+            return None  # the group's entries end here
+        if newest and not self.meta.clean:
+            if expected > self.durable:
+                # Bytes after the last durable entry that do not continue it: a torn tail.
+                why = fault.detail if fault is not None else "an entry after a hole"
+                self.torn(group, expected, why)
+                return None
+            if found is None or found[1].seq > self.durable + 1:
+                self.damage(group, expected, self.durable, fault)
+                if found is not None:
+                    self.torn(group, self.durable + 1, "an entry after a hole")
+                return None
+        if found is not None:
+            self.damage(group, expected, found[1].seq - 1, fault)
+            return found[0], found[1].seq, None
+        # The newest group ends where the store does; for an older one the next group's
+        # header says where the damage ends.
+        self.damage(group, expected, max(expected, self.durable) if newest else None, fault)
+        return None
 
     def altered(self, offset: int, end: int, seq: int) -> bool:
         """True when the entry at `offset` does not link to its predecessor but the next entry
