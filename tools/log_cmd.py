@@ -121,12 +121,15 @@ def verify_cmd(
     click.echo(f"  integrity   {'intact' if report.ok else 'FAULTS'}")
     if report.time_quality:
         click.echo(f"  time        {report.time_quality}")
-    signed = report.signatures + (f", signed by key {report.key_id}" if report.key_id else "")
+    signed = report.signatures
+    if report.key_id and report.key_id not in signed:
+        signed += f", signed by key {report.key_id}"
     click.echo(f"  signatures  {signed}")
     if checkpoint is not None:
         click.echo(f"  checkpoint  {checkpoint.source}: seq {checkpoint.checkpoint.size}")
     for fault in report.faults:
-        click.echo(f"  {fault.fault:<10}  {fault.where}: {fault.detail}")
+        if fault.fault != FaultClass.CLOCK.name:  # time quality: on its own line above
+            click.echo(f"  {fault.fault:<10}  {fault.where}: {fault.detail}")
     for note in report.notes:
         click.echo(f"  note        {note}")
     if report.exit_code == 0:
