@@ -236,12 +236,14 @@ class _Verifier:
         _check_slots(self.view, report)
         for slot in self.view.damaged_commit_slots():
             report.add(FaultClass.DIGEST, f"commit record slot {slot}", "damaged")
-        for index, group in enumerate(self.live):
-            newest = index == len(self.live) - 1
+        tail = self.tail_index()
+        for group in self.live[tail + 1 :]:
+            report.notes.append(f"group {group}: taken, but its header never became durable")
+        for index, group in enumerate(self.live[: tail + 1]):
+            newest = index == tail
             header = self.view.header(group)
             if header is None:
-                if self.header_missing(group, newest):
-                    break
+                self.header_missing(group)
                 continue
             self.link(group, header)
             stop_at = self.tail_stop(group, newest)
@@ -255,17 +257,29 @@ class _Verifier:
                 f"metadata says {meta.last_seq} entries, no group holds them",
             )
 
-    def header_missing(self, group: int, newest: bool) -> bool:
-        """A group whose header is unreadable: the end of an unclean store's writes (True: stop
-        here) when nothing durable is in it, else damage."""
-        where = f"group {group}"
-        committed_here = self.commit is not None and self.commit.tail[0] == group
-        if newest and not self.meta.clean and not committed_here:
-            self.report.notes.append(f"{where}: newest group's header never became durable")
-            return True
-        self.report.add(FaultClass.DIGEST, where, "group header damaged or of the wrong epoch")
+    def tail_index(self) -> int:
+        """Index in `live` of the group where the store's entries end. In a store not closed
+        cleanly the newest groups may have been taken without their header ever reaching the
+        disk (nothing was written in them then); the group before ends the store."""
+        index = len(self.live) - 1
+        if self.meta.clean:
+            return index
+        commit = self.commit
+        while index >= 0:
+            group = self.live[index]
+            named = commit is not None and commit.tail[0] == group
+            if named or self.view.header(group) is not None:
+                break
+            index -= 1
+        return index
+
+    def header_missing(self, group: int) -> None:
+        """A group whose header is unreadable (or of another epoch) though entries must follow
+        it: damage, after which the chain restarts at the next readable header."""
+        self.report.add(
+            FaultClass.DIGEST, f"group {group}", "group header damaged or of the wrong epoch"
+        )
         self.prev_chain = None
-        return False
 
     def link(self, group: int, header: GroupHeader) -> None:
         """Check that the group continues the previous one, then start the walk at its anchor."""

@@ -215,19 +215,19 @@ class GroupWriter:
             group, reclaim = self._level.peek()
             if reclaim and self._config.retention == "exported":
                 self._check_exported(group)
-            # In order, each durable before the next is written, so that no cut can tear them:
-            # the group being left (with, when the oldest group is reclaimed, a commit record
-            # saying where history will start, so that wrap is told from deletion); then the
-            # metadata that takes the group; then its header.
+            # When the oldest group is reclaimed, a commit record saying where history will
+            # start is durable first, so that wrap is told from deletion. Then the metadata
+            # that takes the group and the rest of the group being left, in one msync: until
+            # the header is written either may reach the disk without the other (a taken group
+            # without a header holds nothing; the group left then still ends the store). Only
+            # then the header, so that it never reaches the disk before either.
             if reclaim:
                 live = self._level.live
                 self.commit(start=self._first_seqs.get(live[1], self.seq + 1))
-            else:
-                self.commit(record=False)
             group, epoch = self._level.take()
             self._first_seqs.pop(group, None)
             self._sync_level()
-            self._write_meta()
+            self.commit(also=(self._write_meta(sync=False), geo.slot_bytes), record=False)
             start = geo.group_offset(group)
             header = encode_group_header(GroupHeader(epoch, self.seq + 1, self.chain))
             try:
@@ -273,20 +273,23 @@ class GroupWriter:
         groups["epoch"] = level.epochs
         groups["flags"] = [FLAG_BAD if bad else 0 for bad in level.bad]
 
-    def _write_meta(self) -> None:
-        """Write the metadata into the next slot and make it durable.
+    def _write_meta(self, *, sync: bool = True) -> int:
+        """Write the metadata into the next slot; returns the slot's offset.
 
         Slots alternate, each durable before the next is written: a torn write can only spoil
-        the slot being written, and the other still holds the previous state.
+        the slot being written, and the other still holds the previous state. Without `sync`
+        the caller makes it durable (in its next commit) before anything depends on it.
         """
         self._slot ^= 1
         self._meta.generation += 1
         offset = self._geo.slot_offset(self._slot)
         try:
             self._write(offset, encode_meta(self._meta, self._geo.slot_bytes))
-            self._medium.sync(offset, self._geo.slot_bytes)
+            if sync:
+                self._medium.sync(offset, self._geo.slot_bytes)
         except OSError as exc:
             raise StoreIOError(self.stats.committed_seq, exc) from exc
+        return offset
 
     # -- committing ------------------------------------------------------------------------
 

@@ -254,6 +254,7 @@ def test_power_cut_sweep_quick() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.skipif(not os.environ.get("VIGIL_SLOW"), reason="set VIGIL_SLOW=1 for the long sweep")
 def test_power_cut_sweep_long() -> None:
     """The same sweep over a longer workload with more sessions and a larger ring."""
