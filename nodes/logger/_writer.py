@@ -221,13 +221,16 @@ class GroupWriter:
             # the header is written either may reach the disk without the other (a taken group
             # without a header holds nothing; the group left then still ends the store). Only
             # then the header, so that it never reaches the disk before either.
+            # That msync runs here rather than on the committer thread: it need not wait for a
+            # commit record in flight (the next commit records these entries).
             if reclaim:
                 live = self._level.live
                 self.commit(start=self._first_seqs.get(live[1], self.seq + 1))
             group, epoch = self._level.take()
             self._first_seqs.pop(group, None)
             self._sync_level()
-            self.commit(also=(self._write_meta(sync=False), geo.slot_bytes), record=False)
+            meta_at = self._write_meta(sync=False)
+            self._sync_now(min(self._dirty_lo, meta_at), max(self._pos, meta_at + geo.slot_bytes))
             start = geo.group_offset(group)
             header = encode_group_header(GroupHeader(epoch, self.seq + 1, self.chain))
             try:
@@ -246,6 +249,15 @@ class GroupWriter:
         self.stats.groups_opened += 1
         self._update_oldest()
         return start + GROUP_HEADER_BYTES
+
+    def _sync_now(self, lo: int, hi: int) -> None:
+        """msync `[lo, hi)` on this thread; what was dirty up to the write position is then
+        durable (the next commit only records it)."""
+        try:
+            self._medium.sync(lo, hi - lo)
+        except OSError as exc:
+            raise StoreIOError(self.stats.committed_seq, exc) from exc
+        self._dirty_lo = self._pos
 
     def _check_exported(self, group: int) -> None:
         live = self._level.live
