@@ -1,11 +1,13 @@
-"""A consistent copy of a store file that a logger may be writing: what verify and readers use.
+"""Reading a store file that a logger may be writing, consistently: what verify and readers use.
 
-A running logger appends after its tail (harmless: the copy then ends in an open or torn
-tail) and, at each roll, may reclaim the oldest group. The copy is taken as the superblock,
-metadata and commit records, then the groups, then the metadata again: unchanged metadata
-means no group was reclaimed meanwhile, so the copy holds every entry its commit record names.
-Otherwise it is taken again; a store that rolls faster than it can be read is verified
-without the groups reclaimed during the copy (their entries were evicted as it was read).
+A running logger appends after its tail (harmless: the reader then sees an open or torn tail)
+and, at each roll, may reclaim the oldest group. Whatever reads the store in place checks
+afterwards that the metadata did not change (`read_mapped`): unchanged metadata means no group
+was reclaimed meanwhile, so what it read holds every entry its commit record names. Otherwise
+it reads a copy (`read_snapshot`), taken as the superblock, metadata and commit records, then
+the groups, then the metadata again, and taken again while that changed; a store that rolls
+faster than it can be copied is verified without the groups reclaimed during the copy (their
+entries were evicted as it was read).
 """
 
 from __future__ import annotations
@@ -16,9 +18,37 @@ import os
 from vigil.nodes.logger._format import StoreLayoutError
 from vigil.nodes.logger._scan import StoreView, open_view
 
-__all__ = ["read_snapshot"]
+__all__ = ["MappedStore", "read_snapshot"]
 
 _ATTEMPTS = 4
+
+
+class MappedStore:
+    """A read-only mapping of a store file and a view over it; `unchanged()` says whether its
+    metadata is still what the view was opened on. Closed on every path."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = path
+        self._map: mmap.mmap | None = None
+        self._head = b""
+
+    def __enter__(self) -> StoreView:
+        with open(self._path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise StoreLayoutError(f"{os.fspath(self._path)} is empty")
+            self._map = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
+        view = open_view(self._map, mmap.PAGESIZE)
+        self._head = self._map[: view.geo.commit_at]
+        return view
+
+    def unchanged(self) -> bool:
+        """True when the metadata reads as it did when the view was opened."""
+        return self._map is not None and self._map[: len(self._head)] == self._head
+
+    def __exit__(self, *exc: object) -> None:
+        if self._map is not None:
+            self._map.close()
 
 
 def read_snapshot(path: str | os.PathLike[str]) -> StoreView:

@@ -44,8 +44,9 @@ from vigil.nodes.logger._format import (
 )
 from vigil.nodes.logger._medium import Medium, MmapMedium
 from vigil.nodes.logger._recovery import Attached, attach
+from vigil.nodes.logger._scan import StoreView
 from vigil.nodes.logger._sealer import Record, SealFn, seal, seal_python
-from vigil.nodes.logger._snapshot import read_snapshot
+from vigil.nodes.logger._snapshot import MappedStore, read_snapshot
 from vigil.nodes.logger._verify import (
     ExternalCheckpoint,
     Fault,
@@ -389,7 +390,19 @@ def verify_store(
     seal, link, sequence number, timestamp, commit record and the clock source; with `key`,
     the signatures; with `checkpoint`, that the store still holds what it names. A file that
     is empty, short, not a store or unreadable is an UNREADABLE verdict, never an exception."""
+
+    def verify(view: StoreView) -> VerifyReport:
+        return verify_view(
+            view, allow_fallback_clock=allow_fallback_clock, key=key, checkpoint=checkpoint
+        )
+
     try:
+        # In place first; a copy only when a running logger reclaimed a group meanwhile.
+        mapped = MappedStore(path)
+        with mapped as view:
+            report = verify(view)
+            if mapped.unchanged():
+                return report
         view = read_snapshot(path)
     except (StoreLayoutError, OSError) as exc:
         report = VerifyReport()
@@ -403,9 +416,7 @@ def verify_store(
         ]
     else:
         view_notes = []
-    report = verify_view(
-        view, allow_fallback_clock=allow_fallback_clock, key=key, checkpoint=checkpoint
-    )
+    report = verify(view)
     report.notes.extend(view_notes)
     return report
 
