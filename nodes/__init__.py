@@ -6,6 +6,6 @@ workers alone. `vigil.nodes.contract` holds the words every node, the launcher a
 share; `vigil.nodes.kinds` finds every kind.
 """
 
-from vigil.nodes._logging import configure_logging
+from vigil.nodes._logging import LogFormat, configure_logging
 
-__all__ = ["configure_logging"]
+__all__ = ["LogFormat", "configure_logging"]

@@ -1,6 +1,7 @@
 """Structured log lines that say which node wrote them and which trace they belong to.
 
-Every node logs JSON lines through structlog. Two things are added to each line here:
+Every node logs JSON lines through structlog; a person at a terminal reads the same events
+through structlog's console renderer instead. Two things are added to each line here:
 
 * the node's identity (`node`, `instance`, `kind`), set once per process as soon as the node
   knows it, so even a line logged by a library or a helper thread names its writer;
@@ -14,12 +15,13 @@ the local line carry the same ids.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.contextvars import bind_contextvars, merge_contextvars, reset_contextvars
@@ -29,6 +31,7 @@ from vigil.bus.envelope import TraceContext
 
 __all__ = [
     "Identity",
+    "LogFormat",
     "configure_logging",
     "current_trace",
     "identity",
@@ -37,6 +40,10 @@ __all__ = [
     "trace_fields",
     "traced",
 ]
+
+LogFormat = Literal["auto", "console", "json"]
+"""How log lines are written: `console` for people, `json` (one object a line) for programs;
+`auto` picks `console` when the stream is a terminal."""
 
 _TRACE: ContextVar[TraceContext | None] = ContextVar("vigil_trace", default=None)
 
@@ -88,23 +95,35 @@ def identity() -> Identity | None:
     return _IDENTITY.identity
 
 
-def processors() -> list[Processor]:
-    """The processor chain of every vigil process: context, identity, level, time, JSON."""
+def processors(*, console: bool = False, colors: bool = False) -> list[Processor]:
+    """The processor chain of every vigil process: context, identity, level, time, rendering
+    (JSON, or the console format)."""
+    shared: list[Processor] = [merge_contextvars, _IDENTITY, structlog.processors.add_log_level]
+    if console:
+        # The console renderer formats exceptions itself (format_exc_info would spoil them).
+        return [
+            *shared,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(colors=colors),
+        ]
     return [
-        merge_contextvars,
-        _IDENTITY,
-        structlog.processors.add_log_level,
+        *shared,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         structlog.processors.JSONRenderer(),
     ]
 
 
-def configure_logging(stream: TextIO | None = None) -> None:
-    """JSON lines on `stream` (stderr by default), one record per line."""
+def configure_logging(stream: TextIO | None = None, fmt: LogFormat = "json") -> None:
+    """Log lines on `stream` (stderr by default): JSON objects, or the console format."""
+    out = stream if stream is not None else sys.stderr
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
     structlog.configure(
-        processors=processors(),
-        logger_factory=structlog.PrintLoggerFactory(stream if stream is not None else sys.stderr),
+        # NO_COLOR: the convention of https://no-color.org
+        processors=processors(
+            console=console, colors=console and out.isatty() and "NO_COLOR" not in os.environ
+        ),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
 

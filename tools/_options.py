@@ -21,6 +21,7 @@ __all__ = [
     "json_option",
     "key_option",
     "launch_arguments",
+    "log_format_option",
     "log_key_option",
     "new_run_dir_option",
     "run_dir_option",
@@ -102,3 +103,12 @@ launch_arguments = click.argument(
     "assignments", nargs=-1, callback=_assignments, metavar="[NAME:=VALUE]..."
 )
 """The `NAME:=VALUE` launch arguments of `launch` and `graph check`, as a mapping."""
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
+    show_default=True,
+    help="How this process logs on stderr: console lines for people, JSON lines for programs; "
+    "auto picks console on a terminal.",
+)
+"""The `--log-format` of the commands that log as they run."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 from pathlib import Path
@@ -21,15 +22,41 @@ BENCHES = {
 }
 
 
-@click.command(
-    "bench",
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-)
-@click.argument("name", type=click.Choice(sorted(BENCHES)))
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench(name: str, args: tuple[str, ...]) -> None:
-    """Run benchmark NAME (bus, log, serve, swap, faults); each takes --json PATH."""
-    path = _BENCH_DIR / BENCHES[name]
+def _summary(path: Path) -> str:
+    """The first line of a benchmark's docstring, read without importing it (imports are heavy)."""
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+    except (OSError, SyntaxError):
+        doc = None
+    return doc.splitlines()[0] if doc else f"(not found at {path}: a source checkout?)"
+
+
+class _Benches(click.Group):
+    """One subcommand per benchmark; each hands every argument, --help included, to the
+    benchmark's own parser."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(BENCHES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in BENCHES:
+            return None
+        path = _BENCH_DIR / BENCHES[cmd_name]
+
+        def run(args: tuple[str, ...]) -> None:
+            sys.exit(_run(cmd_name, path, list(args)))
+
+        return click.Command(
+            cmd_name,
+            callback=run,
+            params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+            help=_summary(path),
+            add_help_option=False,
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        )
+
+
+def _run(name: str, path: Path, args: list[str]) -> int:
     if not path.is_file():
         raise click.ClickException(f"benchmark {name} not found at {path} (a source checkout?)")
     # Imported by its own name from bench/ on sys.path: benchmarks that spawn processes need
@@ -37,4 +64,13 @@ def bench(name: str, args: tuple[str, ...]) -> None:
     if str(_BENCH_DIR) not in sys.path:
         sys.path.insert(0, str(_BENCH_DIR))
     module = importlib.import_module(path.stem)
-    sys.exit(module.main(list(args)))
+    code: int = module.main(args)
+    return code
+
+
+@click.group("bench", cls=_Benches)
+def bench() -> None:
+    """Run a benchmark; each prints its figures beside a same-run baseline.
+
+    `vigil bench NAME --help` shows a benchmark's own options; each takes --json PATH.
+    """

@@ -109,7 +109,8 @@ def _print(summary: dict[str, Any]) -> None:
 @new_run_dir_option
 @click.option("--summary", "summary_path", default="run/demo-summary.json", show_default=True)
 def demo(launch_file: str, duration: float, run_dir: str | None, summary_path: str) -> None:
-    """Bring the demo pipeline up on CPU, drive it, shut it down and summarise."""
+    """Bring the demo pipeline up on CPU, drive it below what this machine sustains, shut it
+    down and summarise."""
     # The nodes' own logs go to the run directory; here only warnings interrupt the summary.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     try:

@@ -10,7 +10,8 @@ from vigil.errors import ConfigError
 from vigil.launch import Launcher, LaunchError, load
 from vigil.launch.check import check_plan, format_report
 from vigil.launch.model import describe_arguments
-from vigil.tools._options import launch_arguments, new_run_dir_option
+from vigil.nodes import LogFormat, configure_logging
+from vigil.tools._options import launch_arguments, log_format_option, new_run_dir_option
 from vigil.tools._rundirs import new_run_dir
 
 __all__ = ["launch"]
@@ -28,6 +29,7 @@ __all__ = ["launch"]
     default=None,
     help="Start only the nodes placed on this host (a name from the file's hosts:).",
 )
+@log_format_option
 def launch(  # noqa: PLR0917 - click passes every option as an argument
     launch_file: str,
     assignments: dict[str, str],
@@ -36,13 +38,16 @@ def launch(  # noqa: PLR0917 - click passes every option as an argument
     print_plan: bool,
     show_args: bool,
     host: str | None,
+    log_format: LogFormat,
 ) -> None:
     """Start every node of LAUNCH_FILE and supervise them until Ctrl-C or --duration.
 
     NAME:=VALUE gives a value to an argument the file declares (see --show-args). Exits 0
     after a clean stop, 1 when a node failed to start or a required node failed for good (the
     system is then brought to SAFE_STOP first), 2 for an invalid file or argument.
+    The launcher's own log goes to stderr; each node's goes to RUN_DIR/logs/NODE.log.
     """
+    configure_logging(fmt=log_format)
     try:
         if show_args:
             click.echo(describe_arguments(launch_file))

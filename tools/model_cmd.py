@@ -35,7 +35,7 @@ __all__ = ["format_status", "model"]
 
 @click.group()
 def model() -> None:
-    """Signed model repository: keys, signatures, versions."""
+    """Signed model repository: add versions, keys, signatures, status."""
 
 
 @model.command()

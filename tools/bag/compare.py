@@ -18,7 +18,6 @@ from typing import Annotated, Any, Final, Literal, Protocol
 import msgspec
 import numpy as np
 import yaml
-from scipy.optimize import linear_sum_assignment
 
 from vigil.errors import ConfigError
 from vigil.schemas import Topic
@@ -181,6 +180,9 @@ def _match_boxes(
     scores = np.array([[iou(a, b) for b in replayed] for a in recorded], dtype=np.float64)
     pairs: list[tuple[int, int]] = []
     if rule.match == "hungarian":
+        # scipy.optimize takes seconds to import: only a comparison that matches boxes pays.
+        from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
+
         # Pairs below the threshold count as nothing, so the assignment maximises the
         # overlap of pairs that can match instead of trading them for a near miss.
         rows, cols = linear_sum_assignment(np.where(scores >= rule.iou, scores, 0.0), maximize=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -91,3 +92,37 @@ def test_a_trace_does_not_leak_into_another_thread(lines: Lines) -> None:
         thread.start()
         thread.join()
     assert seen == [None]
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("stream", "fmt", "console"),
+    [
+        (io.StringIO(), "auto", False),
+        (_Terminal(), "auto", True),
+        (_Terminal(), "json", False),
+        (io.StringIO(), "console", True),
+    ],
+)
+def test_format_follows_the_stream(
+    stream: io.StringIO, fmt: _logging.LogFormat, console: bool
+) -> None:
+    """`auto` writes console lines to a terminal and JSON lines to anything else."""
+    configure_logging(stream, fmt)
+    try:
+        structlog.get_logger().info("launch.ready", nodes=9)
+    finally:
+        structlog.reset_defaults()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", stream.getvalue())  # colours, on a terminal
+    if console:
+        assert not text.startswith("{")
+        assert "launch.ready" in text and "nodes=9" in text and "[info" in text
+    else:
+        line = json.loads(text)
+        assert line["event"] == "launch.ready" and line["nodes"] == 9
