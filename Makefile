@@ -4,18 +4,33 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
+INSTALL_LOG := $(VENV)/install.log
 
 .PHONY: demo test lint typecheck trace clean
 
-$(STAMP): pyproject.toml nodes/logger/_sealc.c
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+# pip's output goes to $(INSTALL_LOG); on failure its tail is shown.
+define pip_install
+	@echo "installing $(2) into $(VENV) (a few minutes the first time; log: $(INSTALL_LOG))"
+	@$(PYTHON) -m venv $(VENV)
+	@{ $(BIN)/python -m pip install --upgrade pip && $(BIN)/python -m pip install -e '$(1)'; } \
+		>$(INSTALL_LOG) 2>&1 || { tail -n 25 $(INSTALL_LOG); \
+		echo "error: pip failed; the whole log is $(INSTALL_LOG)" >&2; exit 1; }
+endef
 
-demo: $(STAMP)
-	$(BIN)/vigil demo --launch launch/demo.yaml --duration 20 --summary run/demo-summary.json
+# What the demo needs: vigil and its run-time dependencies.
+$(RUNTIME): pyproject.toml nodes/logger/_sealc.c
+	$(call pip_install,.,vigil)
+	@touch $(RUNTIME)
+
+# What the suite needs besides: test, lint and typing tools, interop and benchmark baselines.
+$(STAMP): pyproject.toml nodes/logger/_sealc.c
+	$(call pip_install,.[dev],vigil and its development tools)
+	@touch $(RUNTIME) $(STAMP)
+
+demo: $(RUNTIME)
+	@$(BIN)/vigil demo --launch launch/demo.yaml --duration 20 --summary run/demo-summary.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,6 @@
 """The demo source node: camera frames at a set rate, some deliberately invalid, through the
 client API."""
 
-from vigil.nodes.demo_source._contract import KIND, Config, SourceConfig
+from vigil.nodes.demo_source._contract import KIND, Config, PacingConfig, SourceConfig
 
-__all__ = ["KIND", "Config", "SourceConfig"]
+__all__ = ["KIND", "Config", "PacingConfig", "SourceConfig"]

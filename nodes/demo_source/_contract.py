@@ -9,7 +9,19 @@ import msgspec
 from vigil.nodes.contract import Endpoint, EndpointRole, NodeContract, NodeKind, published
 from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["KIND", "Config", "SourceConfig"]
+__all__ = ["KIND", "Config", "PacingConfig", "SourceConfig"]
+
+
+class PacingConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Measure what the pipeline sustains at start, then drive below it."""
+
+    calibration_window: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    """Requests kept in flight while measuring (a closed loop, which cannot overload): about
+    one per worker, so the measure includes no queueing."""
+    calibration_answers: Annotated[int, msgspec.Meta(ge=2, le=10_000)] = 12
+    """Answers timed, after a first window that only fills the pipeline."""
+    load: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.6
+    """The share of the measured rate the source then drives at."""
 
 
 class SourceConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -17,6 +29,9 @@ class SourceConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
 
     endpoint: str = "ingest"
     rate_hz: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 10.0
+    """The camera's rate: with `pacing`, the most the source sends."""
+    pacing: PacingConfig | None = None
+    """None sends at `rate_hz` whatever the pipeline keeps up with."""
     streams: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     invalid_every: Annotated[int, msgspec.Meta(ge=0)] = 8
     deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 3000

@@ -14,11 +14,12 @@ import zmq
 
 from vigil.bus.rundir import resolve_endpoint
 from vigil.client import Client
-from vigil.errors import InvalidArgument, RequestError
+from vigil.errors import DeadlineExceeded, InvalidArgument, RequestError, ResourceExhausted
 from vigil.nodes._runtime import Node
 from vigil.nodes._scene import render_scene
 from vigil.nodes.contract import ExitCode, NodeArgs
 from vigil.nodes.demo_source._contract import KIND, SourceConfig
+from vigil.nodes.demo_source._pacing import Adaptive, Fixed, Pace
 from vigil.schemas import InferResult
 
 __all__ = ["run"]
@@ -40,6 +41,7 @@ class Tally:
 
     sent: int = 0
     sent_invalid: int = 0
+    skipped: int = 0
     answered: int = 0
     rejected: int = 0
     errors: int = 0
@@ -57,8 +59,12 @@ class _Source:
         )
         node.poller.register(self.client.socket, zmq.POLLIN)
         self.frames = [render_scene(i, config.height, config.width) for i in range(config.scenes)]
-        self.period_ns = int(1e9 / config.rate_hz)
-        self.next_send = node.clock()
+        now = node.clock()
+        self.pace: Pace = (
+            Fixed(config.rate_hz, now)
+            if config.pacing is None
+            else Adaptive(config.pacing, config.rate_hz, config.deadline_ms * 1_000_000, now)
+        )
         self.tally = Tally()
         self.sent_at: dict[int, tuple[int, bool]] = {}
         self.last_ts: dict[str, int] = {}
@@ -67,10 +73,11 @@ class _Source:
 
     def send_due(self) -> None:
         now = self.node.clock()
-        while now >= self.next_send:
-            self.next_send += self.period_ns
+        for _ in range(self.pace.due(now, self.client.in_flight)):
             if self.client.in_flight >= self.config.max_in_flight:
-                continue  # open loop: a frame that cannot go now is skipped, as a camera would
+                # Open loop: a frame that cannot go now is skipped, as a camera would.
+                self.tally.skipped += 1
+                continue
             self._send_one(now)
 
     def _send_one(self, now: int) -> None:
@@ -98,6 +105,8 @@ class _Source:
                 seq = self._send_invalid(fault, frame, stream, ts, deadline_s)
         except RequestError as exc:
             # Refused before it left (no connection to the ingest, or its queue is full).
+            if isinstance(exc, ResourceExhausted):
+                self.pace.overloaded(now)
             self._count_error(exc.code)
             return
         self.sent_at[seq] = (now, fault is not None)
@@ -130,13 +139,17 @@ class _Source:
             if sent is None:
                 continue
             sent_ns, invalid = sent
+            now = self.node.clock()
             if isinstance(outcome, InferResult) and not invalid:
                 self.tally.answered += 1
                 self.tally.boxes += len(outcome.output.boxes)
-                self.tally.latencies_ms.append((self.node.clock() - sent_ns) / 1e6)
+                self.tally.latencies_ms.append((now - sent_ns) / 1e6)
+                self.pace.answered(now, now - sent_ns)
             elif isinstance(outcome, InvalidArgument) and invalid:
                 self.tally.rejected += 1
             else:
+                if isinstance(outcome, ResourceExhausted | DeadlineExceeded):
+                    self.pace.overloaded(now)
                 self._count_error(
                     outcome.code if isinstance(outcome, RequestError) else "UNREJECTED"
                 )
@@ -146,13 +159,14 @@ class _Source:
         self.tally.error_codes[code] = self.tally.error_codes.get(code, 0) + 1
 
     def timeout_ms(self) -> float:
-        return max(0.0, (self.next_send - self.node.clock()) / 1e6)
+        return self.pace.wait_ns(self.node.clock()) / 1e6
 
     def write_report(self) -> None:
         lat = np.asarray(self.tally.latencies_ms or [0.0])
         report = {
             "sent": self.tally.sent,
             "sent_invalid": self.tally.sent_invalid,
+            "skipped": self.tally.skipped,
             "answered": self.tally.answered,
             "rejected": self.tally.rejected,
             "errors": self.tally.errors,
@@ -163,6 +177,7 @@ class _Source:
                 "p50": float(np.percentile(lat, 50)),
                 "p99": float(np.percentile(lat, 99)),
             },
+            "pacing": self.pace.report(),
         }
         path = self.node.resolve(self.config.report)
         tmp = path.with_suffix(".tmp")

@@ -1,0 +1,207 @@
+"""When the demo source sends its next frame: at a fixed rate, or below what the pipeline sustains.
+
+A fixed rate is a camera that ignores the machine it runs on; on a slow or busy machine its
+frames queue until they miss their deadline. `Adaptive` measures instead: it first keeps a few
+requests in flight (a closed loop, which can never overload anything) and times the answers,
+then sends at a fraction of that rate, and backs off when requests start to queue anyway (the
+machine got busier) or the pipeline refuses work for load. The logic is pure: the node passes
+the clock in.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from vigil.nodes.demo_source._contract import PacingConfig
+
+__all__ = ["Adaptive", "Fixed", "Pace", "Phase"]
+
+_S: Final = 1_000_000_000
+_BACKOFF: Final = 0.7
+"""The rate is multiplied by this when requests queue."""
+_RAISE: Final = 0.1
+"""...and raised back by this share of the target each quiet second."""
+_FLOOR: Final = 0.125
+"""The rate never falls below this share of the target."""
+_QUEUE: Final = 2
+"""More than this many calibration windows in flight means requests queue."""
+_TICK_NS: Final = 100_000_000
+"""How often a calibrating source looks at its window without a reply."""
+
+
+class Pace(Protocol):
+    """The schedule of a source: how many frames are due, and what it learns from replies."""
+
+    def due(self, now_ns: int, in_flight: int) -> int:
+        """How many frames to send now; the schedule counts them as sent."""
+
+    def wait_ns(self, now_ns: int) -> int:
+        """How long the source may sleep before `due` can change without a reply."""
+
+    def answered(self, now_ns: int, latency_ns: int) -> None:
+        """A valid frame came back with a result after `latency_ns`."""
+
+    def overloaded(self, now_ns: int) -> None:
+        """A request was refused or timed out for load (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED)."""
+
+    def report(self) -> dict[str, Any]:
+        """What the schedule did, for the source's report."""
+
+
+class Fixed:
+    """One frame every `1/rate_hz` seconds, whatever happens to them."""
+
+    def __init__(self, rate_hz: float, now_ns: int) -> None:
+        self.period_ns = int(_S / rate_hz)
+        self.next_ns = now_ns
+
+    def due(self, now_ns: int, in_flight: int) -> int:
+        if now_ns < self.next_ns:
+            return 0
+        count = (now_ns - self.next_ns) // self.period_ns + 1
+        self.next_ns += count * self.period_ns
+        return count
+
+    def wait_ns(self, now_ns: int) -> int:
+        return max(0, self.next_ns - now_ns)
+
+    def answered(self, now_ns: int, latency_ns: int) -> None:
+        pass
+
+    def overloaded(self, now_ns: int) -> None:
+        pass
+
+    def report(self) -> dict[str, Any]:
+        return {"mode": "fixed", "rate_hz": round(_S / self.period_ns, 3)}
+
+
+class Phase(enum.Enum):
+    """Where an adaptive schedule is."""
+
+    CALIBRATING = "calibrating"
+    DRIVING = "driving"
+
+
+@dataclass
+class _Calibration:
+    """Answers timed in the closed loop; the first window of them only fills the pipeline."""
+
+    answers: int = 0
+    started_ns: int = 0
+    latencies_ns: list[int] = field(default_factory=list)
+
+
+class Adaptive:
+    """Calibrate in a closed loop, then drive at `load` times the measured rate, at most
+    `ceiling_hz`; back off when requests queue or are refused for load, and creep back to the
+    target while nothing queues.
+
+    Requests queue when more are in flight than twice the calibration window, or than the
+    measured rate serves in half a deadline, whichever is fewer: past that, answers come late
+    or not at all.
+    """
+
+    def __init__(
+        self, config: PacingConfig, ceiling_hz: float, deadline_ns: int, now_ns: int
+    ) -> None:
+        self.config = config
+        self.ceiling_hz = ceiling_hz
+        self.deadline_ns = deadline_ns
+        self.phase = Phase.CALIBRATING
+        self.calibration = _Calibration()
+        self.sustained_hz = 0.0
+        """The answer rate measured in the closed loop."""
+        self.target_hz = 0.0
+        """What the source drives at when nothing queues: load x sustained, capped."""
+        self.rate_hz = 0.0
+        self.backoffs = 0
+        self.next_ns = now_ns
+        self._hold_until_ns = now_ns
+        self._next_raise_ns = now_ns
+        self._window_latency_ns = 0
+        self.queue_limit = _QUEUE * config.calibration_window
+
+    # -- the schedule ---------------------------------------------------------------------
+
+    def due(self, now_ns: int, in_flight: int) -> int:
+        if self.phase is Phase.CALIBRATING:
+            return max(0, self.config.calibration_window - in_flight)
+        if in_flight > self.queue_limit:
+            self._back_off(now_ns)
+        elif now_ns >= self._next_raise_ns:
+            self._raise(now_ns)
+        if now_ns < self.next_ns:
+            return 0
+        period = self._period_ns()
+        self.next_ns += period
+        if self.next_ns <= now_ns:
+            self.next_ns = now_ns + period  # woken late: the frames missed meanwhile are dropped
+        return 1
+
+    def wait_ns(self, now_ns: int) -> int:
+        if self.phase is Phase.CALIBRATING:
+            return _TICK_NS
+        return max(0, self.next_ns - now_ns)
+
+    def _period_ns(self) -> int:
+        return int(_S / self.rate_hz)
+
+    # -- what the replies say ---------------------------------------------------------------
+
+    def answered(self, now_ns: int, latency_ns: int) -> None:
+        if self.phase is not Phase.CALIBRATING:
+            return
+        cal = self.calibration
+        cal.answers += 1
+        warmup = self.config.calibration_window
+        if cal.answers == warmup:
+            cal.started_ns = now_ns
+        elif cal.answers > warmup:
+            cal.latencies_ns.append(latency_ns)
+            if cal.answers - warmup >= self.config.calibration_answers:
+                self._calibrated(now_ns)
+
+    def overloaded(self, now_ns: int) -> None:
+        if self.phase is Phase.DRIVING:
+            self._back_off(now_ns)
+
+    def _calibrated(self, now_ns: int) -> None:
+        cal = self.calibration
+        measured = cal.answers - self.config.calibration_window
+        elapsed_ns = max(1, now_ns - cal.started_ns)
+        self.sustained_hz = measured * _S / elapsed_ns
+        self.target_hz = min(self.ceiling_hz, self.config.load * self.sustained_hz)
+        self.rate_hz = self.target_hz
+        served_in_half_a_deadline = int(self.sustained_hz * self.deadline_ns / (2 * _S))
+        self.queue_limit = max(1, min(self.queue_limit, served_in_half_a_deadline))
+        latencies = sorted(cal.latencies_ns)
+        self._window_latency_ns = latencies[len(latencies) // 2]
+        self.phase = Phase.DRIVING
+        self.next_ns = now_ns
+        self._next_raise_ns = now_ns + _S
+
+    def _back_off(self, now_ns: int) -> None:
+        # Once per hold: what is in flight was sent at the old rate and says nothing new.
+        if now_ns < self._hold_until_ns:
+            return
+        self.backoffs += 1
+        self.rate_hz = max(_FLOOR * self.target_hz, _BACKOFF * self.rate_hz)
+        self._hold_until_ns = now_ns + max(2 * self._window_latency_ns, _S)
+        self._next_raise_ns = self._hold_until_ns
+
+    def _raise(self, now_ns: int) -> None:
+        self.rate_hz = min(self.target_hz, self.rate_hz + _RAISE * self.target_hz)
+        self._next_raise_ns = now_ns + _S
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "mode": "adaptive",
+            "phase": self.phase.value,
+            "sustained_hz": round(self.sustained_hz, 3),
+            "target_hz": round(self.target_hz, 3),
+            "rate_hz": round(self.rate_hz, 3),
+            "queue_limit": self.queue_limit,
+            "backoffs": self.backoffs,
+        }
