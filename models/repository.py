@@ -19,9 +19,11 @@ verified, so no file is read twice.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import io
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +34,12 @@ import numpy as np
 import numpy.typing as npt
 
 from vigil.errors import VigilError
-from vigil.models.keys import TrustedKeys
+from vigil.models.keys import SigningKey, TrustedKeys
 from vigil.models.signing import (
     SIGNATURE_FILE,
     ModelRefused,
     RefusalReason,
+    sign_directory,
     verify_directory,
 )
 from vigil.schemas import Config
@@ -44,6 +47,7 @@ from vigil.schemas import Config
 __all__ = [
     "LATEST_LINK",
     "METADATA_FILE",
+    "PACKAGE_PREFIX",
     "KnownAnswer",
     "KnownAnswerVector",
     "ModelEntry",
@@ -53,18 +57,23 @@ __all__ = [
     "TensorSpec",
     "VerifiedModel",
     "VersionEntry",
+    "external_data_files",
     "list_models",
     "load_active",
     "load_verified",
     "metadata_from_onnx",
+    "model_file_path",
     "read_known_answer",
     "resolve_version",
     "set_latest",
     "write_metadata",
+    "write_version",
 ]
 
 LATEST_LINK = "latest"
 METADATA_FILE = "metadata.json"
+PACKAGE_PREFIX = "package:"
+"""Names a file inside an installed package: `package:<module>/<path inside it>`."""
 METADATA_FORMAT = 1
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -456,6 +465,122 @@ def metadata_from_onnx(
         known_answer=known_answer,
         description=description,
     )
+
+
+def model_file_path(path: str, base: str | os.PathLike[str] = ".") -> Path:
+    """A model file named by a path (relative ones from `base`) or by `package:<module>/<path>`,
+    a file inside an installed wheel; raises FileNotFoundError for a package not installed."""
+    if path.startswith(PACKAGE_PREFIX):
+        package, _, inside = path[len(PACKAGE_PREFIX) :].partition("/")
+        # Located, never imported: importing the package would run its code (and pull the
+        # inference engine into a process that must stay free of it).
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"no installed package {package!r}")
+        return Path(next(iter(spec.submodule_search_locations))) / inside
+    p = Path(path)
+    return p if p.is_absolute() else Path(base) / p
+
+
+def external_data_files(onnx_bytes: bytes) -> list[str]:
+    """The files beside the graph that hold its external-data tensors, as relative paths.
+
+    Raises ValueError for a graph that is not ONNX, or names a file outside its folder.
+    """
+    import onnx  # noqa: PLC0415 - a heavy import only packaging and verification need
+    from google.protobuf.message import DecodeError  # noqa: PLC0415 - comes with onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data  # noqa: PLC0415
+
+    try:
+        graph = onnx.load_model_from_string(onnx_bytes).graph
+    except DecodeError as exc:
+        raise ValueError(f"not an ONNX graph: {exc}") from exc
+    files: set[str] = set()
+    for tensor in graph.initializer:
+        if uses_external_data(tensor):
+            location = ExternalDataInfo(tensor).location
+            parts = Path(location).parts
+            if not parts or Path(location).is_absolute() or ".." in parts:
+                raise ValueError(f"external data {location!r} lies outside the graph's folder")
+            files.add(Path(location).as_posix())
+    return sorted(files)
+
+
+def write_version(
+    root: str | os.PathLike[str],
+    name: str,
+    version: str,
+    model: bytes,
+    *,
+    files: Mapping[str, bytes] | None = None,
+    known_answer: KnownAnswer | None = None,
+    description: str = "",
+    key: SigningKey | None = None,
+) -> Path:
+    """Create version `version` of model `name` under `root`: the graph as `model.onnx`,
+    `files` beside it (external data, known-answer vectors), the `metadata.json` the graph
+    describes, and with `key` its signature.
+
+    The folder is built aside and renamed into place whole, so a loader watching the
+    repository never sees a version half written or not yet signed. Raises RepositoryError
+    for a bad name, a version that exists (versions are immutable once signed) or a graph the
+    ONNX checker refuses; SigningError when signing fails.
+    """
+    _check_name(str(root), name, "model")
+    _check_name(str(root), version, "version")
+    model_dir = Path(root) / name
+    folder = model_dir / version
+    if folder.exists() or folder.is_symlink():
+        raise RepositoryError(str(folder), "this version exists; add a new one")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # The staged folder has the version's own name: the signature names its folder.
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=model_dir) as staging:
+        staged = Path(staging) / version
+        staged.mkdir()
+        (staged / "model.onnx").write_bytes(model)
+        for relative, data in (files or {}).items():
+            path = staged / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        try:
+            metadata = _checked_metadata(
+                staged / "model.onnx", known_answer=known_answer, description=description
+            )
+        except ValueError as exc:
+            raise RepositoryError(str(folder), str(exc)) from exc
+        write_metadata(staged, metadata)
+        if key is not None:
+            sign_directory(staged, key)
+        try:
+            # A version that appeared meanwhile with files in it makes this fail; an empty
+            # folder is replaced, which loses nothing.
+            os.rename(staged, folder)
+        except OSError as exc:
+            raise RepositoryError(str(folder), f"cannot add it: {exc.strerror}") from exc
+    return folder
+
+
+def _checked_metadata(
+    model_path: Path, *, known_answer: KnownAnswer | None, description: str
+) -> ModelMetadata:
+    """The metadata of a graph the ONNX checker accepts; ValueError naming what is wrong."""
+    import onnx  # noqa: PLC0415 - a heavy import only packaging and verification need
+    from google.protobuf.message import DecodeError  # noqa: PLC0415 - comes with onnx
+
+    try:
+        # By path, so that external data is looked for beside the graph.
+        onnx.checker.check_model(str(model_path))
+        metadata = metadata_from_onnx(
+            model_path.read_bytes(),
+            created=dt.datetime.now(dt.UTC),
+            known_answer=known_answer,
+            description=description,
+        )
+    except (DecodeError, onnx.checker.ValidationError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a valid ONNX graph: {exc}"[:512]) from exc
+    if not metadata.inputs or not metadata.outputs:
+        raise ValueError("the graph declares no inputs or no outputs")
+    return metadata
 
 
 def write_metadata(directory: str | os.PathLike[str], metadata: ModelMetadata) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vigil.launch.model import NodeSpec
 from vigil.models.keys import SigningKey
-from vigil.models.repository import (
-    KnownAnswer,
-    metadata_from_onnx,
-    set_latest,
-    write_metadata,
-)
-from vigil.models.signing import sign_directory
+from vigil.models.repository import KnownAnswer, set_latest, write_version
 from vigil.nodes.worker import EngineConfig, Task, WorkerConfig
 from vigil.testing.launchfiles import node
 
@@ -78,9 +71,7 @@ def add_version(
     The known-answer vector is computed here with onnxruntime on a fixed input, so every
     worker that loads the version must reproduce it.
     """
-    folder = root / name / version
-    folder.mkdir(parents=True)
-    (folder / "model.onnx").write_bytes(model)
+    files: dict[str, bytes] = {}
     kat = None
     if known_answer:
         import onnxruntime as ort  # noqa: PLC0415 - only packaging needs a session here
@@ -89,14 +80,9 @@ def add_version(
         session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         outputs = dict(zip(names, session.run(None, {"x": x}), strict=True))
-        (folder / "kat-inputs.npz").write_bytes(_npz(x=x))
-        (folder / "kat-expected.npz").write_bytes(_npz(**outputs))
+        files = {"kat-inputs.npz": _npz(x=x), "kat-expected.npz": _npz(**outputs)}
         kat = KnownAnswer(inputs="kat-inputs.npz", expected="kat-expected.npz")
-    write_metadata(
-        folder,
-        metadata_from_onnx(model, created=dt.datetime.now(dt.UTC), known_answer=kat),
-    )
-    sign_directory(folder, key)
+    folder = write_version(root, name, version, model, files=files, known_answer=kat, key=key)
     if activate:
         set_latest(root, name, version)
     return folder

@@ -1,4 +1,5 @@
-"""`vigil model`: make signing keys, sign and verify model versions, list a repository."""
+"""`vigil model`: add model versions, make signing keys, sign and verify versions, list a
+repository, and ask a running launch what it serves."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ from vigil.models.repository import (
     METADATA_FILE,
     ModelMetadata,
     RepositoryError,
+    TensorSpec,
+    external_data_files,
     list_models,
     load_verified,
+    model_file_path,
     set_latest,
+    write_version,
 )
-from vigil.models.signing import ModelRefused, SigningError, sign_directory
+from vigil.models.signing import SIGNATURE_FILE, ModelRefused, SigningError, sign_directory
 from vigil.schemas import Heartbeat, ModelAnnouncement, Topic
 from vigil.tools._options import key_option, run_dir_option, signing_key_option
 from vigil.tools._taps import open_bus, open_run
@@ -56,6 +61,62 @@ def keygen(out_dir: Path, name: str) -> None:
     click.echo(f"private key  {pair.private}  (keep it off the target)")
     click.echo(f"public key   {pair.public}  (copy it into the target's trusted key directory)")
     click.echo(f"key id       {pair.key_id}")
+
+
+def _specs(specs: list[TensorSpec]) -> str:
+    return ", ".join(f"{t.name} {t.dtype}[{', '.join(str(d) for d in t.shape)}]" for t in specs)
+
+
+@model.command()
+@click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("name")
+@click.argument("version")
+@click.argument("model_file", metavar="MODEL.onnx")
+@click.option(
+    "--sign",
+    "sign_key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Sign the new version with this private key (from `vigil model keygen`).",
+)
+@click.option("--activate", is_flag=True, help="Point NAME's `latest` at the new version.")
+@click.option("--description", default="", help="A line for metadata.json.")
+def add(  # noqa: PLR0917 - click passes every option as an argument
+    repo: Path,
+    name: str,
+    version: str,
+    model_file: str,
+    sign_key: Path | None,
+    activate: bool,
+    description: str,
+) -> None:
+    """Add MODEL.onnx to REPO as version VERSION of model NAME, described by its graph.
+
+    Writes REPO/NAME/VERSION with the graph, its external-data files and the metadata.json
+    read from the graph (inputs, outputs, time); --sign signs the folder. MODEL.onnx may be
+    `package:<module>/<path>`, a file inside an installed wheel, as in a launch file.
+    """
+    try:
+        source = model_file_path(model_file)
+        graph = source.read_bytes()
+        external = {f: (source.parent / f).read_bytes() for f in external_data_files(graph)}
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{model_file}: {exc}") from exc
+    try:
+        key = load_private_key(sign_key) if sign_key is not None else None
+        folder = write_version(
+            repo, name, version, graph, files=external, description=description, key=key
+        )
+        metadata = msgspec.json.decode((folder / METADATA_FILE).read_bytes(), type=ModelMetadata)
+        click.echo(f"added {name}/{version} at {folder}")
+        click.echo(f"  inputs   {_specs(metadata.inputs)}")
+        click.echo(f"  outputs  {_specs(metadata.outputs)}")
+        if key is not None:
+            click.echo(f"  signed   {folder / SIGNATURE_FILE} with key {key.public.key_id}")
+        if activate:
+            set_latest(repo, name, version)
+            click.echo(f"  active   {name}: latest -> {version}")
+    except (KeyFileError, RepositoryError, SigningError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _check_metadata(directory: Path) -> None:

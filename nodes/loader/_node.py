@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import msgspec
@@ -15,6 +14,7 @@ from vigil.models.repository import (
     RepositoryConfig,
     RepositoryError,
     VerifiedModel,
+    model_file_path,
     resolve_version,
 )
 from vigil.models.repository import load_active as load_active_version
@@ -39,7 +39,6 @@ from vigil.schemas import (
 
 __all__ = ["run"]
 
-_PACKAGE = "package:"
 _AUDIT = {
     ModelStep.SEEN: AuditId.MODEL_SEEN,
     ModelStep.VERIFIED: AuditId.MODEL_VERIFIED,
@@ -393,15 +392,7 @@ def _launch_path(node: Node, path: str) -> Path:
 
 
 def _model_path(node: Node, path: str) -> Path:
-    if path.startswith(_PACKAGE):
-        package, _, inside = path[len(_PACKAGE) :].partition("/")
-        # Located, never imported: importing the package would run its code (and pull the
-        # inference engine into the loader, which must stay free of it).
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"no installed package {package!r}")
-        return Path(next(iter(spec.submodule_search_locations))) / inside
-    return _launch_path(node, path)
+    return model_file_path(path, node.args.launch_dir)
 
 
 def run(config: LoaderConfig, args: NodeArgs) -> ExitCode:

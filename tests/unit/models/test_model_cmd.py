@@ -1,4 +1,4 @@
-"""`vigil model` commands: keygen, sign, verify, list, activate."""
+"""`vigil model` commands: add, keygen, sign, verify, list, activate."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import onnx
 import pytest
 from click.testing import CliRunner
 
+from tests.unit.models.conftest import add_model
+from vigil.models.keys import load_trusted_keys
+from vigil.models.repository import load_verified
 from vigil.tools.model_cmd import model
 
 
@@ -93,3 +97,115 @@ def test_list_and_activate(keys: Path, version: Path) -> None:
     assert code == 0, out
     assert "add  (active: 1)" in out
     assert "active, signed" in out
+
+
+@pytest.fixture
+def graph(tmp_path: Path) -> Path:
+    """An ONNX graph file outside any repository: y = x + 1 over float32[1, 4]."""
+    path = tmp_path / "in" / "model.onnx"
+    path.parent.mkdir()
+    path.write_bytes(add_model(1.0))
+    return path
+
+
+def test_add_writes_a_version_the_loader_accepts(keys: Path, graph: Path, tmp_path: Path) -> None:
+    """`model add --sign --activate` writes graph, metadata from the graph and a signature
+    that verifies as the loader verifies, and makes the version active."""
+    repo = tmp_path / "repo"
+    code, out = run(
+        "add", str(repo), "add", "3", str(graph), "--sign", str(keys / "release.key"), "--activate"
+    )
+    assert code == 0, out
+    assert "inputs   x float32[1, 4]" in out and "outputs  y float32[1, 4]" in out
+    verified = load_verified(repo / "add" / "3", load_trusted_keys(keys))
+    assert verified.model_bytes == graph.read_bytes()
+    assert [t.name for t in verified.metadata.inputs] == ["x"]
+    assert verified.metadata.created.tzinfo is not None
+    assert (repo / "add" / "latest").readlink() == Path("3")
+
+
+def test_add_without_sign_leaves_the_version_unsigned(
+    keys: Path, graph: Path, tmp_path: Path
+) -> None:
+    """Without --sign the folder has its metadata and no signature; `model sign` completes it."""
+    repo = tmp_path / "repo"
+    assert run("add", str(repo), "add", "1", str(graph))[0] == 0
+    folder = repo / "add" / "1"
+    assert sorted(p.name for p in folder.iterdir()) == ["metadata.json", "model.onnx"]
+    assert run("sign", str(folder), "--key", str(keys / "release.key"))[0] == 0
+    assert run("verify", str(folder), "--trusted", str(keys))[0] == 0
+
+
+def test_add_copies_external_data(keys: Path, tmp_path: Path) -> None:
+    """A graph whose weights live in a file beside it is added with that file, and verifies."""
+    source = tmp_path / "in"
+    (source / "weights").mkdir(parents=True)
+    proto = onnx.load_model_from_string(add_model(2.0))
+    onnx.save_model(
+        proto,
+        source / "model.onnx",
+        save_as_external_data=True,
+        location="weights/b.bin",
+        size_threshold=0,
+    )
+    repo = tmp_path / "repo"
+    code, out = run(
+        "add",
+        str(repo),
+        "add",
+        "1",
+        str(source / "model.onnx"),
+        "--sign",
+        str(keys / "release.key"),
+    )
+    assert code == 0, out
+    verified = load_verified(repo / "add" / "1", load_trusted_keys(keys))
+    assert verified.files["weights/b.bin"] == (source / "weights" / "b.bin").read_bytes()
+
+
+def test_add_refuses_an_existing_version(graph: Path, tmp_path: Path) -> None:
+    """A version is never overwritten: adding it again fails and leaves it as it was."""
+    repo = tmp_path / "repo"
+    assert run("add", str(repo), "add", "1", str(graph))[0] == 0
+    before = (repo / "add" / "1" / "metadata.json").read_bytes()
+    code, out = run("add", str(repo), "add", "1", str(graph))
+    assert code == 1
+    assert "this version exists" in out
+    assert (repo / "add" / "1" / "metadata.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"name,value\n1,2\n", "not an ONNX graph"), (b"", "not a valid ONNX graph")],
+)
+def test_add_refuses_what_is_not_a_graph(tmp_path: Path, content: bytes, message: str) -> None:
+    """A file that is not an ONNX graph is refused, naming why, and nothing is written."""
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(content)
+    code, out = run("add", str(tmp_path / "repo"), "add", "1", str(bad))
+    assert code == 1
+    assert message in out
+    assert not (tmp_path / "repo" / "add" / "1").exists()
+
+
+def test_add_refuses_a_bad_name_and_a_missing_key(graph: Path, tmp_path: Path) -> None:
+    """A version named `latest` or a key that does not exist fails before anything is written."""
+    repo = tmp_path / "repo"
+    code, out = run("add", str(repo), "add", "latest", str(graph))
+    assert code == 1 and "is not a valid name" in out
+    code, out = run("add", str(repo), "add", "1", str(graph), "--sign", str(tmp_path / "no.key"))
+    assert code == 1
+    assert not (repo / "add" / "1").exists()
+
+
+def test_add_reads_a_graph_inside_an_installed_package(tmp_path: Path) -> None:
+    """`package:<module>/<path>` names a file inside an installed wheel, as in launch files."""
+    code, out = run(
+        "add",
+        str(tmp_path / "repo"),
+        "det",
+        "4.0",
+        "package:rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+    )
+    assert code == 0, out
+    assert (tmp_path / "repo" / "det" / "4.0" / "metadata.json").is_file()
