@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ __all__ = [
     "Channel",
     "FrameFault",
     "Incoming",
+    "allowed_values",
     "drain_events",
     "split_identity",
     "validation_path",
@@ -30,12 +32,82 @@ Buffer = bytes | memoryview | zmq.Frame
 _PATH = re.compile(r"^(?P<rule>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
 
 
-def validation_path(error: msgspec.ValidationError | msgspec.DecodeError) -> tuple[str, str]:
-    """Split a msgspec error into (`$.field.path`, rule) for a typed rejection."""
+_STEP = re.compile(r"\.(?P<field>[^.\[]+)|\[(?P<index>[^\]]*)\]")
+
+
+def validation_path(
+    error: msgspec.ValidationError | msgspec.DecodeError, expected: Any = None
+) -> tuple[str, str]:
+    """Split a msgspec error into (`$.field.path`, rule) for a typed rejection.
+
+    Given the `expected` type that was decoded, a value outside an enum (or a literal) gets
+    the values allowed there appended to its rule.
+    """
     match = _PATH.match(str(error))
     if match is None:  # pragma: no cover - the pattern matches every string
         return "", str(error)
-    return match.group("path") or "", match.group("rule")
+    path, rule = match.group("path") or "", match.group("rule")
+    if expected is not None and rule.startswith(("Invalid enum value", "Expected `")):
+        values = allowed_values(expected, path)
+        if values:
+            rule = f"{rule}; allowed: {', '.join(values)}"
+    return path, rule
+
+
+def allowed_values(expected: Any, path: str) -> list[str] | None:
+    """The values an enum or literal field at `path` (msgspec's `$.a[0].b`) of `expected`
+    accepts, or None when the field there is something else."""
+    types = [msgspec.inspect.type_info(expected)]
+    for step in _STEP.finditer(path):
+        types = [t for t in (_step(t, step) for t in _members(types)) if t is not None]
+    values: list[str] = []
+    for t in _members(types):
+        if isinstance(t, msgspec.inspect.EnumType):
+            values += [str(m.value) if isinstance(m, enum.Enum) else str(m) for m in t.cls]
+        elif isinstance(t, msgspec.inspect.LiteralType):
+            values += [str(v) for v in t.values]
+        else:
+            return None
+    return values or None
+
+
+def _members(types: list[msgspec.inspect.Type]) -> list[msgspec.inspect.Type]:
+    """The types a value may be: unions opened, constraints and None left out."""
+    out: list[msgspec.inspect.Type] = []
+    for given in types:
+        t = given
+        while isinstance(t, msgspec.inspect.Metadata):
+            t = t.type
+        if isinstance(t, msgspec.inspect.UnionType):
+            out += _members(list(t.types))
+        elif not isinstance(t, msgspec.inspect.NoneType):
+            out.append(t)
+    return out
+
+
+def _step(t: msgspec.inspect.Type, step: re.Match[str]) -> msgspec.inspect.Type | None:
+    field, index = step.group("field"), step.group("index")
+    if field is not None:
+        if isinstance(t, msgspec.inspect.StructType):
+            return next((f.type for f in t.fields if f.encode_name == field), None)
+        if isinstance(t, msgspec.inspect.DictType):
+            return t.value_type
+        return None
+    if isinstance(t, msgspec.inspect.DictType):
+        return t.value_type
+    if isinstance(t, msgspec.inspect.TupleType):
+        return (
+            t.item_types[int(index)] if index.isdigit() and int(index) < len(t.item_types) else None
+        )
+    if isinstance(
+        t,
+        msgspec.inspect.ListType
+        | msgspec.inspect.VarTupleType
+        | msgspec.inspect.SetType
+        | msgspec.inspect.FrozenSetType,
+    ):
+        return t.item_type
+    return None
 
 
 @dataclass(slots=True)

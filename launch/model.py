@@ -205,8 +205,10 @@ def _spelt(value: Scalar) -> str:
     return str(value)
 
 
-def _fail(source: str, exc: msgspec.ValidationError, prefix: str = "$") -> ConfigError:
-    path, rule = validation_path(exc)
+def _fail(
+    source: str, exc: msgspec.ValidationError, expected: Any, prefix: str = "$"
+) -> ConfigError:
+    path, rule = validation_path(exc, expected)
     return ConfigError(source, _INDEX.sub(prefix, path) if path else prefix, rule)
 
 
@@ -215,7 +217,7 @@ def _decode(source: str, expanded: Expanded) -> LaunchFile:
     try:
         return msgspec.convert(expanded.tree, type=LaunchFile)
     except msgspec.ValidationError as exc:
-        path, rule = validation_path(exc)
+        path, rule = validation_path(exc, LaunchFile)
         node = _NODE_PATH.match(path)
         if node is not None and int(node["index"]) < len(expanded.origins):
             origin = expanded.origins[int(node["index"])]
@@ -266,7 +268,7 @@ def load(
         try:
             config = msgspec.convert(spec.config, type=kinds[spec.kind].config)
         except msgspec.ValidationError as exc:
-            raise _fail(written, exc, f"{where}.config") from exc
+            raise _fail(written, exc, kinds[spec.kind].config, f"{where}.config") from exc
         placed = spec.host or bus_host
         if spec.host is not None and spec.host not in launch.hosts:
             raise ConfigError(written, f"{where}.host", f"unknown host {spec.host!r}")

@@ -123,7 +123,7 @@ class _LiveLine:
 
 @bag.command("record")
 @click.argument("topics", nargs=-1)
-@click.option("-a", "--all", "all_topics", is_flag=True, help="Record every topic.")
+@click.option("-a", "--all", "all_topics", is_flag=True, help="Record every topic (the default).")
 @click.option("-e", "--regex", "include", multiple=True, help="Record topics matching REGEX.")
 @click.option("-x", "--exclude", multiple=True, help="Skip topics matching REGEX.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Bag file (.mcap).")
@@ -154,6 +154,9 @@ class _LiveLine:
 @click.option("--snapshot-duration", type=float, default=30.0, help="Ring length in seconds.")
 @click.option("--snapshot-size", type=int, default=256 << 20, help="Ring size in bytes.")
 @click.option("--snapshot-on", multiple=True, help="Also write the ring on a message on TOPIC.")
+@click.option(
+    "--duration", type=click.FloatRange(min=0), default=0.0, help="Stop after SECONDS (0: never)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No live line.")
 def record(  # noqa: PLR0917 - click passes every option as an argument
     topics: tuple[str, ...],
@@ -176,16 +179,20 @@ def record(  # noqa: PLR0917 - click passes every option as an argument
     snapshot_duration: float,
     snapshot_size: int,
     snapshot_on: tuple[str, ...],
+    duration: float,
     quiet: bool,
 ) -> None:
-    """Record TOPICS (or --all, or --regex) from the bus proxy until Ctrl-C."""
+    """Record TOPICS, or those matching --regex, from the bus proxy until Ctrl-C or --duration.
+
+    With neither, every topic is recorded.
+    """
     sub, curve, found = _endpoint(endpoint, run_dir, key, "sub")
     try:
         config = msgspec.convert(
             {
                 "output": output or time.strftime("bag_%Y%m%d-%H%M%S.mcap"),
                 "topics": topics,
-                "all_topics": all_topics,
+                "all_topics": all_topics or not (topics or include),
                 "include": include,
                 "exclude": exclude,
                 "max_bag_size": max_bag_size,
@@ -200,6 +207,7 @@ def record(  # noqa: PLR0917 - click passes every option as an argument
                 "snapshot_duration_s": snapshot_duration,
                 "snapshot_max_bytes": snapshot_size,
                 "snapshot_on": snapshot_on,
+                "duration_s": duration,
             },
             RecordConfig,
         )

@@ -75,7 +75,7 @@ def decode_value(topic: str, text: str, *, where: str = "") -> Message:
     try:
         message: Message = msgspec.convert(raw, cls)
     except msgspec.ValidationError as exc:
-        path, rule = validation_path(exc)
+        path, rule = validation_path(exc, cls)
         raise MessageValueError(topic, path or "$", rule, where) from exc
     return message
 

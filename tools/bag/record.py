@@ -73,6 +73,8 @@ class RecordConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     snapshot_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 256 << 20
     snapshot_on: tuple[str, ...] = ()
     hwm: Annotated[int, msgspec.Meta(gt=0)] = 100_000
+    duration_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Stop after this long; 0 records until `request_stop()`."""
 
     def __post_init__(self) -> None:
         if not (self.topics or self.all_topics or self.include):
@@ -407,12 +409,13 @@ class Recorder(Closing):
         report: Callable[[RecordStats], None] | None = None,
         report_interval_s: float = 0.25,
     ) -> RecordStats:
-        """Record until `request_stop()`; returns the final counters."""
+        """Record until `request_stop()` or the configured duration; returns the final counters."""
         config = self.config
         extra = {Topic.MODEL_ACTIVE, *self._triggers}
         topics, prefix = self._filter.subscriptions(extra)
         files = _Files(config, self._metadata)
         now = self._monotonic()
+        until = now + int(config.duration_s * 1e9) if config.duration_s else None
         report_ns = int(report_interval_s * 1e9)
         next_report = now + report_ns
         with ExitStack() as stack:
@@ -451,6 +454,8 @@ class Recorder(Closing):
                         elif request == ord("s"):
                             sink.trigger()
                 now = self._monotonic()
+                if until is not None and now >= until:
+                    running = False
                 sink.tick(self._clock())
                 self._publish_stats(sub, files, sink)
                 if report is not None and now >= next_report:

@@ -8,9 +8,16 @@ import msgspec
 import pytest
 import zmq
 
-from vigil.bus.channel import Channel, FrameFault, _peek_seq, split_identity, validation_path
+from vigil.bus.channel import (
+    Channel,
+    FrameFault,
+    _peek_seq,
+    allowed_values,
+    split_identity,
+    validation_path,
+)
 from vigil.bus.envelope import Envelope, TraceContext
-from vigil.schemas import InferRequest, TensorRef, WorkerCredit
+from vigil.schemas import DiagCode, DiagnosticEvent, InferRequest, TensorRef, WorkerCredit
 
 pytestmark = pytest.mark.verifies("SR-ING-003")
 
@@ -73,6 +80,45 @@ def test_validation_path_keeps_nested_paths() -> None:
     with pytest.raises(msgspec.ValidationError) as info:
         msgspec.convert(body, InferRequest)
     assert validation_path(info.value) == ("$.image.shape[1]", "Expected `int` >= 1")
+
+
+def test_validation_path_lists_the_values_of_an_enum() -> None:
+    """A value outside an enum is refused with the values the enum allows."""
+    body = {"code": "DIA-9999", "severity": "error", "node": "n", "message": "m"}
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.convert(body, DiagnosticEvent)
+    path, rule = validation_path(info.value, DiagnosticEvent)
+    assert path == "$.code"
+    assert rule.startswith("Invalid enum value 'DIA-9999'; allowed: ")
+    assert rule.split("allowed: ")[1].split(", ") == [c.value for c in DiagCode]
+
+
+def test_validation_path_lists_a_literal_in_a_nested_struct() -> None:
+    """A literal inside a nested struct is found through the path msgspec reports."""
+    body = {"type": "infer.request", "stream_id": "s", "frame_ts_us": 1}
+    body["image"] = {"dtype": "int7", "shape": [1, 1, 3]}
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.convert(body, InferRequest)
+    assert validation_path(info.value, InferRequest) == (
+        "$.image.dtype",
+        "Invalid enum value 'int7'; allowed: float16, float32, uint8",
+    )
+
+
+def test_validation_path_adds_nothing_to_other_rules() -> None:
+    """A range error says only its rule, even given the type."""
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.convert({"credit": -1}, WorkerCredit)
+    assert validation_path(info.value, WorkerCredit) == ("$.credit", "Expected `int` >= 0")
+
+
+@pytest.mark.parametrize(
+    ("path", "values"),
+    [("$.code", [c.value for c in DiagCode]), ("$.node", None), ("$.nowhere[3]", None)],
+)
+def test_allowed_values_follow_the_path(path: str, values: list[str] | None) -> None:
+    """Only an enum or literal field has allowed values; other or unknown paths have none."""
+    assert allowed_values(DiagnosticEvent, path) == values
 
 
 def test_validation_path_of_a_root_error_is_empty() -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import zmq
 
 from vigil.bus.rundir import GraphNode, RunDir, RunGraph
-from vigil.tools.bag import RecordConfig, TopicFilter
+from vigil.tools.bag import RecordConfig, Recorder, TopicFilter
 from vigil.tools.bag.record import host_metadata, launch_metadata
 
 
@@ -102,3 +103,20 @@ def test_launch_metadata_keeps_the_launch_file_text(tmp_path: Path) -> None:
 def test_launch_metadata_is_empty_without_a_graph(tmp_path: Path) -> None:
     """A run directory without graph.json gives no launch metadata."""
     assert launch_metadata(RunDir(tmp_path / "run")) == {}
+
+
+def test_recording_stops_after_its_duration(short_tmp: Path) -> None:
+    """A recording with a duration returns by itself once its clock passes it, its file
+    finished, even with nothing to record."""
+    config = RecordConfig(output=str(short_tmp / "quiet.mcap"), all_topics=True, duration_s=2.0)
+    ticks = iter(range(0, 100 * 10**9, 10**9))  # each reading of the clock is a second later
+    with (
+        zmq.Context() as ctx,
+        Recorder(
+            config, f"ipc://{short_tmp}/nobody.sock", monotonic=lambda: next(ticks)
+        ) as recorder,
+    ):
+        stats = recorder.run(ctx)
+    assert stats.recorded == 0
+    assert stats.files == [str(short_tmp / "quiet.mcap")]
+    assert next(ticks) <= 5 * 10**9

@@ -113,3 +113,11 @@ def test_schema_summary_lists_constraints() -> None:
     lines = schema_summary(Topic.INFER_REQUEST)
     assert any(line.startswith("stream_id: string") and "maxLength 64" in line for line in lines)
     assert any(line.startswith("  dtype: enum(") for line in lines)
+
+
+def test_a_value_outside_an_enum_is_refused_with_the_allowed_values() -> None:
+    """`topic pub diag/event` with an unknown code names the codes there are."""
+    with pytest.raises(MessageValueError) as info:
+        decode_value(Topic.DIAGNOSTIC, "{code: DIA-9999, severity: error, node: n, message: m}")
+    assert "Invalid enum value 'DIA-9999'; allowed: DIA-2001, DIA-2002" in str(info.value)
+    assert info.value.path == "$.code"
