@@ -23,6 +23,7 @@ failure is covered by at least one safety mechanism.
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -401,21 +402,36 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover - the loop always returns
 
 
-def format_report(report: GraphReport, *, brief: bool = False) -> str:
-    """The report as text for the terminal; `brief` gives the findings only."""
+def _hang(head: str, tail: str, width: int) -> list[str]:
+    """`head` then `tail`, wrapped at `width` with continuation lines under the tail."""
+    return textwrap.wrap(
+        head + tail, max(width, len(head) + 20), subsequent_indent=" " * len(head),
+        break_long_words=False, break_on_hyphens=False,
+    ) or [head.rstrip()]  # fmt: skip
+
+
+def format_report(report: GraphReport, *, brief: bool = False, width: int = 80) -> str:
+    """The report as text for a terminal `width` columns wide; `brief` gives the findings
+    only."""
     errors, warnings = len(report.errors), len(report.warnings)
     head = (
         f"graph check {report.source}: {errors} error{'s' * (errors != 1)}, "
         f"{warnings} warning{'s' * (warnings != 1)}"
     )
-    found = [f"  {f.level:<7} {f.check:<22} {f.subject}: {f.detail}" for f in report.findings]
+    found = [
+        line
+        for f in report.findings
+        for line in _hang(f"  {f.level:<7} {f.check:<22} ", f"{f.subject}: {f.detail}", width)
+    ]
     if brief:
         return "\n".join([head, *found])
     lines = [head, "", "topics:"]
     for t in report.topics:
-        lines.append(
-            f"  {t.topic:<18} [{', '.join(t.types) or '?'}]  pub: {', '.join(t.publishers) or '-'}"
-            f"  sub: {', '.join(t.subscribers) or '-'}"
+        lines += _hang(
+            f"  {t.topic:<18} ",
+            f"[{', '.join(t.types) or '?'}]  pub: {', '.join(t.publishers) or '-'}"
+            f"  sub: {', '.join(t.subscribers) or '-'}",
+            width,
         )
     lines += ["", "queues:"]
     for q in report.queues:
@@ -425,7 +441,7 @@ def format_report(report: GraphReport, *, brief: bool = False) -> str:
     for e in report.elements:
         what = "single point" if e.single_point else f"{e.replicas} replicas"
         cover = ", ".join(e.mechanisms) or "NOT COVERED"
-        lines.append(f"  {e.node:<12} {e.kind:<8} {what:<13} {cover}")
+        lines += _hang(f"  {e.node:<12} {e.kind:<8} {what:<13} ", cover, width)
     if found:
         lines += ["", "findings:", *found]
     return "\n".join(lines)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -21,8 +21,8 @@ from vigil.bus.codec import Codec, topic_frame
 from vigil.bus.curve import CurveConfig, applies, load_public, load_secret, secure
 from vigil.bus.envelope import Envelope
 from vigil.bus.pubsub import Received, Subscriber
-from vigil.bus.rundir import RunDir, find_run_dir
-from vigil.schemas import Message, schema_id
+from vigil.bus.rundir import RunDir, RunGraph, find_run_dir
+from vigil.schemas import Message, SafetyState, Topic, schema_id
 from vigil.tools._options import KEY_ENV
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "BusPublisher",
     "BusTap",
     "LastBeat",
+    "Silence",
     "SubscriptionWatch",
     "TopicMeter",
     "TopicRate",
@@ -51,6 +52,71 @@ def open_run(explicit: str | None) -> RunDir:
         raise click.ClickException(
             f"{exc}; start one with `vigil launch` or pass --run-dir"
         ) from exc
+
+
+class Silence:
+    """Why a topic a tool waits on is quiet: nothing publishes it, or the pipeline refuses.
+
+    The tool also subscribes to `WATCHED` and hands every message to `see`; `notes` says,
+    once each, what explains a silence that has lasted `quiet_s`.
+    """
+
+    WATCHED: Final = (Topic.INFER_ERROR, Topic.SAFETY_STATE)
+
+    def __init__(
+        self, topic: str, graph: RunGraph | None, now: float, quiet_s: float = 2.0
+    ) -> None:
+        self.topic = topic
+        self.publishers = (
+            None if graph is None else sorted(n.name for n in graph.nodes if topic in n.publishes)
+        )
+        self.quiet_s = quiet_s
+        self.last_heard = now
+        self.refusals: Counter[str] = Counter()
+        self.state = ""
+        self.cause = ""
+        self._said: set[str] = set()
+
+    def first_notes(self) -> list[str]:
+        """What can be said before anything arrives."""
+        if self.publishers == []:
+            return [f"# no node of this launch publishes {self.topic}; waiting anyway"]
+        return []
+
+    def heard(self, now: float) -> None:
+        """A message of the topic itself arrived."""
+        self.last_heard = now
+
+    def see(self, received: Received) -> None:
+        """A message of a watched topic."""
+        body = received.body if isinstance(received.body, dict) else {}
+        if received.topic == Topic.INFER_ERROR:
+            self.refusals[str(body.get("code", "?"))] += 1
+        elif received.topic == Topic.SAFETY_STATE:
+            self.state = str(body.get("state", ""))
+            self.cause = str(body.get("cause", ""))
+
+    def notes(self, now: float) -> list[str]:
+        """What explains the silence, each said once, after `quiet_s` without the topic."""
+        quiet = now - self.last_heard
+        if quiet < self.quiet_s:
+            return []
+        found: dict[str, str] = {}
+        if self.state and self.state != SafetyState.NORMAL:
+            found[f"state {self.state}"] = (
+                f"# the safety state is {self.state}"
+                + (f" ({self.cause})" if self.cause else "")
+                + "; requests may be refused"
+            )
+        if self.refusals:
+            counts = ", ".join(f"{code} {n}" for code, n in self.refusals.most_common())
+            found["refusals"] = (
+                f"# nothing on {self.topic} for {quiet:.0f} s while the pipeline refuses "
+                f"requests ({counts} on {Topic.INFER_ERROR})"
+            )
+        new = [text for key, text in found.items() if key not in self._said]
+        self._said.update(found)
+        return new
 
 
 # -- the bus and its keys ------------------------------------------------------------------

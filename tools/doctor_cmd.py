@@ -29,6 +29,7 @@ import psutil
 import zmq
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from vigil.bus.ptp import ClockConfig, ClockError, ClockLib, PtpClock
 from vigil.bus.rundir import RunGraph, find_run_dir
@@ -42,6 +43,7 @@ from vigil.models.keys import (
 from vigil.nodes.logger import SEALER
 from vigil.nodes.logger.store import StoreConfig
 from vigil.tools._options import audited_keys_option, json_option, run_dir_option
+from vigil.tools._tables import console, fixed, table, text
 
 __all__ = [
     "check_clock",
@@ -556,15 +558,19 @@ class _Report:
 _STYLE: Final = {Level.OK: "green", Level.WARNING: "yellow", Level.ERROR: "bold red"}
 
 
+def findings_table(findings: list[Finding]) -> Table:
+    """One row per finding: its level, what was checked, what was found and how to fix it."""
+    rows = table(fixed("level"), text("check", max_width=24), text("finding"), title="vigil doctor")
+    for f in findings:
+        found = Text(f.detail)
+        if f.fix:
+            found.append(f"\nfix: {f.fix}", style="dim")
+        rows.add_row(Text(str(f.level), style=_STYLE[f.level]), f.check, found)
+    return rows
+
+
 def _print_table(report: _Report, console: Console) -> None:
-    table = Table(title="vigil doctor", show_lines=False)
-    table.add_column("check", no_wrap=True)
-    table.add_column("level", no_wrap=True)
-    table.add_column("detail")
-    table.add_column("fix")
-    for f in report.findings:
-        table.add_row(f.check, f"[{_STYLE[f.level]}]{f.level}[/]", f.detail, f.fix)
-    console.print(table)
+    console.print(findings_table(report.findings))
     counts = {level: sum(f.level is level for f in report.findings) for level in Level}
     console.print(", ".join(f"{counts[level]} {level}" for level in Level))
 
@@ -638,6 +644,6 @@ def doctor(  # noqa: PLR0917 - click passes every option as an argument
         payload = {"ok": not report.failed, "findings": findings}
         click.echo(msgspec.json.format(msgspec.json.encode(payload)).decode())
     else:
-        _print_table(report, Console())
+        _print_table(report, console())
     if report.failed:
         raise click.exceptions.Exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import msgspec
 
 from vigil.errors import ConfigError
 from vigil.tools.fsc import FscExit, format_csv, format_markdown, load_requirements, trace
@@ -30,7 +31,10 @@ __all__ = ["fsc"]
 )
 @click.option("--code", multiple=True, help="Where implementations live (default: the root).")
 @click.option("--tests", multiple=True, help="Where tests live (default: ROOT/tests).")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON (--format json).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the matrix here.")
 @click.pass_context
 def fsc(  # noqa: PLR0917 - click passes every option as an argument
@@ -40,6 +44,7 @@ def fsc(  # noqa: PLR0917 - click passes every option as an argument
     code: tuple[str, ...],
     tests: tuple[str, ...],
     fmt: str,
+    as_json: bool,
     output: str | None,
 ) -> None:
     """Print the safety traceability matrix; exit 1 when a requirement lacks code or a test."""
@@ -58,7 +63,14 @@ def fsc(  # noqa: PLR0917 - click passes every option as an argument
     except ConfigError as exc:
         click.echo(f"fsc: {exc}", err=True)
         ctx.exit(FscExit.CONFIG)
-    text = format_markdown(matrix) if fmt == "md" else format_csv(matrix)
+    if as_json or fmt == "json":
+        data = msgspec.to_builtins(matrix)
+        for row, out in zip(matrix.rows, data["rows"], strict=True):
+            out["complete"] = row.complete
+        data["complete"] = matrix.complete
+        text = msgspec.json.format(msgspec.json.encode(data)).decode() + "\n"
+    else:
+        text = format_markdown(matrix) if fmt == "md" else format_csv(matrix)
     if output:
         Path(output).write_text(text, encoding="utf-8")
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import click
@@ -40,6 +41,6 @@ def check(launch_file: str, assignments: dict[str, str], as_json: bool, strict: 
         data["ok"] = report.ok
         click.echo(msgspec.json.format(msgspec.json.encode(data)).decode())
     else:
-        click.echo(format_report(report))
+        click.echo(format_report(report, width=shutil.get_terminal_size().columns))
     if report.errors or (strict and report.warnings):
         sys.exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import click
@@ -68,7 +69,8 @@ def launch(  # noqa: PLR0917 - click passes every option as an argument
     # every host's nodes
     graph = check_plan(load(launch_file, run_dir or "run/<new>", arguments=assignments))
     if graph.findings:
-        click.echo(format_report(graph, brief=True), err=True)
+        width = shutil.get_terminal_size().columns
+        click.echo(format_report(graph, brief=True, width=width), err=True)
     if not graph.ok:
         sys.exit(2)
     run = new_run_dir(probe.launch.name, run_dir)

@@ -3,6 +3,7 @@ repository, and ask a running launch what it serves."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from vigil.models.repository import (
 )
 from vigil.models.signing import SIGNATURE_FILE, ModelRefused, SigningError, sign_directory
 from vigil.schemas import Heartbeat, ModelAnnouncement, Topic
-from vigil.tools._options import key_option, run_dir_option, signing_key_option
+from vigil.tools._options import json_option, key_option, run_dir_option, signing_key_option
 from vigil.tools._taps import open_bus, open_run
 
 __all__ = ["format_status", "model"]
@@ -187,12 +188,27 @@ def verify(directory: Path, trusted: Path) -> None:
 
 @model.command(name="list")
 @click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
-def list_cmd(repo: Path) -> None:
+@json_option
+def list_cmd(repo: Path, as_json: bool) -> None:
     """List the models in REPO, their versions, and which one is active."""
     try:
         models = list_models(repo)
     except RepositoryError as exc:
         raise click.ClickException(str(exc)) from exc
+    if as_json:
+        listing = [
+            {
+                "name": m.name,
+                "active": m.active,
+                "versions": [
+                    {"version": v.version, "path": str(v.path), "signed": v.has_signature}
+                    for v in m.versions
+                ],
+            }
+            for m in models
+        ]
+        click.echo(json.dumps(listing, indent=2))
+        return
     if not models:
         click.echo(f"no models in {repo}")
     for entry in models:
@@ -220,11 +236,21 @@ def activate(repo: Path, name: str, version: str) -> None:
 @run_dir_option
 @click.option("--wait", type=float, default=1.0, show_default=True, help="Seconds to listen.")
 @key_option
-def status(run_dir: str | None, wait: float, key: str | None) -> None:
+@json_option
+def status(run_dir: str | None, wait: float, key: str | None, as_json: bool) -> None:
     """What every worker of a running launch serves, what the loader committed, and a rolling
     switch in progress (or how the last switch ended)."""
     bus = open_bus(open_run(run_dir), key)
-    click.echo(format_status(*_listen(bus.sub, bus.curve, wait)))
+    committed, loader, workers = _listen(bus.sub, bus.curve, wait)
+    if as_json:
+        heard = {
+            "committed": msgspec.to_builtins(committed),
+            "loader": loader,
+            "workers": dict(sorted(workers.items())),
+        }
+        click.echo(json.dumps(heard, indent=2))
+        return
+    click.echo(format_status(committed, loader, workers))
 
 
 def _listen(

@@ -15,9 +15,10 @@ from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import GraphNode, RunGraph
 from vigil.schemas import Topic
 from vigil.tools._options import json_option, key_option, run_dir_option
+from vigil.tools._tables import console, rows_with_detail
 from vigil.tools._taps import BeatBook, BusTap, open_bus, open_run
 
-__all__ = ["NodeRow", "ProcessSampler", "listen_for_beats", "node", "node_rows"]
+__all__ = ["NodeRow", "ProcessSampler", "listen_for_beats", "node", "node_lines", "node_rows"]
 
 
 class NodeRow(msgspec.Struct, kw_only=True):
@@ -164,15 +165,23 @@ def list_nodes(run_dir: str | None, key: str | None, window: float, as_json: boo
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(rows)).decode())
         return
-    click.echo(
-        f"{'NAME':<14} {'KIND':<12} {'PID':>7} {'STATUS':<8} {'HEARTBEAT':>9} {'RESTARTS':>8}"
-        "  DETAIL"
+    for line in node_lines(rows, console().width):
+        click.echo(line)
+
+
+def node_lines(rows: list[NodeRow], width: int) -> list[str]:
+    """Name, kind, pid, status, heartbeat age, restarts, and the heartbeat detail: last on
+    the line when it fits in `width`, else beneath."""
+    return rows_with_detail(
+        ["NAME", "KIND", "PID", "STATUS", "HEARTBEAT", "RESTARTS"],
+        [
+            [r.name, r.kind, str(r.pid), r.status, _age(r.heartbeat_age_ms), str(r.restarts)]
+            for r in rows
+        ],
+        [_detail(r.detail) for r in rows],
+        width=width,
+        right=frozenset({2, 4, 5}),
     )
-    for r in rows:
-        click.echo(
-            f"{r.name:<14} {r.kind:<12} {r.pid:>7} {r.status:<8} "
-            f"{_age(r.heartbeat_age_ms):>9} {r.restarts:>8}  {_detail(r.detail)}"
-        )
 
 
 @node.command("info")

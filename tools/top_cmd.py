@@ -14,15 +14,15 @@ from typing import Any
 import click
 import msgspec
 import zmq
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.schemas import Topic
-from vigil.tools._options import key_option, run_dir_option
+from vigil.tools._options import json_option, key_option, run_dir_option
+from vigil.tools._tables import console, fixed, table
 from vigil.tools._taps import (
     BeatBook,
     TopicMeter,
@@ -70,6 +70,16 @@ class TopView:
         """Node rows with CPU and memory sampled now."""
         return node_rows(self.run.read_graph(), self.beats, self.sampler)
 
+    def snapshot(self, sub: Subscriber) -> dict[str, Any]:
+        """The view as data: what `--json` prints."""
+        return {
+            "run_dir": str(self.run.path),
+            "safety": self.state,
+            "lost": sum(s.lost for s in sub.stats.values()),
+            "nodes": msgspec.to_builtins(self.nodes()),
+            "topics": msgspec.to_builtins(self.meter.rates(sub)),
+        }
+
     def render(self, sub: Subscriber) -> Group:
         """The whole view as rich renderables."""
         rows = self.nodes()
@@ -85,9 +95,11 @@ class TopView:
         lost = sum(s.lost for s in sub.stats.values())
         header.append(f"  lost {lost}", style="bold red" if lost else "dim")
 
-        nodes = Table(title="nodes", title_justify="left", expand=True)
-        for column in ("node", "kind", "pid", "status", "cpu", "mem", "heartbeat", "restarts"):
-            nodes.add_column(column, justify="right" if column in {"pid", "cpu", "mem"} else "left")
+        nodes = table(
+            fixed("node"), fixed("kind"), fixed("pid", right=True), fixed("status"),
+            fixed("cpu", right=True), fixed("mem", right=True), fixed("beat", right=True),
+            fixed("restarts", right=True), title="nodes",
+        )  # fmt: skip
         for r in rows:
             nodes.add_row(
                 r.name,
@@ -100,9 +112,11 @@ class TopView:
                 str(r.restarts),
             )
 
-        topics = Table(title="topics", title_justify="left", expand=True)
-        for column in ("topic", "rate", "bandwidth", "delay p99", "lost", "malformed"):
-            topics.add_column(column, justify="left" if column == "topic" else "right")
+        topics = table(
+            fixed("topic"), fixed("rate", right=True), fixed("bandwidth", right=True),
+            fixed("delay p99", right=True), fixed("lost", right=True),
+            fixed("malformed", right=True), title="topics",
+        )  # fmt: skip
         for t in self.meter.rates(sub):
             topics.add_row(
                 t.topic,
@@ -113,9 +127,9 @@ class TopView:
                 str(t.malformed),
             )
 
-        models = Table(title="models", title_justify="left", expand=True)
-        for column in ("node", "model", "version", "generation"):
-            models.add_column(column)
+        models = table(
+            fixed("node"), fixed("model"), fixed("version"), fixed("generation"), title="models"
+        )
         for r in rows:
             if "version" in r.detail:
                 models.add_row(
@@ -133,30 +147,39 @@ class TopView:
 @click.option("--interval", type=float, default=1.0, help="Seconds between redraws.")
 @click.option("--once", is_flag=True, help="Print one snapshot after --window seconds and exit.")
 @key_option
-def top(run_dir: str | None, window: float, interval: float, once: bool, key: str | None) -> None:
+@json_option
+def top(  # noqa: PLR0917 - click passes every option as an argument
+    run_dir: str | None, window: float, interval: float, once: bool, key: str | None, as_json: bool
+) -> None:
     """A live view of nodes (pid, CPU, memory, heartbeat, restarts), topics (rate, bandwidth,
-    losses), the safety state and the model version each worker serves."""
+    losses), the safety state and the model version each worker serves.
+
+    --json prints one snapshot as JSON after --window seconds (it implies --once).
+    """
     if window <= 0 or interval <= 0:
         raise click.UsageError("--window and --interval must be positive")
     run = open_run(run_dir)
     bus = open_bus(run, key)
     view = TopView(run, window)
-    console = Console()
+    out = console()
     with (
         zmq.Context() as ctx,
         Subscriber(
             ctx, bus.sub, [""], prefix=True, typed=False, curve=bus.curve, skip_replayed=True
         ) as sub,
     ):
-        if once:
+        if once or as_json:
             view.nodes()  # starts the CPU measurement of every node
             deadline = time.monotonic() + window
             while (left := deadline - time.monotonic()) > 0:
                 view.take(sub, max(1, int(left * 1000)))
-            console.print(view.render(sub))
+            if as_json:
+                click.echo(msgspec.json.format(msgspec.json.encode(view.snapshot(sub))).decode())
+            else:
+                out.print(view.render(sub))
             return
         try:
-            with Live(view.render(sub), console=console, auto_refresh=False) as live:
+            with Live(view.render(sub), console=out, auto_refresh=False) as live:
                 while True:
                     due = time.monotonic() + interval
                     while (left := due - time.monotonic()) > 0:

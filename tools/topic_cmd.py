@@ -19,6 +19,7 @@ import click
 import msgspec
 import yaml
 import zmq
+from rich.table import Table
 
 from vigil.bus.channel import validation_path
 from vigil.bus.pubsub import Received, Subscriber
@@ -27,8 +28,10 @@ from vigil.errors import VigilError
 from vigil.schemas import LATCHED_TOPICS, TOPICS, Message, Topic, schema_id
 from vigil.tools._expr import ExpressionError, Filter, compile_filter
 from vigil.tools._options import json_option, key_option, run_dir_option
+from vigil.tools._tables import console, fixed, table, text
 from vigil.tools._taps import (
     BusPublisher,
+    Silence,
     SubscriptionWatch,
     TopicMeter,
     TopicRate,
@@ -38,7 +41,7 @@ from vigil.tools._taps import (
     summarise_tensors,
 )
 
-__all__ = ["MessageValueError", "decode_value", "schema_summary", "topic"]
+__all__ = ["MessageValueError", "decode_value", "schema_summary", "topic", "topics_table"]
 
 # Topics that steer the pipeline: a value typed at a terminal must not change the safety state
 # or the served model by accident.
@@ -114,11 +117,18 @@ def list_topics(run_dir: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    console().print(topics_table(rows))
+
+
+def topics_table(rows: list[dict[str, Any]]) -> Table:
+    """Topic, type, publishers and subscribers; the node lists wrap."""
+    out = table(fixed("topic"), fixed("type"), text("publishers"), text("subscribers"))
     for r in rows:
-        click.echo(
-            f"{r['topic']:<20} [{r['type']}]  pub: {', '.join(r['publishers']) or '-'}"
-            f"  sub: {', '.join(r['subscribers']) or '-'}"
-        )
+        out.add_row(
+            r["topic"], r["type"], ", ".join(r["publishers"]) or "-",
+            ", ".join(r["subscribers"]) or "-",
+        )  # fmt: skip
+    return out
 
 
 def _dig(value: Any, path: str) -> Any:
@@ -214,9 +224,18 @@ def echo(  # noqa: PLR0917 - click passes every option as an argument
 
     --filter takes an expression over the body `m`, the envelope `e` and `topic`, e.g.
     `m.output.confidence > 0.5 and m.stream_id == "cam0"`. Tensors are summarised (dtype,
-    shape, min/max/mean) unless --full.
+    shape, min/max/mean) unless --full. While nothing arrives, stderr says why when it can:
+    no node publishes NAME, or the pipeline is refusing requests.
     """
-    bus = open_bus(open_run(run_dir), key)
+    run = open_run(run_dir)
+    bus = open_bus(run, key)
+    try:
+        graph: RunGraph | None = run.read_graph()
+    except FileNotFoundError:
+        graph = None
+    silence = Silence(name, graph, time.monotonic())
+    for note in silence.first_notes():
+        click.echo(note, err=True)
     try:
         keep: Filter | None = compile_filter(expression) if expression else None
     except ExpressionError as exc:
@@ -236,18 +255,25 @@ def echo(  # noqa: PLR0917 - click passes every option as an argument
         def line(row: dict[str, Any]) -> str:
             return json.dumps(row)
 
+    watched = [t for t in Silence.WATCHED if t != name]
     with (
         zmq.Context() as ctx,
-        Subscriber(ctx, bus.sub, [name], typed=False, curve=bus.curve) as sub,
+        Subscriber(ctx, bus.sub, [name, *watched], typed=False, curve=bus.curve) as sub,
     ):
         try:
             while not limit or shown < limit:
                 wait = 200 if deadline is None else int((deadline - time.monotonic()) * 1000)
                 if deadline is not None and wait <= 0:
                     raise click.ClickException(f"no message on {name} within {timeout} s")
-                received = sub.recv(wait)
+                received = sub.recv(min(wait, 200))
+                for note in silence.notes(time.monotonic()):
+                    click.echo(note, err=True)
                 if received is None:
                     continue
+                if received.topic != name:
+                    silence.see(received)
+                    continue
+                silence.heard(time.monotonic())
                 if keep is not None and not keep(
                     m=received.body, e=msgspec.to_builtins(received.envelope), topic=received.topic
                 ):

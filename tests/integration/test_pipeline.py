@@ -104,7 +104,7 @@ def test_topic_tools_find_the_running_launch(launched: Launcher) -> None:
     runner = CliRunner()
     listed = runner.invoke(cli, ["topic", "list", "--run-dir", str(launched.run.path)])
     assert listed.exit_code == 0, listed.output
-    assert "infer/result" in listed.output and "[infer.result]" in listed.output
+    assert "infer/result" in listed.output and "infer.result" in listed.output
     assert "health/heartbeat" in listed.output
     rate = runner.invoke(
         cli,

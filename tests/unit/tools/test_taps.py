@@ -10,8 +10,10 @@ import pytest
 import zmq.auth
 
 from vigil.bus.curve import CurveConfig
-from vigil.bus.rundir import RunDir, RunGraph
-from vigil.tools._taps import BusTap, open_bus
+from vigil.bus.envelope import Envelope
+from vigil.bus.pubsub import Received
+from vigil.bus.rundir import GraphNode, RunDir, RunGraph
+from vigil.tools._taps import BusTap, Silence, open_bus
 
 TCP = {"pub": "tcp://10.0.0.1:7650", "sub": "tcp://10.0.0.1:7651"}
 
@@ -90,3 +92,56 @@ def test_graphs_written_before_the_server_key_still_decode(short_tmp: Path) -> N
     del raw["server_key"]
     run.graph_path.write_bytes(msgspec.json.encode(raw))
     assert run.read_graph().server_key == ""
+
+
+def _received(topic: str, body: dict[str, object]) -> Received:
+    envelope = Envelope(schema="test", seq=1, source="test")
+    return Received(topic=topic, envelope=envelope, body=body, buffers=[], frames=[], size=0)
+
+
+def _graph(publishes: list[str]) -> RunGraph:
+    node = GraphNode(name="worker", kind="worker", instance=1, pid=1, publishes=publishes)
+    return RunGraph(
+        launch_file="x", launcher_pid=1, started_ns=0, endpoints={}, topics={}, nodes=[node]
+    )
+
+
+def test_silence_says_at_once_when_nothing_publishes_the_topic() -> None:
+    """A topic no node of the graph publishes is named before any wait."""
+    quiet = Silence("infer/result", _graph([]), now=0.0)
+    assert quiet.first_notes() == [
+        "# no node of this launch publishes infer/result; waiting anyway"
+    ]
+    assert Silence("infer/result", _graph(["infer/result"]), now=0.0).first_notes() == []
+    assert Silence("infer/result", None, now=0.0).first_notes() == []
+
+
+def test_silence_names_refusals_once_after_the_quiet_time() -> None:
+    """Refused requests explain a quiet topic, said once, and only after `quiet_s`."""
+    quiet = Silence("infer/result", _graph(["infer/result"]), now=0.0, quiet_s=2.0)
+    for code in ("RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "UNAVAILABLE"):
+        quiet.see(_received("infer/error", {"code": code}))
+    assert quiet.notes(1.0) == []
+    (note,) = quiet.notes(2.5)
+    assert "refuses requests (RESOURCE_EXHAUSTED 2, UNAVAILABLE 1 on infer/error)" in note
+    assert quiet.notes(10.0) == []
+
+
+def test_silence_names_a_state_that_is_not_normal() -> None:
+    """A DEGRADED or SAFE_STOP state is named with its cause; NORMAL says nothing."""
+    quiet = Silence("infer/result", None, now=0.0, quiet_s=1.0)
+    quiet.see(_received("safety/state", {"state": "NORMAL", "cause": ""}))
+    assert quiet.notes(5.0) == []
+    quiet.see(_received("safety/state", {"state": "SAFE_STOP", "cause": "ingest failed"}))
+    assert quiet.notes(6.0) == [
+        "# the safety state is SAFE_STOP (ingest failed); requests may be refused"
+    ]
+
+
+def test_silence_waits_again_after_the_topic_is_heard() -> None:
+    """A message of the topic restarts the quiet time."""
+    quiet = Silence("infer/result", None, now=0.0, quiet_s=2.0)
+    quiet.see(_received("infer/error", {"code": "DEADLINE_EXCEEDED"}))
+    quiet.heard(5.0)
+    assert quiet.notes(6.0) == []
+    assert len(quiet.notes(7.5)) == 1
