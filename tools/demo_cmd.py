@@ -185,11 +185,13 @@ def _pacing(p: dict[str, Any]) -> str:
         return f"fixed, {p.get('rate_hz')} frames/s"
     if p["phase"] != "driving":
         return "still measuring when the demo ended"
-    backoffs = f", backed off {p['backoffs']}x" if p["backoffs"] else ""
-    return (
+    text = (
         f"this machine sustained {p['sustained_hz']:.1f} results/s; "
-        f"driven at {p['target_hz']:.1f} frames/s{backoffs}"
+        f"driven at {p['planned_hz']:.1f} frames/s"
     )
+    if p["backoffs"]:
+        text += f", backed off {p['backoffs']}x (ended at {p['rate_hz']:.1f})"
+    return text
 
 
 def _print(summary: dict[str, Any], verdicts: list[dict[str, Any]]) -> None:

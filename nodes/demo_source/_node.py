@@ -14,7 +14,13 @@ import zmq
 
 from vigil.bus.rundir import resolve_endpoint
 from vigil.client import Client
-from vigil.errors import DeadlineExceeded, InvalidArgument, RequestError, ResourceExhausted
+from vigil.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    RequestError,
+    ResourceExhausted,
+    Unavailable,
+)
 from vigil.nodes._runtime import Node
 from vigil.nodes._scene import render_scene
 from vigil.nodes.contract import ExitCode, NodeArgs
@@ -50,6 +56,20 @@ class Tally:
     boxes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A request on its way: when it left, whether it was broken on purpose, its frame."""
+
+    at_ns: int
+    invalid: bool
+    stream: str
+    ts: int
+
+
+# Replies that say the pipeline has more than it can serve now: the source backs off.
+_OVERLOAD = (ResourceExhausted, DeadlineExceeded, Unavailable)
+
+
 class _Source:
     def __init__(self, node: Node, config: SourceConfig) -> None:
         self.node = node
@@ -66,8 +86,11 @@ class _Source:
             else Adaptive(config.pacing, config.rate_hz, config.deadline_ms * 1_000_000, now)
         )
         self.tally = Tally()
-        self.sent_at: dict[int, tuple[int, bool]] = {}
+        self.sent_at: dict[int, _Sent] = {}
         self.last_ts: dict[str, int] = {}
+        # Per stream, the newest timestamp of a frame that came back with a result: the
+        # ingest accepted it, so repeating it is stale for sure.
+        self.accepted_ts: dict[str, int] = {}
         self.count = 0
         self.faults = list(Fault)
 
@@ -105,11 +128,11 @@ class _Source:
                 seq = self._send_invalid(fault, frame, stream, ts, deadline_s)
         except RequestError as exc:
             # Refused before it left (no connection to the ingest, or its queue is full).
-            if isinstance(exc, ResourceExhausted):
+            if isinstance(exc, _OVERLOAD):
                 self.pace.overloaded(now)
             self._count_error(exc.code)
             return
-        self.sent_at[seq] = (now, fault is not None)
+        self.sent_at[seq] = _Sent(now, fault is not None, stream, ts)
 
     def _send_invalid(
         self, fault: Fault, frame: npt.NDArray[np.uint8], stream: str, ts: int, deadline_s: float
@@ -117,10 +140,11 @@ class _Source:
         if fault is Fault.GARBAGE_BODY:
             return self.client.submit_raw(b"\xc1\xff not msgpack", [], deadline_s=deadline_s)
         bad: npt.NDArray[np.uint8] = frame
-        if fault is Fault.WRONG_CHANNELS:
+        accepted = self.accepted_ts.get(stream)
+        if fault is Fault.WRONG_CHANNELS or (fault is Fault.STALE_TIMESTAMP and accepted is None):
             bad = np.ascontiguousarray(frame[:, :, :2])
-        elif fault is Fault.STALE_TIMESTAMP:
-            ts = self.last_ts.get(stream, ts)  # a repeat of the last accepted timestamp
+        elif fault is Fault.STALE_TIMESTAMP and accepted is not None:
+            ts = accepted  # a repeat of a timestamp the ingest accepted
         elif fault is Fault.TOO_LARGE:
             bad = np.zeros((1200, 64, 3), dtype=np.uint8)
         elif fault is Fault.WRONG_DTYPE:
@@ -138,17 +162,17 @@ class _Source:
             sent = self.sent_at.pop(seq, None)
             if sent is None:
                 continue
-            sent_ns, invalid = sent
             now = self.node.clock()
-            if isinstance(outcome, InferResult) and not invalid:
+            if isinstance(outcome, InferResult) and not sent.invalid:
                 self.tally.answered += 1
                 self.tally.boxes += len(outcome.output.boxes)
-                self.tally.latencies_ms.append((now - sent_ns) / 1e6)
-                self.pace.answered(now, now - sent_ns)
-            elif isinstance(outcome, InvalidArgument) and invalid:
+                self.tally.latencies_ms.append((now - sent.at_ns) / 1e6)
+                self.pace.answered(now, now - sent.at_ns)
+                self.accepted_ts[sent.stream] = max(self.accepted_ts.get(sent.stream, 0), sent.ts)
+            elif isinstance(outcome, InvalidArgument) and sent.invalid:
                 self.tally.rejected += 1
             else:
-                if isinstance(outcome, ResourceExhausted | DeadlineExceeded):
+                if isinstance(outcome, _OVERLOAD):
                     self.pace.overloaded(now)
                 self._count_error(
                     outcome.code if isinstance(outcome, RequestError) else "UNREJECTED"

@@ -3,9 +3,10 @@
 A fixed rate is a camera that ignores the machine it runs on; on a slow or busy machine its
 frames queue until they miss their deadline. `Adaptive` measures instead: it first keeps a few
 requests in flight (a closed loop, which can never overload anything) and times the answers,
-then sends at a fraction of that rate, and backs off when requests start to queue anyway (the
-machine got busier) or the pipeline refuses work for load. The logic is pure: the node passes
-the clock in.
+then sends at a fraction of that rate. When the machine gets busier it backs off (requests
+queue, answers come late, or the pipeline refuses work) and remembers where that happened, so
+it comes back to just below it; only after a long quiet spell does it probe higher again. The
+logic is pure: the node passes the clock in.
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ __all__ = ["Adaptive", "Fixed", "Pace", "Phase"]
 
 _S: Final = 1_000_000_000
 _BACKOFF: Final = 0.7
-"""The rate is multiplied by this when requests queue."""
-_RAISE: Final = 0.1
-"""...and raised back by this share of the target each quiet second."""
+"""On congestion the rate is multiplied by this..."""
+_REMEMBER: Final = 0.9
+"""...and the rate it then climbs back to is this share of the rate congestion came at."""
+_CLIMB: Final = 0.05
+"""Each quiet second the rate climbs by this share of the planned rate..."""
+_PROBE_AFTER_NS: Final = 10 * _S
+"""...and after this long quiet at its target, the target itself grows,"""
+_PROBE: Final = 1.1
+"""by this factor, never past the planned rate."""
 _FLOOR: Final = 0.125
-"""The rate never falls below this share of the target."""
+"""The rate never falls below this share of the planned rate."""
 _QUEUE: Final = 2
 """More than this many calibration windows in flight means requests queue."""
+_LATE: Final = 3
+"""An answer later than a deadline over this has come close to missing it."""
 _TICK_NS: Final = 100_000_000
 """How often a calibrating source looks at its window without a reply."""
 
@@ -94,13 +103,13 @@ class _Calibration:
 
 
 class Adaptive:
-    """Calibrate in a closed loop, then drive at `load` times the measured rate, at most
-    `ceiling_hz`; back off when requests queue or are refused for load, and creep back to the
-    target while nothing queues.
+    """Calibrate in a closed loop, then drive at `load` times the measured rate (at most
+    `ceiling_hz`): the planned rate. Back off on congestion, climb back to just below where
+    it came, and probe higher after a quiet spell, never past the planned rate.
 
-    Requests queue when more are in flight than twice the calibration window, or than the
-    measured rate serves in half a deadline, whichever is fewer: past that, answers come late
-    or not at all.
+    Congestion is any of: more in flight than twice the calibration window or than the
+    measured rate serves in half a deadline; an answer later than a third of its deadline; a
+    request refused or timed out for load.
     """
 
     def __init__(
@@ -113,15 +122,18 @@ class Adaptive:
         self.calibration = _Calibration()
         self.sustained_hz = 0.0
         """The answer rate measured in the closed loop."""
+        self.planned_hz = 0.0
+        """load x sustained, at most the ceiling: the most the source drives at."""
         self.target_hz = 0.0
-        """What the source drives at when nothing queues: load x sustained, capped."""
+        """What the rate climbs back to after a back-off."""
         self.rate_hz = 0.0
         self.backoffs = 0
+        self.queue_limit = _QUEUE * config.calibration_window
         self.next_ns = now_ns
         self._hold_until_ns = now_ns
-        self._next_raise_ns = now_ns
+        self._next_climb_ns = now_ns
+        self._quiet_since_ns = now_ns
         self._window_latency_ns = 0
-        self.queue_limit = _QUEUE * config.calibration_window
 
     # -- the schedule ---------------------------------------------------------------------
 
@@ -130,11 +142,11 @@ class Adaptive:
             return max(0, self.config.calibration_window - in_flight)
         if in_flight > self.queue_limit:
             self._back_off(now_ns)
-        elif now_ns >= self._next_raise_ns:
-            self._raise(now_ns)
+        elif now_ns >= self._next_climb_ns:
+            self._climb(now_ns)
         if now_ns < self.next_ns:
             return 0
-        period = self._period_ns()
+        period = int(_S / self.rate_hz)
         self.next_ns += period
         if self.next_ns <= now_ns:
             self.next_ns = now_ns + period  # woken late: the frames missed meanwhile are dropped
@@ -145,13 +157,12 @@ class Adaptive:
             return _TICK_NS
         return max(0, self.next_ns - now_ns)
 
-    def _period_ns(self) -> int:
-        return int(_S / self.rate_hz)
-
     # -- what the replies say ---------------------------------------------------------------
 
     def answered(self, now_ns: int, latency_ns: int) -> None:
-        if self.phase is not Phase.CALIBRATING:
+        if self.phase is Phase.DRIVING:
+            if latency_ns * _LATE > self.deadline_ns:
+                self._back_off(now_ns)
             return
         cal = self.calibration
         cal.answers += 1
@@ -172,34 +183,40 @@ class Adaptive:
         measured = cal.answers - self.config.calibration_window
         elapsed_ns = max(1, now_ns - cal.started_ns)
         self.sustained_hz = measured * _S / elapsed_ns
-        self.target_hz = min(self.ceiling_hz, self.config.load * self.sustained_hz)
-        self.rate_hz = self.target_hz
+        self.planned_hz = min(self.ceiling_hz, self.config.load * self.sustained_hz)
+        self.target_hz = self.rate_hz = self.planned_hz
         served_in_half_a_deadline = int(self.sustained_hz * self.deadline_ns / (2 * _S))
         self.queue_limit = max(1, min(self.queue_limit, served_in_half_a_deadline))
         latencies = sorted(cal.latencies_ns)
         self._window_latency_ns = latencies[len(latencies) // 2]
         self.phase = Phase.DRIVING
         self.next_ns = now_ns
-        self._next_raise_ns = now_ns + _S
+        self._next_climb_ns = self._quiet_since_ns = now_ns + _S
 
     def _back_off(self, now_ns: int) -> None:
         # Once per hold: what is in flight was sent at the old rate and says nothing new.
         if now_ns < self._hold_until_ns:
             return
         self.backoffs += 1
-        self.rate_hz = max(_FLOOR * self.target_hz, _BACKOFF * self.rate_hz)
+        floor = _FLOOR * self.planned_hz
+        self.target_hz = max(floor, _REMEMBER * self.rate_hz)
+        self.rate_hz = max(floor, _BACKOFF * self.rate_hz)
         self._hold_until_ns = now_ns + max(2 * self._window_latency_ns, _S)
-        self._next_raise_ns = self._hold_until_ns
+        self._next_climb_ns = self._quiet_since_ns = self._hold_until_ns
 
-    def _raise(self, now_ns: int) -> None:
-        self.rate_hz = min(self.target_hz, self.rate_hz + _RAISE * self.target_hz)
-        self._next_raise_ns = now_ns + _S
+    def _climb(self, now_ns: int) -> None:
+        if self.rate_hz >= self.target_hz and now_ns - self._quiet_since_ns >= _PROBE_AFTER_NS:
+            self.target_hz = min(self.planned_hz, _PROBE * self.target_hz)
+            self._quiet_since_ns = now_ns
+        self.rate_hz = min(self.target_hz, self.rate_hz + _CLIMB * self.planned_hz)
+        self._next_climb_ns = now_ns + _S
 
     def report(self) -> dict[str, Any]:
         return {
             "mode": "adaptive",
             "phase": self.phase.value,
             "sustained_hz": round(self.sustained_hz, 3),
+            "planned_hz": round(self.planned_hz, 3),
             "target_hz": round(self.target_hz, 3),
             "rate_hz": round(self.rate_hz, 3),
             "queue_limit": self.queue_limit,

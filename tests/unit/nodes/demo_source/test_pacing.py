@@ -62,7 +62,7 @@ def test_calibration_measures_the_answer_rate_after_the_first_window() -> None:
 def test_rate_never_exceeds_the_ceiling() -> None:
     """On a fast machine the source still sends no faster than its camera's rate."""
     pace, _ = _calibrated(sustained_hz=200.0, ceiling_hz=8.0)
-    assert pace.target_hz == 8.0
+    assert pace.planned_hz == 8.0
 
 
 def test_driving_sends_at_the_target_rate() -> None:
@@ -73,17 +73,19 @@ def test_driving_sends_at_the_target_rate() -> None:
 
 
 def test_queueing_beyond_two_windows_backs_off_once_per_hold() -> None:
-    """More in flight than twice the calibration window lowers the rate, once until the
-    requests sent at the old rate have had time to come back."""
+    """More in flight than twice the calibration window lowers the rate, and the rate it
+    climbs back to, once until the requests sent at the old rate have had time to return."""
     pace, now = _calibrated(sustained_hz=20.0)
     pace.due(now, 8)
     assert pace.backoffs == 0
     pace.due(now, 9)
-    assert pace.backoffs == 1 and round(pace.rate_hz, 6) == 7.0
+    assert pace.backoffs == 1
+    assert round(pace.rate_hz, 6) == 7.0 and round(pace.target_hz, 6) == 9.0
     pace.due(now + 100 * MS, 12)
     assert pace.backoffs == 1
     pace.due(now + 1100 * MS, 12)
-    assert pace.backoffs == 2 and round(pace.rate_hz, 6) == 4.9
+    assert pace.backoffs == 2
+    assert round(pace.rate_hz, 6) == 4.9 and round(pace.target_hz, 6) == 6.3
 
 
 def test_queue_limit_keeps_what_is_in_flight_within_half_a_deadline() -> None:
@@ -96,21 +98,42 @@ def test_queue_limit_keeps_what_is_in_flight_within_half_a_deadline() -> None:
 
 
 def test_refusals_for_load_back_off() -> None:
-    """RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED replies lower the rate like queueing does."""
+    """RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED or UNAVAILABLE replies lower the rate like
+    queueing does."""
     pace, now = _calibrated(sustained_hz=20.0)
     pace.overloaded(now)
-    assert pace.backoffs == 1 and pace.rate_hz < pace.target_hz
+    assert pace.backoffs == 1 and pace.rate_hz < pace.planned_hz
 
 
-def test_rate_creeps_back_to_the_target_and_no_further() -> None:
-    """After a back-off, each quiet second raises the rate by a tenth of the target."""
+def test_a_late_answer_backs_off() -> None:
+    """An answer that took more than a third of its deadline lowers the rate; one in time
+    does not."""
+    pace, now = _calibrated(sustained_hz=20.0, deadline_ns=3 * S)
+    pace.answered(now, 900 * MS)
+    assert pace.backoffs == 0
+    pace.answered(now, 1100 * MS)
+    assert pace.backoffs == 1
+
+
+def test_rate_climbs_back_below_where_congestion_came() -> None:
+    """After a back-off the rate climbs by a twentieth of the planned rate each quiet second,
+    up to nine tenths of the rate congestion came at."""
     pace, now = _calibrated(sustained_hz=20.0)
     pace.overloaded(now)
     rates = []
     for second in range(1, 8):
         pace.due(now + second * S, 1)
         rates.append(round(pace.rate_hz, 6))
-    assert rates == [8.0, 9.0, 10.0, 10.0, 10.0, 10.0, 10.0]
+    assert rates == [7.5, 8.0, 8.5, 9.0, 9.0, 9.0, 9.0]
+
+
+def test_a_long_quiet_spell_probes_higher_but_never_past_the_plan() -> None:
+    """Ten quiet seconds at its target raise the target by a tenth, up to the planned rate."""
+    pace, now = _calibrated(sustained_hz=20.0)
+    pace.overloaded(now)
+    for second in range(1, 40):
+        pace.due(now + second * S, 1)
+    assert pace.target_hz == pace.planned_hz == pace.rate_hz == 10.0
 
 
 def test_rate_has_a_floor() -> None:
