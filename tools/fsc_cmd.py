@@ -7,10 +7,14 @@ from pathlib import Path
 import click
 import msgspec
 
+import vigil
 from vigil.errors import ConfigError
 from vigil.tools.fsc import FscExit, format_csv, format_markdown, load_requirements, trace
 
 __all__ = ["fsc"]
+
+# The folder the `vigil` package is mapped from: the repository root in a source checkout.
+_SOURCE_ROOT = Path(vigil.__file__).resolve().parent
 
 
 @click.command("fsc")
@@ -25,9 +29,9 @@ __all__ = ["fsc"]
 @click.option(
     "--root",
     type=click.Path(file_okay=False, exists=True),
-    default=".",
-    show_default=True,
-    help="Repository root; paths in the matrix are relative to it.",
+    default=None,
+    help="Repository root; paths in the matrix are relative to it (default: the source tree "
+    "this vigil runs from, wherever the command is run).",
 )
 @click.option("--code", multiple=True, help="Where implementations live (default: the root).")
 @click.option("--tests", multiple=True, help="Where tests live (default: ROOT/tests).")
@@ -40,7 +44,7 @@ __all__ = ["fsc"]
 def fsc(  # noqa: PLR0917 - click passes every option as an argument
     ctx: click.Context,
     requirements_path: str,
-    root: str,
+    root: str | None,
     code: tuple[str, ...],
     tests: tuple[str, ...],
     fmt: str,
@@ -48,7 +52,7 @@ def fsc(  # noqa: PLR0917 - click passes every option as an argument
     output: str | None,
 ) -> None:
     """Print the safety traceability matrix; exit 1 when a requirement lacks code or a test."""
-    base = Path(root)
+    base = Path(root) if root is not None else _SOURCE_ROOT
     requirements_file = Path(requirements_path)
     if not requirements_file.is_absolute() and not requirements_file.exists():
         requirements_file = base / requirements_file

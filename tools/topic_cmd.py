@@ -185,7 +185,13 @@ def _echo_row(received: Received, fields: tuple[str, ...], full: bool) -> dict[s
         full=full,
     )
     if fields:
-        return {f: _dig(body, f) for f in fields}
+        # Ids are bytes on the wire; they are printed in hex, as the W3C trace context spells
+        # them and as `vigil log trace` takes them.
+        envelope = {
+            k: v.hex() if isinstance(v, bytes) else v
+            for k, v in msgspec.structs.asdict(env).items()
+        }
+        return {f: _dig(envelope, f[2:]) if f.startswith("e.") else _dig(body, f) for f in fields}
     return {
         "topic": received.topic,
         "seq": env.seq,
@@ -203,7 +209,13 @@ def _echo_row(received: Received, fields: tuple[str, ...], full: bool) -> dict[s
 @click.option("--once", is_flag=True, help="Print one message and exit.")
 @click.option("-n", "--count", type=int, default=0, help="Exit after this many messages.")
 @click.option("--timeout", type=float, default=0.0, help="Give up after this many seconds.")
-@click.option("--field", "fields", multiple=True, help="Print only this dotted body path.")
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    help="Print only this dotted body path; e.NAME is an envelope field (e.g. e.trace_id).",
+)
+@click.option("--raw", is_flag=True, help="With one --field, print a string without JSON quotes.")
 @click.option("--filter", "expression", default=None, help="Keep messages where EXPR holds.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows instead of JSON lines.")
 @click.option("--full", is_flag=True, help="Print tensor values instead of a summary.")
@@ -219,6 +231,7 @@ def echo(  # noqa: PLR0917 - click passes every option as an argument
     as_csv: bool,
     full: bool,
     key: str | None,
+    raw: bool,
 ) -> None:
     """Print the messages on topic NAME: JSON lines (envelope and body) by default.
 
@@ -249,7 +262,8 @@ def echo(  # noqa: PLR0917 - click passes every option as an argument
         only = fields[0]
 
         def line(row: dict[str, Any]) -> str:
-            return json.dumps(row[only])
+            value = row[only]
+            return value if raw and isinstance(value, str) else json.dumps(value)
     else:
 
         def line(row: dict[str, Any]) -> str:

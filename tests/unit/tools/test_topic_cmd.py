@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vigil.bus.envelope import Envelope
+from vigil.bus.pubsub import Received
 from vigil.schemas import DiagnosticEvent, Topic
 from vigil.tools._expr import ExpressionError, compile_filter
 from vigil.tools._taps import SubscriptionWatch, summarise_tensors
-from vigil.tools.topic_cmd import MessageValueError, decode_value, schema_summary
+from vigil.tools.topic_cmd import MessageValueError, _echo_row, decode_value, schema_summary
 
 RESULT = {
     "stream_id": "cam0",
@@ -121,3 +123,18 @@ def test_a_value_outside_an_enum_is_refused_with_the_allowed_values() -> None:
         decode_value(Topic.DIAGNOSTIC, "{code: DIA-9999, severity: error, node: n, message: m}")
     assert "Invalid enum value 'DIA-9999'; allowed: DIA-2001, DIA-2002" in str(info.value)
     assert info.value.path == "$.code"
+
+
+def test_echo_field_reads_the_envelope_with_an_e_prefix() -> None:
+    """`--field e.trace_id` is the envelope's trace id in hex, beside a body field."""
+    trace = bytes(range(16))
+    received = Received(
+        topic=Topic.INFER_RESULT,
+        envelope=Envelope(schema="infer.result", seq=7, source="ingest", trace_id=trace),
+        body=RESULT,
+        buffers=[],
+        frames=[],
+        size=0,
+    )
+    row = _echo_row(received, ("e.trace_id", "e.seq", "output.confidence"), full=False)
+    assert row == {"e.trace_id": trace.hex(), "e.seq": 7, "output.confidence": 0.7}
