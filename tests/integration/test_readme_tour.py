@@ -42,7 +42,8 @@ class Expect:
 
 
 KEY_LINES: Final = {
-    "vigil launch launch/target.yaml --print": Expect(r"launch target from launch/target\.yaml"),
+    "vigil launch launch/demo.yaml --show-args": Expect(r"(?m)^  workers +int +default 2"),
+    "vigil launch launch/demo.yaml workers:=3 --print": Expect(r"(?m)^  worker\.3 +worker"),
     "vigil graph check": Expect(r"graph check launch/target\.yaml: 0 errors"),
     "vigil node list": Expect(r"(?m)^worker\.1 +worker +\d+ +alive"),
     "vigil top --once": Expect(r"(?m)^infer/result +[\d.]+ Hz"),
@@ -53,11 +54,13 @@ KEY_LINES: Final = {
     "vigil bag record": Expect(r"recorded \d+ messages, [\d.]+ MB, 0 dropped"),
     "vigil bag info": Expect(r"(?m)^  infer/request +\d+ msgs"),
     "vigil bag play": Expect(r"\d+ messages in [\d.]+ s"),
+    "vigil bag convert": Expect(r"wrote \d+ messages .* to run/demo\.json\.mcap \(json\)"),
     # 64: entries stamped by a fallback clock, on a machine without a PTP hardware clock.
     "vigil log verify": Expect(r"\d+ entries \(seq 1\.\.\d+\)", codes=frozenset({0, 64})),
     "vigil log show": Expect(r"health\.state .*\"state\":\"NORMAL\""),
     "TRACE_ID=": Expect(r"^[0-9a-f]{32}$"),
     "vigil log trace": Expect(r"trace [0-9a-f]{32}: [1-9]\d* entries"),
+    "vigil log audit": Expect(r"(?m)^ +seq +time \(UTC\) +class"),
     "vigil model keygen": Expect(r"key id +[0-9a-f]{64}"),
     "vigil model add": Expect(r"signed +run/models/det/2/model\.sig"),
     "vigil model verify": Expect(r"verified det/2"),
