@@ -194,6 +194,13 @@ def _pacing(p: dict[str, Any]) -> str:
     return text
 
 
+def _sent(s: dict[str, Any]) -> str:
+    text = f"{s['sent']} ({s['sent_invalid']} deliberately invalid"
+    if s["skipped"]:
+        text += f"; {s['skipped']} more skipped while the pipeline was busy"
+    return text + ")"
+
+
 def _print(summary: dict[str, Any], verdicts: list[dict[str, Any]]) -> None:
     console = Console()
     table = Table(title="vigil demo", show_header=False)
@@ -201,7 +208,7 @@ def _print(summary: dict[str, Any], verdicts: list[dict[str, Any]]) -> None:
     table.add_column("value", overflow="fold")
     errors = ", ".join(f"{c} {n}" for c, n in summary["error_codes"].items())
     rows = [
-        ("frames sent", f"{summary['sent']} ({summary['sent_invalid']} deliberately invalid)"),
+        ("frames sent", _sent(summary)),
         ("pace", _pacing(summary["pacing"])),
         ("answered with a result", str(summary["answered"])),
         ("rejected (INVALID_ARGUMENT)", str(summary["rejected"])),

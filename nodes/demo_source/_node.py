@@ -81,7 +81,7 @@ class _Source:
         self.frames = [render_scene(i, config.height, config.width) for i in range(config.scenes)]
         now = node.clock()
         self.pace: Pace = (
-            Fixed(config.rate_hz, now)
+            Fixed(config.rate_hz, now, config.max_in_flight)
             if config.pacing is None
             else Adaptive(config.pacing, config.rate_hz, config.deadline_ms * 1_000_000, now)
         )
@@ -96,8 +96,9 @@ class _Source:
 
     def send_due(self) -> None:
         now = self.node.clock()
+        limit = min(self.config.max_in_flight, self.pace.in_flight_limit)
         for _ in range(self.pace.due(now, self.client.in_flight)):
-            if self.client.in_flight >= self.config.max_in_flight:
+            if self.client.in_flight >= limit:
                 # Open loop: a frame that cannot go now is skipped, as a camera would.
                 self.tally.skipped += 1
                 continue

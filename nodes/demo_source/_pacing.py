@@ -32,8 +32,8 @@ _PROBE: Final = 1.1
 """by this factor, never past the planned rate."""
 _FLOOR: Final = 0.125
 """The rate never falls below this share of the planned rate."""
-_QUEUE: Final = 2
-"""More than this many calibration windows in flight means requests queue."""
+_WAITING: Final = 1
+"""Requests that may wait beyond a full calibration window: more, and they queue."""
 _LATE: Final = 3
 """An answer later than a deadline over this has come close to missing it."""
 _TICK_NS: Final = 100_000_000
@@ -42,6 +42,9 @@ _TICK_NS: Final = 100_000_000
 
 class Pace(Protocol):
     """The schedule of a source: how many frames are due, and what it learns from replies."""
+
+    in_flight_limit: int
+    """A frame due while this many requests are in flight is skipped, as a camera would."""
 
     def due(self, now_ns: int, in_flight: int) -> int:
         """How many frames to send now; the schedule counts them as sent."""
@@ -62,9 +65,10 @@ class Pace(Protocol):
 class Fixed:
     """One frame every `1/rate_hz` seconds, whatever happens to them."""
 
-    def __init__(self, rate_hz: float, now_ns: int) -> None:
+    def __init__(self, rate_hz: float, now_ns: int, in_flight_limit: int) -> None:
         self.period_ns = int(_S / rate_hz)
         self.next_ns = now_ns
+        self.in_flight_limit = in_flight_limit
 
     def due(self, now_ns: int, in_flight: int) -> int:
         if now_ns < self.next_ns:
@@ -107,9 +111,11 @@ class Adaptive:
     `ceiling_hz`): the planned rate. Back off on congestion, climb back to just below where
     it came, and probe higher after a quiet spell, never past the planned rate.
 
-    Congestion is any of: more in flight than twice the calibration window or than the
-    measured rate serves in half a deadline; an answer later than a third of its deadline; a
-    request refused or timed out for load.
+    Congestion is any of: a frame due while the calibration window is full and one more
+    request waits (or as many as the measured rate serves in half a deadline, if fewer), in
+    which case the frame is skipped; an answer later than a third of its deadline; a request
+    refused or timed out for load. So no request waits behind more than a window's worth of
+    work, and one that meets a machine suddenly slower still has time to be served.
     """
 
     def __init__(
@@ -128,7 +134,7 @@ class Adaptive:
         """What the rate climbs back to after a back-off."""
         self.rate_hz = 0.0
         self.backoffs = 0
-        self.queue_limit = _QUEUE * config.calibration_window
+        self.in_flight_limit = config.calibration_window + _WAITING
         self.next_ns = now_ns
         self._hold_until_ns = now_ns
         self._next_climb_ns = now_ns
@@ -140,7 +146,7 @@ class Adaptive:
     def due(self, now_ns: int, in_flight: int) -> int:
         if self.phase is Phase.CALIBRATING:
             return max(0, self.config.calibration_window - in_flight)
-        if in_flight > self.queue_limit:
+        if in_flight >= self.in_flight_limit:
             self._back_off(now_ns)
         elif now_ns >= self._next_climb_ns:
             self._climb(now_ns)
@@ -186,7 +192,7 @@ class Adaptive:
         self.planned_hz = min(self.ceiling_hz, self.config.load * self.sustained_hz)
         self.target_hz = self.rate_hz = self.planned_hz
         served_in_half_a_deadline = int(self.sustained_hz * self.deadline_ns / (2 * _S))
-        self.queue_limit = max(1, min(self.queue_limit, served_in_half_a_deadline))
+        self.in_flight_limit = max(1, min(self.in_flight_limit, served_in_half_a_deadline))
         latencies = sorted(cal.latencies_ns)
         self._window_latency_ns = latencies[len(latencies) // 2]
         self.phase = Phase.DRIVING
@@ -219,6 +225,6 @@ class Adaptive:
             "planned_hz": round(self.planned_hz, 3),
             "target_hz": round(self.target_hz, 3),
             "rate_hz": round(self.rate_hz, 3),
-            "queue_limit": self.queue_limit,
+            "in_flight_limit": self.in_flight_limit,
             "backoffs": self.backoffs,
         }

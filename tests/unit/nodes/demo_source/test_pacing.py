@@ -27,7 +27,7 @@ def _calibrated(
 
 def test_fixed_rate_sends_one_frame_per_period() -> None:
     """A fixed schedule is due once per period, and catches up on periods it slept through."""
-    pace = Fixed(10.0, 0)
+    pace = Fixed(10.0, 0, in_flight_limit=32)
     assert pace.due(0, 0) == 1
     assert pace.due(50 * MS, 0) == 0
     assert pace.wait_ns(50 * MS) == 50 * MS
@@ -72,28 +72,32 @@ def test_driving_sends_at_the_target_rate() -> None:
     assert sent == 20  # 10 Hz for two seconds
 
 
-def test_queueing_beyond_two_windows_backs_off_once_per_hold() -> None:
-    """More in flight than twice the calibration window lowers the rate, and the rate it
-    climbs back to, once until the requests sent at the old rate have had time to return."""
+def test_a_full_window_and_one_waiting_backs_off_once_per_hold() -> None:
+    """A frame due while the calibration window is full and one more request waits lowers
+    the rate, and the rate it climbs back to, once until the requests sent at the old rate
+    have had time to return; the source skips that frame."""
     pace, now = _calibrated(sustained_hz=20.0)
-    pace.due(now, 8)
+    assert pace.in_flight_limit == 5
+    pace.due(now, 4)
     assert pace.backoffs == 0
-    pace.due(now, 9)
+    pace.due(now, 5)
     assert pace.backoffs == 1
     assert round(pace.rate_hz, 6) == 7.0 and round(pace.target_hz, 6) == 9.0
-    pace.due(now + 100 * MS, 12)
+    pace.due(now + 100 * MS, 8)
     assert pace.backoffs == 1
-    pace.due(now + 1100 * MS, 12)
+    pace.due(now + 1100 * MS, 8)
     assert pace.backoffs == 2
     assert round(pace.rate_hz, 6) == 4.9 and round(pace.target_hz, 6) == 6.3
 
 
-def test_queue_limit_keeps_what_is_in_flight_within_half_a_deadline() -> None:
-    """On a slow machine the source backs off before its requests could miss their deadline:
-    at 4 answers/s and a 1 s deadline, more than 2 in flight is too many."""
+def test_in_flight_limit_keeps_what_waits_within_half_a_deadline() -> None:
+    """On a slow machine fewer requests may be in flight: at 4 answers/s and a 1 s deadline,
+    two are as many as half a deadline serves."""
     pace, now = _calibrated(sustained_hz=4.0, deadline_ns=S)
-    assert pace.queue_limit == 2
-    pace.due(now, 3)
+    assert pace.in_flight_limit == 2
+    pace.due(now, 1)
+    assert pace.backoffs == 0
+    pace.due(now, 2)
     assert pace.backoffs == 1
 
 
