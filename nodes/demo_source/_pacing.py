@@ -145,6 +145,8 @@ class Adaptive:
 
     def due(self, now_ns: int, in_flight: int) -> int:
         if self.phase is Phase.CALIBRATING:
+            if now_ns < self._hold_until_ns:
+                return 0
             return max(0, self.config.calibration_window - in_flight)
         if in_flight >= self.in_flight_limit:
             self._back_off(now_ns)
@@ -183,6 +185,10 @@ class Adaptive:
     def overloaded(self, now_ns: int) -> None:
         if self.phase is Phase.DRIVING:
             self._back_off(now_ns)
+        else:
+            # A refusal comes back at once; refilling the window at once would make the closed
+            # loop a flood of requests to a pipeline that is refusing them.
+            self._hold_until_ns = now_ns + _S
 
     def _calibrated(self, now_ns: int) -> None:
         cal = self.calibration

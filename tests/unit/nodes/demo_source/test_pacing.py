@@ -43,6 +43,17 @@ def test_calibration_keeps_the_window_full_and_no_more() -> None:
     assert pace.due(2, 1) == 3
 
 
+def test_a_refusal_while_calibrating_pauses_the_closed_loop() -> None:
+    """A request refused while calibrating is not replaced for a second: refusals come back
+    at once, and refilling at once would flood a pipeline that is refusing work."""
+    pace = Adaptive(CONFIG, 100.0, DEADLINE, 0)
+    assert pace.due(0, 0) == 4
+    pace.overloaded(10 * MS)
+    assert pace.due(20 * MS, 3) == 0
+    assert pace.due(1010 * MS, 3) == 1
+    assert pace.phase is Phase.CALIBRATING
+
+
 def test_calibration_measures_the_answer_rate_after_the_first_window() -> None:
     """The sustained rate is what the answers after the first window arrive at; the source
     then drives at `load` of it."""
