@@ -57,10 +57,12 @@ KEY_LINES: Final = {
     "vigil bag convert": Expect(r"wrote \d+ messages .* to run/demo\.json\.mcap \(json\)"),
     # 64: entries stamped by a fallback clock, on a machine without a PTP hardware clock.
     "vigil log verify": Expect(r"\d+ entries \(seq 1\.\.\d+\)", codes=frozenset({0, 64})),
-    "vigil log show": Expect(r"health\.state .*\"state\":\"NORMAL\""),
+    "vigil log show run/current/log.store --event": Expect(r"health\.state .*\"NORMAL\""),
+    "vigil log show run/current/log.store --request": Expect(r"(?m)^ +\d+ \S+ [0-9a-f]{32} "),
     "TRACE_ID=": Expect(r"^[0-9a-f]{32}$"),
     "vigil log trace": Expect(r"trace [0-9a-f]{32}: [1-9]\d* entries"),
     "vigil log audit": Expect(r"(?m)^ +seq +time \(UTC\) +class"),
+    "vigil log keygen": Expect(r"key id: +[0-9a-f]+"),
     "vigil model keygen": Expect(r"key id +[0-9a-f]{64}"),
     "vigil model add": Expect(r"signed +run/models/det/2/model\.sig"),
     "vigil model verify": Expect(r"verified det/2"),
