@@ -1,15 +1,23 @@
-"""Clients of the ingest: send a frame, get its perception result or a typed error."""
+"""Clients of the ingest: send a frame, get its perception result or a typed error.
+
+A client connects to every ingest it is given and fails over between them (`bus.failover`):
+it sends to one, and when that one dies or falls silent it re-sends what it had not answered
+to the next at once. Every request carries a client-unique id (this client's random session
+and its sequence number) that stays the same on every re-send, so the pipeline executes and
+answers it at most once; the client delivers exactly one outcome per request.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self, cast
+from typing import Any, Self, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -17,10 +25,12 @@ import zmq
 import zmq.asyncio
 
 from vigil.bus.channel import Channel, FrameFault
+from vigil.bus.clock import wall_ns
 from vigil.bus.closing import Closing
 from vigil.bus.curve import CurveConfig, secure
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext
+from vigil.bus.failover import LINK_EVENTS, Failover, Outstanding, configure_link, link_change
 from vigil.errors import (
     DeadlineExceeded,
     InternalError,
@@ -33,6 +43,12 @@ from vigil.schemas import ErrorCode, ErrorReply, InferRequest, InferResult, Tens
 __all__ = ["Answer", "AsyncClient", "Client", "Reply"]
 
 Reply = tuple[int, InferResult | RequestError]
+
+# How long past its deadline a client waits for the ingest's own DEADLINE_EXCEEDED before it
+# gives up locally: the ingest answers at the deadline, this only covers a lost answer.
+_GRACE_NS = 500_000_000
+# Requests that may wait for an ingest to come up (the bound a DEALER's queue used to be).
+_MAX_WAITING = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +85,22 @@ def _answer(seq: int, body: object, envelope: Envelope) -> Answer:
     return Answer(seq, InternalError(reply, traceparent), envelope)
 
 
-# How long past its deadline a client waits for the ingest's own DEADLINE_EXCEEDED before it
-# gives up locally: the ingest answers at the deadline, this only covers a dead ingest.
-_GRACE_NS = 500_000_000
-
-
 def _deadline(deadline_s: float) -> tuple[Deadline, int]:
     """A request's deadline `deadline_s` from now, and its wall-clock time for the envelope."""
-    now_wall, now_mono = time.time_ns(), time.monotonic_ns()
+    now_wall, now_mono = wall_ns(), time.monotonic_ns()
     deadline = Deadline.after(int(deadline_s * 1e9), now_mono)
     return deadline, deadline.to_wall_ns(now_wall_ns=now_wall, now_mono_ns=now_mono)
+
+
+def _endpoints(endpoint: str | Sequence[str]) -> list[str]:
+    endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+    if not endpoints:
+        raise ValueError("a client needs at least one ingest endpoint")
+    return endpoints
+
+
+def _request_id(session: int, seq: int) -> bytes:
+    return session.to_bytes(8, "big") + seq.to_bytes(8, "big")
 
 
 def _request(
@@ -101,38 +123,79 @@ def _request(
         image=TensorRef(dtype=str(image.dtype), shape=image.shape),  # type: ignore[arg-type]
         model=model,
     )
+    seq = channel.next_seq()
     envelope = channel.envelope(
         request,
+        seq=seq,
         trace=trace or TraceContext.new(),
         deadline_wall_ns=deadline_wall_ns,
         priority=priority,
         tenant=tenant,
+        request_id=_request_id(channel.session, seq),
     )
     return image, request, envelope
 
 
 # implements: SR-ERR-001
 def _unreachable() -> Unavailable:
-    # A DEALER queues requests while its connection is being made; it refuses them only when
-    # it has no connection left at all (the ingest refused this client's key) or its queue is
-    # full. Waiting then would hang the caller, so the request ends here, typed.
+    # Requests wait for an ingest to come up, but only so many: waiting without a bound
+    # would hang the caller's memory instead of its thread. The request ends here, typed.
     reply = ErrorReply(
         code=ErrorCode.UNAVAILABLE,
-        message="the ingest takes no request: no connection (refused?) or the send queue is full",
+        message="no ingest takes the request: none connected (refused?) or too many waiting",
     )
     return Unavailable(reply)
+
+
+def _never_sent() -> Unavailable:
+    return Unavailable(
+        ErrorReply(code=ErrorCode.UNAVAILABLE, message="no ingest reachable before the deadline")
+    )
+
+
+def _no_reply() -> DeadlineExceeded:
+    return DeadlineExceeded(
+        ErrorReply(code=ErrorCode.DEADLINE_EXCEEDED, message="no reply from the ingest")
+    )
+
+
+class _Links:
+    """One DEALER per ingest (a link) and its monitor, owned by the client's ExitStack."""
+
+    def __init__(
+        self,
+        stack: ExitStack,
+        ctx: zmq.Context[Any],
+        endpoints: list[str],
+        curve: CurveConfig | None,
+    ) -> None:
+        self.endpoints = endpoints
+        self.sockets: list[Any] = []  # zmq.Socket, or zmq.asyncio.Socket for AsyncClient
+        self.monitors: list[Any] = []
+        for endpoint in endpoints:
+            sock = stack.enter_context(ctx.socket(zmq.DEALER))
+            configure_link(sock)
+            secure(sock, endpoint, curve, "client")
+            monitor = stack.enter_context(sock.get_monitor_socket(LINK_EVENTS))
+            monitor.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+            self.sockets.append(sock)
+            self.monitors.append(monitor)
 
 
 class Client(Closing):
     """A synchronous client: `infer()` for one request, `submit()`/`poll()` for many in flight.
 
-    Every request ends: with its result, with the typed error the ingest sent, or — if the
-    ingest itself is gone — with a local DeadlineExceeded shortly after the deadline.
+    Every request ends: with its result, with the typed error the ingest sent, with a local
+    Unavailable when no ingest could be reached by its deadline, or with a local
+    DeadlineExceeded when an ingest took it and no answer came by deadline plus grace.
+    `endpoint` is one ingest frontend or several (in order of preference). Register the
+    client's sockets in a poller with `register`, then call `poll` when they are ready.
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         name: str = "client",
         tenant: str = "",
@@ -143,15 +206,22 @@ class Client(Closing):
         self._stack = ExitStack()
         if ctx is None:
             ctx = self._stack.enter_context(zmq.Context())
-        self.socket: zmq.Socket[bytes] = self._stack.enter_context(ctx.socket(zmq.DEALER))
-        self.socket.setsockopt(zmq.LINGER, 0)
-        secure(self.socket, endpoint, curve, "client")
-        self.socket.connect(endpoint)
-        self.channel = Channel(self.socket, source=name)
+        self._links = _Links(self._stack, ctx, _endpoints(endpoint), curve)
+        self.channel = Channel(self._links.sockets[0], source=name, session=secrets.randbits(63))
+        self.failover = Failover(len(self._links.sockets), max_waiting=_MAX_WAITING)
         self.tenant = tenant
         self.priority = priority
-        # When each request in flight is given up locally: its deadline plus a grace period.
-        self._deadlines: dict[int, Deadline] = {}
+        self._poller = zmq.Poller()
+        self.register(self._poller)
+
+    def register(self, poller: zmq.Poller) -> None:
+        """Add every socket of this client (links and their monitors) to `poller`."""
+        for sock in (*self._links.sockets, *self._links.monitors):
+            poller.register(sock, zmq.POLLIN)
+
+    def owns(self, events: dict[Any, int]) -> bool:
+        """Whether a poll's `events` include one of this client's sockets."""
+        return any(events.get(s) for s in (*self._links.sockets, *self._links.monitors))
 
     def submit(
         self,
@@ -177,11 +247,11 @@ class Client(Closing):
             tenant=self.tenant,
             model=model,
         )
-        self._send(
-            [self.channel.encode(envelope), self.channel.encode(request), image.reshape(-1).data],
-            copy=False,  # the frame's pixels go out without a copy
+        # The frame's pixels go out without a copy (and stay referenced for a re-send).
+        parts: list[bytes | memoryview] = [self.channel.encode(request), image.reshape(-1).data]
+        self._launch(
+            Outstanding(envelope.seq, envelope, parts, deadline, deadline.later(_GRACE_NS))
         )
-        self._deadlines[envelope.seq] = deadline.later(_GRACE_NS)
         return envelope.seq
 
     def submit_raw(self, body: bytes, buffers: list[bytes], *, deadline_s: float = 2.0) -> int:
@@ -190,66 +260,128 @@ class Client(Closing):
         For sources and tests that must show how the pipeline answers broken input.
         """
         deadline, deadline_wall_ns = _deadline(deadline_s)
+        seq = self.channel.next_seq()
         envelope = self.channel.envelope(
-            InferRequest, deadline_wall_ns=deadline_wall_ns, tenant=self.tenant
+            InferRequest,
+            seq=seq,
+            deadline_wall_ns=deadline_wall_ns,
+            tenant=self.tenant,
+            request_id=_request_id(self.channel.session, seq),
         )
-        self._send([self.channel.encode(envelope), body, *buffers])
-        self._deadlines[envelope.seq] = deadline.later(_GRACE_NS)
-        return envelope.seq
+        self._launch(
+            Outstanding(seq, envelope, [body, *buffers], deadline, deadline.later(_GRACE_NS))
+        )
+        return seq
 
     def send_frames(self, frames: list[bytes]) -> None:
-        """Send raw frames as they are (for tests that speak for a broken client)."""
-        self._send(frames)
-
-    # implements: SR-ERR-001
-    def _send(self, frames: Sequence[bytes | memoryview], *, copy: bool = True) -> None:
-        """Send without ever blocking; Unavailable when the ingest cannot take the request."""
+        """Send raw frames as they are, untracked (for tests that speak for a broken client)."""
+        link = self.failover.choose()
+        sock = self._links.sockets[link if link is not None else 0]
         try:
-            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+            sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
             raise _unreachable() from None
 
+    # implements: SR-ERR-001
+    def _launch(self, request: Outstanding) -> None:
+        """Send a new request on the current link, or let it wait for one (bounded)."""
+        link = self.failover.choose()
+        if (link is None or not self._send(request, link)) and not self.failover.has_room():
+            raise _unreachable()
+        self.failover.add(request)
+
+    def _send(self, request: Outstanding, link: int) -> bool:
+        """Send (or re-send, stamped anew) on `link` without ever blocking; False if it
+        cannot take the request now."""
+        envelope = self.channel.restamp(request.envelope) if request.sends else request.envelope
+        try:
+            self._links.sockets[link].send_multipart(
+                [self.channel.encode(envelope), *request.parts], flags=zmq.NOBLOCK, copy=False
+            )
+        except zmq.Again:
+            return False
+        self.failover.sent(request, link)
+        return True
+
+    def _on_links(self, events: dict[Any, int]) -> None:
+        """Follow the links' monitors: re-send at once what a lost link held."""
+        for link, monitor in enumerate(self._links.monitors):
+            if not events.get(monitor):
+                continue
+            while True:
+                try:
+                    change = link_change(monitor.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                if change is None:
+                    continue
+                ready = self.failover.went_up(link) if change else self.failover.went_down(link)
+                target = self.failover.choose()
+                for request in ready:
+                    if target is None or not self._send(request, target):
+                        break
+
     @property
     def in_flight(self) -> int:
-        """Requests sent and not yet answered."""
-        return len(self._deadlines)
+        """Requests sent (or waiting to be) and not yet answered."""
+        return len(self.failover.requests)
+
+    @property
+    def links_up(self) -> list[bool]:
+        """Which ingests this client is connected to now."""
+        return list(self.failover.up)
 
     def poll(self, timeout_ms: float) -> Reply | None:
-        """The next reply within `timeout_ms`, or a local deadline error, or None."""
+        """The next reply within `timeout_ms`, or a locally ended request, or None."""
         answer = self.poll_answer(timeout_ms)
         return None if answer is None else (answer.seq, answer.outcome)
 
     def poll_answer(self, timeout_ms: float) -> Answer | None:
         """Like `poll`, with the envelope the reply came in (and so its trace)."""
-        expired = self._expired()
-        if expired is not None:
-            return expired
-        wait = timeout_ms
-        if self._deadlines:
-            left_ns = min(self._deadlines.values()).remaining_ns(time.monotonic_ns())
-            wait = min(wait, max(0.0, left_ns / 1e6))
-        if not self.socket.poll(math.ceil(wait)):
-            return self._expired()
-        try:
-            incoming = self.channel.recv()
-        except FrameFault as fault:
-            reply = ErrorReply(code=ErrorCode.INTERNAL, message="undecodable reply")
-            self._deadlines.pop(fault.seq, None)
-            return Answer(fault.seq, InternalError(reply), fault.envelope)
-        seq = incoming.envelope.seq
-        self._deadlines.pop(seq, None)
-        return _answer(seq, incoming.body, incoming.envelope)
+        until = time.monotonic_ns() + int(timeout_ms * 1e6)
+        while True:
+            expired = self._expired()
+            if expired is not None:
+                return expired
+            now = time.monotonic_ns()
+            wait = max(0.0, (until - now) / 1e6)
+            due = self.failover.next_expiry()
+            if due is not None:
+                wait = min(wait, max(0.0, due.remaining_ns(now) / 1e6))
+            events = dict(self._poller.poll(math.ceil(wait)))
+            self._on_links(events)
+            for sock in self._links.sockets:
+                answer = self._read(sock) if events.get(sock) else None
+                if answer is not None:
+                    return answer
+            if time.monotonic_ns() >= until:
+                return self._expired()
+
+    def _read(self, sock: zmq.Socket[Any]) -> Answer | None:
+        """The first reply on `sock` for a request still open (repeats are dropped)."""
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+            try:
+                incoming = self.channel.decode(frames)
+            except FrameFault as fault:
+                if self.failover.done(fault.seq) is None:
+                    continue
+                reply = ErrorReply(code=ErrorCode.INTERNAL, message="undecodable reply")
+                return Answer(fault.seq, InternalError(reply), fault.envelope)
+            seq = incoming.envelope.seq
+            # A second answer (from the ingest a request was re-sent away from) is dropped.
+            if self.failover.done(seq) is not None:
+                return _answer(seq, incoming.body, incoming.envelope)
 
     def _expired(self) -> Answer | None:
-        now = time.monotonic_ns()
-        for seq, deadline in self._deadlines.items():
-            if deadline.expired(now):
-                del self._deadlines[seq]
-                reply = ErrorReply(
-                    code=ErrorCode.DEADLINE_EXCEEDED, message="no reply from the ingest"
-                )
-                return Answer(seq, DeadlineExceeded(reply))
-        return None
+        ended = self.failover.expired(time.monotonic_ns())
+        if ended is None:
+            return None
+        request, sent = ended
+        return Answer(request.seq, _no_reply() if sent else _never_sent())
 
     def infer(
         self,
@@ -301,23 +433,25 @@ class Client(Closing):
                 return answer
 
     def close(self) -> None:
-        """Close the socket (and the context, when this client made it)."""
+        """Close the sockets (and the context, when this client made it)."""
         self._stack.close()
 
 
 class AsyncClient:
-    """An asyncio client: any number of `await infer()` in flight on one DEALER socket.
+    """An asyncio client: any number of `await infer()` in flight, failing over like `Client`.
 
-    One reader task receives every reply and resolves the waiting request by its envelope
-    sequence number. Every request ends: with its result, with the typed error the ingest
-    sent, or with a local DeadlineExceeded when nothing came back by deadline plus grace.
-    Use as `async with AsyncClient(endpoint) as client:`; leaving it closes the socket (and
-    the context, when this client made it) and fails whatever is still waiting.
+    One reader task per link receives replies and resolves the waiting request by its
+    envelope sequence number; one monitor task per link re-sends what a lost link held. Every
+    request ends: with its result, the typed error the ingest sent, a local Unavailable when
+    no ingest was reachable by its deadline, or a local DeadlineExceeded when nothing came
+    back by deadline plus grace. Use as `async with AsyncClient(endpoint) as client:`; leaving
+    it closes the sockets (and the context, when this client made it) and fails whatever is
+    still waiting.
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         name: str = "client",
         tenant: str = "",
@@ -328,35 +462,41 @@ class AsyncClient:
         self._stack = ExitStack()
         if ctx is None:
             ctx = self._stack.enter_context(zmq.asyncio.Context())
-        self.socket: zmq.asyncio.Socket = self._stack.enter_context(ctx.socket(zmq.DEALER))
-        self.socket.setsockopt(zmq.LINGER, 0)
-        secure(self.socket, endpoint, curve, "client")
-        self.socket.connect(endpoint)
+        self._links = _Links(self._stack, ctx, _endpoints(endpoint), curve)
         # The channel only numbers, encodes and decodes here; every send and receive goes
-        # through the awaitable socket itself.
-        self.channel = Channel(cast("zmq.Socket[bytes]", self.socket), source=name)
+        # through the awaitable sockets themselves.
+        self.channel = Channel(
+            cast("zmq.Socket[bytes]", self._links.sockets[0]),
+            source=name,
+            session=secrets.randbits(63),
+        )
+        self.failover = Failover(len(self._links.sockets), max_waiting=_MAX_WAITING)
         self.tenant = tenant
         self.priority = priority
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
     @property
     def in_flight(self) -> int:
-        """Requests sent and not yet answered."""
+        """Requests sent (or waiting to be) and not yet answered."""
         return len(self._waiting)
 
     def _start(self) -> None:
         if self._closed:
             raise RuntimeError("AsyncClient is closed")
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(
-                self._read(), name="vigil-client-reader"
+        if self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        for link, sock in enumerate(self._links.sockets):
+            self._tasks.append(loop.create_task(self._read(sock), name=f"vigil-client-read-{link}"))
+            self._tasks.append(
+                loop.create_task(self._follow(link), name=f"vigil-client-link-{link}")
             )
 
-    async def _read(self) -> None:
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
         while True:
-            frames = await self.socket.recv_multipart(copy=False)
+            frames = await sock.recv_multipart(copy=False)
             try:
                 incoming = self.channel.decode(frames)
             except FrameFault as fault:
@@ -364,11 +504,36 @@ class AsyncClient:
                 answer = Answer(fault.seq, InternalError(reply), fault.envelope)
             else:
                 answer = _answer(incoming.envelope.seq, incoming.body, incoming.envelope)
-            waiter = self._waiting.pop(answer.seq, None)
-            # A reply for a request that already ended (local deadline, cancelled) is a
-            # straggler: there is nobody left to tell.
+            self.failover.done(answer.seq)
+            waiter = self._waiting.get(answer.seq)
+            # A reply for a request that already ended (local deadline, cancelled, answered
+            # by the other ingest) is a straggler: there is nobody left to tell.
             if waiter is not None and not waiter.done():
                 waiter.set_result(answer)
+
+    async def _follow(self, link: int) -> None:
+        monitor = self._links.monitors[link]
+        while True:
+            change = link_change(await monitor.recv_multipart())
+            if change is None:
+                continue
+            ready = self.failover.went_up(link) if change else self.failover.went_down(link)
+            target = self.failover.choose()
+            for request in ready:
+                if target is None or not self._send(request, target):
+                    break
+
+    def _send(self, request: Outstanding, link: int) -> bool:
+        envelope = self.channel.restamp(request.envelope) if request.sends else request.envelope
+        try:
+            # NOBLOCK never awaits: it either queues now or raises.
+            self._links.sockets[link].send_multipart(
+                [self.channel.encode(envelope), *request.parts], flags=zmq.NOBLOCK, copy=False
+            )
+        except zmq.Again:
+            return False
+        self.failover.sent(request, link)
+        return True
 
     async def infer(
         self,
@@ -419,44 +584,52 @@ class AsyncClient:
             tenant=self.tenant,
             model=model,
         )
+        outstanding = Outstanding(
+            envelope.seq,
+            envelope,
+            [self.channel.encode(request), image.reshape(-1).data],
+            deadline,
+            deadline.later(_GRACE_NS),
+        )
+        link = self.failover.choose()
+        if (link is None or not self._send(outstanding, link)) and not self.failover.has_room():
+            return Answer(envelope.seq, _unreachable())
+        self.failover.add(outstanding)
         waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting[envelope.seq] = waiter
         try:
-            try:
-                await self.socket.send_multipart(
-                    [
-                        self.channel.encode(envelope),
-                        self.channel.encode(request),
-                        image.reshape(-1).data,
-                    ],
-                    flags=zmq.NOBLOCK,
-                    copy=False,
-                )
-            except zmq.Again:
-                return Answer(envelope.seq, _unreachable())
-            give_up = deadline.later(_GRACE_NS)
-            try:
-                return await asyncio.wait_for(
-                    waiter, give_up.remaining_ns(time.monotonic_ns()) / 1e9
-                )
-            except TimeoutError:
-                reply = ErrorReply(
-                    code=ErrorCode.DEADLINE_EXCEEDED, message="no reply from the ingest"
-                )
-                return Answer(envelope.seq, DeadlineExceeded(reply))
+            return await self._answer(waiter, outstanding)
         finally:
             self._waiting.pop(envelope.seq, None)
+            self.failover.done(envelope.seq)
+
+    async def _answer(self, waiter: asyncio.Future[Answer], request: Outstanding) -> Answer:
+        """The reply, or the local end: Unavailable at the deadline if it never left,
+        DeadlineExceeded at the deadline plus grace if it did."""
+        # Shielded: a timeout ends the wait, not the waiter, which the second wait reuses.
+        with suppress(TimeoutError):
+            return await asyncio.wait_for(
+                asyncio.shield(waiter), request.deadline.remaining_ns(time.monotonic_ns()) / 1e9
+            )
+        if request.link is None:
+            return Answer(request.seq, _never_sent())
+        with suppress(TimeoutError):
+            return await asyncio.wait_for(
+                asyncio.shield(waiter), request.give_up.remaining_ns(time.monotonic_ns()) / 1e9
+            )
+        return Answer(request.seq, _no_reply())
 
     async def close(self) -> None:
-        """Stop the reader, fail what still waits, close the socket (and own context)."""
+        """Stop the tasks, fail what still waits, close the sockets (and own context)."""
         if self._closed:
             return
         self._closed = True
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with suppress(asyncio.CancelledError):
-                await reader
+                await task
         waiting, self._waiting = self._waiting, {}
         for seq, waiter in waiting.items():
             if not waiter.done():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from vigil.bus.clock import wall_ns
 from vigil.bus.codec import Codec
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.errors import VigilError
@@ -177,11 +177,13 @@ class Channel:
         source: str,
         instance: int = 0,
         routed: bool = False,
-        clock: Callable[[], int] = time.time_ns,
+        clock: Callable[[], int] = wall_ns,
+        session: int = 0,
     ) -> None:
         self.socket = socket
         self._source = source
         self._instance = instance
+        self.session = session
         self._routed = routed
         self._clock = clock
         self._codec = Codec()
@@ -202,6 +204,7 @@ class Channel:
         deadline_wall_ns: int = 0,
         priority: int = 0,
         tenant: str = "",
+        request_id: bytes = b"",
     ) -> Envelope:
         """An envelope for `body` (a message or a message type) from this channel's node."""
         cls = body if isinstance(body, type) else type(body)
@@ -218,7 +221,13 @@ class Channel:
             deadline_wall_ns=deadline_wall_ns,
             priority=priority,
             tenant=tenant,
+            session=self.session,
+            request_id=request_id,
         )
+
+    def restamp(self, envelope: Envelope) -> Envelope:
+        """`envelope` stamped now: a re-sent request's budget counts from its re-sending."""
+        return msgspec.structs.replace(envelope, stamp_ns=self._clock())
 
     def encode(self, obj: Envelope | Message) -> bytes:
         """MessagePack bytes of an envelope or body, with this channel's encoder."""

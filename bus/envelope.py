@@ -20,8 +20,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """Frame 2 of every bus message.
 
     Encoded as a MessagePack array for compactness; fields are only ever appended, with
-    defaults, so an older reader decodes a newer envelope. A field may be renamed: the wire
-    knows positions, not names.
+    defaults, so an older reader decodes a newer envelope (it ignores the trailing fields it
+    does not know). A field may be renamed: the wire knows positions, not names.
     """
 
     schema: Annotated[str, msgspec.Meta(max_length=64)]
@@ -41,6 +41,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     # Non-zero on a message that `vigil bag play` published again: the id of that replay.
     # Live nodes leave such messages out of their state (a replay is not evidence of now).
     replay: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # A request's client-unique id (the client's session and sequence number), the same on
+    # every hop and every re-send: ingests and workers de-duplicate by it.
+    request_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
 
     @classmethod
     def build(
@@ -57,6 +60,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
         tenant: str = "",
         session: int = 0,
         replay: int = 0,
+        request_id: bytes = b"",
     ) -> Envelope:
         """An envelope carrying `trace` in its flattened wire fields (what senders use)."""
         return cls(
@@ -73,6 +77,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
             tenant=tenant,
             session=session,
             replay=replay,
+            request_id=request_id,
         )
 
     def with_trace(self, trace: TraceContext | None) -> Envelope:

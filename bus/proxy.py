@@ -67,14 +67,20 @@ class Proxy(Closing):
         self._replayed: set[bytes] = set()
         self.forwarded = 0
         # Latched values survive a proxy restart: they are kept on disk as they change (rarely)
-        # and loaded back, so a late joiner still learns the state after the proxy died.
+        # and loaded back, so a late joiner still learns the state after the proxy died. A
+        # value the disk refused (full) is kept in memory and saved again by `retry_saves`.
         self._keep = keep
+        self.unsaved: dict[bytes, list[bytes]] = {}
+        self.save_error = ""
         if keep is not None:
-            keep.mkdir(mode=0o700, exist_ok=True)
-            for path in sorted(keep.glob("*.frames")):
-                frames = _read_frames(path.read_bytes())
-                if frames and frames[0] in self._latched:
-                    self._last[frames[0]] = frames
+            try:
+                keep.mkdir(mode=0o700, exist_ok=True)
+                for path in sorted(keep.glob("*.frames")):
+                    frames = _read_frames(path.read_bytes())
+                    if frames and frames[0] in self._latched:
+                        self._last[frames[0]] = frames
+            except OSError as exc:
+                self.save_error = exc.strerror or str(exc)
 
     def register(self, poller: zmq.Poller) -> None:
         """Add both sockets to a poller."""
@@ -110,8 +116,7 @@ class Proxy(Closing):
             return
         self._replayed.discard(topic)
         self._last[topic] = frames
-        if self._keep is not None:
-            _write_frames(self._keep / f"{topic[:-1].hex()}.frames", frames)
+        self._save(topic, frames)
 
     def _forward_subscriptions(self) -> None:
         for _ in range(_BURST):
@@ -125,6 +130,26 @@ class Proxy(Closing):
                 for topic, frames in self._last.items():
                     if topic.startswith(prefix):
                         self.backend.send_multipart(frames)
+
+    # implements: SR-DSK-001
+    def _save(self, topic: bytes, frames: list[bytes]) -> None:
+        if self._keep is None:
+            return
+        try:
+            self._keep.mkdir(mode=0o700, exist_ok=True)
+            _write_frames(self._keep / f"{topic[:-1].hex()}.frames", frames)
+        except OSError as exc:  # a full disk: the value is served from memory meanwhile
+            self.unsaved[topic] = frames
+            self.save_error = exc.strerror or str(exc)
+            return
+        self.unsaved.pop(topic, None)
+        if not self.unsaved:
+            self.save_error = ""
+
+    def retry_saves(self) -> None:
+        """Try again to save the latched values the disk refused before."""
+        for topic, frames in list(self.unsaved.items()):
+            self._save(topic, frames)
 
     def close(self) -> None:
         """Close both sockets without lingering."""
@@ -143,9 +168,14 @@ def _replayed(frames: list[bytes]) -> bool:
 
 
 def _write_frames(path: Path, frames: list[bytes]) -> None:
-    """Store frames length-prefixed, replacing the file atomically."""
+    """Store frames length-prefixed, replacing the file atomically (a failed write leaves
+    the previous file as it was)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in frames))
+    try:
+        tmp.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in frames))
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from vigil.bus.clock import wall_ns
 from vigil.bus.closing import Closing
 from vigil.bus.codec import Codec, parse_topic_frame, topic_frame
 from vigil.bus.curve import CurveConfig, secure
@@ -43,7 +43,7 @@ class Publisher(Closing):
         instance: int = 0,
         hwm: int = 10_000,
         bind: bool = False,
-        clock: Callable[[], int] = time.time_ns,
+        clock: Callable[[], int] = wall_ns,
         curve: CurveConfig | None = None,
     ) -> None:
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.PUB)

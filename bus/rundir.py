@@ -2,17 +2,76 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from pathlib import Path
 
 import msgspec
 
-__all__ = ["GraphNode", "RunDir", "RunGraph", "find_run_dir", "resolve_endpoint"]
+from vigil.bus.closing import Closing
+from vigil.errors import VigilError
+
+__all__ = [
+    "GraphNode",
+    "RunDir",
+    "RunDirInUse",
+    "RunGraph",
+    "RunLock",
+    "find_run_dir",
+    "resolve_endpoint",
+]
 
 # sockaddr_un.sun_path holds 107 bytes plus a NUL.
 _MAX_IPC_PATH = 107
 CURRENT_LINK = "current"
+_LOCK_FILE = "launch.lock"
+
+
+class RunDirInUse(VigilError):
+    """Another launch holds the run directory."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(
+            f"run directory {path} is in use by another launch ({holder}); stop it first or"
+            " give this launch its own --run-dir"
+        )
+        self.path = path
+        self.holder = holder
+
+
+# implements: SR-RUN-001
+class RunLock(Closing):
+    """The run directory taken for one launch: an exclusive `flock` held until closed.
+
+    The kernel drops it when the launcher's process ends however it ends, so a launcher that
+    was killed never leaves a directory locked. The descriptor is not inherited by the nodes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown pid"
+            os.close(fd)
+            raise RunDirInUse(path.parent, holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        try:  # who holds it, for the next launch's error; a full disk only costs that
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"launcher pid {os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Release the directory (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class GraphNode(msgspec.Struct, kw_only=True):
@@ -77,6 +136,10 @@ class RunDir:
     def control(self) -> str:
         """Where nodes report readiness to the launcher."""
         return self.ipc("control")
+
+    def lock(self) -> RunLock:
+        """Take this directory for one launch; RunDirInUse when another launch holds it."""
+        return RunLock(self.path / _LOCK_FILE)
 
     @property
     def graph_path(self) -> Path:

@@ -38,8 +38,12 @@ __all__ = [
 
 # Every node beats, logs and probes its way onto the bus from its runtime.
 ALWAYS_PUBLISHED: Final = frozenset({Topic.HEARTBEAT, Topic.LOG, Topic.BUS_PROBE})
-# The launcher publishes supervision events from its own socket (restarts, permanent failures).
-LAUNCHER_PUBLISHES: Final = frozenset({Topic.DIAGNOSTIC, Topic.AUDIT})
+# The launcher publishes supervision events from its own socket (exits, restarts, permanent
+# failures) and beats, so the watchdog supervises it in turn. Its one SAFE_STOP on a required
+# node's final failure is not counted: the safety state needs a watchdog all the same.
+LAUNCHER_PUBLISHES: Final = frozenset(
+    {Topic.DIAGNOSTIC, Topic.AUDIT, Topic.NODE_EXIT, Topic.HEARTBEAT}
+)
 
 
 class ExitCode(enum.IntEnum):
@@ -71,6 +75,12 @@ class NodeArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     host: str = ""
     # The software-instance id the launch file gives this process (binary audit records).
     instance_id: Annotated[int, msgspec.Meta(ge=0, lt=1 << 32)] = 0
+    # The launcher's pid: a node whose launcher is gone stops by itself, `stop_after_ms` after
+    # noticing it (its place in the reverse start order), so the nodes stop in order.
+    supervisor_pid: Annotated[int, msgspec.Meta(ge=0)] = 0
+    stop_after_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Fault injection only: the file whose offset steps this node's wall clock (`bus.clock`).
+    clock_offset_file: str = ""
 
     @property
     def label(self) -> str:

@@ -15,7 +15,7 @@ from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DIAG_CODES, DiagCode, DiagnosticEvent, Severity
 from vigil.schemas.errors import ErrorCode, ErrorReply
 from vigil.schemas.evidence import BatchEvidence, Outcome, RequestEvidence
-from vigil.schemas.health import Heartbeat, SafetyState, StateChange
+from vigil.schemas.health import Heartbeat, NodeExit, SafetyState, StateChange
 from vigil.schemas.infer import Box, InferRequest, InferResult, PerceptionOutput, TensorRef
 from vigil.schemas.log import LogCheckpoint, LogRecord
 from vigil.schemas.model import (
@@ -54,6 +54,7 @@ __all__ = [
     "ModelCommand",
     "ModelEvent",
     "ModelStep",
+    "NodeExit",
     "NodeReady",
     "Outcome",
     "PerceptionOutput",

@@ -10,7 +10,7 @@ from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DiagnosticEvent
 from vigil.schemas.errors import ErrorReply
 from vigil.schemas.evidence import BatchEvidence, RequestEvidence
-from vigil.schemas.health import Heartbeat, StateChange
+from vigil.schemas.health import Heartbeat, NodeExit, StateChange
 from vigil.schemas.infer import InferRequest, InferResult
 from vigil.schemas.log import LogCheckpoint, LogRecord
 from vigil.schemas.model import ModelAnnouncement, ModelCommand, ModelEvent
@@ -33,6 +33,7 @@ class Topic:
     INFER_RESULT: Final = "infer/result"
     INFER_ERROR: Final = "infer/error"
     HEARTBEAT: Final = "health/heartbeat"
+    NODE_EXIT: Final = "health/exit"
     SAFETY_STATE: Final = "safety/state"
     DIAGNOSTIC: Final = "diag/event"
     AUDIT: Final = "audit/event"
@@ -51,6 +52,7 @@ TOPICS: Final[dict[str, type[Message]]] = {
     Topic.INFER_RESULT: InferResult,
     Topic.INFER_ERROR: ErrorReply,
     Topic.HEARTBEAT: Heartbeat,
+    Topic.NODE_EXIT: NodeExit,
     Topic.SAFETY_STATE: StateChange,
     Topic.DIAGNOSTIC: DiagnosticEvent,
     Topic.AUDIT: AuditEvent,

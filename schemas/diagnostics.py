@@ -25,7 +25,12 @@ class DiagCode(enum.StrEnum):
     INFERENCE_FAILED = "DIA-3020"
     HEARTBEAT_MISSING = "DIA-4001"
     TOPIC_STALE = "DIA-4002"
+    STATE_FLAPPING = "DIA-4003"
     NODE_RESTARTED = "DIA-4010"
+    NODE_HUNG = "DIA-4011"
+    SUPERVISOR_LOST = "DIA-4012"
+    DISK_FULL = "DIA-4020"
+    RUN_DIR_IN_USE = "DIA-4021"
     MODEL_INTEGRITY = "DIA-5001"
     MODEL_LOAD_FAILED = "DIA-5002"
     NO_MODEL = "DIA-5003"
@@ -44,7 +49,12 @@ DIAG_CODES: dict[DiagCode, str] = {
     DiagCode.INFERENCE_FAILED: "the inference engine failed on a batch",
     DiagCode.HEARTBEAT_MISSING: "a node's heartbeat is overdue",
     DiagCode.TOPIC_STALE: "a topic stopped arriving within its staleness deadline",
+    DiagCode.STATE_FLAPPING: "the safety state changes too often; recovery is slowed down",
     DiagCode.NODE_RESTARTED: "the launcher restarted a node",
+    DiagCode.NODE_HUNG: "a node's process is alive but silent; the launcher kills it",
+    DiagCode.SUPERVISOR_LOST: "the launcher is gone or silent; nodes stop in order",
+    DiagCode.DISK_FULL: "a write to the run directory failed for lack of space; kept in memory",
+    DiagCode.RUN_DIR_IN_USE: "a second launch was refused on a run directory in use",
     DiagCode.MODEL_INTEGRITY: "a model failed digest or signature verification",
     DiagCode.MODEL_LOAD_FAILED: "a verified model could not be loaded",
     DiagCode.NO_MODEL: "no verified model is active: a request is refused at once (UNAVAILABLE)",

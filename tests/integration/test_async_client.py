@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
+import zmq.asyncio
 
 from vigil.client import AsyncClient
 from vigil.errors import DeadlineExceeded, InvalidArgument, Unavailable
@@ -68,17 +70,43 @@ def test_invalid_frame_raises_invalid_argument_beside_valid_ones(launched: Launc
     assert repeated.reply.field == "$.frame_ts_us"
 
 
-def test_silent_ingest_ends_in_local_deadline_exceeded(short_tmp: Path) -> None:
-    """With nobody answering, a request still ends: DeadlineExceeded after deadline + grace."""
+def test_unreachable_ingest_ends_in_local_unavailable(short_tmp: Path) -> None:
+    """With no ingest to take it, a request still ends: Unavailable at its deadline."""
 
-    async def scenario() -> DeadlineExceeded:
+    async def scenario() -> Unavailable:
         async with AsyncClient(f"ipc://{short_tmp}/nobody", name="aclient") as client:
-            with pytest.raises(DeadlineExceeded) as caught:
+            with pytest.raises(Unavailable) as caught:
                 await client.infer(
                     np.zeros((4, 4, 3), np.uint8), stream_id="s", frame_ts_us=1, deadline_s=0.05
                 )
             assert client.in_flight == 0
             return caught.value
+
+    error = asyncio.run(scenario())
+    assert error.reply.message == "no ingest reachable before the deadline"
+
+
+def test_silent_ingest_ends_in_local_deadline_exceeded(short_tmp: Path) -> None:
+    """An ingest that takes a request and never answers: DeadlineExceeded after deadline +
+    grace."""
+    endpoint = f"ipc://{short_tmp}/silent"
+
+    async def scenario() -> DeadlineExceeded:
+        ctx = zmq.asyncio.Context()
+        silent = ctx.socket(zmq.ROUTER)
+        silent.setsockopt(zmq.LINGER, 0)
+        silent.bind(endpoint)
+        try:
+            async with AsyncClient(endpoint, name="aclient", ctx=ctx) as client:
+                with pytest.raises(DeadlineExceeded) as caught:
+                    await client.infer(
+                        np.zeros((4, 4, 3), np.uint8), stream_id="s", frame_ts_us=1, deadline_s=1
+                    )
+                assert client.in_flight == 0
+                return caught.value
+        finally:
+            silent.close()
+            ctx.term()
 
     error = asyncio.run(scenario())
     assert error.reply.message == "no reply from the ingest"

@@ -31,6 +31,7 @@ from vigil.schemas import (
     ModelCommand,
     ModelEvent,
     ModelStep,
+    NodeExit,
     NodeReady,
     Outcome,
     PerceptionOutput,
@@ -92,7 +93,10 @@ SAMPLES: dict[type[Message], Message] = {
         cause="3 consecutive inference timeouts",
         since_ns=123,
         transitions=1,
+        capacity=0.5,
+        transitions_per_min=1,
     ),
+    NodeExit: NodeExit(node="worker.1", kind="worker", pid=42, code=-9, restart_in_ms=100),
     DiagnosticEvent: DiagnosticEvent(
         code=DiagCode.SIZE_LIMIT,
         severity=Severity.WARNING,

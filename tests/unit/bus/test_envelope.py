@@ -41,21 +41,37 @@ def test_an_envelope_encodes_as_before_the_rename_plus_the_appended_replay_field
     """An envelope encodes to the bytes the previous version wrote, with one more array item
     (`replay`, 0) at the end: the rename changed nothing on the wire."""
     encoded = Codec().encode(DECODED_AFTER_RENAME)
-    assert encoded == b"\x9d" + ENCODED_BEFORE_RENAME[1:] + b"\x00"
+    # ... and `request_id` (b"") after it.
+    assert encoded == b"\x9e" + ENCODED_BEFORE_RENAME[1:] + b"\x00" + b"\xc4\x00"
 
 
 def test_a_reader_of_the_previous_envelope_decodes_a_replayed_one() -> None:
     """An envelope type without `replay` decodes a replayed envelope field for field."""
-    fields = [(f, t, d) for f, t, d in _FIELDS if f != "replay"]
+    fields = _FIELDS[: [f for f, _, _ in _FIELDS].index("replay")]
     previous = msgspec.defstruct("Envelope", fields, array_like=True, frozen=True, kw_only=True)
     replayed = msgspec.structs.replace(DECODED_AFTER_RENAME, replay=99)
     decoded = msgspec.msgpack.decode(Codec().encode(replayed), type=previous)
     assert msgspec.structs.asdict(decoded) == {
-        k: v for k, v in msgspec.structs.asdict(DECODED_AFTER_RENAME).items() if k != "replay"
+        k: v
+        for k, v in msgspec.structs.asdict(DECODED_AFTER_RENAME).items()
+        if k not in ("replay", "request_id")
     }
 
 
 _FIELDS = [(f.name, f.type, f.default) for f in msgspec.structs.fields(Envelope)]
+
+
+def test_an_older_reader_decodes_a_newer_envelope() -> None:
+    """An envelope with a request id decodes in a reader that knows fewer fields: the
+    ones it does not know come last and are ignored."""
+
+    class Older(msgspec.Struct, array_like=True):
+        schema: str
+        seq: int
+
+    new = msgspec.structs.replace(DECODED_AFTER_RENAME, request_id=b"\x01" * 16)
+    older = msgspec.msgpack.decode(Codec().encode(new), type=Older)
+    assert (older.schema, older.seq) == ("infer.request", 7)
 
 
 def test_trace_unpacks_the_flattened_fields() -> None:

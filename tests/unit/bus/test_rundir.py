@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from vigil.bus.rundir import GraphNode, RunDir, RunGraph
+from vigil.bus.rundir import GraphNode, RunDir, RunDirInUse, RunGraph
 
 pytestmark = pytest.mark.verifies("SR-SEC-002")
 
@@ -46,3 +49,37 @@ def test_graph_round_trips(short_tmp: Path) -> None:
     run.write_graph(graph)
     assert run.read_graph() == graph
     assert stat.S_IMODE(run.graph_path.stat().st_mode) == 0o600
+
+
+@pytest.mark.verifies("SR-RUN-001")
+def test_a_second_lock_on_a_run_directory_is_refused(short_tmp: Path) -> None:
+    """While one launch holds a run directory, a second lock names the holder and fails."""
+    run = RunDir(short_tmp / "run")
+    with run.lock():
+        with pytest.raises(RunDirInUse) as refused:
+            run.lock()
+        assert f"pid {os.getpid()}" in str(refused.value)
+
+
+@pytest.mark.verifies("SR-RUN-001")
+def test_the_lock_is_released_when_its_holder_dies(short_tmp: Path) -> None:
+    """A launcher that is killed leaves its run directory free: the kernel drops the lock."""
+    run = RunDir(short_tmp / "run")
+    code = (
+        "import sys; from vigil.bus.rundir import RunDir;"
+        f" lock = RunDir({str(run.path)!r}).lock(); print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirInUse):
+            run.lock()
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        holder.stdout.close()
+    run.lock().close()
