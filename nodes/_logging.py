@@ -15,8 +15,10 @@ the local line carry the same ids.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,9 +34,11 @@ from vigil.bus.envelope import TraceContext
 __all__ = [
     "Identity",
     "LogFormat",
+    "LogStream",
     "configure_logging",
     "current_trace",
     "identity",
+    "log_stream",
     "processors",
     "set_identity",
     "trace_fields",
@@ -114,16 +118,78 @@ def processors(*, console: bool = False, colors: bool = False) -> list[Processor
     ]
 
 
+# implements: SR-DSK-001
+class LogStream:
+    """The stream log lines go to, which never lets a failed write stop the process.
+
+    A node's log is a file in the run directory and the launcher's a terminal or a pipe: a
+    full disk (ENOSPC) or a reader that went away (EPIPE) must cost log lines, never the
+    node. Lines that could not be written are counted; the node reports the loss on the bus
+    (the heartbeat thread) and the launcher stops in order when its output is gone.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.dropped = 0
+        self.errno = 0  # of the last failed write; 0 once a write succeeds again
+        self._lock = threading.Lock()
+        try:
+            self._fd: int | None = stream.fileno()
+        except (OSError, ValueError):  # io.UnsupportedOperation is both
+            self._fd = None
+
+    def write(self, text: str) -> int:
+        """Write `text` now (unbuffered for a file descriptor); never raises OSError."""
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self.stream.write(text)
+                else:
+                    data = text.encode()
+                    while data:
+                        data = data[os.write(self._fd, data) :]
+            except OSError as exc:
+                if text != "\n":  # print() writes a line's end on its own
+                    self.dropped += 1
+                self.errno = exc.errno or errno.EIO
+                return 0
+            self.errno = 0
+            return len(text)
+
+    def flush(self) -> None:
+        """Flush a buffered stream (a descriptor is written unbuffered)."""
+        if self._fd is None:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self.errno = exc.errno or errno.EIO
+
+    @property
+    def broken(self) -> bool:
+        """Whether the reader is gone (EPIPE): nothing written from now on is read."""
+        return self.errno == errno.EPIPE
+
+
+_STREAM: LogStream | None = None
+
+
+def log_stream() -> LogStream | None:
+    """The stream `configure_logging` set up in this process, if any."""
+    return _STREAM
+
+
 def configure_logging(stream: TextIO | None = None, fmt: LogFormat = "json") -> None:
     """Log lines on `stream` (stderr by default): JSON objects, or the console format."""
+    global _STREAM  # noqa: PLW0603 - one log stream per process
     out = stream if stream is not None else sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
+    _STREAM = LogStream(out)
     structlog.configure(
         # NO_COLOR: the convention of https://no-color.org
         processors=processors(
             console=console, colors=console and out.isatty() and "NO_COLOR" not in os.environ
         ),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(_STREAM),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
 

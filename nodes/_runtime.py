@@ -16,16 +16,18 @@ from types import TracebackType
 from typing import Any, Self
 
 import msgspec
+import psutil
 import structlog
 import zmq
 
+from vigil.bus.clock import use_offset_file
 from vigil.bus.curve import Gate, Refusal, secure
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir, resolve_endpoint
 from vigil.bus.signals import SignalWakeup
-from vigil.nodes._logging import current_trace, trace_fields
+from vigil.nodes._logging import LogStream, current_trace, log_stream, trace_fields
 from vigil.nodes.contract import NodeArgs, NodeContract
 from vigil.schemas import (
     CONTROL_TOPICS,
@@ -73,6 +75,7 @@ class HeartbeatThread(threading.Thread):
         self._node = node
         self._stop_event = threading.Event()
         self._final: dict[str, str] | None = None
+        self._log_failing = False
 
     def run(self) -> None:
         node = self._node
@@ -101,6 +104,10 @@ class HeartbeatThread(threading.Thread):
                         ),
                     )
                 detail = dict(node.heartbeat_detail)
+                stream = log_stream()
+                if stream is not None and stream.dropped:
+                    self._report_log(pub, stream)
+                    detail["log_lost"] = str(stream.dropped)
                 detail["loop_age_ms"] = str((node.clock() - node.loop_ns) // 1_000_000)
                 if stopping:
                     detail["lifecycle"] = "stopping"
@@ -122,10 +129,126 @@ class HeartbeatThread(threading.Thread):
                     return
                 self._stop_event.wait(period)
 
+    def _report_log(self, pub: Publisher, stream: LogStream) -> None:
+        """Say once when the node's log lines start to be lost (a full disk) and once when
+        they are written again: the node serves on either way."""
+        failing = stream.errno != 0
+        if failing == self._log_failing:
+            return
+        self._log_failing = failing
+        node = self._node
+        message = (
+            f"log writes fail ({os.strerror(stream.errno)}): {stream.dropped} lines lost so far;"
+            " serving goes on"
+            if failing
+            else f"log writes succeed again; {stream.dropped} lines were lost"
+        )
+        pub.publish(
+            Topic.DIAGNOSTIC,
+            DiagnosticEvent(
+                code=DiagCode.DISK_FULL,
+                severity=Severity.ERROR if failing else Severity.INFO,
+                node=node.args.label,
+                instance=node.args.instance,
+                message=message,
+                field="log",
+            ),
+        )
+
     def stop(self) -> None:
         """Send the final 'stopping' beat and end the thread."""
         self._stop_event.set()
         self.join()
+
+
+# implements: SR-SUP-007
+class _SupervisorWatch:
+    """Watches the launcher's process through a pidfd: readable once the launcher is gone.
+
+    Nodes run in their own process groups, so a terminal's hang-up or a killed launcher
+    reaches none of them; without this they would serve on unsupervised, or (with a
+    parent-death signal) all stop at once. Once the launcher is gone each node waits until
+    every node started after it has exited (their pids are in the run's graph), so they stop
+    in reverse start order and the logger, second only to the proxy, seals what the others
+    said. A node that never exits holds up the next only until `stop_after_ms` (its place in
+    that order) has passed ten times over; without a graph to read, `stop_after_ms` alone
+    orders them.
+    """
+
+    def __init__(self, pid: int, label: str, run: RunDir, stop_after_ms: int) -> None:
+        self.fd = -1
+        self.lost_at: int | None = None
+        self._label = label
+        self._run = run
+        self._delay_ns = stop_after_ms * 1_000_000
+        self._cap_ns = 10 * self._delay_ns
+        self._later: list[int] | None = None  # pids of the nodes started after this one
+        self._poller: zmq.Poller | None = None
+        if pid:
+            try:
+                self.fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self.fd = -2  # gone before this node even looked: lost at the first poll
+
+    def register(self, poller: zmq.Poller) -> None:
+        """Add the pidfd to a poller."""
+        if self.fd >= 0:
+            poller.register(self.fd, zmq.POLLIN)
+            self._poller = poller
+
+    def handle(self, events: dict[Any, int], now_ns: int) -> bool:
+        """Take the pidfd out of a poll's `events`; True the first time the launcher is lost."""
+        if self.lost_at is not None:
+            return False
+        if self.fd == -2 or (self.fd >= 0 and events.pop(self.fd, 0)):
+            self.lost_at = now_ns
+            if self._poller is not None:  # it stays readable: no more busy wake-ups
+                self._poller.unregister(self.fd)
+            self._later = self._started_after()
+            return True
+        return False
+
+    def _started_after(self) -> list[int] | None:
+        """The pids of the nodes started after this one (None: no graph to tell)."""
+        try:
+            names = [(n.name, n.pid) for n in self._run.read_graph().nodes]
+        except (OSError, ValueError):  # no graph, or a torn one: order by time alone
+            return None
+        labels = [name for name, _ in names]
+        if self._label not in labels:
+            return None
+        return [pid for _, pid in names[labels.index(self._label) + 1 :] if pid]
+
+    def stop_due(self, now_ns: int) -> bool:
+        """Whether this node's turn to stop has come."""
+        if self.lost_at is None:
+            return False
+        waited = now_ns - self.lost_at
+        if self._later is None:
+            return waited >= self._delay_ns
+        return waited >= self._cap_ns or not any(_alive(pid) for pid in self._later)
+
+    def wait_ms(self, now_ns: int, wait_ms: float) -> float:
+        """`wait_ms`, cut short so that the loop looks again soon once the launcher is gone."""
+        if self.lost_at is None:
+            return wait_ms
+        if self._later is None:
+            return max(0.0, min(wait_ms, (self.lost_at + self._delay_ns - now_ns) / 1e6))
+        return min(wait_ms, 20.0)
+
+    def close(self) -> None:
+        """Close the pidfd."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie whose parent died, waiting to be reaped, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 class Node:
@@ -145,6 +268,8 @@ class Node:
         self.args = args
         self.run = RunDir(args.run_dir, create=False)
         self.clock = clock
+        if args.clock_offset_file:
+            use_offset_file(args.clock_offset_file)
         self._stack = ExitStack()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = self._stack.enter_context(zmq.Context())
         self.pub_endpoint = args.pub_endpoint or self.run.pub
@@ -169,6 +294,11 @@ class Node:
         self._signals = SignalWakeup(_STOP_SIGNALS)
         self._stack.callback(self._signals.close)
         self._signals.register(self.poller)
+        self._supervisor = _SupervisorWatch(
+            args.supervisor_pid, args.label, self.run, args.stop_after_ms
+        )
+        self._stack.callback(self._supervisor.close)
+        self._supervisor.register(self.poller)
         self.loop_ns = clock()
         self.heartbeat_detail: dict[str, str] = {}
         # The topics its subscribers take, announced by `ready` as what the node really does.
@@ -193,14 +323,18 @@ class Node:
     # implements: SR-SUP-003
     @property
     def stopping(self) -> bool:
-        """Whether SIGTERM or SIGINT arrived: the loop then drains and the node exits."""
-        return bool(self._signals.received)
+        """Whether SIGTERM or SIGINT arrived, or the launcher is gone and this node's turn to
+        stop has come: the loop then drains and the node exits."""
+        return bool(self._signals.received) or self._supervisor.stop_due(self.clock())
 
     @property
     def stop_reason(self) -> str:
-        """The name of the stop signal that arrived first, or "" while running."""
+        """The name of the stop signal that arrived first, why the node stops without one,
+        or "" while running."""
         first = self._signals.first()
-        return first.name if first is not None else ""
+        if first is not None:
+            return first.name
+        return "launcher gone" if self._supervisor.lost_at is not None else ""
 
     def enter(self, cm: Any) -> Any:
         """Let the node own a socket or resource: closed when the node exits, on every path."""
@@ -345,9 +479,20 @@ class Node:
         """Wait for socket events or a stop signal (at most `timeout_ms`, else 100 ms)."""
         self.loop_ns = self.clock()
         wait = 100.0 if timeout_ms is None else timeout_ms
+        wait = self._supervisor.wait_ms(self.loop_ns, wait)
         events = dict(self.poller.poll(math.ceil(wait)))
         self._signals.handle(events)
+        if self._supervisor.handle(events, self.clock()):
+            self._supervisor_lost()
         return events
+
+    def _supervisor_lost(self) -> None:
+        """The launcher is gone: say so (the logger, last but the proxy to stop, seals it)."""
+        self.diag(
+            DiagCode.SUPERVISOR_LOST,
+            f"launcher (pid {self.args.supervisor_pid}) gone; stopping in reverse start order",
+            severity=Severity.CRITICAL,
+        )
 
     def diag(
         self,

@@ -9,7 +9,7 @@ import msgspec
 from vigil.nodes.contract import Endpoint, EndpointRole, NodeContract, NodeKind, published
 from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["KIND", "Config", "PacingConfig", "SourceConfig"]
+__all__ = ["KIND", "Config", "PacingConfig", "SourceConfig", "endpoints"]
 
 
 class PacingConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -27,7 +27,8 @@ class PacingConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
 class SourceConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Rate, streams, how often a frame is broken on purpose, and where the tally goes."""
 
-    endpoint: str = "ingest"
+    # The ingest frontend(s), in order of preference: the client fails over between them.
+    endpoint: str | list[str] = "ingest"
     rate_hz: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 10.0
     """The camera's rate: with `pacing`, the most the source sends."""
     pacing: PacingConfig | None = None
@@ -45,14 +46,23 @@ class SourceConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
 Config = SourceConfig
 
 
+def endpoints(config: SourceConfig) -> list[str]:
+    """The ingest frontends the source sends to, in order of preference."""
+    return [config.endpoint] if isinstance(config.endpoint, str) else list(config.endpoint)
+
+
 def _contract(config: SourceConfig) -> NodeContract:
     return NodeContract(
         publishes=published(),
         subscribes=frozenset(),
-        endpoints=(
+        endpoints=tuple(
             Endpoint(
-                key="ingest", role=EndpointRole.INGEST_FRONTEND, bind=False, name=config.endpoint
-            ),
+                key="ingest" if i == 0 else f"ingest.{i + 1}",
+                role=EndpointRole.INGEST_FRONTEND,
+                bind=False,
+                name=name,
+            )
+            for i, name in enumerate(endpoints(config))
         ),
     )
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-import zmq
 
 from vigil.bus.rundir import resolve_endpoint
 from vigil.client import Client
@@ -24,7 +23,7 @@ from vigil.errors import (
 from vigil.nodes._runtime import Node
 from vigil.nodes._scene import render_scene
 from vigil.nodes.contract import ExitCode, NodeArgs
-from vigil.nodes.demo_source._contract import KIND, SourceConfig
+from vigil.nodes.demo_source._contract import KIND, SourceConfig, endpoints
 from vigil.nodes.demo_source._pacing import Adaptive, Fixed, Pace
 from vigil.schemas import InferResult
 
@@ -75,9 +74,13 @@ class _Source:
         self.node = node
         self.config = config
         self.client: Client = node.enter(
-            Client(resolve_endpoint(node.run, config.endpoint), name=node.args.label, ctx=node.ctx)
+            Client(
+                [resolve_endpoint(node.run, e) for e in endpoints(config)],
+                name=node.args.label,
+                ctx=node.ctx,
+            )
         )
-        node.poller.register(self.client.socket, zmq.POLLIN)
+        self.client.register(node.poller)
         self.frames = [render_scene(i, config.height, config.width) for i in range(config.scenes)]
         now = node.clock()
         self.pace: Pace = (
@@ -217,7 +220,7 @@ def run(config: SourceConfig, args: NodeArgs) -> ExitCode:
         node.ready(KIND.contract(config))
         while not node.stopping:
             events = node.poll(source.timeout_ms())
-            if events.get(source.client.socket):
+            if source.client.owns(events):
                 source.on_replies()
             source.send_due()
         # Drain: every request ends with a reply or the client's own deadline error.

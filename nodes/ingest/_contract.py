@@ -49,6 +49,9 @@ class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     # instead of letting it wait out its deadline. Off only for an ingest that admits and
     # publishes requests with no worker behind it (taps and benches of the front door).
     require_model: bool = True
+    # Answers kept by request id, so a request a client re-sends after failing over is
+    # answered again instead of run again (0: none kept).
+    dedup_window: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 4096
 
 
 Config = IngestConfig

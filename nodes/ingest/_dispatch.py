@@ -30,6 +30,7 @@ class Request:
     frame_ts_us: int
     priority: int = 0
     tenant: str = ""
+    request_id: bytes = b""  # the client's id for it, the same on every re-send
     attempts: int = 0
     worker: bytes | None = None
     # For the request's evidence: the client's span and name, and when it was admitted and

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,9 +11,11 @@ import psutil
 import zmq
 
 from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
+from vigil.bus.clock import wall_ns
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.bus.rundir import resolve_endpoint
+from vigil.nodes._dedup import RecentAnswers
 from vigil.nodes._runtime import Node
 from vigil.nodes._tracing import request_spans
 from vigil.nodes.contract import ExitCode, NodeArgs
@@ -49,6 +50,7 @@ from vigil.schemas import (
 __all__ = ["run"]
 
 _BURST = 64
+_SAFETY_PRIORITY = 7  # the watchdog's probe: never shed
 
 
 @dataclass(slots=True)
@@ -142,8 +144,19 @@ class _Ingest:
         self.limiter = RateLimiter(config.rate_limit, node.clock)
         self.dispatcher = Dispatcher(max_queue=config.max_queue)
         self.state = SafetyState.NORMAL
+        # The share of the request path alive (from the watchdog): see `_check_policy`.
+        self.capacity = 1.0
         self.model: ModelAnnouncement | None = None
-        self.counts = {"accepted": 0, "answered": 0, "rejected": 0, "errors": 0}
+        # Request ids answered lately, and the answer each got: a request re-sent by a
+        # client that failed over (and back) is answered again, not executed again.
+        self.answered: RecentAnswers[InferResult | ErrorReply] = RecentAnswers(config.dedup_window)
+        # Open requests by request id: a copy that arrives while the first is open joins it.
+        self.open_ids: dict[bytes, int] = {}
+        # When a heartbeat (anyone's) last came through the bus: worker silence is judged
+        # only while the bus itself carries beats.
+        self.bus_heard_ns = node.clock()
+        self.beat_period_ns = 0  # the workers' heartbeat period, once one beat
+        self.counts = {"accepted": 0, "answered": 0, "rejected": 0, "errors": 0, "repeats": 0}
         # Spans, exported only where OpenTelemetry is set up; evidence of every request.
         self.spans = node.enter(request_spans(f"vigil.{node.args.name}"))
         self.evidence = Evidence(
@@ -180,6 +193,8 @@ class _Ingest:
         if isinstance(admission, _Refusal):
             self._refuse(admission)
             return
+        if admission is None:
+            return  # a copy of a request this ingest has or had: handled by `_repeat`
         for check in self._checks:
             rejection = check(admission)
             if rejection is not None:
@@ -187,8 +202,9 @@ class _Ingest:
                 return
         self._accept(admission)
 
-    def _read(self, frames: list[zmq.Frame]) -> _Admission | _Refusal:
-        """Size, decode, validate: the request to admit, or its refusal with what is known."""
+    def _read(self, frames: list[zmq.Frame]) -> _Admission | _Refusal | None:
+        """Size, decode, validate: the request to admit, or its refusal with what is known,
+        or None for a copy of a request seen before (answered by `_repeat`)."""
         identity = frames[0].bytes
         now = self.node.clock()
         try:
@@ -200,6 +216,9 @@ class _Ingest:
         except FrameFault as fault:
             return self._refusal(identity, rejection_from_fault(fault), fault.envelope, now, fault)
         envelope = incoming.envelope
+        # Before validation: a copy repeats its original's timestamp, which is no fault.
+        if envelope.request_id and self._repeat(identity, envelope):
+            return None
         trace = _ingest_trace(envelope)
         try:
             request = self.validator.check(incoming)
@@ -228,6 +247,30 @@ class _Ingest:
         path = _path(_ingest_trace(envelope), envelope, now, None)
         return _Refusal(identity, envelope.seq, rejection, path)
 
+    # implements: SR-RED-002
+    def _repeat(self, identity: bytes, envelope: Envelope) -> bool:
+        """A copy of a request this ingest has open or answered lately (its client failed
+        over and back): the open one answers the copy's sender, the answered one's answer is
+        sent again. Either way it is not executed twice. False for a request not seen."""
+        rid = self.open_ids.get(envelope.request_id)
+        request = self.dispatcher.open.get(rid) if rid is not None else None
+        if request is not None:
+            request.client, request.client_seq = identity, envelope.seq
+            self.counts["repeats"] += 1
+            return True
+        answer = self.answered.get(envelope.request_id)
+        if answer is None:
+            return False
+        env = self.clients.envelope(answer, seq=envelope.seq, trace=envelope.trace)
+        self.clients.send(answer, identity=[identity], envelope=env)
+        self.counts["repeats"] += 1
+        return True
+
+    def _remember(self, request: Request, answer: InferResult | ErrorReply) -> None:
+        """A request was answered: forget it as open, remember its answer for a repeat."""
+        self.open_ids.pop(request.request_id, None)
+        self.answered.keep(request.request_id, answer)
+
     def _budget_ns(self, envelope: Envelope) -> int:
         """The client's budget in whole ms, at most the maximum; the default when it set none."""
         budget_ns = envelope.budget_ns
@@ -249,21 +292,46 @@ class _Ingest:
 
     # implements: SR-WDG-003
     def _check_policy(self, admission: _Admission) -> Rejection | None:
-        """Refuse what the degraded policy sheds while the system is not NORMAL."""
+        """Refuse what the degraded policy sheds while the system is not NORMAL.
+
+        Shedding follows the capacity lost, not the state alone: with the request path whole
+        (a fault elsewhere: logger, loader, proxy) nothing is refused; with part of it gone,
+        `shed_low_priority` admits a low-priority request while the surviving workers have
+        credit for it, and refuses the rest at once instead of letting them queue past their
+        deadlines: the pool serves at the rate that is left. SAFE_STOP refuses all but the
+        probe.
+        """
         if self.state is SafetyState.NORMAL:
             return None
         policy = self.config.degraded_policy
-        refuse = policy is DegradedPolicy.REJECT or self.state is SafetyState.SAFE_STOP
-        if policy is DegradedPolicy.SHED_LOW_PRIORITY:
-            refuse = refuse or admission.envelope.priority < self.config.shed_below_priority
+        priority = admission.envelope.priority
+        if self.state is SafetyState.SAFE_STOP:
+            refuse = priority < _SAFETY_PRIORITY
+        elif self.capacity >= 1.0 or policy is DegradedPolicy.FLAG:
+            refuse = False
+        elif policy is DegradedPolicy.REJECT:
+            refuse = priority < _SAFETY_PRIORITY
+        elif priority >= self.config.shed_below_priority:
+            refuse = False
+        else:
+            refuse = not self._spare_credit()
         if not refuse:
             return None
         return Rejection(
             DiagCode.RATE_LIMITED,
             "$.priority",
-            f"system is {self.state}: {policy} policy refuses this request",
+            f"system is {self.state} at capacity {self.capacity:.2f}:"
+            f" {policy} policy refuses this request",
             code=ErrorCode.UNAVAILABLE,
         )
+
+    # implements: SR-DEG-001
+    def _spare_credit(self) -> bool:
+        """Whether the live workers can take one more request beyond those queued."""
+        free = sum(
+            w.credit for w in self.dispatcher.workers.values() if not w.suspect and w.credit > 0
+        )
+        return free > len(self.dispatcher.queue)
 
     def _check_rate(self, admission: _Admission) -> Rejection | None:
         """Refuse a request over its tenant's token-bucket rate (this spends a token)."""
@@ -320,8 +388,11 @@ class _Ingest:
             parent=envelope.trace,
             peer=peer_of(envelope),
             admitted_ns=self.node.clock(),
+            request_id=envelope.request_id,
         )
         self.dispatcher.admit(pending)  # cannot refuse: the queue check found room
+        if pending.request_id:
+            self.open_ids[pending.request_id] = pending.rid
         self.validator.accept(request)
         self.counts["accepted"] += 1
         if self.config.publish_requests:
@@ -398,6 +469,7 @@ class _Ingest:
             frame_ts_us=request.frame_ts_us,
         )
         body = self._answer(request.client, request.client_seq, reply, request.trace)
+        self._remember(request, reply)
         self.counts["errors"] += 1
         self._ended(request, reply, body, Outcome.FAILED)
         self.node.diag(
@@ -452,10 +524,12 @@ class _Ingest:
             if self.state is not SafetyState.NORMAL:
                 body = msgspec.structs.replace(body, degraded=True)
             sent = self._answer(request.client, request.client_seq, body, request.trace)
+            self._remember(request, body)
             self.counts["answered"] += 1
             self._ended(request, body, sent, Outcome.SERVED)
         elif isinstance(body, ErrorReply):
             sent = self._answer(request.client, request.client_seq, body, request.trace)
+            self._remember(request, body)
             self.counts["errors"] += 1
             self._ended(request, body, sent, Outcome.FAILED)
 
@@ -487,11 +561,18 @@ class _Ingest:
                 DiagCode.DEADLINE_EXCEEDED,
                 "deadline exceeded before a result",
             )
+        # Silent: no word for `worker_silence_ms`, or for 2.5 heartbeat periods (the
+        # watchdog's rule) when that is sooner: a hung worker's work moves on as soon as the
+        # hang is known, not a second later.
         silence_ns = self.config.worker_silence_ms * 1_000_000
+        if self.beat_period_ns:
+            silence_ns = min(silence_ns, self.beat_period_ns * 5 // 2)
+        if now - self.bus_heard_ns > silence_ns // 2:
+            return  # no heartbeat from anyone: the bus is down, not every worker at once
         for slot, exhausted in self.dispatcher.worker_silent(now, silence_ns):
             self.node.diag(
                 DiagCode.WORKER_LOST,
-                f"worker {slot.name} silent for {self.config.worker_silence_ms} ms; "
+                f"worker {slot.name} silent for {silence_ns // 1_000_000} ms; "
                 "its work was re-dispatched",
                 severity=Severity.ERROR,
             )
@@ -502,7 +583,7 @@ class _Ingest:
 
     def dispatch(self) -> None:
         # Both clocks read once: every deadline sent in this pass converts by the same offset.
-        now_wall, now_mono = time.time_ns(), self.node.clock()
+        now_wall, now_mono = wall_ns(), self.node.clock()
         for slot, request in self.dispatcher.assignments():
             request.dispatched_ns = now_mono
             envelope = self.workers.envelope(
@@ -514,6 +595,7 @@ class _Ingest:
                 ),
                 priority=request.priority,
                 tenant=request.tenant,
+                request_id=request.request_id,
             )
             self.workers.forward(request.frames, identity=[slot.identity], envelope=envelope)
 
@@ -523,9 +605,14 @@ class _Ingest:
             body = received.body
             if isinstance(body, StateChange):
                 self.state = body.state
+                self.capacity = body.capacity
             elif isinstance(body, ModelAnnouncement):
                 self.model = body
-            elif isinstance(body, Heartbeat) and body.kind == "worker":
+            elif isinstance(body, Heartbeat):
+                self.bus_heard_ns = now
+                if body.kind != "worker":
+                    continue
+                self.beat_period_ns = max(self.beat_period_ns, body.period_ms * 1_000_000)
                 for slot in self.dispatcher.workers.values():
                     if slot.name == body.node and slot.pid == body.pid:
                         slot.last_heard_ns = now

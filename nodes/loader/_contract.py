@@ -36,6 +36,9 @@ class LoaderConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     # Follow replayed heartbeats and model events (`vigil bag play`) as if live. Off: a
     # replay never steers a rollout.
     accept_replay: bool = False
+    # How long a (re)started loader waits at most for the latched committed model before it
+    # decides by the repository alone.
+    resume_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000
 
     def __post_init__(self) -> None:
         if (self.repository is None) == (self.pinned is None):
@@ -50,7 +53,7 @@ def _contract(config: LoaderConfig) -> NodeContract:
         publishes=published(
             Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND, Topic.MODEL_EVENT, Topic.AUDIT
         ),
-        subscribes=frozenset({Topic.HEARTBEAT, Topic.MODEL_EVENT}),
+        subscribes=frozenset({Topic.HEARTBEAT, Topic.MODEL_EVENT, Topic.MODEL_ACTIVE}),
     )
 
 

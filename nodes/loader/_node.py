@@ -55,8 +55,11 @@ class _Loader:
     def __init__(self, node: Node, config: LoaderConfig) -> None:
         self.node = node
         self.config = config
+        # The latched topic first: the proxy sends its kept value when that subscription
+        # arrives, so it comes before anything the later subscriptions let through.
         self.sub = node.subscriber(
-            [Topic.HEARTBEAT, Topic.MODEL_EVENT], skip_replayed=not config.accept_replay
+            [Topic.MODEL_ACTIVE, Topic.HEARTBEAT, Topic.MODEL_EVENT],
+            skip_replayed=not config.accept_replay,
         )
         self.serving: ModelAnnouncement | None = None
         self.serving_dir = ""
@@ -103,6 +106,61 @@ class _Loader:
             severity=Severity.CRITICAL,
         )
 
+    # -- start-up: resume from the latched model ---------------------------------------------
+
+    # implements: SR-STA-001
+    def resume(self) -> None:
+        """Take over the committed model and its generation (a restarted loader must neither
+        count generations from 1 again nor switch the workers to what they already serve).
+
+        The proxy keeps the last committed `ModelAnnouncement` (on disk too, so it outlives
+        a proxy restart) and sends it to this new subscriber at once; workers' heartbeats
+        name the generation they serve, which also only ever moves the count forward. The
+        wait ends with the first message of any other topic: the latched one, if any, comes
+        before it.
+        """
+        deadline = self.node.clock() + self.config.resume_wait_ms * 1_000_000
+        while not self.node.stopping and self.serving is None:
+            left_ms = (deadline - self.node.clock()) / 1e6
+            if left_ms <= 0:
+                break
+            received = self.sub.recv(int(left_ms) + 1)
+            if received is None:
+                continue
+            self._on_message(received, self.node.clock())
+            if received.topic != Topic.MODEL_ACTIVE:
+                break
+        if self.serving is not None:
+            self.node.record(
+                "info",
+                "loader.resumed",
+                model=self.serving.name,
+                version=self.serving.version,
+                generation=self.generation,
+            )
+
+    def _adopt(self, model: ModelAnnouncement) -> None:
+        """The committed model as the proxy kept it: serving it, at its generation."""
+        if self.serving is not None or not self._ours(model):
+            return
+        self.serving = model
+        self.generation = max(self.generation, model.generation)
+        path = Path(model.path)
+        self.serving_dir = str(path if self.config.pinned is not None else path.parent)
+        self.node.heartbeat_detail = {
+            "model": model.name,
+            "version": model.version,
+            "generation": str(model.generation),
+        }
+
+    def _ours(self, model: ModelAnnouncement) -> bool:
+        """Whether a latched model is the one this loader serves (a run directory used again
+        by another launch file may hold another)."""
+        pinned = self.config.pinned
+        if pinned is not None:
+            return (model.name, model.sha256) == (pinned.name, pinned.sha256)
+        return self.repo is not None and model.name == self.repo.model
+
     # -- the bus ---------------------------------------------------------------------------
 
     def on_bus(self) -> None:
@@ -112,7 +170,13 @@ class _Loader:
 
     def _on_message(self, received: Received, now: int) -> None:
         body = received.body
+        if isinstance(body, ModelAnnouncement):
+            self._adopt(body)
+            return
         if isinstance(body, Heartbeat) and body.kind == "worker":
+            served = body.detail.get("generation", "")
+            if served.isdigit():  # the count only moves forward, whoever restarted
+                self.generation = max(self.generation, int(served))
             if body.detail.get("lifecycle") == "stopping":
                 self.workers.pop(body.node, None)
                 if self.switch is not None:
@@ -397,6 +461,11 @@ def _model_path(node: Node, path: str) -> Path:
 
 def run(config: LoaderConfig, args: NodeArgs) -> ExitCode:
     """Verify and announce the active model; follow the repository until SIGTERM/SIGINT."""
+    if config.repository is not None:
+        # Verification reads the graph with onnx, whose first import holds the interpreter
+        # for seconds: done before the node beats, it cannot silence the heartbeat (a
+        # loader seen hung right after each start, then killed, then hung again).
+        import onnx  # noqa: F401, PLC0415
     with Node(args) as node:
         loader = _Loader(node, config)
         watch: RepositoryWatch | None = None
@@ -405,6 +474,7 @@ def run(config: LoaderConfig, args: NodeArgs) -> ExitCode:
             folder.mkdir(parents=True, exist_ok=True)
             watch = node.enter(RepositoryWatch(folder))
             node.poller.register(watch.fileno(), 1)
+        loader.resume()
         node.ready(KIND.contract(config))
         while not node.stopping:
             events = node.poll(loader.timeout_ms())

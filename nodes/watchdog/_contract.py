@@ -10,13 +10,15 @@ from vigil.nodes.contract import Endpoint, EndpointRole, NodeContract, NodeKind,
 from vigil.schemas import Topic
 from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["KIND", "Config", "ProbeConfig", "WatchdogConfig"]
+__all__ = ["KIND", "Config", "ProbeConfig", "WatchdogConfig", "probe_endpoints"]
 
 
 class ProbeConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The known-answer health probe."""
 
-    endpoint: str = "ingest"
+    # The ingest frontend(s) the probe goes through; with several, it fails over like any
+    # client (`vigil.client`).
+    endpoint: str | list[str] = "ingest"
     timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 3000
     height: Annotated[int, msgspec.Meta(ge=32, le=1080)] = 384
     width: Annotated[int, msgspec.Meta(ge=32, le=1920)] = 640
@@ -41,6 +43,11 @@ class WatchdogConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_field
     timeout_limit: Annotated[int, msgspec.Meta(ge=1)] = 3
     recovery_delay_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000
     max_recoveries: Annotated[int, msgspec.Meta(ge=1)] = 3
+    # Hysteresis: DEGRADED lasts at least `min_dwell_ms`; more than `flap_limit`
+    # degradations in a minute double the recovery delay, up to `max_recovery_delay_ms`.
+    min_dwell_ms: Annotated[int, msgspec.Meta(ge=0)] = 500
+    flap_limit: Annotated[int, msgspec.Meta(ge=0)] = 3
+    max_recovery_delay_ms: Annotated[int, msgspec.Meta(ge=1)] = 30_000
     staleness_ms: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
     # How long a (re)started watchdog waits for the latched state before it declares its own.
     resume_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 300
@@ -53,17 +60,31 @@ class WatchdogConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_field
 Config = WatchdogConfig
 
 
+def probe_endpoints(config: WatchdogConfig) -> list[str]:
+    """The ingest frontends the probe may use, in order of preference."""
+    endpoint = config.probe.endpoint
+    return [endpoint] if isinstance(endpoint, str) else list(endpoint)
+
+
 def _contract(config: WatchdogConfig) -> NodeContract:
     stale = frozenset(config.staleness_ms)
     return NodeContract(
         publishes=published(Topic.SAFETY_STATE, Topic.AUDIT, Topic.DIAGNOSTIC),
-        subscribes=frozenset({Topic.HEARTBEAT, Topic.INFER_RESULT, Topic.INFER_ERROR, *stale}),
+        subscribes=frozenset(
+            {
+                Topic.HEARTBEAT,
+                Topic.NODE_EXIT,
+                Topic.INFER_RESULT,
+                Topic.INFER_ERROR,
+                Topic.MODEL_ACTIVE,
+                *stale,
+            }
+        ),
         # A topic watched for staleness that nobody publishes is stale from the first instant.
         requires=frozenset({Topic.HEARTBEAT, *stale}),
-        endpoints=(
-            Endpoint(
-                key="", role=EndpointRole.INGEST_FRONTEND, bind=False, name=config.probe.endpoint
-            ),
+        endpoints=tuple(
+            Endpoint(key="", role=EndpointRole.INGEST_FRONTEND, bind=False, name=name)
+            for name in probe_endpoints(config)
         ),
     )
 

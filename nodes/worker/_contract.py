@@ -20,6 +20,7 @@ __all__ = [
     "EngineConfig",
     "Task",
     "WorkerConfig",
+    "backends",
 ]
 
 FAULT_ABORT_STREAM = "vigil.fault.abort"
@@ -56,7 +57,8 @@ class EngineConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
 class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Batching, the model to serve and how to run it."""
 
-    backend: str = "workers"
+    # The ingest backend(s) to serve; with several ingests, the worker serves every one.
+    backend: str | list[str] = "workers"
     model: Annotated[str, msgspec.Meta(max_length=64)] = ""
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
     max_queue_delay_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 2000
@@ -74,23 +76,36 @@ class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     # `FAULT_HANG_STREAM` makes it hang for good (deaf to SIGINT and SIGTERM, as a call stuck
     # inside the engine is; only SIGKILL ends it). Off by default.
     fault_injection: bool = False
+    # Results kept by request id: a request that reaches this worker again (a client failed
+    # over to another ingest) gets the same result without a second run (0: none kept).
+    dedup_window: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1024
 
 
 Config = WorkerConfig
 
 
+def backends(config: WorkerConfig) -> list[str]:
+    """The ingest backends this worker connects to."""
+    return [config.backend] if isinstance(config.backend, str) else list(config.backend)
+
+
 def _contract(config: WorkerConfig) -> NodeContract:
-    # A worker asks for `credit` requests (2 x max_batch by default) and never holds more.
-    credit = config.credit or 2 * config.max_batch
+    # A worker asks each ingest for `credit` requests (2 x max_batch by default) and never
+    # holds more from one: with a hot standby ingest idle, all of it serves the active one.
+    credit = (config.credit or 2 * config.max_batch) * len(backends(config))
     return NodeContract(
         publishes=published(Topic.MODEL_EVENT, Topic.DIAGNOSTIC, Topic.BATCH_EVIDENCE),
         subscribes=frozenset({Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND}),
         # Without a loader no model is ever announced and the worker never serves.
         requires=frozenset({Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND}),
-        endpoints=(
+        endpoints=tuple(
             Endpoint(
-                key="backend", role=EndpointRole.WORKER_BACKEND, bind=False, name=config.backend
-            ),
+                key="backend" if i == 0 else f"backend.{i + 1}",
+                role=EndpointRole.WORKER_BACKEND,
+                bind=False,
+                name=name,
+            )
+            for i, name in enumerate(backends(config))
         ),
         queues=(Queue(name="worker.credit", bound=credit),),
         request_path=True,

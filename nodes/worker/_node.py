@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -18,11 +18,18 @@ from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.bus.rundir import resolve_endpoint
+from vigil.nodes._dedup import RecentAnswers
 from vigil.nodes._logging import trace_fields
 from vigil.nodes._runtime import Node
 from vigil.nodes._tracing import request_spans
 from vigil.nodes.contract import ExitCode, NodeArgs
-from vigil.nodes.worker._contract import FAULT_ABORT_STREAM, FAULT_HANG_STREAM, KIND, WorkerConfig
+from vigil.nodes.worker._contract import (
+    FAULT_ABORT_STREAM,
+    FAULT_HANG_STREAM,
+    KIND,
+    WorkerConfig,
+    backends,
+)
 from vigil.nodes.worker._engine import Engine
 from vigil.nodes.worker._models import ModelLoadError, ModelManager
 from vigil.schemas import (
@@ -47,6 +54,15 @@ __all__ = ["run"]
 _BURST = 64
 
 
+@dataclass(frozen=True, slots=True)
+class _Asker:
+    """Who asked for a job: the ingest (by backend), its id and the span for it."""
+
+    backend: int
+    rid: int
+    trace: TraceContext | None
+
+
 @dataclass(slots=True)
 class _Job:
     rid: int
@@ -56,6 +72,16 @@ class _Job:
     received_ns: int
     deadline: Deadline | None  # None: the ingest set none
     parent: TraceContext | None = None  # the ingest's span of the request
+    backend: int = 0  # the ingest that asked (index into the worker's backends)
+    request_id: bytes = b""
+    # Other ingests that asked for the same request meanwhile (a client failed over): each
+    # gets the one result.
+    also: list[_Asker] = field(default_factory=list)
+
+    @property
+    def askers(self) -> list[_Asker]:
+        """Everyone this job's answer goes to."""
+        return [_Asker(self.backend, self.rid, self.trace), *self.also]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +93,12 @@ class _BatchTimes:
     ended: int
 
 
-class _Worker:
-    def __init__(self, node: Node, config: WorkerConfig) -> None:
-        self.node = node
-        self.config = config
-        self.dealer = node.socket(zmq.DEALER, dial=config.backend)
-        self.dealer.connect(resolve_endpoint(node.run, config.backend))
+class _Backend:
+    """The DEALER to one ingest's backend, its channel and its connection monitor."""
+
+    def __init__(self, node: Node, endpoint: str) -> None:
+        self.dealer = node.socket(zmq.DEALER, dial=endpoint)
+        self.dealer.connect(resolve_endpoint(node.run, endpoint))
         self.channel = Channel(self.dealer, source=node.args.label, instance=node.args.instance)
         node.poller.register(self.dealer, zmq.POLLIN)
         # Each new connection to the ingest (the first, or after the ingest restarted) learns
@@ -80,6 +106,16 @@ class _Worker:
         self.links = node.enter(self.dealer.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
         self.links.setsockopt(zmq.LINGER, 0)
         node.poller.register(self.links, zmq.POLLIN)
+
+
+class _Worker:
+    def __init__(self, node: Node, config: WorkerConfig) -> None:
+        self.node = node
+        self.config = config
+        # One connection per ingest: a worker serves every ingest of the launch.
+        self.backends = [_Backend(node, endpoint) for endpoint in backends(config)]
+        self.results: RecentAnswers[InferResult] = RecentAnswers(config.dedup_window)
+        self.queued: dict[bytes, _Job] = {}
         self.models = node.subscriber([Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND])
         self.manager = ModelManager(
             config.engine,
@@ -201,28 +237,26 @@ class _Worker:
         self.offer()
 
     # implements: SR-DLN-002
-    def on_link(self) -> None:
-        """A connection to the ingest completed its handshake: offer the capacity on it."""
-        drain_events(self.links)
+    def on_link(self, backend: _Backend) -> None:
+        """A connection to an ingest completed its handshake: offer the capacity on it."""
+        drain_events(backend.links)
         if self.manager.engine is not None:
-            self.offer()
+            self.offer(backend=backend)
 
-    def offer(self, credit: int | None = None) -> None:
-        """Tell the ingest how many requests this worker takes at a time (its capacity; 0
-        while it switches versions)."""
+    def offer(self, credit: int | None = None, backend: _Backend | None = None) -> None:
+        """Tell the ingest (every one, without `backend`) how many requests this worker
+        takes at a time (its capacity; 0 while it switches versions)."""
         engine = self.manager.engine
         assert engine is not None  # offered only once a model serves
-        self.channel.send(
-            WorkerCredit(
-                credit=(self.config.credit or 2 * self.config.max_batch)
-                if credit is None
-                else credit,
-                model=engine.name,
-                version=engine.version,
-                pid=os.getpid(),
-                host=socket.gethostname(),
-            )
+        offer = WorkerCredit(
+            credit=(self.config.credit or 2 * self.config.max_batch) if credit is None else credit,
+            model=engine.name,
+            version=engine.version,
+            pid=os.getpid(),
+            host=socket.gethostname(),
         )
+        for target in self.backends if backend is None else [backend]:
+            target.channel.send(offer)
 
     def _event(
         self,
@@ -252,40 +286,72 @@ class _Worker:
 
     # -- requests ------------------------------------------------------------------------
 
-    def on_requests(self) -> None:
+    def on_requests(self, index: int) -> None:
+        backend = self.backends[index]
         for _ in range(_BURST):
             try:
-                frames = self.dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = backend.dealer.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
-                incoming = self.channel.decode(frames)
+                incoming = backend.channel.decode(frames)
             except FrameFault as fault:
                 self.node.record("error", "worker.bad_frame", what=fault.what, rule=fault.rule)
-                self._error(fault.seq, None, ErrorCode.INTERNAL, "undecodable dispatch")
+                asker = _Asker(index, fault.seq, None)
+                self._error(asker, ErrorCode.INTERNAL, "undecodable dispatch")
                 continue
-            self._queue(incoming)
+            self._queue(index, incoming)
 
-    def _queue(self, incoming: Incoming) -> None:
+    def _queue(self, index: int, incoming: Incoming) -> None:
         env = incoming.envelope
         sender = env.trace
         trace = sender.child() if sender is not None else TraceContext.new()
         request = incoming.body
         if not isinstance(request, InferRequest):
-            self._error(env.seq, trace, ErrorCode.INTERNAL, "unexpected message")
+            self._error(_Asker(index, env.seq, trace), ErrorCode.INTERNAL, "unexpected message")
+            return
+        if self._repeat(_Asker(index, env.seq, trace), env.request_id):
             return
         h, w, c = request.image.shape
         buf = incoming.buffers[0].buffer
         image = np.frombuffer(buf, dtype=np.uint8, count=h * w * c, offset=request.image.offset)
         now = self.node.clock()
-        deadline = None
-        if env.deadline_wall_ns:
-            deadline = Deadline.from_wall(
-                env.deadline_wall_ns, now_wall_ns=time.time_ns(), now_mono_ns=now
-            )
-        self.pending.append(
-            _Job(env.seq, trace, request, image.reshape(h, w, c), now, deadline, sender)
+        # The budget the ingest gave, counted from arrival: both its readings are of the
+        # ingest's clock, so a step of the wall clock in between moves nothing.
+        # implements: SR-TIM-002
+        budget = env.budget_ns
+        deadline = Deadline.after(budget, now) if budget is not None else None
+        job = _Job(
+            env.seq,
+            trace,
+            request,
+            image.reshape(h, w, c),
+            now,
+            deadline,
+            sender,
+            backend=index,
+            request_id=env.request_id,
         )
+        self.pending.append(job)
+        if job.request_id:
+            self.queued[job.request_id] = job
+
+    # implements: SR-RED-002
+    def _repeat(self, asker: _Asker, request_id: bytes) -> bool:
+        """A request this worker has queued or answered lately, asked for again (through
+        another ingest, after its client failed over): it joins the queued one, or gets the
+        kept result; it is not run twice. False for a request not seen."""
+        if not request_id:
+            return False
+        job = self.queued.get(request_id)
+        if job is not None:
+            job.also.append(asker)
+            return True
+        result = self.results.get(request_id)
+        if result is None:
+            return False
+        self._send_result(asker, result)
+        return True
 
     def due(self, now: int) -> bool:
         """Whether a batch should run now: full, or its oldest request waited long enough."""
@@ -312,13 +378,12 @@ class _Worker:
         while self.pending and len(jobs) < self.config.max_batch:
             job = self.pending.popleft()
             if job.deadline is not None and job.deadline.expired(now):
-                self._error(job.rid, job.trace, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
+                self._fail(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
             elif fixed is not None and (
                 job.image.shape[0] > fixed[0] or job.image.shape[1] > fixed[1]
             ):
-                self._error(
-                    job.rid,
-                    job.trace,
+                self._fail(
+                    job,
                     ErrorCode.INVALID_ARGUMENT,
                     f"frame larger than the model input {fixed[0]}x{fixed[1]}",
                 )
@@ -359,7 +424,7 @@ class _Worker:
                 severity=Severity.ERROR,
             )
             for job in jobs:
-                self._error(job.rid, job.trace, ErrorCode.INTERNAL, "inference failed")
+                self._fail(job, ErrorCode.INTERNAL, "inference failed")
             self._observed(batch_id, jobs, _BatchTimes(started, failed, failed), failed=True)
             return
         times = _BatchTimes(started, inferred, clock())
@@ -377,8 +442,10 @@ class _Worker:
                 queue_us=(started - job.received_ns) // 1000,
                 infer_us=infer_us,
             )
-            env = self.channel.envelope(result, seq=job.rid, trace=job.trace)
-            self.channel.send(result, envelope=env)
+            self.queued.pop(job.request_id, None)
+            self.results.keep(job.request_id, result)
+            for asker in job.askers:
+                self._send_result(asker, result)
         self.served += len(jobs)
         self._observed(batch_id, jobs, times)
 
@@ -463,11 +530,22 @@ class _Worker:
                     error=error if name != "worker.queue" else "",
                 )
 
-    def _error(self, rid: int, trace: TraceContext | None, code: ErrorCode, why: str) -> None:
+    def _send_result(self, asker: _Asker, result: InferResult) -> None:
+        channel = self.backends[asker.backend].channel
+        channel.send(result, envelope=channel.envelope(result, seq=asker.rid, trace=asker.trace))
+
+    def _fail(self, job: _Job, code: ErrorCode, why: str) -> None:
+        """End a job with an error, for everyone who asked for it."""
+        self.queued.pop(job.request_id, None)
+        for asker in job.askers:
+            self._error(asker, code, why)
+
+    def _error(self, asker: _Asker, code: ErrorCode, why: str) -> None:
+        channel = self.backends[asker.backend].channel
         reply = ErrorReply(code=code, message=why)
-        self.channel.send(reply, envelope=self.channel.envelope(reply, seq=rid, trace=trace))
+        channel.send(reply, envelope=channel.envelope(reply, seq=asker.rid, trace=asker.trace))
         # A request this worker could not serve is a line in its log, in the request's trace.
-        self.node.log.warning("request.error", code=str(code), why=why, **trace_fields(trace))
+        self.node.log.warning("request.error", code=str(code), why=why, **trace_fields(asker.trace))
 
 
 def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:
@@ -479,10 +557,11 @@ def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:
             events = node.poll(worker.timeout_ms())
             if events.get(worker.models.socket):
                 worker.on_model()
-            if events.get(worker.links):
-                worker.on_link()
-            if events.get(worker.dealer):
-                worker.on_requests()
+            for index, backend in enumerate(worker.backends):
+                if events.get(backend.links):
+                    worker.on_link(backend)
+                if events.get(backend.dealer):
+                    worker.on_requests(index)
             while worker.due(node.clock()):
                 worker.run_batch()
         while worker.pending and worker.manager.engine is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -14,7 +16,13 @@ import structlog
 
 from vigil.bus.envelope import TraceContext
 from vigil.nodes import _logging
-from vigil.nodes._logging import configure_logging, current_trace, set_identity, traced
+from vigil.nodes._logging import (
+    configure_logging,
+    current_trace,
+    log_stream,
+    set_identity,
+    traced,
+)
 
 Lines = Callable[[], list[dict[str, Any]]]
 
@@ -126,3 +134,38 @@ def test_format_follows_the_stream(
     else:
         line = json.loads(text)
         assert line["event"] == "launch.ready" and line["nodes"] == 9
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put structlog's global configuration back after a test that changes it."""
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.verifies("SR-DSK-001")
+@pytest.mark.usefixtures("restore_logging")
+def test_a_full_disk_costs_log_lines_not_the_process() -> None:
+    """Writing to a device that is always full (ENOSPC) drops and counts the lines."""
+    with open("/dev/full", "w") as full:
+        configure_logging(full)
+        structlog.get_logger().info("lost", n=1)
+        structlog.get_logger().info("lost", n=2)
+        stream = log_stream()
+        assert stream is not None
+        assert stream.dropped == 2
+        assert stream.errno == errno.ENOSPC
+        assert not stream.broken
+
+
+@pytest.mark.verifies("SR-DSK-001", "SR-SUP-007")
+@pytest.mark.usefixtures("restore_logging")
+def test_a_closed_reader_is_seen_as_broken() -> None:
+    """A pipe whose reader went away (EPIPE) is marked broken instead of raising."""
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "w") as pipe:
+        configure_logging(pipe)
+        structlog.get_logger().info("nobody reads this")
+        stream = log_stream()
+        assert stream is not None and stream.broken

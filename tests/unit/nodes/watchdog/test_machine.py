@@ -15,7 +15,9 @@ RECOVERING = SafetyState.RECOVERING
 SAFE_STOP = SafetyState.SAFE_STOP
 
 DELAY = 1_000
-CONFIG = MachineConfig(timeout_limit=3, recovery_delay_ns=DELAY, max_recoveries=3)
+CONFIG = MachineConfig(
+    timeout_limit=3, recovery_delay_ns=DELAY, max_recoveries=3, min_dwell_ns=DELAY // 2
+)
 
 
 def _machine(state: SafetyState = NORMAL, now_ns: int = 0) -> SafetyMachine:
@@ -262,3 +264,55 @@ def test_transitions_are_counted() -> None:
     at = _recovering(machine, 10)
     machine.probe_result(True, "ok", at + 3)
     assert (machine.transitions, machine.since_ns, machine.state) == (3, at + 3, NORMAL)
+
+
+def _cycle(machine: SafetyMachine, at: int) -> int:
+    """One fault and its recovery, starting at `at`; returns when NORMAL was reached."""
+    machine.fault("f", at)
+    due = machine.recovery_due_ns(at)
+    assert due is not None
+    assert machine.tick(due, faults_active=False) is not None
+    assert machine.probe_result(True, "ok", due + 1) is not None
+    return due + 1
+
+
+def test_degraded_is_held_for_the_minimum_dwell() -> None:
+    """However short the recovery delay, DEGRADED lasts at least the minimum dwell."""
+    machine = SafetyMachine(MachineConfig(recovery_delay_ns=10, min_dwell_ns=1_000), 0, NORMAL)
+    machine.fault("f", 0)
+    assert machine.tick(999, faults_active=False) is None
+    assert machine.tick(1_000, faults_active=False) is not None
+
+
+def test_transitions_of_the_last_minute_are_counted() -> None:
+    """The rate of transitions counts those of the last minute only."""
+    machine = _machine()
+    at = _cycle(machine, 0)
+    assert machine.transitions_per_min(at) == 3
+    assert machine.transitions_per_min(at + 60_000_000_000) == 0
+
+
+def test_flapping_doubles_the_recovery_delay() -> None:
+    """Each degradation past the flap limit within a minute doubles the recovery delay."""
+    machine = _machine()
+    at = 0
+    for _ in range(CONFIG.flap_limit):
+        at = _cycle(machine, at + 1)
+    assert not machine.flapping(at)
+    machine.fault("again", at + 1)
+    assert machine.flapping(at + 1)
+    assert machine.recovery_delay_ns(at + 1) == 2 * DELAY
+    assert machine.tick(at + 1 + DELAY, faults_active=False) is None
+    assert machine.tick(at + 1 + 2 * DELAY, faults_active=False) is not None
+
+
+def test_the_recovery_delay_is_capped() -> None:
+    """Flapping slows recovery down to the cap, never further."""
+    config = MachineConfig(
+        recovery_delay_ns=DELAY, min_dwell_ns=0, flap_limit=0, max_recovery_delay_ns=4 * DELAY
+    )
+    machine = SafetyMachine(config, 0, NORMAL)
+    at = 0
+    for _ in range(10):
+        at = _cycle(machine, at + 1)
+    assert machine.recovery_delay_ns(at) == 4 * DELAY
