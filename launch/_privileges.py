@@ -11,15 +11,13 @@ import ctypes
 import os
 import pwd
 import resource
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vigil.errors import VigilError
 
-__all__ = ["NodeUser", "PrivilegeError", "child_setup", "die_with_parent", "node_user"]
+__all__ = ["NodeUser", "PrivilegeError", "child_setup", "node_user"]
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -48,11 +46,6 @@ def node_user(name: str) -> NodeUser:
     return NodeUser(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """A node must not outlive a launcher that was SIGKILLed."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _no_new_privs() -> None:  # pragma: no cover - runs in the child
     # Neither the node nor anything it execs can gain privileges (setuid binaries, file
     # capabilities); the flag is inherited and cannot be cleared.
@@ -68,11 +61,12 @@ def child_setup(
     cpu_affinity: Sequence[int] | None = None,
     nice: int | None = None,
 ) -> Callable[[], None]:
-    """The `preexec_fn` of a node: parent-death signal, no_new_privs, limits, CPUs, nice.
+    """The `preexec_fn` of a node: no_new_privs, limits, CPUs, nice.
 
     subprocess switches to the node's user *before* calling it, so it runs with the node's
-    own credentials: the parent-death signal (which a credential change clears) is set
-    after the switch, and limits can only be lowered.
+    own credentials, and limits can only be lowered. No parent-death signal: it would stop
+    every node at once when the launcher dies; each node watches the launcher through a
+    pidfd instead and stops in order (`vigil.nodes._runtime`).
     """
     limits: list[tuple[int, int]] = []
     if address_space_mb is not None:
@@ -84,7 +78,6 @@ def child_setup(
     cpus = frozenset(cpu_affinity) if cpu_affinity is not None else None
 
     def setup() -> None:  # pragma: no cover - runs in the child between fork and exec
-        die_with_parent()
         _no_new_privs()
         for which, wanted in limits:
             # Limits can only be lowered: never ask for more than the hard limit in force.

@@ -12,8 +12,10 @@ with its typed configuration and applies these rules:
 * **queues**: every buffer on the request path has a bound (and its worst case is stated);
 * **single points of failure**: each request-path node is listed with the safety mechanisms
   that cover its failure — supervision (a restart policy with restarts), heartbeat (a
-  watchdog watches every node's heartbeat), redundancy (more than one replica) — and a single
-  point that none covers is an error.
+  watchdog watches every node's heartbeat), redundancy (more than one replica, or a standby:
+  another node binding the same roles that every one of its peers also connects to, as two
+  ingests that every client and worker reach) — and a single point that none covers is an
+  error.
 
 The coverage figure follows the single-point fault metric of ISO 26262-5 (SPFM =
 1 - sum(lambda_SPF + lambda_RF) / sum(lambda)) with every request-path process given the same
@@ -197,7 +199,9 @@ def _check_topics(nodes: list[_Node], findings: list[Finding]) -> list[TopicLink
         c = n.contract
         for topic in sorted(c.subscribes):
             others = [p for p in publishers.get(topic, []) if p != n.spec.name]
-            if others:
+            # A node reading back its own latched value (a restarted loader resuming the
+            # committed model) needs nobody else to publish it.
+            if others or topic in c.latched:
                 continue
             required = topic in c.requires
             findings.append(
@@ -322,10 +326,47 @@ def _check_queues(nodes: list[_Node], findings: list[Finding]) -> list[QueueBoun
     return bounds
 
 
+# implements: SR-RED-001
+def _standbys(nodes: list[_Node]) -> dict[str, list[str]]:
+    """For each node that binds request-path endpoints, the other nodes that can take over
+    its whole job: every peer that connects to it (clients, workers) connects to them too."""
+    binds: dict[str, list[tuple[EndpointRole, str]]] = defaultdict(list)
+    connects: dict[str, list[tuple[EndpointRole, str]]] = defaultdict(list)
+    for n in nodes:
+        for e in n.contract.endpoints:
+            where = binds if e.bind else connects
+            where[n.spec.name].append((e.role, _address(n.run_dir, e.name)))
+
+    # For each connecting node: the (binder, role) pairs it reaches.
+    reach = [
+        {
+            (binder, role)
+            for binder, bound in binds.items()
+            for role, address in bound
+            for want, dialled in dialling
+            if want is role and _reaches(address, dialled)
+        }
+        for dialling in connects.values()
+    ]
+    standbys: dict[str, list[str]] = {}
+    for name, bound in binds.items():
+        roles = {role for role, _ in bound}
+        others = [o for o, b in binds.items() if o != name and roles <= {r for r, _ in b}]
+        standbys[name] = [
+            other
+            for other in others
+            if all(
+                (other, role) in seen for seen in reach for role in roles if (name, role) in seen
+            )
+        ]
+    return standbys
+
+
 def _check_single_points(
     nodes: list[_Node], findings: list[Finding]
 ) -> tuple[list[PathElement], float]:
     watchdogs = [n.spec.name for n in nodes if n.spec.kind == "watchdog"]
+    standbys = _standbys(nodes)
     elements: list[PathElement] = []
     for n in nodes:
         if not n.contract.request_path:
@@ -340,11 +381,14 @@ def _check_single_points(
             mechanisms.append(f"heartbeat ({', '.join(watchdogs)})")
         if spec.replicas > 1:
             mechanisms.append(f"redundancy ({spec.replicas} replicas)")
+        others = standbys.get(spec.name, [])
+        if others:
+            mechanisms.append(f"redundancy (standby: {', '.join(others)})")
         element = PathElement(
             node=spec.name,
             kind=spec.kind,
             replicas=spec.replicas,
-            single_point=spec.replicas == 1,
+            single_point=spec.replicas == 1 and not others,
             mechanisms=mechanisms,
         )
         elements.append(element)
@@ -439,7 +483,13 @@ def format_report(report: GraphReport, *, brief: bool = False, width: int = 80) 
         lines.append(f"  {q.node}: {q.name} <= {q.bound}{worst}")
     lines += ["", f"request path: single-point fault coverage {report.coverage:.1%}"]
     for e in report.elements:
-        what = "single point" if e.single_point else f"{e.replicas} replicas"
+        what = (
+            "single point"
+            if e.single_point
+            else f"{e.replicas} replicas"
+            if e.replicas > 1
+            else "with standby"
+        )
         cover = ", ".join(e.mechanisms) or "NOT COVERED"
         lines += _hang(f"  {e.node:<12} {e.kind:<8} {what:<13} ", cover, width)
     if found:

@@ -49,6 +49,9 @@ class RestartPolicy(Config, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     backoff_initial_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
     backoff_max_ms: Annotated[int, msgspec.Meta(ge=0)] = 5000
+    # A node whose heartbeat is this many of its periods late while its process lives is
+    # hung: the launcher kills it and restarts it like any exit (0: never).
+    hang_beats: Annotated[int, msgspec.Meta(ge=0)] = 10
 
 
 class Limits(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):

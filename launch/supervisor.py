@@ -7,12 +7,15 @@ import hashlib
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
@@ -22,11 +25,13 @@ import zmq
 
 from vigil.bus.deadline import Deadline
 from vigil.bus.pubsub import Publisher, Subscriber
-from vigil.bus.rundir import GraphNode, RunDir, RunGraph
+from vigil.bus.rundir import GraphNode, RunDir, RunDirInUse, RunGraph
 from vigil.bus.signals import SignalWakeup
 from vigil.errors import VigilError
+from vigil.launch._beats import Beats
 from vigil.launch._privileges import NodeUser, PrivilegeError, child_setup, node_user
 from vigil.launch.model import LaunchPlan, PlannedProcess
+from vigil.nodes._logging import log_stream
 from vigil.nodes.contract import ExitCode
 from vigil.schemas import (
     TOPICS,
@@ -35,6 +40,8 @@ from vigil.schemas import (
     DiagCode,
     DiagnosticEvent,
     Heartbeat,
+    Message,
+    NodeExit,
     NodeReady,
     SafetyState,
     Severity,
@@ -47,7 +54,13 @@ __all__ = ["LaunchError", "Launcher"]
 
 # Files and sockets made by nodes stay private to the run directory's group.
 _SHARED_UMASK = 0o007
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A closed terminal (SIGHUP) stops the launch in order, as Ctrl-C does.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Nodes whose launcher is gone stop this far apart, the last started first.
+_ORPHAN_STOP_STEP_MS = 200
+# How late a turn of the supervision loop may come before the delay is forgiven to everyone.
+_LATE_TURN_NS = 20_000_000
+_GRAPH_RETRY_NS = 1_000_000_000
 # How long the launcher waits to see its SAFE_STOP come back through the proxy (so the
 # logger, subscribed to the same proxy, has it) before it stops the nodes.
 _SAFE_STOP_ECHO_S = 2.0
@@ -74,13 +87,94 @@ class _Child:
     publishes: list[str] = field(default_factory=list)
     subscribes: list[str] = field(default_factory=list)
     user: NodeUser | None = None
+    # Why the launcher itself ended the process ("" when it ended on its own).
+    kill_reason: str = ""
+
+
+# implements: SR-SUP-007
+class _OutputWatch:
+    """Notices when the reader of the launcher's output goes away (a pipe closed: the `tee`
+    a Ctrl-C ended, a closed ssh session), so the launch stops in order instead of dying
+    on its next write."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        try:
+            fd = sys.stdout.fileno()
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                self.fd = fd
+        except (OSError, ValueError):  # no real stdout (a test's capture)
+            self.fd = None
+        self.closed = False
+
+    def register(self, poller: zmq.Poller) -> None:
+        """Watch the pipe for its reader's end (POLLERR on the write end)."""
+        if self.fd is not None and not self.closed:
+            poller.register(self.fd, zmq.POLLERR)
+
+    def handle(self, events: dict[Any, int]) -> None:
+        """Take the pipe out of a poll's `events`; note when it broke."""
+        if self.fd is not None and events.pop(self.fd, 0):
+            self.closed = True
+        stream = log_stream()
+        if stream is not None and stream.broken:
+            self.closed = True
+
+
+class _LauncherBeat(threading.Thread):
+    """The launcher's heartbeat, from its own thread and socket (as a node's): a launcher
+    that is stopped or killed falls silent, one busy starting a node or stopping one does not.
+    """
+
+    def __init__(self, launcher: Launcher) -> None:
+        super().__init__(name="heartbeat-launcher", daemon=True)
+        self._ctx = launcher.ctx
+        self._endpoint = launcher.pub_endpoint
+        self._curve = launcher.plan.curve
+        self._period_ms = launcher.plan.launch.heartbeat_ms
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        with Publisher(self._ctx, self._endpoint, source="launcher", curve=self._curve) as pub:
+            while True:
+                stopping = self._stop_event.is_set()
+                pub.publish(
+                    Topic.HEARTBEAT,
+                    Heartbeat(
+                        node="launcher",
+                        instance=0,
+                        pid=os.getpid(),
+                        period_ms=self._period_ms,
+                        kind="launcher",
+                        detail={"lifecycle": "stopping"} if stopping else {},
+                    ),
+                )
+                if stopping:
+                    # The last beat says the launcher stops on purpose: let it leave.
+                    pub.socket.setsockopt(zmq.LINGER, 200)
+                    return
+                self._stop_event.wait(self._period_ms / 1000)
+
+    def stop(self) -> None:
+        """Send the last beat, saying the launcher stops on purpose, and end the thread."""
+        if self.is_alive():
+            self._stop_event.set()
+            self.join()
 
 
 class Launcher:
     """Owns every node process of one run and the run directory's graph.
 
     Use as a context manager: leaving it stops every node in reverse start order (SIGINT,
-    then SIGTERM and SIGKILL after each node's grace periods), whatever happened inside.
+    then SIGTERM and SIGKILL after each node's grace periods), whatever happened inside. The
+    run directory is locked for as long: a second launch on it is refused (LaunchError).
+
+    Besides exits (seen at once through SIGCHLD, and published as `NodeExit`), it watches
+    every child's heartbeat: a child silent for its `restart.hang_beats` periods while its
+    process lives is hung, and killed to be restarted. It beats itself, so the watchdog
+    supervises it in turn; when the watchdog falls silent, the launcher degrades the state
+    in its place. Nodes learn of the launcher's death through a pidfd and stop in order.
+    `clock_offset_file` (fault injection) lets a test step every node's wall clock.
     """
 
     def __init__(
@@ -90,6 +184,7 @@ class Launcher:
         *,
         clock: Callable[[], int] = time.monotonic_ns,
         python: str = sys.executable,
+        clock_offset_file: Path | None = None,
     ) -> None:
         self.plan = plan
         self.run = run
@@ -97,11 +192,21 @@ class Launcher:
         self.python = python
         self.log = structlog.get_logger(node="launcher")
         self._stack = ExitStack()
+        try:
+            self._stack.enter_context(run.lock())
+        except RunDirInUse as exc:
+            raise LaunchError(str(exc)) from exc
+        except OSError as exc:
+            raise LaunchError(f"run directory {run.path}: {exc.strerror}") from exc
         self.ctx: zmq.Context[zmq.Socket[bytes]] = self._stack.enter_context(zmq.Context())
         self.control: zmq.Socket[bytes] = self._stack.enter_context(self.ctx.socket(zmq.PULL))
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.bind(run.control)
-        (run.path / "logs").mkdir(mode=0o700, exist_ok=True)
+        try:
+            (run.path / "logs").mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            self._stack.close()
+            raise LaunchError(f"run directory {run.path}: {exc.strerror}") from exc
         self.pub_endpoint = plan.pub or run.pub
         self.sub_endpoint = plan.sub or run.sub
         self.publisher = self._stack.enter_context(
@@ -119,7 +224,11 @@ class Launcher:
             )
         )
         planned = [plan.proxy] if plan.proxy is not None else []
-        self.children = [_Child(p) for p in [*planned, *plan.processes]]
+        ordered = [*planned, *plan.processes]
+        offset = str(clock_offset_file) if clock_offset_file is not None else ""
+        self.children = [
+            _Child(_supervised(p, len(ordered) - 1 - i, offset)) for i, p in enumerate(ordered)
+        ]
         try:
             for child in self.children:
                 if child.plan.spec.user:
@@ -132,7 +241,7 @@ class Launcher:
         self.safe_stopped = False
         # Reports made while the proxy is down would be dropped by the PUB socket: they wait
         # until the restarted proxy carries heartbeats from every logger again.
-        self._held: list[tuple[DiagnosticEvent, AuditEvent]] = []
+        self._held: list[tuple[str, Message]] = []
         self._resend: list[tuple[int, list[Any]]] = []
         self._next_resend = 0
         self._beats_since_proxy: dict[str, int] = {}
@@ -141,12 +250,21 @@ class Launcher:
         # SIGCHLD only wakes the loop, which then reaps and restarts children.
         self._signals = SignalWakeup((*_STOP_SIGNALS, signal.SIGCHLD))
         self._stack.callback(self._signals.close)
+        self._output = _OutputWatch()
+        proxy = self._proxy_child()
+        self.beats = Beats(proxy.plan.label if proxy is not None else None, clock())
+        # What supervision saw and when (monotonic ns, node, what): for benches and tests.
+        self.events: list[tuple[int, str, str]] = []
+        self._heartbeat = _LauncherBeat(self)
+        self._wake_due = clock()
+        self._graph_retry: int | None = None
         self.started_ns = time.time_ns()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> Self:
         self._signals.install()
+        self._heartbeat.start()
         return self
 
     def __exit__(
@@ -158,23 +276,35 @@ class Launcher:
         try:
             self.stop_all()
         finally:
+            self._heartbeat.stop()
             self._stack.close()
 
     @property
     def stopping(self) -> bool:
-        """Whether SIGTERM or SIGINT arrived: supervision ends and every node is stopped."""
-        return self._signals.first(_STOP_SIGNALS) is not None
+        """Whether SIGTERM, SIGINT or SIGHUP arrived, or the output's reader went away:
+        supervision ends and every node is stopped in order."""
+        return self._signals.first(_STOP_SIGNALS) is not None or self._output.closed
 
     @property
     def stop_reason(self) -> str:
         """The stop signal that arrived first, or why supervision ended without one."""
         first = self._signals.first(_STOP_SIGNALS)
-        return first.name if first is not None else self._ended
+        if first is not None:
+            return first.name
+        return "output closed" if self._output.closed else self._ended
 
     # -- start -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the proxy, then every node in file order, each ready before the next."""
+        """Start the proxy, then every node in file order, each ready before the next.
+
+        The run directory must take a write first: on a full disk the launch ends with one
+        line saying so, before any node starts.
+        """
+        try:
+            self.run.write_graph(self._graph())
+        except OSError as exc:
+            raise LaunchError(f"run directory {self.run.path}: {exc.strerror}") from exc
         for child in self.children:
             self._spawn(child)
             self._await_ready(child)
@@ -227,6 +357,7 @@ class Launcher:
         except (OSError, subprocess.SubprocessError) as exc:
             raise LaunchError(f"cannot start {args.label}: {exc}") from exc
         child.pid = child.popen.pid
+        self.events.append((self.clock(), args.label, "spawn"))
         self.log.info("node.started", node=args.label, pid=child.pid)
 
     def _popen(self, child: _Child, shared: bool) -> subprocess.Popen[bytes]:
@@ -287,12 +418,25 @@ class Launcher:
             self._poll(min(left_ms, 100.0))
 
     def _poll(self, timeout_ms: float) -> None:
+        now = self.clock()
+        # Time since the last turn that the caller kept the launcher from running.
+        self.beats.forgive(now - self._wake_due - _LATE_TURN_NS)
+        wait = timeout_ms
+        due = self.beats.next_due_ns()
+        if due is not None:
+            wait = min(wait, (due - now) / 1e6)
+        wait = max(0.0, wait)
+        self._wake_due = now + int(wait * 1e6)
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.bus.socket, zmq.POLLIN)
         self._signals.register(poller)
-        events = dict(poller.poll(math.ceil(timeout_ms)))
-        self._signals.handle(events)
+        self._output.register(poller)
+        events = dict(poller.poll(math.ceil(wait)))
+        woke = self._signals.handle(events)
+        self._output.handle(events)
+        if woke:  # a child exited (SIGCHLD): seen now, not at the next turn
+            self._check_children(self.clock())
         if events.get(self.control):
             while True:
                 try:
@@ -302,8 +446,10 @@ class Launcher:
                 self._on_ready(msgspec.msgpack.decode(raw, type=NodeReady))
         if events.get(self.bus.socket):
             self._on_bus()
+        self._check_beats(self.clock())
 
     def _on_bus(self) -> None:
+        now = self.clock()
         for _ in range(1024):
             received = self.bus.recv(0)
             if received is None:
@@ -313,9 +459,72 @@ class Launcher:
             body = received.body
             if isinstance(body, StateChange):
                 self.state = body
-            elif isinstance(body, Heartbeat) and self._held:
-                self._beats_since_proxy[body.node] = self._beats_since_proxy.get(body.node, 0) + 1
-                self._release_held()
+            elif isinstance(body, Heartbeat):
+                if self.beats.beat(body.node, body.pid, now):
+                    self.log.info("node.heartbeat_back", node=body.node)
+                if self._held:
+                    self._beats_since_proxy[body.node] = (
+                        self._beats_since_proxy.get(body.node, 0) + 1
+                    )
+                    self._release_held()
+
+    def _check_beats(self, now: int) -> None:
+        """Kill children that are hung; stand in for a silent watchdog."""
+        # Time this loop did not run (the launcher stopped, the host busy) is nobody's fault.
+        self.beats.forgive(now - self._wake_due - _LATE_TURN_NS)
+        self._wake_due = now
+        for silence in self.beats.check(now):
+            child = self._child(silence.label)
+            if child is None or child.popen is None or child.popen.poll() is not None:
+                continue
+            silent_ms = silence.silent_ns // 1_000_000
+            if silence.hung:
+                self._kill_hung(child, silent_ms, now)
+            else:
+                self.events.append((now, silence.label, "silent"))
+                if child.plan.spec.kind == "watchdog":
+                    self._watchdog_silent(child, silent_ms)
+
+    # implements: SR-SUP-001, SR-SUP-004
+    def _kill_hung(self, child: _Child, silent_ms: int, now: int) -> None:
+        """A child alive but silent for its hang limit: kill it; its exit restarts it."""
+        assert child.popen is not None
+        label = child.plan.label
+        child.kill_reason = f"hung: no heartbeat for {silent_ms} ms"
+        self.events.append((now, label, "hung"))
+        self.beats.gone(label)
+        self._report(
+            DiagCode.NODE_HUNG,
+            AuditId.NODE_FAILED,
+            f"{label} (pid {child.pid}) silent for {silent_ms} ms while alive: killed",
+        )
+        child.popen.kill()
+
+    # implements: SR-SUP-006
+    def _watchdog_silent(self, child: _Child, silent_ms: int) -> None:
+        """The watchdog itself fell silent: nobody watches the nodes now, so the launcher
+        degrades the state in its place (the restarted watchdog resumes from it)."""
+        label = child.plan.label
+        message = f"watchdog {label} silent for {silent_ms} ms: nothing watches the nodes"
+        self._report(
+            DiagCode.HEARTBEAT_MISSING, AuditId.STATE_TRANSITION, message, severity=Severity.ERROR
+        )
+        previous = self.state.state if self.state is not None else SafetyState.NORMAL
+        if previous in (SafetyState.NORMAL, SafetyState.RECOVERING):
+            self._publish(
+                Topic.SAFETY_STATE,
+                StateChange(
+                    state=SafetyState.DEGRADED,
+                    previous=previous,
+                    cause=f"heartbeat missing: {label}",
+                    since_ns=time.time_ns(),
+                    transitions=(self.state.transitions + 1) if self.state is not None else 1,
+                    capacity=self.state.capacity if self.state is not None else 1.0,
+                ),
+            )
+
+    def _child(self, label: str) -> _Child | None:
+        return next((c for c in self.children if c.plan.label == label), None)
 
     def _on_ready(self, report: NodeReady) -> None:
         for child in self.children:
@@ -325,6 +534,14 @@ class Launcher:
                 child.endpoints = report.endpoints
                 child.publishes = report.publishes
                 child.subscribes = report.subscribes
+                child.kill_reason = ""
+                self.beats.started(
+                    args.label,
+                    report.pid,
+                    args.heartbeat_ms,
+                    child.plan.spec.restart.hang_beats,
+                    self.clock(),
+                )
                 self.log.info("node.ready", node=args.label, pid=report.pid)
                 if child is self._proxy_child():
                     self._beats_since_proxy.clear()
@@ -364,11 +581,10 @@ class Launcher:
         # be seen from here: send each report, then send the very same frames again for a
         # while. Receivers drop the repeats by their sequence number.
         until = self.clock() + _RESEND_NS
-        for diag, audit in held:
-            for topic, body in ((Topic.DIAGNOSTIC, diag), (Topic.AUDIT, audit)):
-                frames = self.publisher.encode(topic, body)
-                self.publisher.publish_raw(frames)
-                self._resend.append((until, frames))
+        for topic, body in held:
+            frames = self.publisher.encode(topic, body)
+            self.publisher.publish_raw(frames)
+            self._resend.append((until, frames))
 
     def _resend_held(self) -> None:
         """Repeat recently released reports until their window closes."""
@@ -395,6 +611,8 @@ class Launcher:
                 break
             self._check_children(now)
             self._resend_held()
+            if self._graph_retry is not None and now >= self._graph_retry:
+                self.write_graph()
             wait = 100.0 if until is None else max(0.0, min(100.0, until.remaining_ns(now) / 1e6))
             self._poll(wait)
         if self.failure is not None and not self.safe_stopped:
@@ -452,6 +670,8 @@ class Launcher:
         window_ns = int(policy.window_s * 1e9)
         child.restarts = [t for t in child.restarts if now - t < window_ns]
         child.ready = False
+        self.beats.gone(label)
+        self.events.append((now, label, "exit"))
         self.log.warning("node.exited", node=label, code=code)
         if child is self._proxy_child():
             self._beats_since_proxy.clear()
@@ -464,6 +684,7 @@ class Launcher:
             )
             child.restarts.append(now)
             child.restart_at = now + backoff_ms * 1_000_000
+            self._exited(child, code, backoff_ms)
             self._report(
                 DiagCode.NODE_RESTARTED,
                 AuditId.NODE_RESTARTED,
@@ -472,6 +693,7 @@ class Launcher:
             )
             return
         child.failed = True
+        self._exited(child, code, -1)
         why = (
             "its configuration was refused (not restarted)"
             if permanent
@@ -486,24 +708,68 @@ class Launcher:
         if spec.required:
             self.failure = f"required node {label} failed permanently (exit code {code})"
 
+    # implements: SR-SUP-005
+    def _exited(self, child: _Child, code: int, restart_in_ms: int) -> None:
+        """Tell the bus at once that a child's process ended (the watchdog then need not
+        wait for its heartbeat to be overdue)."""
+        self._publish(
+            Topic.NODE_EXIT,
+            NodeExit(
+                node=child.plan.label,
+                kind=child.plan.spec.kind,
+                pid=child.pid,
+                code=code,
+                reason=child.kill_reason[:256],
+                restart_in_ms=restart_in_ms,
+            ),
+        )
+
     def _report(
-        self, code: DiagCode, audit: AuditId, message: str, *, severity: Severity = Severity.ERROR
+        self,
+        code: DiagCode,
+        audit: AuditId | None,
+        message: str,
+        *,
+        severity: Severity = Severity.ERROR,
     ) -> None:
         self.log.warning("launch.supervision", message=message)
         diag = DiagnosticEvent(code=code, severity=severity, node="launcher", message=message[:512])
-        event = AuditEvent(event=audit, node="launcher", detail=message[:1024])
+        self._publish(Topic.DIAGNOSTIC, diag)
+        if audit is not None:
+            event = AuditEvent(event=audit, node="launcher", detail=message[:1024])
+            self._publish(Topic.AUDIT, event)
+
+    def _publish(self, topic: str, body: Message) -> None:
+        """Publish now, or hold it while the proxy is down (a PUB would drop it)."""
         proxy = self._proxy_child()
         if self._held or (proxy is not None and not proxy.ready):
-            self._held.append((diag, event))
+            self._held.append((topic, body))
             return
-        self.publisher.publish(Topic.DIAGNOSTIC, diag)
-        self.publisher.publish(Topic.AUDIT, event)
+        self.publisher.publish(topic, body)
 
     # -- stop ------------------------------------------------------------------------------
 
+    # implements: SR-SUP-007
     def stop_all(self) -> None:
-        """Stop nodes in reverse start order, each down the ladder of `stop`."""
+        """Stop nodes in reverse start order, each down the ladder of `stop`.
+
+        Why the launch stops is published first (the logger, among the last to stop, seals
+        it), with a last heartbeat saying the launcher stops on purpose.
+        """
+        if any(c.popen is not None and c.popen.poll() is None for c in self.children):
+            reason = self.failure or self.stop_reason or "launch ended"
+            self.log.info("launch.stopping", reason=reason)
+            self._heartbeat.stop()
+            self._publish(
+                Topic.AUDIT,
+                AuditEvent(
+                    event=AuditId.NODE_STOPPED,
+                    node="launcher",
+                    detail=f"launch stopping in order: {reason}"[:1024],
+                ),
+            )
         for child in reversed(self.children):
+            self.beats.gone(child.plan.label)
             child.restart_at = None
             self.stop(child)
 
@@ -539,8 +805,31 @@ class Launcher:
 
     # -- graph -----------------------------------------------------------------------------
 
+    # implements: SR-DSK-001
     def write_graph(self) -> None:
-        """Write graph.json: nodes, pids, endpoints, topics and their types."""
+        """Write graph.json: nodes, pids, endpoints, topics and their types.
+
+        A full disk does not stop supervision: the graph stays in memory, the failure is
+        reported once, and the write is tried again every second until it succeeds.
+        """
+        try:
+            self.run.write_graph(self._graph())
+        except OSError as exc:
+            if self._graph_retry is None:
+                self._report(
+                    DiagCode.DISK_FULL,
+                    None,
+                    f"graph.json not written ({exc.strerror}); kept in memory, retried",
+                )
+            self._graph_retry = self.clock() + _GRAPH_RETRY_NS
+            return
+        if self._graph_retry is not None:
+            self._graph_retry = None
+            self._report(
+                DiagCode.DISK_FULL, None, "graph.json written again", severity=Severity.INFO
+            )
+
+    def _graph(self) -> RunGraph:
         endpoints = {
             "pub": self.pub_endpoint,
             "sub": self.sub_endpoint,
@@ -549,27 +838,37 @@ class Launcher:
         for child in self.children:
             for key, value in child.endpoints.items():
                 endpoints.setdefault(f"{child.plan.label}.{key}", value)
-        self.run.write_graph(
-            RunGraph(
-                launch_file=self.plan.source,
-                launcher_pid=os.getpid(),
-                started_ns=self.started_ns,
-                endpoints=endpoints,
-                topics={topic: schema_id(cls) for topic, cls in TOPICS.items()},
-                nodes=[
-                    GraphNode(
-                        name=c.plan.label,
-                        kind=c.plan.spec.kind,
-                        instance=c.plan.args.instance,
-                        pid=c.pid,
-                        publishes=c.publishes,
-                        subscribes=c.subscribes,
-                        endpoints=c.endpoints,
-                        restarts=len(c.restarts),
-                        host=c.plan.args.host,
-                    )
-                    for c in self.children
-                ],
-                server_key=self.plan.curve.server_key if self.plan.curve is not None else "",
-            )
+        return RunGraph(
+            launch_file=self.plan.source,
+            launcher_pid=os.getpid(),
+            started_ns=self.started_ns,
+            endpoints=endpoints,
+            topics={topic: schema_id(cls) for topic, cls in TOPICS.items()},
+            nodes=[
+                GraphNode(
+                    name=c.plan.label,
+                    kind=c.plan.spec.kind,
+                    instance=c.plan.args.instance,
+                    pid=c.pid,
+                    publishes=c.publishes,
+                    subscribes=c.subscribes,
+                    endpoints=c.endpoints,
+                    restarts=len(c.restarts),
+                    host=c.plan.args.host,
+                )
+                for c in self.children
+            ],
+            server_key=self.plan.curve.server_key if self.plan.curve is not None else "",
         )
+
+
+def _supervised(process: PlannedProcess, stop_rank: int, clock_offset_file: str) -> PlannedProcess:
+    """`process` told who supervises it (this launcher's pid), when to stop if that one dies
+    (`stop_rank` steps after, the last started first) and which wall clock to read."""
+    args = msgspec.structs.replace(
+        process.args,
+        supervisor_pid=os.getpid(),
+        stop_after_ms=stop_rank * _ORPHAN_STOP_STEP_MS,
+        clock_offset_file=clock_offset_file,
+    )
+    return msgspec.structs.replace(process, args=args)

@@ -262,6 +262,9 @@ def demo(
     except (ConfigError, LaunchError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:  # the run directory cannot be made (a full disk): one line
+        click.echo(f"error: {exc.filename or 'run directory'}: {exc.strerror}", err=True)
+        sys.exit(1)
     verdicts = judge(summary)
     summary["rules"] = verdicts
     summary["passed"] = all(v["passed"] for v in verdicts)

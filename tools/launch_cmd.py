@@ -73,7 +73,11 @@ def launch(  # noqa: PLR0917 - click passes every option as an argument
         click.echo(format_report(graph, brief=True, width=width), err=True)
     if not graph.ok:
         sys.exit(2)
-    run = new_run_dir(probe.launch.name, run_dir)
+    try:
+        run = new_run_dir(probe.launch.name, run_dir)
+    except OSError as exc:  # a full or read-only disk: one line, not a traceback
+        click.echo(f"error: cannot make the run directory: {exc.strerror}", err=True)
+        sys.exit(1)
     plan = load(launch_file, run.path, host=host, arguments=assignments)
     click.echo(f"run directory: {run.path}")
     try:

@@ -175,3 +175,48 @@ def test_the_command_exits_non_zero_on_errors(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nnodes: []\n")
     assert runner.invoke(cli, ["graph", "check", str(broken)]).exit_code == 2
+
+
+TARGET = DEMO.parent / "target.yaml"
+
+
+def _two_ingests(
+    watchdog_endpoints: list[str] | str, worker_backends: list[str] | str
+) -> LaunchFile:
+    """The reference pipeline with a second ingest; who connects to which is given."""
+    second = node("ingest-b", IngestConfig(frontend="ingest-b", backend="workers-b"))
+    probe = WatchdogConfig().probe
+    return _pipeline(
+        worker=node("worker", WorkerConfig(backend=worker_backends), replicas=2),
+        watchdog=node(
+            "watchdog",
+            WatchdogConfig(probe=msgspec.structs.replace(probe, endpoint=watchdog_endpoints)),
+        ),
+        **{"ingest-b": second},
+    )
+
+
+@pytest.mark.verifies("SR-RED-001")
+def test_the_shipped_target_has_no_single_point() -> None:
+    """The target launch file runs two ingests that everyone reaches: no single point."""
+    report = check_file(TARGET)
+    assert report.ok, report.findings
+    assert not [e.node for e in report.elements if e.single_point]
+
+
+@pytest.mark.verifies("SR-RED-001")
+def test_an_ingest_everyone_also_reaches_elsewhere_has_a_standby(tmp_path: Path) -> None:
+    """Two ingests that every client and worker connect to cover each other."""
+    report = _check(tmp_path, _two_ingests(["ingest", "ingest-b"], ["workers", "workers-b"]))
+    ingests = {e.node: e for e in report.elements if e.kind == "ingest"}
+    assert set(ingests) == {"ingest", "ingest-b"}
+    assert not any(e.single_point for e in ingests.values())
+    assert "redundancy (standby: ingest-b)" in ingests["ingest"].mechanisms
+
+
+@pytest.mark.verifies("SR-RED-001")
+def test_an_ingest_a_client_reaches_alone_is_a_single_point(tmp_path: Path) -> None:
+    """A second ingest does not help a client that connects to the first only."""
+    report = _check(tmp_path, _two_ingests("ingest", ["workers", "workers-b"]))
+    single = {e.node for e in report.elements if e.single_point}
+    assert "ingest" in single

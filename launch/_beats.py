@@ -1,0 +1,114 @@
+"""The launcher's view of its children's heartbeats: who is silent, who is hung.
+
+Pure bookkeeping with time passed in. A child is *silent* once its heartbeat is 2.5 of its
+periods late (the watchdog's rule) and *hung* once it is `hang_beats` periods late: the
+launcher then kills it, and restarts it like any exit. Every heartbeat travels through the
+proxy, so when nothing arrives from anyone the proxy is the one to blame, not every node at
+once. Time the launcher itself did not run (it was stopped, or the host did not schedule it)
+is forgiven to everybody.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Beats", "Silence"]
+
+
+@dataclass(slots=True)
+class _Entry:
+    period_ns: int
+    hang_ns: int
+    last_ns: int
+    pid: int
+    silent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """A child whose heartbeat stopped: since when, and whether it now counts as hung."""
+
+    label: str
+    pid: int
+    silent_ns: int
+    hung: bool
+
+
+# implements: SR-SUP-004, SR-WDG-004
+class Beats:
+    """Heartbeat deadlines of the launcher's running children."""
+
+    def __init__(self, proxy: str | None, now_ns: int = 0) -> None:
+        self.proxy = proxy
+        self._entries: dict[str, _Entry] = {}
+        self.last_any_ns = now_ns
+
+    def started(self, label: str, pid: int, period_ms: int, hang_beats: int, now_ns: int) -> None:
+        """A child is ready: watch it from now (0 `hang_beats`: never judged hung)."""
+        period = period_ms * 1_000_000
+        self._entries[label] = _Entry(period, hang_beats * period, now_ns, pid)
+        if label == self.proxy:
+            self._bus_back(now_ns)  # a new bus: everyone's deadline starts now
+        self.last_any_ns = max(self.last_any_ns, now_ns)
+
+    def _bus_back(self, now_ns: int) -> None:
+        """The bus carries beats again after a silence: nobody is late for that silence."""
+        for entry in self._entries.values():
+            entry.last_ns = max(entry.last_ns, now_ns)
+
+    def gone(self, label: str) -> None:
+        """A child exited or stops: no longer watched."""
+        self._entries.pop(label, None)
+
+    def beat(self, label: str, pid: int, now_ns: int) -> bool:
+        """A heartbeat from `label`; True when it had been silent until now."""
+        periods = [e.period_ns for e in self._entries.values()]
+        if periods and now_ns - self.last_any_ns > min(periods):
+            self._bus_back(now_ns)
+        self.last_any_ns = now_ns  # the bus carries beats
+        entry = self._entries.get(label)
+        if entry is None or entry.pid != pid:
+            return False
+        entry.last_ns = now_ns
+        back, entry.silent = entry.silent, False
+        return back
+
+    def forgive(self, lateness_ns: int) -> None:
+        """The launcher did not run for `lateness_ns` more than it meant to: nobody's fault."""
+        if lateness_ns > 0:
+            self.last_any_ns += lateness_ns
+            for entry in self._entries.values():
+                entry.last_ns += lateness_ns
+
+    def check(self, now_ns: int) -> list[Silence]:
+        """Children newly silent, and those now hung (each hung one reported until killed).
+
+        While no heartbeat at all arrived for a period, only the proxy can be judged:
+        nothing reaches the launcher because nothing passes the proxy.
+        """
+        if not self._entries:
+            return []
+        period = min(e.period_ns for e in self._entries.values())
+        quiet = now_ns - self.last_any_ns > period
+        found = []
+        for label, entry in self._entries.items():
+            if quiet and label != self.proxy:
+                continue
+            silent_ns = now_ns - (self.last_any_ns if quiet else entry.last_ns)
+            if silent_ns <= entry.period_ns * 5 // 2:
+                continue
+            hung = entry.hang_ns > 0 and silent_ns > entry.hang_ns
+            if hung or not entry.silent:
+                found.append(Silence(label, entry.pid, silent_ns, hung))
+            entry.silent = True
+        return found
+
+    def next_due_ns(self) -> int | None:
+        """When the next child would turn silent or hung, if nothing arrives."""
+        dues = []
+        for entry in self._entries.values():
+            if not entry.silent:
+                dues.append(entry.last_ns + entry.period_ns * 5 // 2 + 1)
+            elif entry.hang_ns:
+                dues.append(entry.last_ns + entry.hang_ns + 1)
+        return min(dues, default=None)
