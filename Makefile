@@ -8,7 +8,7 @@ RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 INSTALL_LOG := $(VENV)/install.log
 
-.PHONY: demo test lint typecheck trace clean
+.PHONY: demo test test-stress lint typecheck trace clean
 
 # pip's output goes to $(INSTALL_LOG); on failure its tail is shown.
 define pip_install
@@ -49,6 +49,10 @@ trace: $(STAMP)
 
 test: lint typecheck trace
 	$(BIN)/python -m pytest -q
+
+# The integration and fault suites beside two CPU-burning processes: host load is no fault.
+test-stress: $(STAMP)
+	$(BIN)/python .ci/stress.py --burners 2 $(BIN)/python -m pytest -q tests/integration tests/faults
 
 clean:
 	rm -rf $(VENV) run build *.egg-info

@@ -59,7 +59,7 @@ def measure(folder: Path, switches: int, steady_s: float, in_flight: int, worker
         ):
             client.infer(FRAME, stream_id="b", frame_ts_us=1, deadline_s=30)
             poller = zmq.Poller()
-            poller.register(client.socket, zmq.POLLIN)
+            client.register(poller)
             poller.register(events.socket, zmq.POLLIN)
             sent: dict[int, int] = {}
             ts = 1
@@ -78,7 +78,7 @@ def measure(folder: Path, switches: int, steady_s: float, in_flight: int, worker
                     set_latest(root, "tiny", want)
                     linked_ns = time.monotonic_ns()
                 ready = dict(poller.poll(50))
-                if ready.get(client.socket):
+                if client.owns(ready):
                     while (reply := client.poll(0)) is not None:
                         seq, outcome = reply
                         ms = (time.monotonic_ns() - sent.pop(seq)) / 1e6

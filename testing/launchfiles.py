@@ -41,12 +41,15 @@ def launch_file(
     """A launch file of `nodes`; `fields` sets other `LaunchFile` fields (`hosts`, `bus`, ...).
 
     Heartbeats are fast (so supervision tests end soon) and nodes may run as root, since tests
-    and benches run as whoever runs them, root in CI.
+    and benches run as whoever runs them, root in CI. A node gets two minutes to become
+    ready: on a busy shared machine a cold start (the loader's first `import onnx`) can take
+    far longer than on an idle one.
     """
     raw = {
         "name": name,
         "heartbeat_ms": heartbeat_ms,
         "allow_root": allow_root,
+        "ready_timeout_s": 120.0,
         "nodes": list(nodes),
         **fields,
     }

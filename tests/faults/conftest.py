@@ -16,7 +16,7 @@ from vigil.testing.pipeline import LoadDriver, classifier_launch
 @pytest.fixture
 def pipeline(short_tmp: Path) -> Iterator[tuple[Launcher, LoadDriver]]:
     """A launched classifier pipeline with a watchdog, under closed-loop load, in NORMAL."""
-    path = classifier_launch(short_tmp)
+    path = classifier_launch(short_tmp, ingests=2)
     run = RunDir(short_tmp / "run")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -75,19 +76,20 @@ def test_sigkill_worker_loses_no_request(pipeline: tuple[Launcher, LoadDriver]) 
     _assert_transitions_sealed(launcher, driver)
 
 
-def test_sigstop_worker_times_out_degrades_and_recovers(
-    pipeline: tuple[Launcher, LoadDriver],
-) -> None:
-    """SIGSTOP (a hang): the worker's work moves on, the state degrades; SIGCONT recovers."""
+def test_hung_worker_is_killed_and_restarted(pipeline: tuple[Launcher, LoadDriver]) -> None:
+    """SIGSTOP a worker (a hang: alive, silent): its work moves on, the state degrades, the
+    launcher kills it once its hang limit passed and restarts it, and the state recovers."""
     launcher, driver = pipeline
     pid = _pid(launcher, "worker.2")
     stopped = time.monotonic_ns()
     os.kill(pid, signal.SIGSTOP)
     try:
         driver.run_until(lambda: driver.reached(SafetyState.DEGRADED, stopped), 10, "degraded")
-        driver.run_for(0.5)
+        driver.run_until(lambda: _restarted(launcher, "worker.2", pid), 20, "hung one restarted")
     finally:
-        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert any(what == "hung" and who == "worker.2" for _, who, what in launcher.events)
     driver.run_until(lambda: driver.reached(SafetyState.NORMAL, stopped), 20, "recovered")
     _assert_nothing_lost(driver)
     _assert_transitions_sealed(launcher, driver)
@@ -164,17 +166,16 @@ def test_slow_subscriber_never_blocks_publishers(pipeline: tuple[Launcher, LoadD
         slow.socket.setsockopt(zmq.RCVBUF, 4096)
         while slow.recv(50) is None:  # joined once a first message gets through
             flood.publish(topic, beat)
-        started = time.monotonic()
-        for _ in range(20_000):  # from here on the reader reads nothing for a while
-            flood.publish(topic, beat)
-        publish_s = time.monotonic() - started
+        # From here on the reader reads nothing for a while. NOBLOCK: a publisher that would
+        # wait for the slow reader raises zmq.Again instead (a PUB drops instead).
+        for _ in range(20_000):
+            flood.socket.send_multipart(flood.encode(topic, beat), flags=zmq.NOBLOCK, copy=False)
         before = len(driver.outcomes)
         driver.run_for(1.0)
         assert len(driver.outcomes) > before  # the pipeline kept serving meanwhile
         for _ in range(100_000):  # what is queued for the slow reader, then stop
             if slow.recv(100) is None:
                 break
-    assert publish_s < 10  # 20,000 publishes never waited for the slow reader
     assert slow.lost > 0
     _assert_nothing_lost(driver)
 
@@ -199,7 +200,8 @@ def test_killed_watchdog_resumes_from_the_current_state(
         resumed = next(s for _, s, c in driver.states if "resumed" in c)
         assert resumed is not SafetyState.NORMAL
     finally:
-        os.kill(worker, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # killed as hung meanwhile
+            os.kill(worker, signal.SIGCONT)
     driver.run_until(lambda: driver.reached(SafetyState.NORMAL, stopped), 30, "recovered")
     _assert_nothing_lost(driver)
     _assert_transitions_sealed(launcher, driver)
@@ -216,28 +218,28 @@ def test_killed_logger_records_the_gap(pipeline: tuple[Launcher, LoadDriver]) ->
         driver.step()
     driver.run_until(lambda: _restarted(launcher, "logger", pid), 15, "logger restart")
     driver.send(stream_id="bad", frame=np.zeros((4, 4, 2), dtype=np.uint8))
+    # Other topics may have lost messages too (the state changes the logger's death caused):
+    # wait for the gap that names the diagnostics, whichever gap is sealed first.
     deadline = time.monotonic() + 20
     while True:
         driver.step()
         gaps = [
             p for e, p in _sealed(launcher) if e == "audit.event" and p["event"] == AuditId.LOG_GAP
         ]
-        if gaps:
+        if any("diag/event" in str(gap) for gap in gaps):
             break
-        assert time.monotonic() < deadline, "no LOG_GAP recorded"
-    assert "diag/event" in str(gaps)
+        assert time.monotonic() < deadline, f"no LOG_GAP naming diag/event recorded: {gaps}"
     _assert_nothing_lost(driver)
     assert verify_store(launcher.run.path / "log.store").ok
 
 
-def test_killed_ingest_is_restarted_and_the_workers_offer_again(
-    pipeline: tuple[Launcher, LoadDriver],
-) -> None:
-    """Kill the ingest: the launcher restarts it, every worker offers its capacity on the
-    new connection, and requests sent after the restart are served again. Requests the dead
-    ingest held end at the client with a typed deadline error; none waits forever."""
+def test_killed_ingest_loses_no_request(pipeline: tuple[Launcher, LoadDriver]) -> None:
+    """Kill the serving ingest: the client re-sends what it held to the standby ingest at
+    once, which the workers serve too; nothing is lost, the killed one is restarted and every
+    worker offers its capacity to it again."""
     launcher, driver = pipeline
     pid = _pid(launcher, "ingest")
+    killed = time.monotonic_ns()
     os.kill(pid, signal.SIGKILL)
     driver.run_until(lambda: _restarted(launcher, "ingest", pid), 15, "ingest restart")
     restarted = time.monotonic_ns()
@@ -245,9 +247,8 @@ def test_killed_ingest_is_restarted_and_the_workers_offer_again(
     def serving() -> set[str]:
         return {o.result.worker for o in driver.ended_since(restarted) if o.result is not None}
 
-    # Each worker reconnects on its own schedule: wait until both have served again.
-    served = driver.run_until(
+    driver.run_until(
         lambda: serving() == {"worker.1", "worker.2"}, 20, "both workers serving after restart"
     )
-    driver.drain()
-    assert not [o for o in driver.ended_since(served) if o.lost]
+    _assert_nothing_lost(driver)
+    assert any(o.result for o in driver.ended_since(killed))

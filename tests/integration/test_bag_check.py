@@ -19,7 +19,7 @@ from vigil.testing.launchfiles import launch_file, node, write
 from vigil.testing.modelgen import signed_pair
 from vigil.testing.pipeline import classifier_serving
 from vigil.tools.bag import RecordConfig, Recorder, RecordStats, bag_info
-from vigil.tools.bag.check import check_recording, run_check
+from vigil.tools.bag.check import PROBE_STREAM, CheckConfig, check_recording, run_check
 from vigil.tools.cli import cli
 
 FRAMES = 40
@@ -106,7 +106,10 @@ def test_bag_check_passes_unchanged_and_names_a_changed_model(short_tmp: Path) -
     listed = CliRunner().invoke(cli, ["bag", "info", str(bag)])
     assert listed.exit_code == 0 and Topic.INFER_REQUEST in listed.output
 
-    report, replay = run_check(bag, same)
+    # The warm-up ran while the recorder's subscriptions were still on their way: a warm-up
+    # request may be in the bag without its result. Only the drive itself is checked.
+    drive_only = CheckConfig(exclude_streams=(PROBE_STREAM, "warm"))
+    report, replay = run_check(bag, same, config=drive_only)
     assert report.passed, report.differences[:5]
     assert replay.results >= FRAMES and replay.errors == 0
     assert set(replay.serving.values()) == {"tiny 1"}

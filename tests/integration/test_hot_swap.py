@@ -86,7 +86,7 @@ def test_fifty_switches_under_load_fail_no_request(repo: Repo) -> None:
         outcomes: list[tuple[int, int, InferResult | RequestError]] = []
         ts = 1
         poller = zmq.Poller()
-        poller.register(client.socket, zmq.POLLIN)
+        client.register(poller)
         poller.register(events.socket, zmq.POLLIN)
         switches = 0
         want = "2"
@@ -100,7 +100,7 @@ def test_fifty_switches_under_load_fail_no_request(repo: Repo) -> None:
                     time.monotonic_ns()
                 )
             ready = dict(poller.poll(100))
-            if ready.get(client.socket):
+            if client.owns(ready):
                 while (reply := client.poll(0)) is not None:
                     seq, outcome = reply
                     outcomes.append((sent.pop(seq), time.monotonic_ns(), outcome))

@@ -27,7 +27,7 @@ from tests.integration.conftest import DETECTOR
 from vigil.bus.curve import CurveConfig
 from vigil.bus.rundir import RunDir, RunGraph
 from vigil.client import Client
-from vigil.errors import Unavailable
+from vigil.errors import DeadlineExceeded, Unavailable
 from vigil.launch import Launcher, load
 from vigil.launch.model import BusSpec, SecuritySpec
 from vigil.nodes._scene import render_scene
@@ -172,12 +172,16 @@ def test_requests_on_host_a_are_served_by_workers_on_host_b(hosts: Hosts) -> Non
 
 
 def _graph_when_written(launcher: Launcher, run_dir: Path) -> RunGraph:
-    """Host B's graph, which its launcher writes once all of its nodes are ready."""
+    """Host B's graph once it names every node's pid (its launcher writes it at the start,
+    and again once all of its nodes are ready)."""
     deadline = time.monotonic() + 60
-    while not (run_dir / "graph.json").exists():
+    while True:
+        if (run_dir / "graph.json").exists():
+            graph = RunDir(run_dir, create=False).read_graph()
+            if graph.nodes and all(n.pid for n in graph.nodes):
+                return graph
         assert time.monotonic() < deadline, "host B never wrote its graph"
         launcher.supervise(0.2)
-    return RunDir(run_dir, create=False).read_graph()
 
 
 def _first_result(
@@ -201,6 +205,8 @@ def _first_result(
                     frame_ts_us=time.time_ns() // 1000,
                     deadline_s=5,
                 )
-            except Unavailable:
-                # No worker has offered credit yet: supervise (which waits) and ask again.
+            except (Unavailable, DeadlineExceeded):
+                # No worker has offered credit yet, or the first batches on a cold (and
+                # maybe busy) machine took longer than the deadline: supervise (which
+                # waits) and ask again, until the test's own bound.
                 launcher.supervise(0.5)

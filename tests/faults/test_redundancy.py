@@ -1,0 +1,130 @@
+"""Redundancy and degradation: a lost ingest or worker costs no request and only its share."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from vigil.bus.rundir import RunDir
+from vigil.client import Client
+from vigil.errors import Unavailable
+from vigil.launch import Launcher, load
+from vigil.schemas import InferResult, SafetyState
+from vigil.testing.pipeline import (
+    FRAME,
+    LoadDriver,
+    child_pid,
+    classifier_launch,
+    ingest_endpoints,
+    restarted,
+)
+
+pytestmark = pytest.mark.verifies("SR-ERR-001")
+
+
+def _drained_without_loss(driver: LoadDriver) -> None:
+    driver.drain()
+    lost = [o for o in driver.outcomes if o.lost]
+    assert not lost, f"{len(lost)} requests ended without any reply from the pipeline"
+
+
+@pytest.mark.verifies("SR-RED-001", "SR-SUP-004")
+def test_a_stopped_ingest_is_failed_over_and_replaced(
+    pipeline: tuple[Launcher, LoadDriver],
+) -> None:
+    """SIGSTOP the ingest in use (a hang): the client gives up on it by its silence and
+    re-sends to the standby at once; the launcher kills and restarts the hung one; nothing
+    is lost."""
+    launcher, driver = pipeline
+    serving = driver.client.failover.choose()
+    label = ["ingest", "ingest-b"][serving or 0]
+    pid = child_pid(launcher, label)
+    stopped = time.monotonic_ns()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        driver.run_until(
+            lambda: any(t >= stopped for t, _ in driver.client.failover.losses), 10, "failover"
+        )
+        driver.run_until(lambda: restarted(launcher, label, pid), 20, "hung ingest replaced")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    served = time.monotonic_ns()
+    driver.run_until(lambda: any(o.result for o in driver.ended_since(served)), 10, "serving")
+    _drained_without_loss(driver)
+
+
+@pytest.mark.verifies("SR-RED-002")
+def test_a_repeat_is_answered_without_running_again(short_tmp: Path) -> None:
+    """The same request (same id) sent again, to the same ingest or to the standby, gets
+    the very result the first run produced: the batch that made it, not a new one (one
+    worker, so the standby's copy reaches the worker that ran it)."""
+    run = RunDir(short_tmp / "run")
+    path = classifier_launch(short_tmp, workers=1, ingests=2)
+    with Launcher(load(path, run.path), run) as launcher:
+        launcher.start()
+        first, standby = ingest_endpoints(launcher)
+        with Client([first], name="repeat", ctx=launcher.ctx) as client:
+            seq = client.submit(FRAME, stream_id="repeat", frame_ts_us=1, deadline_s=20)
+            sent = client.failover.requests[seq]
+            reply = client.poll(20_000)
+            assert reply is not None and isinstance(reply[1], InferResult), reply
+            original = reply[1]
+            frames = [client.channel.encode(sent.envelope), *sent.parts]
+            for endpoint in (first, standby):
+                with launcher.ctx.socket(zmq.DEALER) as raw:
+                    raw.setsockopt(zmq.LINGER, 0)
+                    raw.connect(endpoint)
+                    raw.send_multipart(frames)
+                    assert raw.poll(20_000), f"no answer to the repeat from {endpoint}"
+                    again = client.channel.decode(raw.recv_multipart(copy=False)).body
+                assert isinstance(again, InferResult), again
+                assert (again.worker, again.batch_id) == (original.worker, original.batch_id)
+
+
+@pytest.mark.verifies("SR-DEG-001")
+def test_a_lost_worker_costs_only_its_share(pipeline: tuple[Launcher, LoadDriver]) -> None:
+    """Kill one worker of two: while the state is DEGRADED the other one serves, and no
+    request is refused while it has room for it."""
+    launcher, driver = pipeline
+    pid = child_pid(launcher, "worker.1")
+    killed = time.monotonic_ns()
+    os.kill(pid, signal.SIGKILL)
+    driver.run_until(lambda: driver.reached(SafetyState.DEGRADED, killed), 10, "degraded")
+    degraded = next(t for t, s, _ in driver.states if t >= killed and s is SafetyState.DEGRADED)
+    driver.run_until(lambda: driver.reached(SafetyState.NORMAL, degraded), 30, "recovered")
+    during = [o for o in driver.ended_since(degraded) if o.done_ns < driver.states[-1][0]]
+    assert any(o.result is not None and o.result.worker == "worker.2" for o in during)
+    assert not [o for o in during if isinstance(o.error, Unavailable)]
+    _drained_without_loss(driver)
+
+
+@pytest.mark.verifies("SR-DEG-001")
+def test_a_fault_off_the_request_path_refuses_nothing(
+    pipeline: tuple[Launcher, LoadDriver],
+) -> None:
+    """A hung loader degrades the state (results are flagged) but refuses no request."""
+    launcher, driver = pipeline
+    pid = child_pid(launcher, "loader")
+    stopped = time.monotonic_ns()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        driver.run_until(lambda: driver.reached(SafetyState.DEGRADED, stopped), 10, "degraded")
+        flagged = time.monotonic_ns()
+        driver.run_until(
+            lambda: any(o.result and o.result.degraded for o in driver.ended_since(flagged)),
+            10,
+            "a result flagged degraded",
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed as hung meanwhile
+            os.kill(pid, signal.SIGCONT)
+    driver.run_until(lambda: driver.reached(SafetyState.NORMAL, stopped), 30, "recovered")
+    assert not [o for o in driver.ended_since(stopped) if isinstance(o.error, Unavailable)]
+    _drained_without_loss(driver)
