@@ -1,13 +1,18 @@
 """Safety traceability (`vigil fsc`): each requirement to the code that implements it and the
 tests that verify it.
 
-Requirements live in a YAML file (`id`, `title`, `text`, `asil`). Code names the requirement
+Requirements live in a YAML file (`id`, `title`, `text`, `asil`; a requirement on a fault's
+handling also gives its fault-tolerant time interval, `ftti_ms`, and the `faults` of
+`vigil bench faults` that exercise it). Code names the requirement
 it implements in a comment, `# implements: SR-ING-001` (several ids separated by commas or
 spaces); tests name what they verify with the pytest marker
 `@pytest.mark.verifies("SR-ING-001", ...)`, on a test function, a test class or as the
 module's `pytestmark`. Comments are found with `tokenize` and markers with `ast`, so text that
-only mentions an id inside a string is never taken for a trace. `docs/traceability.md` says
-more.
+only mentions an id inside a string is never taken for a trace. Timing comes from the fault
+benchmark's figures (`docs/figures/faults-cpu.json`): for each fault the p99 from the fault
+to the reaction in force (FDTI + FRTI), set against the requirement's FTTI. A timing is
+measured, never asserted: a miss is shown, and does not fail the matrix. `docs/traceability.md`
+says more.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ __all__ = [
     "Requirement",
     "RequirementSet",
     "Row",
+    "Timing",
     "Trace",
     "TraceMatrix",
     "format_csv",
     "format_markdown",
+    "load_figures",
     "load_requirements",
     "scan_implementations",
     "scan_verifications",
@@ -68,6 +75,10 @@ class Requirement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     text: Annotated[str, msgspec.Meta(min_length=1)]
     asil: Asil
     mechanism: str = ""
+    # The fault-tolerant time interval: fault to hazard, if nothing reacted (ms).
+    ftti_ms: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    # The faults of `vigil bench faults` that exercise this requirement's mechanism.
+    faults: list[str] = []
 
 
 class RequirementSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -94,12 +105,30 @@ class Trace(msgspec.Struct, frozen=True, kw_only=True, order=True):
         return f"{self.path}:{self.line}" + (f"::{self.name}" if self.name else "")
 
 
+class Timing(msgspec.Struct, frozen=True, kw_only=True):
+    """One fault's measured time from the fault to the reaction in force (p99, ms)."""
+
+    fault: str
+    fdti_frti_ms: float | None
+    """None: the figures do not have this fault (or it never reacted)."""
+
+
 class Row(msgspec.Struct, frozen=True, kw_only=True):
-    """One requirement and its traces."""
+    """One requirement and its traces (and, for a fault's handling, its timing)."""
 
     requirement: Requirement
     implemented_by: list[Trace]
     verified_by: list[Trace]
+    timing: list[Timing] = []
+
+    @property
+    def within_ftti(self) -> bool | None:
+        """Whether every measured fault reacted within the FTTI (None: nothing to judge)."""
+        ftti = self.requirement.ftti_ms
+        measured = [t.fdti_frti_ms for t in self.timing if t.fdti_frti_ms is not None]
+        if ftti is None or not measured:
+            return None
+        return all(m <= ftti for m in measured)
 
     @property
     def complete(self) -> bool:
@@ -131,6 +160,19 @@ def load_requirements(path: str | os.PathLike[str]) -> RequirementSet:
     except msgspec.ValidationError as exc:
         rule, _, at = str(exc).partition(" - at `")
         raise ConfigError(source, at.rstrip("`"), rule) from exc
+
+
+def load_figures(path: str | os.PathLike[str]) -> dict[str, float | None]:
+    """Fault name -> its p99 from fault to reaction (ms), from `vigil bench faults --json`;
+    empty when the file is absent (timing is then shown as not measured)."""
+    try:
+        raw = msgspec.json.decode(Path(path).read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return {}
+    faults = raw.get("faults", []) if isinstance(raw, dict) else []
+    return {
+        str(f["name"]): f.get("react_ms_p99") for f in faults if isinstance(f, dict) and "name" in f
+    }
 
 
 def _python_files(roots: Iterable[Path], skip: Sequence[Path] = ()) -> Iterator[Path]:
@@ -241,8 +283,10 @@ def trace(
     base: Path,
     code: Sequence[Path],
     tests: Sequence[Path],
+    figures: dict[str, float | None] | None = None,
 ) -> TraceMatrix:
-    """Build the matrix: every requirement with its implementing code and verifying tests."""
+    """Build the matrix: every requirement with its implementing code and verifying tests,
+    and the measured timing of the faults it names (from `figures`)."""
     implemented = scan_implementations(code, base=base, skip=tests)
     verified = scan_verifications(tests, base=base)
     known = {r.id for r in requirements.requirements}
@@ -256,6 +300,7 @@ def trace(
             requirement=r,
             implemented_by=sorted(implemented.get(r.id, [])),
             verified_by=sorted(verified.get(r.id, [])),
+            timing=[Timing(fault=f, fdti_frti_ms=(figures or {}).get(f)) for f in r.faults],
         )
         for r in requirements.requirements
     ]
@@ -273,17 +318,33 @@ def _status(row: Row) -> str:
     return "MISSING " + " and ".join(missing)
 
 
+def _timing(row: Row) -> str:
+    """`FTTI 500 ms: worker-kill 23, ...` (p99 ms from fault to reaction), or "-"."""
+    ftti = row.requirement.ftti_ms
+    if ftti is None:
+        return "-"
+    measured = ", ".join(
+        f"{t.fault} {'not measured' if t.fdti_frti_ms is None else f'{t.fdti_frti_ms:g}'}"
+        for t in row.timing
+    )
+    verdict = {True: "within", False: "MISSED", None: ""}[row.within_ftti]
+    return f"FTTI {ftti} ms: {measured or 'no fault named'}" + (f" ({verdict})" if verdict else "")
+
+
 def format_markdown(matrix: TraceMatrix) -> str:
     """The matrix as a Markdown table, then any traces to unknown ids."""
     lines = [
-        "| ID | ASIL | Requirement | Implemented by | Verified by | Status |",
-        "|---|---|---|---|---|---|",
+        "| ID | ASIL | Requirement | Implemented by | Verified by | FDTI+FRTI p99 (ms) | Status |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in matrix.rows:
         r = row.requirement
         impl = "<br>".join(f"`{t}`" for t in row.implemented_by) or "-"
         tests = "<br>".join(f"`{t}`" for t in row.verified_by) or "-"
-        lines.append(f"| {r.id} | {r.asil} | {r.title} | {impl} | {tests} | {_status(row)} |")
+        lines.append(
+            f"| {r.id} | {r.asil} | {r.title} | {impl} | {tests} | {_timing(row)}"
+            f" | {_status(row)} |"
+        )
     done = sum(r.complete for r in matrix.rows)
     lines += ["", f"{done} of {len(matrix.rows)} requirements traced both ways."]
     for rid, traces in matrix.unknown.items():
@@ -295,7 +356,7 @@ def format_csv(matrix: TraceMatrix) -> str:
     """The matrix as CSV (one row per requirement; traces joined by `; `)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["id", "asil", "title", "implemented_by", "verified_by", "status"])
+    writer.writerow(["id", "asil", "title", "implemented_by", "verified_by", "fdti_frti", "status"])
     for row in matrix.rows:
         r = row.requirement
         writer.writerow(
@@ -305,9 +366,10 @@ def format_csv(matrix: TraceMatrix) -> str:
                 r.title,
                 "; ".join(str(t) for t in row.implemented_by),
                 "; ".join(str(t) for t in row.verified_by),
+                _timing(row),
                 _status(row),
             ]
         )
     for rid, traces in matrix.unknown.items():
-        writer.writerow([rid, "", "", "; ".join(str(t) for t in traces), "", "UNKNOWN id"])
+        writer.writerow([rid, "", "", "; ".join(str(t) for t in traces), "", "", "UNKNOWN id"])
     return out.getvalue()

@@ -9,7 +9,14 @@ import msgspec
 
 import vigil
 from vigil.errors import ConfigError
-from vigil.tools.fsc import FscExit, format_csv, format_markdown, load_requirements, trace
+from vigil.tools.fsc import (
+    FscExit,
+    format_csv,
+    format_markdown,
+    load_figures,
+    load_requirements,
+    trace,
+)
 
 __all__ = ["fsc"]
 
@@ -36,6 +43,14 @@ _SOURCE_ROOT = Path(vigil.__file__).resolve().parent
 @click.option("--code", multiple=True, help="Where implementations live (default: the root).")
 @click.option("--tests", multiple=True, help="Where tests live (default: ROOT/tests).")
 @click.option(
+    "--figures",
+    "figures_path",
+    type=click.Path(dir_okay=False),
+    default="docs/figures/faults-cpu.json",
+    show_default=True,
+    help="`vigil bench faults --json` output: measured fault-to-reaction times.",
+)
+@click.option(
     "--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON (--format json).")
@@ -47,6 +62,7 @@ def fsc(  # noqa: PLR0917 - click passes every option as an argument
     root: str | None,
     code: tuple[str, ...],
     tests: tuple[str, ...],
+    figures_path: str,
     fmt: str,
     as_json: bool,
     output: str | None,
@@ -56,6 +72,9 @@ def fsc(  # noqa: PLR0917 - click passes every option as an argument
     requirements_file = Path(requirements_path)
     if not requirements_file.is_absolute() and not requirements_file.exists():
         requirements_file = base / requirements_file
+    figures_file = Path(figures_path)
+    if not figures_file.is_absolute() and not figures_file.exists():
+        figures_file = base / figures_file
     try:
         requirements = load_requirements(requirements_file)
         matrix = trace(
@@ -63,6 +82,7 @@ def fsc(  # noqa: PLR0917 - click passes every option as an argument
             base=base,
             code=[base / c for c in code] or [base],
             tests=[base / t for t in tests] or [base / "tests"],
+            figures=load_figures(figures_file),
         )
     except ConfigError as exc:
         click.echo(f"fsc: {exc}", err=True)
