@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, cast
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import zmq
@@ -49,6 +50,9 @@ Reply = tuple[int, InferResult | RequestError]
 _GRACE_NS = 500_000_000
 # Requests that may wait for an ingest to come up (the bound a DEALER's queue used to be).
 _MAX_WAITING = 1000
+# How long the first request waits for the first connection at most (see `_first_link`).
+_FIRST_LINK_S = 1.0
+_ENVELOPE = msgspec.msgpack.Decoder(Envelope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +215,8 @@ class Client(Closing):
         self.failover = Failover(len(self._links.sockets), max_waiting=_MAX_WAITING)
         self.tenant = tenant
         self.priority = priority
+        self._connected = False  # whether a link was ever up (or waited for once)
+        self._raw: set[int] = set()  # ids of frames sent raw (`send_frames`) awaiting replies
         self._poller = zmq.Poller()
         self.register(self._poller)
 
@@ -274,21 +280,46 @@ class Client(Closing):
         return seq
 
     def send_frames(self, frames: list[bytes]) -> None:
-        """Send raw frames as they are, untracked (for tests that speak for a broken client)."""
+        """Send raw frames as they are, never re-sent (for tests that speak for a broken
+        client); a reply to them comes through `poll` by the envelope's id."""
+        if self.failover.choose() is None and not self._connected:
+            self._first_link(Deadline.after(int(_FIRST_LINK_S * 1e9), time.monotonic_ns()))
         link = self.failover.choose()
         sock = self._links.sockets[link if link is not None else 0]
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
             raise _unreachable() from None
+        with suppress(msgspec.DecodeError, msgspec.ValidationError, IndexError):
+            self._raw.add(_ENVELOPE.decode(frames[0]).seq)
 
     # implements: SR-ERR-001
     def _launch(self, request: Outstanding) -> None:
         """Send a new request on the current link, or let it wait for one (bounded)."""
+        if self.failover.choose() is None and not self._connected:
+            self._first_link(request.deadline)
         link = self.failover.choose()
         if (link is None or not self._send(request, link)) and not self.failover.has_room():
             raise _unreachable()
         self.failover.add(request)
+
+    def _first_link(self, deadline: Deadline) -> None:
+        """Wait until a first link is up, at most `_FIRST_LINK_S` and never past `deadline`.
+
+        Requests that wait for a link go out when `poll` sees one come up; a caller that sends
+        right after connecting and then waits elsewhere (a log, another socket) would wait in
+        vain. So, once only, the first send waits for the connection to be made.
+        """
+        self._connected = True  # waited once: from now on requests wait for `poll`
+        until = min(deadline.due_mono_ns, time.monotonic_ns() + int(_FIRST_LINK_S * 1e9))
+        monitors = zmq.Poller()
+        for monitor in self._links.monitors:
+            monitors.register(monitor, zmq.POLLIN)
+        while self.failover.choose() is None:
+            left_ms = (until - time.monotonic_ns()) / 1e6
+            if left_ms <= 0:
+                return
+            self._on_links(dict(monitors.poll(math.ceil(left_ms))))
 
     def _send(self, request: Outstanding, link: int) -> bool:
         """Send (or re-send, stamped anew) on `link` without ever blocking; False if it
@@ -315,6 +346,7 @@ class Client(Closing):
                     break
                 if change is None:
                     continue
+                self._connected = self._connected or change
                 ready = self.failover.went_up(link) if change else self.failover.went_down(link)
                 target = self.failover.choose()
                 for request in ready:
@@ -367,14 +399,20 @@ class Client(Closing):
             try:
                 incoming = self.channel.decode(frames)
             except FrameFault as fault:
-                if self.failover.done(fault.seq) is None:
+                if self.failover.done(fault.seq) is None and not self._raw_reply(fault.seq):
                     continue
                 reply = ErrorReply(code=ErrorCode.INTERNAL, message="undecodable reply")
                 return Answer(fault.seq, InternalError(reply), fault.envelope)
             seq = incoming.envelope.seq
             # A second answer (from the ingest a request was re-sent away from) is dropped.
-            if self.failover.done(seq) is not None:
+            if self.failover.done(seq) is not None or self._raw_reply(seq):
                 return _answer(seq, incoming.body, incoming.envelope)
+
+    def _raw_reply(self, seq: int) -> bool:
+        if seq in self._raw:
+            self._raw.discard(seq)
+            return True
+        return False
 
     def _expired(self) -> Answer | None:
         ended = self.failover.expired(time.monotonic_ns())

@@ -114,7 +114,8 @@ def node_rows(
         )
     known = {n.name for n in graph.nodes}
     for name, beat in sorted(book.beats.items()):
-        if name not in known:
+        # The launcher beats too (the watchdog supervises it); it owns the graph, not a row.
+        if name not in known and beat.kind != "launcher":
             cpu, rss = sampler.sample(beat.pid) if sampler is not None else (None, None)
             rows.append(
                 NodeRow(

@@ -210,7 +210,7 @@ class _Watchdog:
             # What was published while the bus was down is lost: say the state again.
             self.bus_returns = self.liveness.bus_returns
             state = self.machine.state
-            self._publish(Transition(state, state, "bus back: state repeated", now))
+            self._publish(Transition(state, state, "bus back: state repeated", now), audited=False)
         if self._learning() and self.probe_seq == 0 and now >= self.next_learn_ns:
             self.next_learn_ns = now + self.config.probe.learn_interval_ms * 1_000_000
             self._send_probe()
@@ -232,7 +232,7 @@ class _Watchdog:
         if capacity == self.capacity:
             return
         state = self.machine.state
-        self._publish(Transition(state, state, f"capacity {capacity:.2f}", now))
+        self._publish(Transition(state, state, f"capacity {capacity:.2f}", now), audited=False)
 
     def _capacity(self) -> float:
         assert self.machine is not None
@@ -338,7 +338,7 @@ class _Watchdog:
             self.probe_seq = 0
 
     # implements: SR-WDG-003
-    def _publish(self, t: Transition) -> None:
+    def _publish(self, t: Transition, *, audited: bool = True) -> None:
         assert self.machine is not None
         self.capacity = self._capacity()
         rate = self.machine.transitions_per_min(t.at_ns)
@@ -354,7 +354,7 @@ class _Watchdog:
                 transitions_per_min=rate,
             ),
         )
-        if t.state is not t.previous:
+        if audited:  # a state said again (capacity, the bus back) is no new decision
             self.node.audit(AuditId.STATE_TRANSITION, f"{t.previous} -> {t.state}: {t.cause}")
         self.node.record(
             "warning" if t.state is not SafetyState.NORMAL else "info",

@@ -19,7 +19,7 @@ from vigil.bus.rundir import RunDir
 from vigil.launch import Launcher, LaunchError, load
 from vigil.models.repository import set_latest
 from vigil.nodes.logger.store import read_entries, verify_store
-from vigil.schemas import AuditId, DiagCode, Heartbeat, SafetyState, Topic
+from vigil.schemas import AuditId, DiagCode, Heartbeat, NodeExit, SafetyState, Topic
 from vigil.testing.pipeline import (
     ExternalLaunch,
     LoadDriver,
@@ -213,4 +213,42 @@ def test_a_fault_after_a_swap_recovers_to_normal(pipeline: tuple[Launcher, LoadD
     driver.run_until(lambda: driver.reached(SafetyState.DEGRADED, killed), 10, "degraded")
     driver.run_until(lambda: driver.reached(SafetyState.NORMAL, killed), 30, "recovered")
     assert not driver.reached(SafetyState.SAFE_STOP, killed)
+    _drained_without_loss(driver)
+
+
+def _launcher_beat(sub: Subscriber) -> bool:
+    while (got := sub.recv(0)) is not None:
+        if isinstance(got.body, Heartbeat) and got.body.node == "launcher":
+            return True
+    return False
+
+
+@pytest.mark.verifies("SR-SUP-005")
+def test_an_exit_is_published_with_its_code_and_restart(
+    pipeline: tuple[Launcher, LoadDriver],
+) -> None:
+    """SIGKILL a node: the launcher publishes its exit (pid, signal, the restart it gets) at
+    once, and the watchdog degrades on it."""
+    launcher, driver = pipeline
+    with Subscriber(launcher.ctx, launcher.run.sub, [Topic.NODE_EXIT, Topic.HEARTBEAT]) as exits:
+        # The proxy passes a subscription to every publisher at once: once the launcher's
+        # own beat comes through, its exit reports will too.
+        driver.run_until(lambda: _launcher_beat(exits), 10, "subscribed")
+        pid = child_pid(launcher, "logger")
+        killed = time.monotonic_ns()
+        os.kill(pid, signal.SIGKILL)
+        seen: list[NodeExit] = []
+
+        def published() -> bool:
+            while (got := exits.recv(0)) is not None:
+                if isinstance(got.body, NodeExit):
+                    seen.append(got.body)
+            return any(e.node == "logger" for e in seen)
+
+        driver.run_until(published, 10, "exit published")
+    exit_ = next(e for e in seen if e.node == "logger")
+    assert (exit_.pid, exit_.code, exit_.kind) == (pid, -signal.SIGKILL, "logger")
+    assert exit_.restart_in_ms >= 0
+    driver.run_until(lambda: driver.reached(SafetyState.DEGRADED, killed), 10, "degraded")
+    driver.run_until(lambda: driver.reached(SafetyState.NORMAL, killed), 30, "recovered")
     _drained_without_loss(driver)
