@@ -153,6 +153,12 @@ def _serve(
                 "refused": str(refused),
                 "degraded": "yes" if outside.degraded else "no",
             }
+    # What arrived before the stop is sealed too: the reason a launch stops is published
+    # just before its nodes are stopped, the logger among the last.
+    for _ in range(_DRAIN_BURSTS):
+        if not sub.socket.poll(0):
+            break
+        _append(stores, _burst(sub, stores))
     stores.commit()
     outside.save(sub, positions)
     node.log.info("node.stopping", reason=node.stop_reason, lost=sub.lost)
@@ -279,6 +285,9 @@ def _refusal(record: Record, exc: RecordRefused) -> Refusal:
         sha256=hashlib.sha256(body).digest(),
         payload=b"" if isinstance(exc, EntryTooLarge) else body,
     )
+
+
+_DRAIN_BURSTS = 16
 
 
 def _burst(sub: Subscriber, store: LogStore | SealedStores) -> list[Record]:

@@ -92,6 +92,7 @@ class _Watchdog:
         self.timeouts_seen = 0
         self.watching = 0
         self.rate = 0
+        self.reprobe_ns: int | None = None  # when to probe again after an inconclusive one
 
     # -- start-up: resume from the latched state ----------------------------------------
 
@@ -205,6 +206,14 @@ class _Watchdog:
         self._apply(transition)
         if transition is not None and transition.state is SafetyState.RECOVERING:
             self._send_probe()
+        elif (
+            self.machine.state is SafetyState.RECOVERING
+            and self.probe_seq == 0
+            and self.reprobe_ns is not None
+            and now >= self.reprobe_ns
+        ):
+            self.reprobe_ns = None
+            self._send_probe()
         self._follow_capacity(now)
         if self.liveness.bus_returns != self.bus_returns:
             # What was published while the bus was down is lost: say the state again.
@@ -276,12 +285,19 @@ class _Watchdog:
                 self._judge(outcome)
 
     def _judge_error(self, error: RequestError) -> None:
+        """A probe that ended in an error. One that only ran out of time or was refused for
+        load says nothing about the pipeline's health (a busy host is not a fault): it is
+        sent again after the recovery delay, and the recovery does not count as failed."""
         assert self.machine is not None
-        if self.machine.state is SafetyState.RECOVERING:
-            now = self.node.clock()
-            self._apply(self.machine.probe_result(False, str(error.reply.code), now))
+        if self.machine.state is not SafetyState.RECOVERING:
+            return
+        now = self.node.clock()
+        if error.reply.code in _INCONCLUSIVE:
+            self.reprobe_ns = now + self.machine.recovery_delay_ns(now)
+            self.node.record("warning", "watchdog.probe_inconclusive", code=str(error.reply.code))
+            return
+        self._apply(self.machine.probe_result(False, str(error.reply.code), now))
 
-    # implements: SR-STA-001
     def _judge(self, result: InferResult) -> None:
         assert self.machine is not None
         now = self.node.clock()
@@ -336,6 +352,7 @@ class _Watchdog:
         self._publish(transition)
         if transition.state is SafetyState.DEGRADED:
             self.probe_seq = 0
+            self.reprobe_ns = None
 
     # implements: SR-WDG-003
     def _publish(self, t: Transition, *, audited: bool = True) -> None:
@@ -384,6 +401,8 @@ class _Watchdog:
         }
 
 
+# Probe errors that say the pipeline was busy, not wrong: the recovery is judged again later.
+_INCONCLUSIVE = frozenset({ErrorCode.DEADLINE_EXCEEDED, ErrorCode.RESOURCE_EXHAUSTED})
 _CORE = {Topic.HEARTBEAT, Topic.NODE_EXIT, Topic.INFER_RESULT, Topic.INFER_ERROR}
 
 
