@@ -275,6 +275,11 @@ class LoadDriver:
         self.paused = True
         self.run_until(lambda: self._client.in_flight == 0, timeout_s, "drain")
 
+    def lost(self) -> list[Outcome]:
+        """The requests that ended with no reply from the pipeline at all (call `drain`
+        first to count every one sent)."""
+        return [o for o in self.outcomes if o.lost]
+
     def reached(self, state: SafetyState, after_ns: int = 0) -> bool:
         """Whether `state` was entered at or after `after_ns`."""
         return any(s is state and t >= after_ns for t, s, _ in self.states)

@@ -18,22 +18,11 @@ from vigil.launch import Launcher
 from vigil.nodes.logger.store import read_entries, verify_store
 from vigil.nodes.worker import FAULT_ABORT_STREAM
 from vigil.schemas import AuditId, Heartbeat, SafetyState, Topic
-from vigil.testing.pipeline import LoadDriver
+from vigil.testing.pipeline import LoadDriver, child_pid, restarted
 
 pytestmark = pytest.mark.verifies(
     "SR-ERR-001", "SR-DLN-002", "SR-WDG-001", "SR-WDG-002", "SR-WDG-003", "SR-SUP-001", "SR-SUP-002"
 )
-
-
-def _pid(launcher: Launcher, label: str) -> int:
-    for child in launcher.children:
-        if child.plan.label == label:
-            return child.pid
-    raise KeyError(label)
-
-
-def _restarted(launcher: Launcher, label: str, old_pid: int) -> bool:
-    return any(c.plan.label == label and c.pid != old_pid and c.ready for c in launcher.children)
 
 
 def _sealed(launcher: Launcher) -> list[tuple[str, dict[str, object]]]:
@@ -44,7 +33,7 @@ def _sealed(launcher: Launcher) -> list[tuple[str, dict[str, object]]]:
 def _assert_nothing_lost(driver: LoadDriver) -> None:
     driver.drain()
     assert driver.outcomes
-    lost = [o for o in driver.outcomes if o.lost]
+    lost = driver.lost()
     assert not lost, f"{len(lost)} requests ended without any reply from the pipeline"
 
 
@@ -65,11 +54,11 @@ def test_sigkill_worker_loses_no_request(pipeline: tuple[Launcher, LoadDriver]) 
     """SIGKILL a worker under load: its in-flight work is re-dispatched, it is restarted,
     the system degrades and recovers; every request ends with a result or a typed error."""
     launcher, driver = pipeline
-    pid = _pid(launcher, "worker.1")
+    pid = child_pid(launcher, "worker.1")
     killed = time.monotonic_ns()
     os.kill(pid, signal.SIGKILL)
     driver.run_until(lambda: driver.reached(SafetyState.DEGRADED, killed), 10, "degraded")
-    driver.run_until(lambda: _restarted(launcher, "worker.1", pid), 15, "restart")
+    driver.run_until(lambda: restarted(launcher, "worker.1", pid), 15, "restart")
     driver.run_until(lambda: driver.reached(SafetyState.NORMAL, killed), 20, "recovered")
     _assert_nothing_lost(driver)
     assert any(o.result for o in driver.ended_since(killed))
@@ -80,12 +69,12 @@ def test_hung_worker_is_killed_and_restarted(pipeline: tuple[Launcher, LoadDrive
     """SIGSTOP a worker (a hang: alive, silent): its work moves on, the state degrades, the
     launcher kills it once its hang limit passed and restarts it, and the state recovers."""
     launcher, driver = pipeline
-    pid = _pid(launcher, "worker.2")
+    pid = child_pid(launcher, "worker.2")
     stopped = time.monotonic_ns()
     os.kill(pid, signal.SIGSTOP)
     try:
         driver.run_until(lambda: driver.reached(SafetyState.DEGRADED, stopped), 10, "degraded")
-        driver.run_until(lambda: _restarted(launcher, "worker.2", pid), 20, "hung one restarted")
+        driver.run_until(lambda: restarted(launcher, "worker.2", pid), 20, "hung one restarted")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
@@ -99,13 +88,13 @@ def test_engine_abort_is_isolated_to_its_worker(pipeline: tuple[Launcher, LoadDr
     """A crash inside the inference engine kills only its worker: the poisoned request ends
     with a typed error after one re-dispatch, every other request is served."""
     launcher, driver = pipeline
-    ingest_pid = _pid(launcher, "ingest")
+    ingest_pid = child_pid(launcher, "ingest")
     aborted = time.monotonic_ns()
     poison = driver.send(stream_id=FAULT_ABORT_STREAM)
     driver.run_until(lambda: driver.reached(SafetyState.DEGRADED, aborted), 10, "degraded")
     driver.run_until(lambda: driver.reached(SafetyState.NORMAL, aborted), 30, "recovered")
     _assert_nothing_lost(driver)
-    assert _pid(launcher, "ingest") == ingest_pid
+    assert child_pid(launcher, "ingest") == ingest_pid
     failed = [o for o in driver.ended_since(aborted) if o.error is not None]
     assert any(isinstance(o.error, Unavailable) for o in failed), poison
     assert any(o.result for o in driver.ended_since(aborted))
@@ -118,10 +107,10 @@ def test_killed_proxy_is_restarted_and_subscribers_reconnect(
     """Kill the pub/sub proxy: the launcher restarts it, heartbeats flow again through it,
     the request path (which never crosses the proxy) keeps serving."""
     launcher, driver = pipeline
-    pid = _pid(launcher, "proxy")
+    pid = child_pid(launcher, "proxy")
     killed = time.monotonic_ns()
     os.kill(pid, signal.SIGKILL)
-    driver.run_until(lambda: _restarted(launcher, "proxy", pid), 15, "proxy restart")
+    driver.run_until(lambda: restarted(launcher, "proxy", pid), 15, "proxy restart")
     with Subscriber(launcher.ctx, launcher.run.sub, [Topic.HEARTBEAT]) as beats:
         seen: set[str] = set()
         driver.run_until(
@@ -186,14 +175,14 @@ def test_killed_watchdog_resumes_from_the_current_state(
     """Kill the watchdog while DEGRADED: the restarted one takes over DEGRADED from the
     latched state instead of starting NORMAL, then recovers as usual."""
     launcher, driver = pipeline
-    worker = _pid(launcher, "worker.2")
+    worker = child_pid(launcher, "worker.2")
     stopped = time.monotonic_ns()
     os.kill(worker, signal.SIGSTOP)
     try:
         driver.run_until(lambda: driver.reached(SafetyState.DEGRADED, stopped), 10, "degraded")
-        watchdog = _pid(launcher, "watchdog")
+        watchdog = child_pid(launcher, "watchdog")
         os.kill(watchdog, signal.SIGKILL)
-        driver.run_until(lambda: _restarted(launcher, "watchdog", watchdog), 15, "restart")
+        driver.run_until(lambda: restarted(launcher, "watchdog", watchdog), 15, "restart")
         driver.run_until(
             lambda: any("resumed" in c for _, _, c in driver.states), 10, "resumed state"
         )
@@ -211,12 +200,12 @@ def test_killed_logger_records_the_gap(pipeline: tuple[Launcher, LoadDriver]) ->
     """Kill the logger, publish diagnostics while it is down: the restarted logger records
     their loss as a LOG_GAP audit entry; the store still verifies."""
     launcher, driver = pipeline
-    pid = _pid(launcher, "logger")
+    pid = child_pid(launcher, "logger")
     os.kill(pid, signal.SIGKILL)
     for _ in range(5):  # rejected requests: the ingest publishes a diagnostic for each
         driver.send(stream_id="bad", frame=np.zeros((4, 4, 2), dtype=np.uint8))
         driver.step()
-    driver.run_until(lambda: _restarted(launcher, "logger", pid), 15, "logger restart")
+    driver.run_until(lambda: restarted(launcher, "logger", pid), 15, "logger restart")
     driver.send(stream_id="bad", frame=np.zeros((4, 4, 2), dtype=np.uint8))
     # Other topics may have lost messages too (the state changes the logger's death caused):
     # wait for the gap that names the diagnostics, whichever gap is sealed first.
@@ -238,14 +227,14 @@ def test_killed_ingest_loses_no_request(pipeline: tuple[Launcher, LoadDriver]) -
     once, which the workers serve too; nothing is lost, the killed one is restarted and every
     worker offers its capacity to it again."""
     launcher, driver = pipeline
-    pid = _pid(launcher, "ingest")
+    pid = child_pid(launcher, "ingest")
     killed = time.monotonic_ns()
     os.kill(pid, signal.SIGKILL)
-    driver.run_until(lambda: _restarted(launcher, "ingest", pid), 15, "ingest restart")
-    restarted = time.monotonic_ns()
+    driver.run_until(lambda: restarted(launcher, "ingest", pid), 15, "ingest restart")
+    back = time.monotonic_ns()
 
     def serving() -> set[str]:
-        return {o.result.worker for o in driver.ended_since(restarted) if o.result is not None}
+        return {o.result.worker for o in driver.ended_since(back) if o.result is not None}
 
     driver.run_until(
         lambda: serving() == {"worker.1", "worker.2"}, 20, "both workers serving after restart"
