@@ -186,6 +186,26 @@ class _Links:
             self.sockets.append(sock)
             self.monitors.append(monitor)
 
+    def send(self, channel: Channel, failover: Failover, request: Outstanding, link: int) -> bool:
+        """Send (or re-send, stamped anew) `request` on `link` without ever blocking; False
+        if the link cannot take it now."""
+        envelope = channel.restamp(request.envelope) if request.sends else request.envelope
+        frames = [channel.encode(envelope), *request.parts]
+        try:
+            sent = self.sockets[link].send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        # An asyncio socket raises nothing here: it returns a future, already done with
+        # NOBLOCK, that holds zmq.Again when the link could not take the frames.
+        if isinstance(sent, asyncio.Future) and sent.done():
+            error = sent.exception()
+            if isinstance(error, zmq.Again):
+                return False
+            if error is not None:
+                raise error
+        failover.sent(request, link)
+        return True
+
 
 class Client(Closing):
     """A synchronous client: `infer()` for one request, `submit()`/`poll()` for many in flight.
@@ -322,17 +342,7 @@ class Client(Closing):
             self._on_links(dict(monitors.poll(math.ceil(left_ms))))
 
     def _send(self, request: Outstanding, link: int) -> bool:
-        """Send (or re-send, stamped anew) on `link` without ever blocking; False if it
-        cannot take the request now."""
-        envelope = self.channel.restamp(request.envelope) if request.sends else request.envelope
-        try:
-            self._links.sockets[link].send_multipart(
-                [self.channel.encode(envelope), *request.parts], flags=zmq.NOBLOCK, copy=False
-            )
-        except zmq.Again:
-            return False
-        self.failover.sent(request, link)
-        return True
+        return self._links.send(self.channel, self.failover, request, link)
 
     def _on_links(self, events: dict[Any, int]) -> None:
         """Follow the links' monitors: re-send at once what a lost link held."""
@@ -562,16 +572,7 @@ class AsyncClient:
                     break
 
     def _send(self, request: Outstanding, link: int) -> bool:
-        envelope = self.channel.restamp(request.envelope) if request.sends else request.envelope
-        try:
-            # NOBLOCK never awaits: it either queues now or raises.
-            self._links.sockets[link].send_multipart(
-                [self.channel.encode(envelope), *request.parts], flags=zmq.NOBLOCK, copy=False
-            )
-        except zmq.Again:
-            return False
-        self.failover.sent(request, link)
-        return True
+        return self._links.send(self.channel, self.failover, request, link)
 
     async def infer(
         self,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vigil.client import Client
+from vigil.bus.deadline import Deadline
+from vigil.bus.failover import Outstanding
+from vigil.client import AsyncClient, Client
 from vigil.errors import Unavailable
-from vigil.schemas import ErrorCode
+from vigil.schemas import ErrorCode, InferRequest
 
 pytestmark = pytest.mark.verifies("SR-ERR-001")
 
@@ -24,3 +28,17 @@ def test_a_request_with_nowhere_to_go_is_unavailable_not_a_hang(short_tmp: Path)
                 client.submit(frame, stream_id="s", frame_ts_us=ts)
         assert caught.value.reply.code is ErrorCode.UNAVAILABLE
         assert 0 < client.in_flight < 100_000
+
+
+def test_an_async_link_that_cannot_take_a_request_says_so(short_tmp: Path) -> None:
+    """An asyncio link with no peer leaves a request unsent (its send future holds
+    zmq.Again), instead of counting it as sent and leaving it to its deadline."""
+
+    async def attempt() -> tuple[bool, int | None]:
+        async with AsyncClient(f"ipc://{short_tmp}/nobody") as client:
+            deadline = Deadline.after(1_000_000_000, time.monotonic_ns())
+            envelope = client.channel.envelope(InferRequest, seq=client.channel.next_seq())
+            request = Outstanding(envelope.seq, envelope, [b"body"], deadline, deadline)
+            return client._send(request, 0), request.link
+
+    assert asyncio.run(attempt()) == (False, None)
