@@ -14,7 +14,13 @@ from vigil.schemas.catalogue import (
 from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DIAG_CODES, DiagCode, DiagnosticEvent, Severity
 from vigil.schemas.errors import ErrorCode, ErrorReply
-from vigil.schemas.evidence import BatchEvidence, Outcome, RequestEvidence
+from vigil.schemas.evidence import (
+    BatchEvidence,
+    EndedRequests,
+    Outcome,
+    RequestEvidence,
+    TracedEvidence,
+)
 from vigil.schemas.health import Heartbeat, NodeExit, SafetyState, StateChange
 from vigil.schemas.infer import Box, InferRequest, InferResult, PerceptionOutput, TensorRef
 from vigil.schemas.log import LogCheckpoint, LogRecord
@@ -41,6 +47,7 @@ __all__ = [
     "Config",
     "DiagCode",
     "DiagnosticEvent",
+    "EndedRequests",
     "ErrorCode",
     "ErrorReply",
     "Heartbeat",
@@ -64,6 +71,7 @@ __all__ = [
     "StateChange",
     "TensorRef",
     "Topic",
+    "TracedEvidence",
     "WorkerCredit",
     "audit_class",
     "schema_id",

@@ -9,7 +9,7 @@ from vigil.schemas.audit import AuditEvent
 from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DiagnosticEvent
 from vigil.schemas.errors import ErrorReply
-from vigil.schemas.evidence import BatchEvidence, RequestEvidence
+from vigil.schemas.evidence import BatchEvidence, EndedRequests
 from vigil.schemas.health import Heartbeat, NodeExit, StateChange
 from vigil.schemas.infer import InferRequest, InferResult
 from vigil.schemas.log import LogCheckpoint, LogRecord
@@ -62,7 +62,7 @@ TOPICS: Final[dict[str, type[Message]]] = {
     Topic.MODEL_ACTIVE: ModelAnnouncement,
     Topic.MODEL_COMMAND: ModelCommand,
     Topic.BUS_PROBE: BusProbe,
-    Topic.REQUEST_EVIDENCE: RequestEvidence,
+    Topic.REQUEST_EVIDENCE: EndedRequests,
     Topic.BATCH_EVIDENCE: BatchEvidence,
 }
 

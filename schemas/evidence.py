@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 
 from vigil.schemas._base import Message
 
-__all__ = ["BatchEvidence", "Outcome", "RequestEvidence"]
+__all__ = [
+    "MAX_ENDED",
+    "BatchEvidence",
+    "EndedRequests",
+    "Outcome",
+    "RequestEvidence",
+    "TracedEvidence",
+]
 
 Name = Annotated[str, msgspec.Meta(max_length=64)]
 Micros = Annotated[int, msgspec.Meta(ge=0)]
+# The most requests one `EndedRequests` carries (more are sent as several).
+MAX_ENDED: Final = 256
 
 
 class Outcome(enum.StrEnum):
@@ -55,6 +64,22 @@ class RequestEvidence(Message, kw_only=True, frozen=True, tag="evidence.request"
     replied_us: Micros = 0
     # SHA-256 of the reply body as the client received it (a result or a typed error).
     digest: Annotated[bytes, msgspec.Meta(max_length=32)] = b""
+
+
+class TracedEvidence(msgspec.Struct, frozen=True, kw_only=True):
+    """One request's evidence with the trace it ended in (what its envelope would carry)."""
+
+    trace_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    evidence: RequestEvidence
+
+
+class EndedRequests(Message, kw_only=True, frozen=True, tag="evidence.requests"):
+    """The evidence of requests that ended within a few milliseconds of each other, in the
+    order they ended: one message for many, so that evidence costs the bus and the logger one
+    hop for many requests rather than one each. The logger seals one `RequestEvidence` entry
+    per request, in its trace."""
+
+    requests: Annotated[list[TracedEvidence], msgspec.Meta(max_length=MAX_ENDED)]
 
 
 class BatchEvidence(Message, kw_only=True, frozen=True, tag="evidence.batch"):

@@ -681,6 +681,7 @@ def run(config: IngestConfig, args: NodeArgs) -> ExitCode:
             ingest.on_time()
             ingest.dispatch()
             ingest.publish_counts()
+            ingest.evidence.turn_ended()
         # Nothing is silently dropped on the way out: open requests get UNAVAILABLE.
         for rid in list(ingest.dispatcher.open):
             request = ingest.dispatcher.close(rid)
@@ -688,5 +689,6 @@ def run(config: IngestConfig, args: NodeArgs) -> ExitCode:
                 ingest._fail(
                     request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "ingest shutting down"
                 )
+        ingest.evidence.flush()
         node.log.info("node.stopping", reason=node.stop_reason, **ingest.counts)
     return ExitCode.OK

@@ -26,7 +26,9 @@ from vigil.schemas import (
     AuditEvent,
     AuditId,
     DiagCode,
+    EndedRequests,
     LogCheckpoint,
+    RequestEvidence,
     Severity,
     Topic,
     schema_id,
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 _AUDIT_SCHEMA = schema_id(AuditEvent)
+_REQUEST_SCHEMA = schema_id(RequestEvidence)
 # Messages taken from the socket per wake-up, sealed and stored as one burst.
 _BURST = 1024
 # The entry that stands for a message the store could not take as it came.
@@ -303,10 +306,18 @@ def _burst(sub: Subscriber, store: LogStore | SealedStores) -> list[Record]:
             # A replayed message is evidence of the replay, not of the live system.
             records.append((source, REPLAY_EVENT, _replayed(received), envelope.trace_id))
             continue
+        body = received.body
+        if isinstance(body, EndedRequests):
+            # One entry per request, as if each had come on its own in its trace.
+            records.extend(
+                (source, _REQUEST_SCHEMA, _ENCODER.encode(ended.evidence), ended.trace_id)
+                for ended in body.requests
+            )
+            continue
         # The body frame arrives copied (small frames are): it is stored as it came.
         records.append((source, envelope.schema, received.frames[2], envelope.trace_id))
-        if isinstance(received.body, AuditEvent):
-            records.append(_binary(store, received.body, source, envelope.trace_id))
+        if isinstance(body, AuditEvent):
+            records.append(_binary(store, body, source, envelope.trace_id))
     return records
 
 

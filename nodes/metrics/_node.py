@@ -37,6 +37,7 @@ from vigil.schemas import (
     BatchEvidence,
     DiagCode,
     DiagnosticEvent,
+    EndedRequests,
     ErrorCode,
     ErrorReply,
     Heartbeat,
@@ -242,8 +243,9 @@ class BusMetrics:
     def observe(self, received: Received) -> None:
         """Account one bus message; types that carry no metric are skipped."""
         body = received.body
-        if isinstance(body, RequestEvidence):
-            self._on_request(body, received.envelope.trace_id)
+        if isinstance(body, EndedRequests):
+            for ended in body.requests:
+                self._on_request(ended.evidence, ended.trace_id)
             return
         handler = self._handlers.get(type(body))
         if handler is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import msgspec
 import pytest
 from prometheus_client.openmetrics.exposition import generate_latest
 
@@ -17,6 +16,7 @@ from vigil.schemas import (
     BatchEvidence,
     DiagCode,
     DiagnosticEvent,
+    EndedRequests,
     ErrorCode,
     ErrorReply,
     Heartbeat,
@@ -29,6 +29,7 @@ from vigil.schemas import (
     SafetyState,
     Severity,
     StateChange,
+    TracedEvidence,
     schema_id,
 )
 
@@ -127,16 +128,26 @@ def test_a_batch_is_observed_once_in_the_per_batch_histograms(metrics: BusMetric
 
 
 def test_a_request_lands_end_to_end_with_its_trace_as_exemplar(metrics: BusMetrics) -> None:
-    """The evidence's reply time is observed by outcome and model, the trace id its exemplar."""
-    evidence = RequestEvidence(outcome=Outcome.SERVED, code="OK", model="det", replied_us=4000)
-    message = received(evidence)
-    message.envelope = msgspec.structs.replace(message.envelope, trace_id=bytes(range(16)))
-    metrics.observe(message)
+    """Each request's reply time is observed by outcome and model, its trace id the exemplar."""
+    served = RequestEvidence(outcome=Outcome.SERVED, code="OK", model="det", replied_us=4000)
+    refused = RequestEvidence(outcome=Outcome.REFUSED, code="UNAVAILABLE", replied_us=50)
+    metrics.observe(
+        received(
+            EndedRequests(
+                requests=[
+                    TracedEvidence(trace_id=bytes(range(16)), evidence=served),
+                    TracedEvidence(trace_id=b"\1" * 16, evidence=refused),
+                ]
+            )
+        )
+    )
     labels = {"outcome": "served", "model": "det"}
     assert value(metrics, "vigil_request_duration_seconds_sum", **labels) == pytest.approx(0.004)
+    refusals = {"outcome": "refused", "model": ""}
+    assert value(metrics, "vigil_request_duration_seconds_count", **refusals) == 1
     exposition = generate_latest(metrics.registry).decode()
-    (line,) = [x for x in exposition.splitlines() if "# {trace_id=" in x]
-    assert 'le="0.005"' in line and bytes(range(16)).hex() in line
+    (line,) = [x for x in exposition.splitlines() if bytes(range(16)).hex() in x]
+    assert 'le="0.005"' in line and 'outcome="served"' in line
 
 
 def test_the_announced_model_is_the_active_one(metrics: BusMetrics) -> None:
