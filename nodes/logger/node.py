@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Final
 
@@ -15,6 +14,7 @@ from vigil.nodes.contract import ExitCode, NodeArgs
 from vigil.nodes.logger._checkpoint import Signer, generate_key, load_signer, parse_note
 from vigil.nodes.logger._contract import KIND, LoggerConfig
 from vigil.nodes.logger._evidence import SealedStores, evidence_config
+from vigil.nodes.logger._positions import PositionsFile
 from vigil.nodes.logger.store import (
     EntryTooLarge,
     LogStore,
@@ -99,22 +99,23 @@ def run(config: LoggerConfig, args: NodeArgs) -> ExitCode:
         evidence = msgspec.structs.replace(evidence, signing_key="")
         with SealedStores.open(store_config, evidence, signer=signer) as stores:
             _seal_key(stores, signer, origin)
-            _serve(node, config, args, stores, Path(store_config.path + ".positions"))
+            positions = PositionsFile(Path(store_config.path + ".positions"), node.clock)
+            _serve(node, config, args, stores, positions)
     return ExitCode.OK
 
 
 def _serve(
-    node: Node, config: LoggerConfig, args: NodeArgs, stores: SealedStores, positions: Path
+    node: Node, config: LoggerConfig, args: NodeArgs, stores: SealedStores, positions: PositionsFile
 ) -> None:
     sub = node.subscriber(config.topics, strict=True, skip_replayed=not config.seal_replay)
-    resumed = _resume(sub, positions)
+    resumed = positions.resume(sub)
     node.log.info("logger.resumed", publisher_topics=resumed)
     stats = stores.stats
     node.log.info(
         "logger.store", sealer=stats.sealer, clock_source=stats.clock_source, key_id=stats.key_id
     )
     node.ready(KIND.contract(config))
-    outside = _Outside(node, stores)
+    outside = _Outside(node, stores, positions)
     lost_seen = 0
     commits_seen = -1
     refused = 0
@@ -145,7 +146,7 @@ def _serve(
             stores.commit()  # group commit: one msync for every entry since the last
         stats = stores.stats
         if stats.commits != commits_seen:
-            outside.save(sub, positions)
+            outside.save(sub)
             # Read by the heartbeat thread and, over the bus, by the metrics node.
             commits_seen = stats.commits
             node.heartbeat_detail = {
@@ -163,7 +164,7 @@ def _serve(
             break
         _append(stores, _burst(sub, stores))
     stores.commit()
-    outside.save(sub, positions)
+    outside.save(sub, final=True)
     node.log.info("node.stopping", reason=node.stop_reason, lost=sub.lost)
 
 
@@ -204,22 +205,21 @@ def _seal_key(stores: SealedStores, signer: Signer, origin: str) -> None:
 class _Outside:
     """What the logger writes beside its stores: the positions file, checkpoint copies on disk
     and on the bus. A full disk never stops the logger: it goes on sealing into the stores
-    (preallocated), says so once with a diagnostic, and retries at every commit."""
+    (preallocated), says so once with a diagnostic, and retries each when it is next due."""
 
-    def __init__(self, node: Node, stores: SealedStores) -> None:
+    def __init__(self, node: Node, stores: SealedStores, positions: PositionsFile) -> None:
         self._node = node
         self._stores = stores
+        self._positions = positions
         self._published: dict[str, bytes] = {}
         self.degraded = False
         self._checkpoint_errors = 0
 
-    def save(self, sub: Subscriber, positions: Path) -> None:
-        """Save the positions and publish new checkpoints; enter or leave degraded mode."""
-        problem = ""
-        try:
-            _save_positions(sub, positions)
-        except OSError as exc:
-            problem = f"positions file {positions}: {exc}"
+    def save(self, sub: Subscriber, *, final: bool = False) -> None:
+        """Save the positions when due (see `PositionsFile`) and publish new checkpoints;
+        enter or leave degraded mode."""
+        self._positions.save(sub, final=final)
+        problem = self._positions.problem
         errors = sum(store.stats.checkpoint_errors for _, store in self._stores.stores())
         if errors > self._checkpoint_errors:
             self._checkpoint_errors = errors
@@ -346,25 +346,3 @@ def _binary(
         node=source,
         trace_id=trace_id,
     )
-
-
-_POSITIONS = msgspec.msgpack.Decoder(dict[str, list[tuple[str, int, int, int]]])
-
-
-def _resume(sub: Subscriber, path: Path) -> int:
-    """Load where the previous logger stopped, so what was published while no logger ran is
-    recorded as a gap (LOG_GAP) instead of vanishing. Returns the positions loaded."""
-    try:
-        positions = _POSITIONS.decode(path.read_bytes())
-    except FileNotFoundError:
-        return 0
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return 0  # a torn positions file only costs gap detection across this restart
-    sub.resume(positions)
-    return sum(len(v) for v in positions.values())
-
-
-def _save_positions(sub: Subscriber, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.msgpack.encode(sub.positions()))
-    os.replace(tmp, path)

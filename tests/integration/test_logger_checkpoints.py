@@ -100,7 +100,7 @@ def test_a_full_disk_degrades_the_logger_and_it_keeps_sealing(short_tmp: Path) -
     """When the positions file cannot be written (the disk is full), the logger publishes a
     LOG_DEGRADED diagnostic, which it seals, and goes on sealing without a restart."""
     path, run = _launch(short_tmp)
-    # `_save_positions` writes log.store.tmp first: make that the full device.
+    # The positions file is written as log.store.tmp first: make that the full device.
     os.symlink("/dev/full", run.path / "log.store.tmp")
     with Launcher(load(path, run.path), run) as launcher:
         launcher.start()
