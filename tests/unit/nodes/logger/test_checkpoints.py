@@ -8,6 +8,7 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from vigil.nodes.logger._commit import SIDECAR_EVERY_NS
 from vigil.nodes.logger._verify import ExternalCheckpoint, FaultClass, verify_image
 from vigil.nodes.logger.store import (
     CheckpointError,
@@ -177,3 +178,26 @@ def test_the_checkpoint_note_is_a_c2sp_signed_note() -> None:
     assert KEY.verify(checkpoint, signatures[0].key_id, signatures[0].signature)
     with pytest.raises(CheckpointError):
         parse_note(b"go.sum database tree\n5\nAAAA\n\n")
+
+
+def test_the_sidecar_is_rewritten_at_most_once_a_second_and_at_close() -> None:
+    """Back-to-back commits copy their checkpoint outside the ring once a second at most;
+    closing copies the newest, which names the last entry."""
+    notes: list[bytes] = []
+    mono = SimMonotonic(step_ns=10_000)
+    store = LogStore.open(
+        CONFIG, clock=SimClock(), medium=RecordingMedium(bytes(SIZE)), monotonic_ns=mono,
+        signer=SIGNER, sidecar=notes.append,
+    )  # fmt: skip
+    for i in range(50):
+        store.append(node="n", event="diag.event", payload=bytes([i]))
+        store.commit()
+    assert len(notes) == 1  # the first commit's
+    mono.now += SIDECAR_EVERY_NS
+    store.append(node="n", event="diag.event", payload=b"later")
+    store.commit()
+    assert len(notes) == 2
+    last = store.append(node="n", event="diag.event", payload=b"last")
+    store.close()
+    assert len(notes) == 3
+    assert parse_note(notes[-1])[0].size == last
