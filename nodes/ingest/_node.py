@@ -22,6 +22,7 @@ from vigil.nodes.contract import ExitCode, NodeArgs
 from vigil.nodes.ingest._contract import KIND, DegradedPolicy, IngestConfig
 from vigil.nodes.ingest._dispatch import Dispatcher, Request
 from vigil.nodes.ingest._evidence import Evidence, RequestPath, peer_of
+from vigil.nodes.ingest._exits import WorkerExits
 from vigil.nodes.ingest._ratelimit import RateLimiter
 from vigil.nodes.ingest._validate import (
     Limits,
@@ -125,6 +126,8 @@ class _Ingest:
         self.monitor = node.enter(self.backend.get_monitor_socket(zmq.EVENT_DISCONNECTED))
         self.monitor.setsockopt(zmq.LINGER, 0)
         node.poller.register(self.monitor, zmq.POLLIN)
+        # The exit of a local worker process itself, which the drop can precede (`_exits`).
+        self.exits: WorkerExits = node.enter(WorkerExits(node.poller))
         self.hostname = socket.gethostname()
         self.clients = Channel(self.frontend, source=node.args.name, routed=True)
         self.workers = Channel(self.backend, source=node.args.name, routed=True)
@@ -498,6 +501,13 @@ class _Ingest:
             if slot.pid and slot.host == self.hostname and not _alive(slot.pid):
                 self._worker_lost(identity, "exited")
 
+    # implements: SR-DLN-002
+    def on_exits(self, pids: list[int]) -> None:
+        """Local worker processes exited: every connection of theirs is lost."""
+        for identity, slot in list(self.dispatcher.workers.items()):
+            if slot.pid in pids and slot.host == self.hostname:
+                self._worker_lost(identity, "exited")
+
     def _from_worker(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
         now = self.node.clock()
@@ -513,6 +523,8 @@ class _Ingest:
             slot.capacity = body.credit
             slot.pid = body.pid
             slot.host = body.host
+            if body.host == self.hostname:
+                self.exits.watch(body.pid)
             for old in self.dispatcher.same_process(slot):
                 # The worker reconnected; what it held on the old connection goes elsewhere.
                 self._worker_lost(old, "reconnected", failed=False)
@@ -676,6 +688,8 @@ def run(config: IngestConfig, args: NodeArgs) -> ExitCode:
                 ingest.on_worker()
             if events.get(ingest.monitor):
                 ingest.on_disconnect()
+            if exited := ingest.exits.handle(events):
+                ingest.on_exits(exited)
             if events.get(ingest.frontend):
                 ingest.on_client()
             ingest.on_time()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import signal
 import time
@@ -15,7 +17,7 @@ from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.errors import Unavailable
 from vigil.launch import Launcher, load
-from vigil.schemas import InferResult, SafetyState
+from vigil.schemas import DiagCode, InferResult, SafetyState
 from vigil.testing.pipeline import (
     FRAME,
     LoadDriver,
@@ -97,6 +99,82 @@ def test_a_lost_worker_costs_only_its_share(pipeline: tuple[Launcher, LoadDriver
     during = [o for o in driver.ended_since(degraded) if o.done_ns < driver.states[-1][0]]
     assert any(o.result is not None and o.result.worker == "worker.2" for o in during)
     assert not [o for o in during if isinstance(o.error, Unavailable)]
+    driver.drain()
+    assert not driver.lost()
+
+
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (the unified syscall table)
+
+
+def _hold_sockets(pid: int) -> list[int]:
+    """Copies of every socket of process `pid` (pidfd_getfd): its connections outlive it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    held: list[int] = []
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            fd = libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                code = ctypes.get_errno()
+                for copy in held:
+                    os.close(copy)
+                if code in (errno.ENOSYS, errno.EPERM):
+                    pytest.skip(f"pidfd_getfd unavailable here: {os.strerror(code)}")
+                raise OSError(code, os.strerror(code))
+            held.append(fd)
+    finally:
+        os.close(pidfd)
+    return held
+
+
+@pytest.mark.verifies("SR-DLN-002", "SR-DEG-001")
+def test_a_worker_gone_before_its_connections_gets_no_more_work(
+    pipeline: tuple[Launcher, LoadDriver],
+) -> None:
+    """A killed worker's connections can outlive its process (its sockets close late in the
+    exit, or another process holds them): the ingest learns of the exit from the process
+    itself, says the worker exited rather than fell silent, and the survivor serves on."""
+    launcher, driver = pipeline
+    driver.in_flight = 24  # more than both workers take: each always holds work
+    busy = time.monotonic_ns()
+    driver.run_until(
+        lambda: (
+            {"worker.1", "worker.2"}
+            <= {o.result.worker for o in driver.ended_since(busy) if o.result is not None}
+        ),
+        20,
+        "both workers serving",
+    )
+    pid = child_pid(launcher, "worker.1")
+    held = _hold_sockets(pid)
+    try:
+        killed = time.monotonic_ns()
+        os.kill(pid, signal.SIGKILL)
+
+        def lost() -> list[str]:
+            return [
+                d.message
+                for t, d in driver.diags
+                if t >= killed and d.code is DiagCode.WORKER_LOST and "worker.1" in d.message
+            ]
+
+        driver.run_until(lambda: bool(lost()), 20, "the ingest losing worker.1")
+        assert "exited" in lost()[0], lost()
+        seen = time.monotonic_ns()
+        driver.run_until(
+            lambda: any(
+                o.result is not None and o.result.worker == "worker.2"
+                for o in driver.ended_since(seen)
+            ),
+            20,
+            "the surviving worker serving",
+        )
+    finally:
+        for fd in held:
+            os.close(fd)
     driver.drain()
     assert not driver.lost()
 
