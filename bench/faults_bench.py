@@ -23,9 +23,12 @@ before the replacement starts). The exit status is 1 when any fault misses any
 target, and the output names each miss. Process faults use SIGKILL (exit) and SIGSTOP
 (hang). The disk fault runs the pipeline with its run directory on a size-limited tmpfs in a
 private mount namespace (`unshare`), which needs no privileges where user namespaces are on.
+Ctrl-C, SIGTERM or SIGHUP stop it: the pipeline in use stops in order, the faults measured so
+far are reported, and it exits 128 + the signal's number.
 
 `--json PATH` writes {heartbeat_ms, ftti_ms, faults: [{name, lost, typed_errors,
-detect_ms_p99, react_ms_p99, recover_ms_p99, trials, final_state, log_ok, ...}]}.
+detect_ms_p99, react_ms_p99, recover_ms_p99, trials, final_state, log_ok, ...}]}, with
+"interrupted" (the signal's name) when a signal cut the run short.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -56,6 +60,7 @@ from vigil.nodes.worker import FAULT_ABORT_STREAM
 from vigil.schemas import DiagCode, SafetyState
 from vigil.testing.pipeline import (
     ExternalLaunch,
+    Interrupted,
     LoadDriver,
     child_pid,
     classifier_launch,
@@ -100,6 +105,7 @@ class Report:
     final_state: str = ""
     log_ok: bool = False
     error: str = ""
+    interrupted: str = ""  # the stop signal that cut the run short
 
     def p99(self, what: str) -> float | None:
         values = [
@@ -117,6 +123,8 @@ class Report:
         out = []
         if self.error:
             out.append(f"did not complete: {self.error}")
+        if self.interrupted:
+            out.append(f"interrupted by {self.interrupted}")
         if len(self.trials) < wanted:
             out.append(f"{len(self.trials)} trials of {wanted}")
         if self.lost:
@@ -180,6 +188,8 @@ class Pipeline:
         self.launcher: Launcher | None = None
         self.child: ExternalLaunch | None = None
         self.driver: LoadDriver | None = None
+        # The stop signal the in-process launcher took in place of this process's handlers.
+        self.interrupted = ""
 
     # lifecycle
 
@@ -202,8 +212,11 @@ class Pipeline:
             self.driver.close()
             self.driver = None
         if self.launcher is not None:
-            self.launcher.__exit__(None, None, None)
-            self.launcher = None
+            launcher, self.launcher = self.launcher, None
+            launcher.__exit__(None, None, None)
+            # Also one that came where no driver step saw it: at start, or while stopping.
+            if launcher.stopping:
+                self.interrupted = launcher.stop_reason
         if self.child is not None:
             self.child.__exit__()
             self.child = None
@@ -567,15 +580,17 @@ def measure(fault: Fault, folder: Path, trials: int, run_dir: Path | None = None
         p.d.drain()
         report.final_state = str(p.d.state or "")
         report.log_ok = verify_store(p.run.path / "log.store").ok
+    except Interrupted as exc:
+        report.interrupted = exc.reason
     except (TimeoutError, RuntimeError, LaunchError, OSError) as exc:
         report.error = str(exc)[:300]
-        if p.driver is not None:
-            report.final_state = str(p.d.state or "")
     finally:
         if p.driver is not None:
+            report.final_state = report.final_state or str(p.d.state or "")
             report.lost = sum(o.lost for o in p.d.outcomes)
             report.typed_errors = sum(o.error is not None and not o.lost for o in p.d.outcomes)
         p.stop()
+    report.interrupted = report.interrupted or p.interrupted
     return report
 
 
@@ -596,14 +611,22 @@ def _measure_in_namespace(fault: Fault, trials: int) -> Report:
             f" {sys.executable} {Path(__file__).resolve()} --only {fault.name} --trials {trials}"
             f" --in-namespace {mount} --json {out}"
         )
-        done = subprocess.run(
+        with subprocess.Popen(
             [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script],
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-            check=False,
-        )
+        ) as child:
+            try:
+                _, stderr = child.communicate()
+            except BaseException:
+                # Interrupted: the bench in there (sh and unshare exec it) stops its
+                # pipeline in order, as this one does.
+                child.send_signal(signal.SIGTERM)
+                child.wait()
+                raise
         if not out.exists():
-            why = (done.stderr.strip().splitlines() or ["no report"])[-1]
+            why = (stderr.strip().splitlines() or ["no report"])[-1]
             return Report(fault.name, fault.kind, error=f"namespace: {why}"[:300])
         row = json.loads(out.read_text())["faults"][0]
         report = Report(fault.name, fault.kind, error=row["error"])
@@ -620,30 +643,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=20, help="injections per fault")
     parser.add_argument("--in-namespace", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    reports = []
-    for fault in FAULTS:
-        if args.only and args.only not in fault.name:
-            continue
-        if fault.name == "disk-full" and args.in_namespace is None:
-            reports.append(_measure_in_namespace(fault, args.trials))
-            continue
-        with tempfile.TemporaryDirectory(prefix="vg-fault-", dir="/tmp") as tmp:
-            run_dir = Path(args.in_namespace) / "run" if args.in_namespace else None
-            reports.append(measure(fault, Path(tmp), args.trials, run_dir))
-        print(f"{fault.name}: done", file=sys.stderr)
+    reports: list[Report] = []
+    interrupted = ""
+    with _stop_signals():
+        try:
+            for fault in FAULTS:
+                if args.only and args.only not in fault.name:
+                    continue
+                reports.append(_measure_fault(fault, args.trials, args.in_namespace))
+                interrupted = reports[-1].interrupted
+                if interrupted:
+                    break
+                print(f"{fault.name}: done", file=sys.stderr)
+        except Interrupted as exc:  # between two faults' pipelines, or in the namespace's
+            interrupted = exc.reason
     rows = [r.row(args.trials) for r in reports]
     _print(rows)
     if args.json_path:
         for row, report in zip(rows, reports, strict=True):
             row["error"] = report.error
             row["trial_times"] = [_trial(t) for t in report.trials]
-        Path(args.json_path).write_text(
-            json.dumps({"heartbeat_ms": HEARTBEAT_MS, "ftti_ms": FTTI_MS, "faults": rows}, indent=2)
-        )
+        out = {"heartbeat_ms": HEARTBEAT_MS, "ftti_ms": FTTI_MS, "faults": rows}
+        if interrupted:
+            out["interrupted"] = interrupted
+        Path(args.json_path).write_text(json.dumps(out, indent=2))
     missed = [(row["name"], row["misses"]) for row in rows if row["misses"]]
     for name, misses in missed:
         print(f"MISSED {name}: {'; '.join(misses)}")
+    if interrupted:
+        print(f"interrupted by {interrupted}; the pipeline in use was stopped in order")
+        with contextlib.suppress(KeyError):
+            return 128 + signal.Signals[interrupted]
+        return 1
     return 1 if missed else 0
+
+
+def _measure_fault(fault: Fault, trials: int, in_namespace: str | None) -> Report:
+    if fault.name == "disk-full" and in_namespace is None:
+        return _measure_in_namespace(fault, trials)
+    with tempfile.TemporaryDirectory(prefix="vg-fault-", dir="/tmp") as tmp:
+        run_dir = Path(in_namespace) / "run" if in_namespace else None
+        return measure(fault, Path(tmp), trials, run_dir)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP end the bench: each wait loop sees it (an in-process
+    launch's own handlers take the signal meanwhile, and its driver raises `Interrupted`),
+    the pipeline in use is stopped in order, and what was measured so far is reported."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, interrupt) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _trial(t: Trial) -> dict[str, Any]:

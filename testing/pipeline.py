@@ -26,7 +26,7 @@ import zmq
 from vigil.bus.pubsub import Subscriber
 from vigil.bus.rundir import RunDir, resolve_endpoint
 from vigil.client import Client
-from vigil.errors import DeadlineExceeded, RequestError
+from vigil.errors import DeadlineExceeded, RequestError, VigilError
 from vigil.launch.model import NodeSpec, RestartPolicy
 from vigil.launch.supervisor import Launcher
 from vigil.models.repository import RepositoryConfig
@@ -44,6 +44,7 @@ __all__ = [
     "FAST_WATCHDOG",
     "FRAME",
     "ExternalLaunch",
+    "Interrupted",
     "LoadDriver",
     "Outcome",
     "child_pid",
@@ -154,6 +155,15 @@ def ingest_endpoints(launcher: Launcher) -> list[str]:
     ]
 
 
+class Interrupted(VigilError):
+    """A stop signal (or a closed output) arrived while a pipeline was being driven: the
+    caller stops it in order instead of waiting on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"interrupted: {reason}")
+        self.reason = reason
+
+
 @dataclass(slots=True)
 class Outcome:
     """How one request ended."""
@@ -231,7 +241,11 @@ class LoadDriver:
         return seq
 
     def step(self, timeout_ms: float = 20) -> None:
-        """Top up the load, collect replies and state changes, let the launcher supervise."""
+        """Top up the load, collect replies and state changes, let the launcher supervise.
+
+        Interrupted once the launcher was told to stop (its handlers took the signal)."""
+        if self.launcher is not None and self.launcher.stopping:
+            raise Interrupted(self.launcher.stop_reason)
         while not self.paused and self._client.in_flight < self.in_flight:
             self.send()
         ready = dict(self._poller.poll(int(timeout_ms)))
