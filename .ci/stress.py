@@ -9,10 +9,21 @@ asserts a wall-clock budget or the order of independent events.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
+from types import FrameType
 
-_BURN = "while True: pass"
+# Spins until its parent (this script) is gone, however that ends: even a SIGKILL of the
+# script leaves no burner behind.
+_BURN = (
+    "import os, sys\nparent = int(sys.argv[1])\nwhile True:\n    if os.getppid() != parent: break"
+)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str]) -> int:
@@ -22,7 +33,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.command:
         parser.error("no command to run")
-    burners = [subprocess.Popen([sys.executable, "-c", _BURN]) for _ in range(args.burners)]
+    # SIGTERM and SIGHUP end the run as Ctrl-C does: the burners are stopped on the way out.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
+    burners = [
+        subprocess.Popen([sys.executable, "-c", _BURN, str(os.getpid())])
+        for _ in range(args.burners)
+    ]
     try:
         return subprocess.run(args.command, check=False).returncode
     finally:
