@@ -296,11 +296,13 @@ def _earliest(*times: int | None) -> int | None:
 
 def _process_trial(p: Pipeline, label: str, sig: signal.Signals, report: Report) -> None:
     """SIGKILL or SIGSTOP one node; wait for detection, the restart and NORMAL."""
-    target = p.serving_ingest() if label == "ingest" else label
-    old = p.pid(target)
     before = time.monotonic_ns()
     p.d.run_for(1.0)
     steady_rate = p.throughput(before, time.monotonic_ns())
+    # Read just before the signal: on a loaded host the launcher may have replaced the node
+    # (as hung) during the steady second.
+    target = p.serving_ingest() if label == "ingest" else label
+    old = p.pid(target)
     trial = Trial(time.monotonic_ns())
     os.kill(old, sig)
     try:
