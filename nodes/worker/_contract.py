@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from typing import Annotated
 
 import msgspec
@@ -47,11 +48,26 @@ class EngineConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
 
     task: Task = Task.TEXT_DETECTION
     device: Device = Device.CPU
+    # The worker's core budget (0: every core this process may run on). A lone request runs
+    # on all of them; under load the budget splits into `lanes` batches running side by side.
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    # Batches that may run at once on the CPU (0: one per core of the budget; 1: one session,
+    # no adaptation). More than one costs a second session (the narrow one) in memory.
+    lanes: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     # Detectors take any size that is a multiple of their stride; frames are zero-padded.
     pad_to: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
+
+    def cores(self) -> int:
+        """The core budget: `intra_op_threads`, or every core this process may run on."""
+        return self.intra_op_threads or len(os.sched_getaffinity(0))
+
+    def lane_count(self) -> int:
+        """How many batches may run at once (a GPU engine runs one at a time)."""
+        if self.device is not Device.CPU:
+            return 1
+        return max(1, min(self.lanes or self.cores(), self.cores()))
 
 
 class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -62,7 +78,11 @@ class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     model: Annotated[str, msgspec.Meta(max_length=64)] = ""
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
     max_queue_delay_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 2000
-    # Requests the worker may hold at once; 0 means two batches (one running, one forming).
+    # A request that has waited this long goes before every younger one, whatever their
+    # priority: urgent traffic delays the rest by at most this much.
+    max_starvation_us: Annotated[int, msgspec.Meta(ge=0, le=60_000_000)] = 100_000
+    # Requests the worker may hold at once; 0 means two batches per lane (one running, one
+    # forming).
     credit: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 0
     engine: EngineConfig = EngineConfig()
     warm_height: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 384
@@ -80,6 +100,10 @@ class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     # over to another ingest) gets the same result without a second run (0: none kept).
     dedup_window: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1024
 
+    def held(self) -> int:
+        """How many requests the worker asks for at once (its credit)."""
+        return self.credit or 2 * self.max_batch * self.engine.lane_count()
+
 
 Config = WorkerConfig
 
@@ -90,9 +114,9 @@ def backends(config: WorkerConfig) -> list[str]:
 
 
 def _contract(config: WorkerConfig) -> NodeContract:
-    # A worker asks each ingest for `credit` requests (2 x max_batch by default) and never
-    # holds more from one: with a hot standby ingest idle, all of it serves the active one.
-    credit = (config.credit or 2 * config.max_batch) * len(backends(config))
+    # A worker asks each ingest for `credit` requests (two batches per lane by default) and
+    # never holds more from one: with a hot standby ingest idle, all of it serves the active one.
+    credit = config.held() * len(backends(config))
     return NodeContract(
         publishes=published(Topic.MODEL_EVENT, Topic.DIAGNOSTIC, Topic.BATCH_EVIDENCE),
         subscribes=frozenset({Topic.MODEL_ACTIVE, Topic.MODEL_COMMAND}),

@@ -1,4 +1,4 @@
-"""The inference engine: one onnxruntime session, its batch buffers, pre- and post-processing."""
+"""The inference engine: a model version's sessions, pre- and post-processing of a batch."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from vigil.nodes.worker._buffers import BufferPool
 from vigil.nodes.worker._contract import Device, EngineConfig, Task
 from vigil.nodes.worker._cuda import CudaPath, cuda_available
 from vigil.nodes.worker._postprocess import classification, text_detection
+from vigil.nodes.worker._sessions import build_session, release_freed_memory, sealed_model
 from vigil.schemas import PerceptionOutput
 
 __all__ = ["Engine"]
@@ -35,20 +36,32 @@ def _providers(device: Device) -> list[str | tuple[str, dict[str, str]]]:
 
 
 class Engine:
-    """A loaded model version: its session and everything it needs to serve a batch."""
+    """A loaded model version: its sessions and everything they need to serve a batch.
+
+    On the CPU, with more than one lane, it holds two sessions of the same bytes: the *wide*
+    one uses the whole core budget (a lone request on an idle worker), the *narrow* one a
+    lane's share of it, run from several lanes at once (parallel batches under load).
+    onnxruntime fixes a session's thread count when it is built, hence two.
+    """
 
     def __init__(self, model: bytes, config: EngineConfig, *, name: str, version: str) -> None:
         self.name = name
         self.version = version
         self.sha256 = hashlib.sha256(model).hexdigest()
         self.config = config
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = config.intra_op_threads
-        options.inter_op_num_threads = 1
-        # Bytes, not a path: the session is built from exactly the bytes that were verified.
-        self.session = ort.InferenceSession(
-            model, sess_options=options, providers=_providers(config.device)
-        )
+        providers = _providers(config.device)
+        self.lanes = config.lane_count() if providers[0] == "CPUExecutionProvider" else 1
+        self.wide_threads = config.cores()
+        self.narrow_threads = max(1, self.wide_threads // self.lanes)
+        # Built from exactly the bytes that were verified (see `sealed_model`).
+        with sealed_model(model) as source:
+            self.session = build_session(source, threads=self.wide_threads, providers=providers)
+            self.narrow = self.session
+            if self.lanes > 1:
+                self.narrow = build_session(
+                    source, threads=self.narrow_threads, providers=providers
+                )
+        release_freed_memory()
         self.providers: list[str] = self.session.get_providers()
         model_input = self.session.get_inputs()[0]
         self.input_name: str = model_input.name
@@ -73,6 +86,10 @@ class Engine:
                 bias=self._bias,
             )
 
+    def threads(self, *, wide: bool) -> int:
+        """The intra-op threads a batch runs with on the wide or the narrow session."""
+        return self.wide_threads if wide else self.narrow_threads
+
     @property
     def on_gpu(self) -> bool:
         """Whether batches run through the CUDA path (pinned memory, CuPy, I/O binding)."""
@@ -91,12 +108,16 @@ class Engine:
         step = self.config.pad_to
         return (-(-height // step) * step, -(-width // step) * step)
 
-    def preprocess(self, images: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.generic]:
-        """uint8 HWC frames -> one normalised NCHW batch in a reused aligned buffer."""
+    def preprocess(
+        self, images: Sequence[npt.NDArray[np.uint8]], buffers: BufferPool | None = None
+    ) -> npt.NDArray[np.generic]:
+        """uint8 HWC frames -> one normalised NCHW batch in a reused aligned buffer (from
+        `buffers`: each lane brings its own, so batches running at once never share one)."""
         height = max(img.shape[0] for img in images)
         width = max(img.shape[1] for img in images)
         ph, pw = self.padded(height, width)
-        batch = self._pool.get((len(images), 3, ph, pw), self.dtype)
+        pool = self._pool if buffers is None else buffers
+        batch = pool.get((len(images), 3, ph, pw), self.dtype)
         batch.fill(0)
         for i, img in enumerate(images):
             h, w = img.shape[0], img.shape[1]
@@ -105,9 +126,12 @@ class Engine:
             np.add(out, self._bias, out=out, casting="unsafe")
         return batch
 
-    def infer(self, batch: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
-        """Run the session on a prepared batch; returns the first output."""
-        outputs = self.session.run(None, {self.input_name: batch})
+    def infer(
+        self, batch: npt.NDArray[np.generic], *, wide: bool = True
+    ) -> npt.NDArray[np.float32]:
+        """Run the wide or the narrow session on a prepared batch; returns the first output."""
+        session = self.session if wide else self.narrow
+        outputs = session.run(None, {self.input_name: batch})
         result: npt.NDArray[np.float32] = np.asarray(outputs[0], dtype=np.float32)
         return result
 
@@ -128,19 +152,30 @@ class Engine:
             for i, ((h, w), ts) in enumerate(zip(sizes, timestamps_us, strict=True))
         ]
 
-    def infer_frames(self, images: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+    def infer_frames(
+        self,
+        images: Sequence[npt.NDArray[np.uint8]],
+        *,
+        wide: bool = True,
+        buffers: BufferPool | None = None,
+    ) -> npt.NDArray[np.float32]:
         """Raw model output for a batch of uint8 HWC frames, on the GPU path when there is one
         (the in-process ceiling of the serving benchmark calls exactly this)."""
         if self._cuda is not None and all(img.shape == images[0].shape for img in images):
             h, w = images[0].shape[0], images[0].shape[1]
             return self._cuda.run(images, self.padded(h, w), self.batch_to)
-        return self.infer(self.preprocess(images))
+        return self.infer(self.preprocess(images, buffers), wide=wide)
 
     def run(
-        self, images: Sequence[npt.NDArray[np.uint8]], timestamps_us: Sequence[int]
+        self,
+        images: Sequence[npt.NDArray[np.uint8]],
+        timestamps_us: Sequence[int],
+        *,
+        wide: bool = True,
+        buffers: BufferPool | None = None,
     ) -> list[PerceptionOutput]:
         """Pre-process, infer and post-process one batch of frames."""
-        output = self.infer_frames(images)
+        output = self.infer_frames(images, wide=wide, buffers=buffers)
         return self.postprocess(output, [img.shape[:2] for img in images], timestamps_us)
 
     def warm(self, height: int, width: int, max_batch: int = 1) -> None:
@@ -152,3 +187,5 @@ class Engine:
         if self.on_gpu:
             self.batch_to = max_batch
         self.run([frame], [1])
+        if self.narrow is not self.session:
+            self.run([frame], [1], wide=False)

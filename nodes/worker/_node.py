@@ -7,7 +7,6 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +22,8 @@ from vigil.nodes._logging import trace_fields
 from vigil.nodes._runtime import Node
 from vigil.nodes._tracing import request_spans
 from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.worker._batcher import Batcher
+from vigil.nodes.worker._buffers import BufferPool
 from vigil.nodes.worker._contract import (
     FAULT_ABORT_STREAM,
     FAULT_HANG_STREAM,
@@ -31,6 +32,7 @@ from vigil.nodes.worker._contract import (
     backends,
 )
 from vigil.nodes.worker._engine import Engine
+from vigil.nodes.worker._lanes import Finished, Lanes, plan
 from vigil.nodes.worker._models import ModelLoadError, ModelManager
 from vigil.schemas import (
     BatchEvidence,
@@ -44,6 +46,7 @@ from vigil.schemas import (
     ModelCommand,
     ModelEvent,
     ModelStep,
+    PerceptionOutput,
     Severity,
     Topic,
     WorkerCredit,
@@ -69,8 +72,9 @@ class _Job:
     trace: TraceContext
     request: InferRequest
     image: npt.NDArray[np.uint8]
-    received_ns: int
+    read_ns: int  # when the loop read it (monotonic)
     deadline: Deadline | None  # None: the ingest set none
+    socket_us: int  # from the ingest's dispatch to the read
     parent: TraceContext | None = None  # the ingest's span of the request
     backend: int = 0  # the ingest that asked (index into the worker's backends)
     request_id: bytes = b""
@@ -84,6 +88,17 @@ class _Job:
         return [_Asker(self.backend, self.rid, self.trace), *self.also]
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A batch handed to a lane: its requests and the version that runs them."""
+
+    batch_id: int
+    engine: Engine
+    jobs: list[_Job]
+    formed_ns: int
+    wide: bool
+
+
 @dataclass(frozen=True, slots=True)
 class _BatchTimes:
     """When a batch started, its inference ended and its post-processing ended (monotonic)."""
@@ -91,6 +106,14 @@ class _BatchTimes:
     started: int
     inferred: int
     ended: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Ran:
+    """What a lane returns: one output per frame and when the batch ran."""
+
+    outputs: list[PerceptionOutput]
+    times: _BatchTimes
 
 
 class _Backend:
@@ -124,9 +147,16 @@ class _Worker:
             event=self._event,
             budget_bytes=config.memory_budget_mb << 20,
         )
-        self.pending: deque[_Job] = deque()
+        self.max_batch = config.max_batch
+        self.batcher: Batcher[_Job] = Batcher(
+            max_batch=config.max_batch,
+            delay_ns=config.max_queue_delay_us * 1000,
+            starve_ns=config.max_starvation_us * 1000,
+        )
+        self.lanes: Lanes[_Ran] = node.enter(Lanes(node.ctx, config.engine.lane_count()))
+        node.poller.register(self.lanes.socket, zmq.POLLIN)
+        self.running: dict[int, _Batch] = {}
         self.batch_ids = itertools.count(1)
-        self.delay_ns = config.max_queue_delay_us * 1000
         self.served = 0
         # Spans, exported only where OpenTelemetry is set up.
         self.spans = node.enter(request_spans(f"vigil.{node.args.kind}"))
@@ -192,8 +222,7 @@ class _Worker:
         if self.manager.serving is not None and generation <= self.manager.generation:
             return
         # Finish what is queued on the serving version first: a batch never mixes versions.
-        while self.pending and self.manager.engine is not None:
-            self.run_batch()
+        self.flush()
         previous = self.manager.serving
         try:
             switched = self.manager.activate(a, generation)
@@ -249,7 +278,7 @@ class _Worker:
         engine = self.manager.engine
         assert engine is not None  # offered only once a model serves
         offer = WorkerCredit(
-            credit=(self.config.credit or 2 * self.config.max_batch) if credit is None else credit,
+            credit=self.config.held() if credit is None else credit,
             model=engine.name,
             version=engine.version,
             pid=os.getpid(),
@@ -293,6 +322,7 @@ class _Worker:
                 frames = backend.dealer.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            read_wall = time.time_ns()
             try:
                 incoming = backend.channel.decode(frames)
             except FrameFault as fault:
@@ -300,9 +330,9 @@ class _Worker:
                 asker = _Asker(index, fault.seq, None)
                 self._error(asker, ErrorCode.INTERNAL, "undecodable dispatch")
                 continue
-            self._queue(index, incoming)
+            self._queue(index, incoming, read_wall)
 
-    def _queue(self, index: int, incoming: Incoming) -> None:
+    def _queue(self, index: int, incoming: Incoming, read_wall: int) -> None:
         env = incoming.envelope
         sender = env.trace
         trace = sender.child() if sender is not None else TraceContext.new()
@@ -321,6 +351,8 @@ class _Worker:
         # implements: SR-TIM-002
         budget = env.budget_ns
         deadline = Deadline.after(budget, now) if budget is not None else None
+        # The ingest stamped the dispatch as it sent it: the rest sat in this socket's buffer.
+        socket_us = max(0, read_wall - env.stamp_ns) // 1000
         job = _Job(
             env.seq,
             trace,
@@ -328,11 +360,12 @@ class _Worker:
             image.reshape(h, w, c),
             now,
             deadline,
+            socket_us,
             sender,
             backend=index,
             request_id=env.request_id,
         )
-        self.pending.append(job)
+        self.batcher.push(job, priority=env.priority, now_ns=now)
         if job.request_id:
             self.queued[job.request_id] = job
 
@@ -353,30 +386,36 @@ class _Worker:
         self._send_result(asker, result)
         return True
 
-    def due(self, now: int) -> bool:
-        """Whether a batch should run now: full, or its oldest request waited long enough."""
-        if not self.pending or self.manager.engine is None:
-            return False
-        if len(self.pending) >= self.config.max_batch or self.node.stopping:
-            return True
-        return now - self.pending[0].received_ns >= self.delay_ns
-
     def timeout_ms(self) -> float | None:
-        if not self.pending or self.manager.engine is None:
-            return None
-        left = self.pending[0].received_ns + self.delay_ns - self.node.clock()
-        return max(0.0, left / 1e6)
+        """How long the loop may sleep: until a batch is due, if a lane could take it."""
+        if self.manager.engine is None or not self.lanes.idle:
+            return None  # a lane that finishes wakes the loop through its socket
+        wait = self.batcher.wait_ns(self.node.clock())
+        return None if wait is None else wait / 1e6
 
-    def run_batch(self) -> None:
+    def schedule(self, now: int, *, force: bool = False) -> None:
+        """Start every batch that is due on the lanes that are free (`force`: due or not)."""
         engine = self.manager.engine
-        assert engine is not None  # due() checked it
-        shape = self.pending[0].image.shape
+        if engine is None:
+            return
+        while self.batcher and (force or self.batcher.due(now)):
+            idle = min(self.lanes.idle, engine.lanes - self.lanes.busy)
+            step = plan(
+                ready=len(self.batcher), idle=idle, lanes=engine.lanes, max_batch=self.max_batch
+            )
+            if not step.sizes:
+                return
+            for size in step.sizes:
+                jobs = self._take(engine, now, size)
+                if jobs:
+                    self._start(engine, jobs, now, wide=step.wide)
+
+    def _take(self, engine: Engine, now: int, size: int) -> list[_Job]:
+        """Up to `size` queued frames of one size; answers those that cannot run instead."""
         fixed = engine.fixed_size()
         jobs: list[_Job] = []
-        rest: deque[_Job] = deque()
-        now = self.node.clock()
-        while self.pending and len(jobs) < self.config.max_batch:
-            job = self.pending.popleft()
+        for waiting in self.batcher.take(now, size, key=_frame_shape):
+            job = waiting.item
             if job.deadline is not None and job.deadline.expired(now):
                 self._fail(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
             elif fixed is not None and (
@@ -387,13 +426,11 @@ class _Worker:
                     ErrorCode.INVALID_ARGUMENT,
                     f"frame larger than the model input {fixed[0]}x{fixed[1]}",
                 )
-            elif job.image.shape == shape:
-                jobs.append(job)
             else:
-                rest.append(job)
-        self.pending.extendleft(reversed(rest))
-        if not jobs:
-            return
+                jobs.append(job)
+        return jobs
+
+    def _start(self, engine: Engine, jobs: list[_Job], now: int, *, wide: bool) -> None:
         batch_id = next(self.batch_ids)
         if self.config.fault_injection and any(
             j.request.stream_id == FAULT_ABORT_STREAM for j in jobs
@@ -405,31 +442,45 @@ class _Worker:
             self.node.record("critical", "worker.fault_injected", fault="hang", batch=batch_id)
             # Signal handlers still run, but the loop that would act on them never turns again.
             threading.Event().wait()
-        clock = self.node.clock
-        started = clock()
         images = [j.image for j in jobs]
-        try:
-            raw = engine.infer_frames(images)
+        stamps = [j.request.frame_ts_us for j in jobs]
+        clock = self.node.clock
+
+        def work(buffers: BufferPool) -> _Ran:
+            started = clock()
+            raw = engine.infer_frames(images, wide=wide, buffers=buffers)
             inferred = clock()
-            outputs = engine.postprocess(
-                raw, [img.shape[:2] for img in images], [j.request.frame_ts_us for j in jobs]
-            )
-        # onnxruntime's errors share no base below Exception; one batch's failure must not
-        # become the node's.
-        except Exception as exc:  # noqa: BLE001
-            failed = clock()
+            outputs = engine.postprocess(raw, [img.shape[:2] for img in images], stamps)
+            return _Ran(outputs, _BatchTimes(started, inferred, clock()))
+
+        tag = self.lanes.start(work, wide=wide)
+        self.running[tag] = _Batch(batch_id, engine, jobs, now, wide)
+
+    def on_finished(self) -> None:
+        """Answer every request of the batches the lanes finished."""
+        for done in self.lanes.finished():
+            self._answer(done)
+
+    def _answer(self, done: Finished[_Ran]) -> None:
+        batch = self.running.pop(done.tag)
+        engine = batch.engine
+        if done.result is None:
+            failed = self.node.clock()
             self.node.diag(
                 DiagCode.INFERENCE_FAILED,
-                f"batch {batch_id} failed: {type(exc).__name__}",
+                f"batch {batch.batch_id} failed: {type(done.error).__name__}",
                 severity=Severity.ERROR,
             )
-            for job in jobs:
+            for job in batch.jobs:
                 self._fail(job, ErrorCode.INTERNAL, "inference failed")
-            self._observed(batch_id, jobs, _BatchTimes(started, failed, failed), failed=True)
+            times = _BatchTimes(batch.formed_ns, failed, failed)
+            self._observed(batch, times, failed=True)
             return
-        times = _BatchTimes(started, inferred, clock())
-        infer_us = (times.ended - started) // 1000
-        for job, output in zip(jobs, outputs, strict=True):
+        ran = done.result
+        times = ran.times
+        infer_us = (times.ended - times.started) // 1000
+        threads = engine.threads(wide=batch.wide)
+        for job, output in zip(batch.jobs, ran.outputs, strict=True):
             result = InferResult(
                 stream_id=job.request.stream_id,
                 frame_ts_us=job.request.frame_ts_us,
@@ -437,67 +488,60 @@ class _Worker:
                 model=engine.name,
                 version=engine.version,
                 worker=self.node.args.label,
-                batch_id=batch_id,
-                batch_size=len(jobs),
-                queue_us=(started - job.received_ns) // 1000,
+                batch_id=batch.batch_id,
+                batch_size=len(batch.jobs),
+                queue_us=(batch.formed_ns - job.read_ns) // 1000,
                 infer_us=infer_us,
+                socket_us=job.socket_us,
+                threads=threads,
             )
             self.queued.pop(job.request_id, None)
             self.results.keep(job.request_id, result)
             for asker in job.askers:
                 self._send_result(asker, result)
-        self.served += len(jobs)
-        self._observed(batch_id, jobs, times)
+        self.served += len(batch.jobs)
+        self._observed(batch, times)
 
-    def _observed(
-        self, batch_id: int, jobs: list[_Job], times: _BatchTimes, *, failed: bool = False
-    ) -> None:
+    def _observed(self, batch: _Batch, times: _BatchTimes, *, failed: bool = False) -> None:
         """Publish the batch's evidence (per-batch metrics observe it once) and its spans."""
-        engine = self.manager.engine
-        assert engine is not None
+        engine = batch.engine
         self.node.publisher.publish(
             Topic.BATCH_EVIDENCE,
             BatchEvidence(
                 worker=self.node.args.label,
                 model=engine.name,
                 version=engine.version[:64],
-                batch_id=batch_id,
-                size=len(jobs),
+                batch_id=batch.batch_id,
+                size=len(batch.jobs),
                 infer_us=(times.inferred - times.started) // 1000,
                 postprocess_us=(times.ended - times.inferred) // 1000,
                 failed=failed,
             ),
         )
         if self.spans.enabled:
-            self._record_spans(batch_id, jobs, times, failed=failed, engine=engine)
+            self._record_spans(batch, times, failed=failed)
 
-    def _record_spans(
-        self,
-        batch_id: int,
-        jobs: list[_Job],
-        times: _BatchTimes,
-        *,
-        failed: bool,
-        engine: Engine,
-    ) -> None:
+    def _record_spans(self, batch: _Batch, times: _BatchTimes, *, failed: bool) -> None:
         """A span for the batch (its own trace, linked to every request it served) and, per
-        request, `worker.request` under the ingest's span with its queue wait, inference and
-        post-processing, linked back to the batch."""
+        request, `worker.request` under the ingest's span with its socket-buffer wait, queue
+        wait, inference and post-processing, linked back to the batch."""
         now = self.node.clock()
         to_wall = time.time_ns() - now
         spans = self.spans
-        batch = TraceContext.new()
+        engine, jobs = batch.engine, batch.jobs
+        trace = TraceContext.new()
         error = "INTERNAL" if failed else ""
         attributes = {
-            "vigil.batch_id": batch_id,
+            "vigil.batch_id": batch.batch_id,
             "vigil.batch_size": len(jobs),
             "vigil.model": engine.name,
             "vigil.version": engine.version,
             "vigil.worker": self.node.args.label,
+            "vigil.threads": engine.threads(wide=batch.wide),
         }
         spans.record(
             "worker.batch",
-            batch,
+            trace,
             start_ns=times.started + to_wall,
             end_ns=times.ended + to_wall,
             attributes=attributes,
@@ -509,15 +553,16 @@ class _Worker:
                 "worker.request",
                 job.trace,
                 parent=job.parent,
-                start_ns=job.received_ns + to_wall,
+                start_ns=job.read_ns + to_wall,
                 end_ns=now + to_wall,
                 attributes={"vigil.stream_id": job.request.stream_id, **attributes},
-                links=[batch],
+                links=[trace],
                 error=error,
                 server=True,
             )
             for name, start, end in (
-                ("worker.queue", job.received_ns, times.started),
+                ("worker.socket", job.read_ns - job.socket_us * 1000, job.read_ns),
+                ("worker.queue", job.read_ns, batch.formed_ns),
                 ("worker.inference", times.started, times.inferred),
                 ("worker.postprocess", times.inferred, times.ended),
             ):
@@ -527,8 +572,15 @@ class _Worker:
                     parent=job.trace,
                     start_ns=start + to_wall,
                     end_ns=end + to_wall,
-                    error=error if name != "worker.queue" else "",
+                    error=error if name in ("worker.inference", "worker.postprocess") else "",
                 )
+
+    def flush(self) -> None:
+        """Run everything queued and wait for every running batch (a switch, or the exit)."""
+        while self.manager.engine is not None and (self.batcher or self.lanes.busy):
+            self.schedule(self.node.clock(), force=True)
+            for done in self.lanes.wait(100):
+                self._answer(done)
 
     def _send_result(self, asker: _Asker, result: InferResult) -> None:
         channel = self.backends[asker.backend].channel
@@ -548,6 +600,10 @@ class _Worker:
         self.node.log.warning("request.error", code=str(code), why=why, **trace_fields(asker.trace))
 
 
+def _frame_shape(job: _Job) -> tuple[int, ...]:
+    return job.image.shape
+
+
 def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:
     """Serve batches until SIGTERM/SIGINT; what is queued is still answered before exit."""
     with Node(args) as node:
@@ -562,9 +618,9 @@ def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:
                     worker.on_link(backend)
                 if events.get(backend.dealer):
                     worker.on_requests(index)
-            while worker.due(node.clock()):
-                worker.run_batch()
-        while worker.pending and worker.manager.engine is not None:
-            worker.run_batch()
+            if events.get(worker.lanes.socket):
+                worker.on_finished()
+            worker.schedule(node.clock())
+        worker.flush()
         node.log.info("node.stopping", reason=node.stop_reason, served=worker.served)
     return ExitCode.OK

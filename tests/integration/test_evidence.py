@@ -221,6 +221,7 @@ def test_spans_form_one_tree_across_processes(run: Run) -> None:
         "ingest.admission",
         "ingest.queue",
         "worker.request",
+        "worker.socket",
         "worker.queue",
         "worker.inference",
         "worker.postprocess",
@@ -231,7 +232,7 @@ def test_spans_form_one_tree_across_processes(run: Run) -> None:
     assert parent["ingest.request"] == f"0x{client.context.span_id:016x}"
     for child in ("ingest.admission", "ingest.queue", "worker.request"):
         assert parent[child] == span_id["ingest.request"], child
-    for child in ("worker.queue", "worker.inference", "worker.postprocess"):
+    for child in ("worker.socket", "worker.queue", "worker.inference", "worker.postprocess"):
         assert parent[child] == span_id["worker.request"], child
     (batch_link,) = by_name["worker.request"]["links"]
     batch = next(

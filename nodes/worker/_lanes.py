@@ -1,0 +1,166 @@
+"""Lanes: the threads that run a worker's batches, and how the free cores are shared out.
+
+The node loop keeps the sockets; a lane only runs the batch it is handed (onnxruntime
+releases the GIL) and tells the loop it finished through an `inproc://` socket that the lane
+thread itself creates, so no socket crosses a thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import zmq
+
+from vigil.bus.closing import Closing
+from vigil.nodes.worker._buffers import BufferPool
+
+__all__ = ["Finished", "Lanes", "Plan", "plan"]
+
+R = TypeVar("R")
+Work = Callable[[BufferPool], R]
+
+_ids = itertools.count()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Batches to start now: one per lane, of these sizes; `wide` runs one on every core."""
+
+    wide: bool
+    sizes: tuple[int, ...]
+
+
+def plan(*, ready: int, idle: int, lanes: int, max_batch: int) -> Plan:
+    """How to run `ready` queued requests on the `idle` lanes out of `lanes`.
+
+    A lone request on an idle worker runs wide, on every core: the latency of one request
+    alone. Anything more runs as parallel batches on separate lanes, one core share each,
+    which wastes nothing on synchronising threads (throughput). A wide batch holds every
+    lane, so nothing else starts beside it and the cores are never oversubscribed.
+    """
+    if ready <= 0 or idle <= 0:
+        return Plan(wide=False, sizes=())
+    if idle == lanes and (ready == 1 or lanes == 1):
+        return Plan(wide=True, sizes=(min(ready, max_batch),))
+    count = min(idle, ready)
+    base, extra = divmod(min(ready, count * max_batch), count)
+    return Plan(wide=False, sizes=tuple(base + (i < extra) for i in range(count)))
+
+
+@dataclass(frozen=True, slots=True)
+class Finished(Generic[R]):
+    """A batch a lane has run: its tag, and what it returned or raised."""
+
+    tag: int
+    result: R | None
+    error: BaseException | None
+
+
+class _Lane(threading.Thread):
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, index: int) -> None:
+        super().__init__(name=f"lane-{index}", daemon=True)
+        self.ctx = ctx
+        self.endpoint = endpoint
+        self.inbox: queue.SimpleQueue[tuple[int, Work[object]] | None] = queue.SimpleQueue()
+        self.outbox: queue.SimpleQueue[Finished[object]] = queue.SimpleQueue()
+        self.buffers = BufferPool()  # this lane's own: batches running at once never share
+
+    def run(self) -> None:
+        with self.ctx.socket(zmq.PUSH) as wake:
+            wake.setsockopt(zmq.LINGER, 0)
+            wake.connect(self.endpoint)
+            while (job := self.inbox.get()) is not None:
+                tag, work = job
+                try:
+                    done = Finished(tag, work(self.buffers), None)
+                # The inference engine's errors share no base below Exception; a batch's
+                # failure is reported to the loop, which answers each of its requests.
+                except Exception as exc:  # noqa: BLE001
+                    done = Finished(tag, None, exc)
+                self.outbox.put(done)
+                wake.send(b"")
+
+
+class Lanes(Closing, Generic[R]):
+    """`count` lane threads; `start` hands one a batch, `finished` collects what ran.
+
+    Only the node loop calls these methods. `socket` becomes readable when a lane finished.
+    """
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], count: int) -> None:
+        self.count = count
+        endpoint = f"inproc://vigil-lanes-{next(_ids)}"
+        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.PULL)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(endpoint)
+        self._lanes = [_Lane(ctx, endpoint, i) for i in range(count)]
+        self._busy: dict[int, int] = {}  # lane index -> tag
+        self._wide = False
+        self._tags = itertools.count(1)
+        self._closed = False
+        for lane in self._lanes:
+            lane.start()
+
+    @property
+    def idle(self) -> int:
+        """Lanes free to start a batch (none while a wide batch holds them all)."""
+        return 0 if self._wide else self.count - len(self._busy)
+
+    @property
+    def busy(self) -> int:
+        """Batches running."""
+        return len(self._busy)
+
+    def start(self, work: Work[R], *, wide: bool = False) -> int:
+        """Run `work` on a free lane (on all of them when `wide`); returns its tag."""
+        if self.idle == 0 or (wide and self._busy):
+            raise RuntimeError("no free lane")  # the plan never asks for one
+        index = next(i for i in range(self.count) if i not in self._busy)
+        tag = next(self._tags)
+        self._busy[index] = tag
+        self._wide = wide
+        self._lanes[index].inbox.put((tag, work))
+        return tag
+
+    def finished(self) -> list[Finished[R]]:
+        """The batches that ended since the last call (their lanes are free again)."""
+        while True:
+            try:
+                self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        out: list[Finished[R]] = []
+        for index, tag in list(self._busy.items()):
+            lane = self._lanes[index]
+            try:
+                done = lane.outbox.get_nowait()
+            except queue.Empty:
+                continue
+            assert done.tag == tag  # a lane runs one batch at a time
+            del self._busy[index]
+            out.append(done)  # type: ignore[arg-type]
+        if not self._busy:
+            self._wide = False
+        return out
+
+    def wait(self, timeout_ms: int) -> list[Finished[R]]:
+        """Block up to `timeout_ms` for a batch to end; what `finished` returns then."""
+        if self._busy:
+            self.socket.poll(timeout_ms)
+        return self.finished()
+
+    def close(self) -> None:
+        """Let each lane finish its batch, then stop the threads and close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        for lane in self._lanes:
+            lane.inbox.put(None)
+        for lane in self._lanes:
+            lane.join()
+        self.socket.close(linger=0)

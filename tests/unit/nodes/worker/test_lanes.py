@@ -1,0 +1,113 @@
+"""Lanes: how free cores are shared out, and the threads that run batches."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from vigil.nodes.worker._buffers import BufferPool
+from vigil.nodes.worker._lanes import Lanes, Plan, plan
+
+
+def test_lone_request_on_idle_worker_runs_wide() -> None:
+    """One request and every lane free: one batch on every core."""
+    assert plan(ready=1, idle=2, lanes=2, max_batch=4) == Plan(wide=True, sizes=(1,))
+
+
+def test_load_runs_as_parallel_batches() -> None:
+    """More than one request: batches side by side, one per free lane, split evenly."""
+    assert plan(ready=4, idle=2, lanes=2, max_batch=4) == Plan(wide=False, sizes=(2, 2))
+    assert plan(ready=5, idle=2, lanes=2, max_batch=4) == Plan(wide=False, sizes=(3, 2))
+    assert plan(ready=2, idle=4, lanes=4, max_batch=4) == Plan(wide=False, sizes=(1, 1))
+    assert plan(ready=20, idle=2, lanes=2, max_batch=4) == Plan(wide=False, sizes=(4, 4))
+
+
+def test_busy_lane_leaves_the_rest_narrow() -> None:
+    """With a lane busy, even a lone request runs on its own lane's share only."""
+    assert plan(ready=1, idle=1, lanes=2, max_batch=4) == Plan(wide=False, sizes=(1,))
+
+
+def test_single_lane_always_runs_wide() -> None:
+    """One lane: every batch uses the whole budget."""
+    assert plan(ready=6, idle=1, lanes=1, max_batch=4) == Plan(wide=True, sizes=(4,))
+
+
+def test_nothing_to_start() -> None:
+    """No request or no free lane: nothing starts."""
+    assert plan(ready=0, idle=2, lanes=2, max_batch=4).sizes == ()
+    assert plan(ready=3, idle=0, lanes=2, max_batch=4).sizes == ()
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    with zmq.Context() as context:
+        yield context
+
+
+def test_batches_run_side_by_side(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """Two lanes run two batches at once; each comes back with its tag and result."""
+    both = threading.Barrier(2, timeout=30)
+
+    def work(value: int) -> object:
+        def run(buffers: BufferPool) -> int:
+            both.wait()  # returns only if the other batch runs at the same time
+            return value
+
+        return run
+
+    with Lanes[int](ctx, 2) as lanes:
+        a = lanes.start(work(1))
+        b = lanes.start(work(2))
+        assert lanes.idle == 0
+        done = []
+        while len(done) < 2:
+            done += lanes.wait(30_000)
+        assert {(f.tag, f.result) for f in done} == {(a, 1), (b, 2)}
+        assert lanes.idle == 2
+
+
+def test_wide_batch_holds_every_lane(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """While a wide batch runs no lane is free, and a wide batch needs all of them free."""
+    release = threading.Event()
+    with Lanes[int](ctx, 2) as lanes:
+        lanes.start(lambda buffers: int(release.wait(30)), wide=True)
+        assert lanes.idle == 0
+        with pytest.raises(RuntimeError):
+            lanes.start(lambda buffers: 0)
+        release.set()
+        assert [f.result for f in lanes.wait(30_000)] == [1]
+        assert lanes.idle == 2
+
+
+def test_failed_batch_reports_its_error(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """An exception in a batch comes back as its error; the lane stays usable."""
+
+    def fail(buffers: BufferPool) -> int:
+        raise ValueError("broken model")
+
+    with Lanes[int](ctx, 1) as lanes:
+        lanes.start(fail)
+        (done,) = lanes.wait(30_000)
+        assert done.result is None and isinstance(done.error, ValueError)
+        lanes.start(lambda buffers: 7)
+        assert [f.result for f in lanes.wait(30_000)] == [7]
+
+
+def test_each_lane_brings_its_own_buffers(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """Batches running at once never share a buffer pool."""
+    both = threading.Barrier(2, timeout=30)
+    with Lanes[int](ctx, 2) as lanes:
+
+        def pool_id(buffers: BufferPool) -> int:
+            both.wait()
+            return id(buffers)
+
+        lanes.start(pool_id)
+        lanes.start(pool_id)
+        done = []
+        while len(done) < 2:
+            done += lanes.wait(30_000)
+        assert done[0].result != done[1].result
