@@ -113,12 +113,6 @@ def classifier_workers(replicas: int = 2, *, threads: int = 1, **config: Any) ->
     engine = EngineConfig(
         task=Task.CLASSIFICATION, mean=(0, 0, 0), std=(1, 1, 1), intra_op_threads=threads
     )
-    worker = WorkerConfig(
-        max_batch=4,
-        max_queue_delay_us=1000,
-        warm_height=32,
-        warm_width=32,
-        engine=engine,
-        **config,
-    )
+    fields: dict[str, Any] = {"max_batch": 4, "max_queue_delay_us": 1000, **config}
+    worker = WorkerConfig(warm_height=32, warm_width=32, engine=engine, **fields)
     return node("worker", worker, replicas=replicas)

@@ -1,0 +1,61 @@
+"""Dynamic batching and adaptive lanes, counted from the stage stamps of real results."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from vigil.bus.rundir import RunDir
+from vigil.client import Client
+from vigil.launch import Launcher, load
+from vigil.nodes.ingest import IngestConfig
+from vigil.schemas import InferResult
+from vigil.testing.launchfiles import launch_file, node, write
+from vigil.testing.modelgen import classifier_workers, signed_pair
+from vigil.testing.pipeline import classifier_serving
+
+FRAME = np.full((32, 32, 3), 90, dtype=np.uint8)
+# Long enough that a batch never leaves for want of company while its burst is sent.
+DELAY_US = 3_000_000
+
+
+def _results(client: Client, count: int, first_ts: int) -> list[InferResult]:
+    for i in range(count):
+        client.submit(FRAME, stream_id=f"s{i}", frame_ts_us=first_ts, deadline_s=60)
+    results = []
+    while len(results) < count:
+        reply = client.poll(60_000)
+        assert reply is not None
+        _, outcome = reply
+        assert isinstance(outcome, InferResult), outcome
+        results.append(outcome)
+    return results
+
+
+def test_batches_form_under_load_and_a_lone_request_runs_wide(short_tmp: Path) -> None:
+    """A burst of max_batch requests leaves as parallel batches larger than one on the narrow
+    lanes; a lone request waits max_queue_delay for company, then runs on every thread."""
+    root, trusted, _ = signed_pair(short_tmp)
+    serving = classifier_serving(root, trusted, workers=1)[:2]
+    workers = classifier_workers(1, threads=2, max_batch=4, max_queue_delay_us=DELAY_US)
+    launch = launch_file(
+        "batching", *serving, workers, node("ingest", IngestConfig(default_deadline_ms=60_000))
+    )
+    run = RunDir(short_tmp / "run")
+    with Launcher(load(write(launch, short_tmp), run.path), run) as launcher:
+        launcher.start()
+        with Client(run.ipc("ingest")) as client:
+            burst = _results(client, 4, first_ts=1)
+            lone = _results(client, 1, first_ts=2)
+
+    # Each batch's requests all say how many they were: the stamps count the batch.
+    members = Counter(r.batch_id for r in burst)
+    assert all(members[r.batch_id] == r.batch_size for r in burst)
+    assert sorted(members.values()) == [2, 2]  # four requests, two lanes side by side
+    assert {r.threads for r in burst} == {1}  # each lane on its share of the cores
+
+    (alone,) = lone
+    assert (alone.batch_size, alone.threads) == (1, 2)  # the whole budget for one request
+    assert alone.queue_us >= DELAY_US  # it waited for company, and left without it
