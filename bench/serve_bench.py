@@ -465,6 +465,7 @@ def pipeline_launch(model: Path, args: argparse.Namespace, folder: Path) -> Path
             node("loader", LoaderConfig(pinned=pinned)),
             node("worker", worker, replicas=args.workers),
             node("ingest", IngestConfig(default_deadline_ms=60_000, max_queue=1024)),
+            heartbeat_ms=200,
             ready_timeout_s=300,
         ),
         folder,

@@ -44,7 +44,7 @@ from vigil.schemas import (
     Topic,
 )
 
-__all__ = ["HeartbeatThread", "Node"]
+__all__ = ["IDLE_POLL_MS", "HeartbeatThread", "Node"]
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -59,6 +59,8 @@ _DIAG_LEVELS = {
 # how often it asks again meanwhile.
 _JOIN_TIMEOUT_S = 10.0
 _JOIN_PROBE_MS = 10
+# The longest an idle node loop sleeps in poll: signals and sockets wake it at once anyway.
+IDLE_POLL_MS = 1000.0
 
 
 # implements: SR-HB-001
@@ -66,8 +68,9 @@ class HeartbeatThread(threading.Thread):
     """Publishes the node's heartbeat from its own thread and socket.
 
     Liveness must not depend on the node loop: a worker deep in a long batch is alive. The
-    beat carries how long ago the loop last turned (`loop_age_ms`), so a stuck loop is still
-    visible; a stopped or killed process stops beating altogether.
+    beat carries how long the loop has been away from its poll (`loop_age_ms`; 0 while it
+    waits there), so a stuck loop is still visible; a stopped or killed process stops beating
+    altogether.
     """
 
     def __init__(self, node: Node) -> None:
@@ -108,7 +111,7 @@ class HeartbeatThread(threading.Thread):
                 if stream is not None and stream.dropped:
                     self._report_log(pub, stream)
                     detail["log_lost"] = str(stream.dropped)
-                detail["loop_age_ms"] = str((node.clock() - node.loop_ns) // 1_000_000)
+                detail["loop_age_ms"] = str(node.loop_age_ns() // 1_000_000)
                 if stopping:
                     detail["lifecycle"] = "stopping"
                 pub.publish(
@@ -300,6 +303,7 @@ class Node:
         self._stack.callback(self._supervisor.close)
         self._supervisor.register(self.poller)
         self.loop_ns = clock()
+        self._waiting = False  # the loop sits in poll(): idle, not stuck
         self.heartbeat_detail: dict[str, str] = {}
         # The topics its subscribers take, announced by `ready` as what the node really does.
         self.subscribed: set[str] = set()
@@ -476,11 +480,20 @@ class Node:
         return False
 
     def poll(self, timeout_ms: float | None = None) -> dict[Any, int]:
-        """Wait for socket events or a stop signal (at most `timeout_ms`, else 100 ms)."""
-        self.loop_ns = self.clock()
-        wait = 100.0 if timeout_ms is None else timeout_ms
-        wait = self._supervisor.wait_ms(self.loop_ns, wait)
-        events = dict(self.poller.poll(math.ceil(wait)))
+        """Wait for socket events or a stop signal (at most `timeout_ms`; None: nothing is
+        due, so up to `IDLE_POLL_MS`).
+
+        An idle node sleeps here instead of waking on a short tick: its cost does not depend
+        on traffic, and every wake-up is one the machine's inference cores do not lose.
+        """
+        wait = IDLE_POLL_MS if timeout_ms is None else timeout_ms
+        wait = self._supervisor.wait_ms(self.clock(), wait)
+        self._waiting = True
+        try:
+            events = dict(self.poller.poll(math.ceil(wait)))
+        finally:
+            self._waiting = False
+            self.loop_ns = self.clock()
         self._signals.handle(events)
         if self._supervisor.handle(events, self.clock()):
             self._supervisor_lost()
@@ -493,6 +506,13 @@ class Node:
             f"launcher (pid {self.args.supervisor_pid}) gone; stopping in reverse start order",
             severity=Severity.CRITICAL,
         )
+
+    def loop_age_ns(self) -> int:
+        """How long the loop has been busy since it last returned from `poll` (0 while it
+        waits in `poll`): what a stuck loop shows, read from the heartbeat thread."""
+        if self._waiting:
+            return 0
+        return max(0, self.clock() - self.loop_ns)
 
     def diag(
         self,

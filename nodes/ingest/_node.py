@@ -648,9 +648,11 @@ class _Ingest:
         self.node.heartbeat_detail = detail
 
     def timeout_ms(self) -> float | None:
+        """Until the next deadline, and at most 100 ms while work is open (worker silence is
+        checked on that tick); None when nothing is open: the loop sleeps until traffic."""
         deadline = self.dispatcher.next_deadline()
         if deadline is None:
-            return 100.0
+            return None
         return max(0.0, min(100.0, deadline.remaining_ns(self.node.clock()) / 1e6))
 
 

@@ -420,12 +420,13 @@ class _Loader:
         self.last_switch = f"{model.version} committed" + (f", {how}" if how else "")
         self._show()
 
-    def timeout_ms(self) -> float:
+    def timeout_ms(self) -> float | None:
+        """A 100 ms tick while a switch is under way, until a change settles, else None."""
         now = self.node.clock()
-        waits = [100.0]
+        waits = [100.0] if self.switch is not None else []
         if self.dirty_at is not None:
             waits.append(max(0.0, (self.dirty_at - now) / 1e6))
-        return min(waits)
+        return min(waits, default=None)
 
 
 def _announcement(model: VerifiedModel) -> ModelAnnouncement:
