@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from vigil.schemas import Box, PerceptionOutput
 from vigil.schemas.infer import MAX_BOXES, MAX_X, MAX_Y
@@ -28,6 +27,9 @@ def text_detection(
     A DB detector predicts shrunk text kernels; each region is grown back by the standard
     offset area * ratio / perimeter, as the model's own post-processing does.
     """
+    # Imported here: a worker serving a classifier never pays SciPy's memory and start-up.
+    from scipy import ndimage  # noqa: PLC0415
+
     region = prob[:height, :width]
     if not np.isfinite(region).all():
         raise ValueError("the model produced a non-finite probability map")
