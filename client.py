@@ -5,6 +5,11 @@ it sends to one, and when that one dies or falls silent it re-sends what it had 
 to the next at once. Every request carries a client-unique id (this client's random session
 and its sequence number) that stays the same on every re-send, so the pipeline executes and
 answers it at most once; the client delivers exactly one outcome per request.
+
+Frames for the ingests on this host go through the client's shared-memory pool (`bus.shm`):
+only a descriptor travels, a re-send to another of them names the same slot, and the slot is
+lent until the request has ended for the client. A link to an ingest elsewhere carries the
+pixels themselves.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import asyncio
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -32,6 +38,7 @@ from vigil.bus.curve import CurveConfig, secure
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.bus.failover import LINK_EVENTS, Failover, Outstanding, configure_link, link_change
+from vigil.bus.shm import FramePool, ensure_pool_dir
 from vigil.errors import (
     DeadlineExceeded,
     InternalError,
@@ -39,7 +46,8 @@ from vigil.errors import (
     Unavailable,
     error_from_reply,
 )
-from vigil.schemas import ErrorCode, ErrorReply, InferRequest, InferResult, TensorRef
+from vigil.schemas import ErrorCode, ErrorReply, InferRequest, InferResult, SharedFrame, TensorRef
+from vigil.schemas.infer import MAX_FRAME_BYTES
 
 __all__ = ["Answer", "AsyncClient", "Client", "Reply"]
 
@@ -105,6 +113,81 @@ def _endpoints(endpoint: str | Sequence[str]) -> list[str]:
 
 def _request_id(session: int, seq: int) -> bytes:
     return session.to_bytes(8, "big") + seq.to_bytes(8, "big")
+
+
+class _SharedSlots(Closing):
+    """The client's shared-memory pool, for the ingests on this host: frames go into its
+    slots and only descriptors travel, on the links that can read the pool (`ipc://`
+    endpoints in one run directory). Each slot is lent to one request and given back once
+    that request has ended for the client, however many ingests it went to.
+
+    When every slot is lent, or a frame is larger than a slot, or the pool cannot be made,
+    the frame travels as a buffer instead: a request never waits for a slot.
+    """
+
+    def __init__(self, endpoints: list[str], enabled: bool | None, slots: int) -> None:
+        local = [
+            Path(e[len("ipc://") :]).parent if e.startswith("ipc://") else None for e in endpoints
+        ]
+        self._run_dir = next((d for d in local if d is not None), None)
+        if enabled is False:
+            self._run_dir = None
+        # Which links reach an ingest that reads this pool; the others get the pixels.
+        self.links = [d is not None and d == self._run_dir for d in local]
+        self._slots = slots
+        self.pool: FramePool | None = None
+
+    def place(self, frame: npt.NDArray[np.uint8]) -> tuple[int, SharedFrame] | None:
+        """A slot holding `frame` and its descriptor, or None to send the frame itself."""
+        pool = self.pool if self.pool is not None else self._open()
+        if pool is None or frame.nbytes > pool.slot_bytes:
+            return None
+        slot = pool.acquire()
+        if slot is None:
+            return None
+        return slot, pool.put(slot, frame)
+
+    def _open(self) -> FramePool | None:
+        if self._run_dir is None or not self._run_dir.is_dir():
+            return None  # remote, or the run has not started yet: frames go as buffers
+        try:
+            directory = ensure_pool_dir(self._run_dir)
+            self.pool = FramePool(directory, slots=self._slots, slot_bytes=MAX_FRAME_BYTES)
+        except OSError:
+            self._run_dir = None  # no shared memory here: buffers from now on
+            return None
+        return self.pool
+
+    def give_back(self, request: Outstanding) -> None:
+        """`request` ended for the client: its slot (if it had one) is free again."""
+        if request.slot is not None and self.pool is not None:
+            self.pool.release(request.slot)
+
+    def parts(
+        self, channel: Channel, image: npt.NDArray[np.uint8], request: InferRequest
+    ) -> tuple[list[bytes | memoryview], Callable[[], list[bytes | memoryview]] | None, int | None]:
+        """The body and buffer frames of a request; for a frame placed in a slot, how to make
+        the frames carrying its pixels (for a link that cannot read the pool), and the slot."""
+        placed = self.place(image) if image.dtype == np.uint8 else None
+        if placed is None:
+            # The frame's pixels go out without a copy (and stay referenced for a re-send).
+            return [channel.encode(request), image.reshape(-1).data], None, None
+        slot, shared = placed
+        pool = self.pool
+        assert pool is not None  # placed in it
+
+        def inline() -> list[bytes | memoryview]:
+            # Copied from the slot, which stays the request's until it ends: the caller may
+            # have reused its own array since.
+            return [channel.encode(request), pool.copy(slot, image.nbytes)]
+
+        body = msgspec.structs.replace(request, shm=shared)
+        return [channel.encode(body)], inline, slot
+
+    def close(self) -> None:
+        """Remove the pool."""
+        if self.pool is not None:
+            self.pool.close()
 
 
 def _request(
@@ -186,11 +269,21 @@ class _Links:
             self.sockets.append(sock)
             self.monitors.append(monitor)
 
-    def send(self, channel: Channel, failover: Failover, request: Outstanding, link: int) -> bool:
+    def send(
+        self,
+        channel: Channel,
+        failover: Failover,
+        request: Outstanding,
+        link: int,
+        *,
+        shared: bool,
+    ) -> bool:
         """Send (or re-send, stamped anew) `request` on `link` without ever blocking; False
-        if the link cannot take it now."""
+        if the link cannot take it now. `shared`: the link's ingest reads the client's
+        shared memory, so a frame there goes as its descriptor; else as its pixels."""
         envelope = channel.restamp(request.envelope) if request.sends else request.envelope
-        frames = [channel.encode(envelope), *request.parts]
+        parts = request.parts if shared or request.inline is None else request.inline()
+        frames = [channel.encode(envelope), *parts]
         try:
             sent = self.sockets[link].send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -226,13 +319,20 @@ class Client(Closing):
         priority: int = 0,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: CurveConfig | None = None,
+        shared_memory: bool | None = None,
+        pool_slots: int = 16,
     ) -> None:
         self._stack = ExitStack()
+        endpoints = _endpoints(endpoint)
+        # Frames for a same-host ingest go through shared memory (None: whenever possible).
+        self.slots = self._stack.enter_context(_SharedSlots(endpoints, shared_memory, pool_slots))
         if ctx is None:
             ctx = self._stack.enter_context(zmq.Context())
-        self._links = _Links(self._stack, ctx, _endpoints(endpoint), curve)
+        self._links = _Links(self._stack, ctx, endpoints, curve)
         self.channel = Channel(self._links.sockets[0], source=name, session=secrets.randbits(63))
-        self.failover = Failover(len(self._links.sockets), max_waiting=_MAX_WAITING)
+        self.failover = Failover(
+            len(self._links.sockets), max_waiting=_MAX_WAITING, ended=self.slots.give_back
+        )
         self.tenant = tenant
         self.priority = priority
         self._connected = False  # whether a link was ever up (or waited for once)
@@ -273,10 +373,10 @@ class Client(Closing):
             tenant=self.tenant,
             model=model,
         )
-        # The frame's pixels go out without a copy (and stay referenced for a re-send).
-        parts: list[bytes | memoryview] = [self.channel.encode(request), image.reshape(-1).data]
+        parts, inline, slot = self.slots.parts(self.channel, image, request)
+        give_up = deadline.later(_GRACE_NS)
         self._launch(
-            Outstanding(envelope.seq, envelope, parts, deadline, deadline.later(_GRACE_NS))
+            Outstanding(envelope.seq, envelope, parts, deadline, give_up, inline=inline, slot=slot)
         )
         return envelope.seq
 
@@ -320,6 +420,7 @@ class Client(Closing):
             self._first_link(request.deadline)
         link = self.failover.choose()
         if (link is None or not self._send(request, link)) and not self.failover.has_room():
+            self.slots.give_back(request)  # never tracked: it ends here
             raise _unreachable()
         self.failover.add(request)
 
@@ -342,7 +443,8 @@ class Client(Closing):
             self._on_links(dict(monitors.poll(math.ceil(left_ms))))
 
     def _send(self, request: Outstanding, link: int) -> bool:
-        return self._links.send(self.channel, self.failover, request, link)
+        shared = self.slots.links[link]
+        return self._links.send(self.channel, self.failover, request, link, shared=shared)
 
     def _on_links(self, events: dict[Any, int]) -> None:
         """Follow the links' monitors: re-send at once what a lost link held."""
@@ -506,11 +608,16 @@ class AsyncClient:
         priority: int = 0,
         ctx: zmq.asyncio.Context | None = None,
         curve: CurveConfig | None = None,
+        shared_memory: bool | None = None,
+        pool_slots: int = 16,
     ) -> None:
         self._stack = ExitStack()
+        endpoints = _endpoints(endpoint)
+        # Frames for a same-host ingest go through shared memory (None: whenever possible).
+        self.slots = self._stack.enter_context(_SharedSlots(endpoints, shared_memory, pool_slots))
         if ctx is None:
             ctx = self._stack.enter_context(zmq.asyncio.Context())
-        self._links = _Links(self._stack, ctx, _endpoints(endpoint), curve)
+        self._links = _Links(self._stack, ctx, endpoints, curve)
         # The channel only numbers, encodes and decodes here; every send and receive goes
         # through the awaitable sockets themselves.
         self.channel = Channel(
@@ -518,7 +625,9 @@ class AsyncClient:
             source=name,
             session=secrets.randbits(63),
         )
-        self.failover = Failover(len(self._links.sockets), max_waiting=_MAX_WAITING)
+        self.failover = Failover(
+            len(self._links.sockets), max_waiting=_MAX_WAITING, ended=self.slots.give_back
+        )
         self.tenant = tenant
         self.priority = priority
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
@@ -572,7 +681,8 @@ class AsyncClient:
                     break
 
     def _send(self, request: Outstanding, link: int) -> bool:
-        return self._links.send(self.channel, self.failover, request, link)
+        shared = self.slots.links[link]
+        return self._links.send(self.channel, self.failover, request, link, shared=shared)
 
     async def infer(
         self,
@@ -623,15 +733,19 @@ class AsyncClient:
             tenant=self.tenant,
             model=model,
         )
+        parts, inline, slot = self.slots.parts(self.channel, image, request)
         outstanding = Outstanding(
             envelope.seq,
             envelope,
-            [self.channel.encode(request), image.reshape(-1).data],
+            parts,
             deadline,
             deadline.later(_GRACE_NS),
+            inline=inline,
+            slot=slot,
         )
         link = self.failover.choose()
         if (link is None or not self._send(outstanding, link)) and not self.failover.has_room():
+            self.slots.give_back(outstanding)  # never tracked: it ends here
             return Answer(envelope.seq, _unreachable())
         self.failover.add(outstanding)
         waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()

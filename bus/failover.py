@@ -14,7 +14,7 @@ deadline. `Failover` is the bookkeeping alone, with no I/O: the clients do the s
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,13 +76,26 @@ class Outstanding:
     link: int | None = None
     """The link it went on; None while it waits for one."""
     sends: int = 0
+    inline: Callable[[], Sequence[bytes | memoryview]] | None = None
+    """For a frame in the client's shared memory (`parts` carry only its descriptor): makes
+    the frames that carry the pixels themselves, for a link to an ingest that cannot read
+    the pool. None: `parts` go on every link."""
+    slot: int | None = None
+    """The client's shared-memory slot that holds the frame: lent until the request ends,
+    however many copies of it went out."""
 
 
 # implements: SR-RED-001
 class Failover:
     """Which links are up, which one new requests take, which requests each link holds."""
 
-    def __init__(self, links: int, *, max_waiting: int) -> None:
+    def __init__(
+        self,
+        links: int,
+        *,
+        max_waiting: int,
+        ended: Callable[[Outstanding], None] | None = None,
+    ) -> None:
         self.up = [False] * links
         self.current: int | None = None
         self.requests: dict[int, Outstanding] = {}
@@ -90,6 +103,9 @@ class Failover:
         self.resent = 0
         # Every link loss (monotonic ns, link): when a client saw an ingest go.
         self.losses: list[tuple[int, int]] = []
+        # Told once of each request as it leaves the record (answered or ended locally): the
+        # one place a request's resources (its shared-memory slot) are given back.
+        self._ended = ended
 
     def choose(self) -> int | None:
         """The link to send on: the current one while it is up, else the first that is."""
@@ -133,7 +149,10 @@ class Failover:
 
     def done(self, seq: int) -> Outstanding | None:
         """A reply arrived (or the request ended locally): stop tracking it."""
-        return self.requests.pop(seq, None)
+        request = self.requests.pop(seq, None)
+        if request is not None and self._ended is not None:
+            self._ended(request)
+        return request
 
     def expired(self, now_ns: int) -> tuple[Outstanding, bool] | None:
         """One request that must end locally now, and whether it was ever sent.
@@ -144,7 +163,7 @@ class Failover:
         for request in self.requests.values():
             sent = request.link is not None
             if (request.give_up if sent else request.deadline).expired(now_ns):
-                del self.requests[request.seq]
+                self.done(request.seq)
                 return request, sent
         return None
 

@@ -22,7 +22,14 @@ from vigil.schemas.evidence import (
     TracedEvidence,
 )
 from vigil.schemas.health import Heartbeat, NodeExit, SafetyState, StateChange
-from vigil.schemas.infer import Box, InferRequest, InferResult, PerceptionOutput, TensorRef
+from vigil.schemas.infer import (
+    Box,
+    InferRequest,
+    InferResult,
+    PerceptionOutput,
+    SharedFrame,
+    TensorRef,
+)
 from vigil.schemas.log import LogCheckpoint, LogRecord
 from vigil.schemas.model import (
     ModelAction,
@@ -68,6 +75,7 @@ __all__ = [
     "RequestEvidence",
     "SafetyState",
     "Severity",
+    "SharedFrame",
     "StateChange",
     "TensorRef",
     "Topic",

@@ -15,6 +15,7 @@ __all__ = [
     "InferRequest",
     "InferResult",
     "PerceptionOutput",
+    "SharedFrame",
     "TensorRef",
 ]
 
@@ -39,13 +40,24 @@ class TensorRef(msgspec.Struct, frozen=True, kw_only=True):
     offset: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
+class SharedFrame(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a same-host client placed the frame's pixels instead of a buffer frame: a slot
+    of its shared-memory pool, and the slot's generation when it was written."""
+
+    pool: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[0-9]{1,10}-[0-9a-f]{32}\.pool$")]
+    slot: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    generation: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
 class InferRequest(Message, kw_only=True, frozen=True, tag="infer.request"):
-    """One camera frame to run through the model (image is uint8 HWC, 3 channels)."""
+    """One camera frame to run through the model (image is uint8 HWC, 3 channels); its
+    pixels follow as a buffer frame, or lie in shared memory (`shm`)."""
 
     stream_id: StreamId
     frame_ts_us: Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]
     image: TensorRef
     model: ModelName = ""
+    shm: SharedFrame | None = None
 
 
 class Box(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,6 +15,7 @@ from vigil.bus.clock import wall_ns
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.bus.rundir import resolve_endpoint
+from vigil.bus.shm import SharedFrameError, SharedFrames, ensure_pool_dir
 from vigil.nodes._dedup import RecentAnswers
 from vigil.nodes._runtime import Node
 from vigil.nodes._tracing import request_spans
@@ -52,6 +53,8 @@ __all__ = ["run"]
 
 _BURST = 64
 _SAFETY_PRIORITY = 7  # the watchdog's probe: never shed
+# How often the ingest looks for shared-memory pools whose client process is gone.
+_REAP_NS = 5_000_000_000
 
 
 @dataclass(slots=True)
@@ -166,9 +169,15 @@ class _Ingest:
             node.publisher, self.spans, node.clock, publish=config.publish_evidence
         )
         self._published: tuple[int, ...] = ()
+        # Same-host clients' shared-memory pools, each bound to the first client connection
+        # that used it (see bus/shm.py).
+        self.pools: SharedFrames = node.enter(SharedFrames(ensure_pool_dir(node.run.path)))
+        self.pool_owners: dict[str, bytes] = {}
+        self._next_reap = node.clock() + _REAP_NS
         # What a valid request must pass to be queued, in order; the first rejection refuses
         # it. The policy goes before the rate limit, so a shed request spends no token.
         self._checks: tuple[Callable[[_Admission], Rejection | None], ...] = (
+            self._check_shared_frame,
             self._check_model,
             self._check_policy,
             self._check_rate,
@@ -280,6 +289,26 @@ class _Ingest:
         if budget_ns is None:
             return self.config.default_deadline_ms * 1_000_000
         return min(budget_ns // 1_000_000, self.config.max_deadline_ms) * 1_000_000
+
+    def _check_shared_frame(self, admission: _Admission) -> Rejection | None:
+        """Refuse a shared-memory descriptor that is not this client's, or names no current
+        frame: the pool's owner, the slot's bounds and size, its generation. No pixel is read."""
+        ref = admission.request.shm
+        if ref is None:
+            return None
+        h, w, c = admission.request.image.shape
+        try:
+            self.pools.check(ref, h * w * c)
+        except SharedFrameError as exc:
+            return Rejection(DiagCode.RANGE_OR_SEQUENCE, exc.field, exc.rule)
+        if self.pool_owners.setdefault(ref.pool, admission.identity) != admission.identity:
+            return Rejection(
+                DiagCode.AUTH_REFUSED,
+                "$.shm.pool",
+                "the pool belongs to another client",
+                code=ErrorCode.INVALID_ARGUMENT,
+            )
+        return None
 
     def _check_model(self, admission: _Admission) -> Rejection | None:
         """Refuse at once while no verified model is active (and no worker serves one).
@@ -399,11 +428,18 @@ class _Ingest:
         self.validator.accept(request)
         self.counts["accepted"] += 1
         if self.config.publish_requests:
+            published = request
+            buffers: list[bytes | zmq.Frame] = list(admission.incoming.buffers)
+            if request.shm is not None:
+                # Taps and bags get the pixels themselves (a copy, made only for them): a
+                # descriptor would name a slot the client reuses as soon as it is answered.
+                published = msgspec.structs.replace(request, shm=None)
+                buffers = [self.pools.frame(request.shm, request.image.shape).tobytes()]
             self.node.publisher.publish(
                 Topic.INFER_REQUEST,
-                request,
+                published,
                 trace=admission.trace,
-                buffers=admission.incoming.buffers,
+                buffers=buffers,
                 priority=envelope.priority,
                 tenant=envelope.tenant,
             )
@@ -569,6 +605,9 @@ class _Ingest:
     # implements: SR-DLN-001
     def on_time(self) -> None:
         now = self.node.clock()
+        if now >= self._next_reap:
+            self._next_reap = now + _REAP_NS
+            self.reap_pools()
         for request in self.dispatcher.expired(now):
             self._fail(
                 request,
@@ -595,6 +634,12 @@ class _Ingest:
                 self._fail(
                     request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "worker lost twice"
                 )
+
+    def reap_pools(self) -> None:
+        """Remove the pools of clients whose process is gone (their slots with them)."""
+        for name in self.pools.reap():
+            self.pool_owners.pop(name, None)
+            self.node.record("info", "ingest.pool_reaped", pool=name)
 
     def dispatch(self) -> None:
         # Both clocks read once: every deadline sent in this pass converts by the same offset.

@@ -115,18 +115,15 @@ class RequestValidator:
                 "$.image.shape",
                 f"expected at most {self.limits.max_height}x{self.limits.max_width}",
             )
-        if len(incoming.buffers) != 1 or image.buffer != 0:
-            raise Rejection(
-                DiagCode.MALFORMED_FRAME, "$.image.buffer", "expected exactly one tensor buffer"
-            )
-        expected = height * width * 3
-        available = len(incoming.buffers[0]) - image.offset
-        if available != expected:
-            raise Rejection(
-                DiagCode.SIZE_LIMIT,
-                "$.image",
-                f"buffer holds {max(available, 0)} bytes, shape needs {expected}",
-            )
+        if request.shm is not None:
+            # The pixels lie in the client's shared memory: the ingest's shared-frame check
+            # validates the descriptor; no buffer may come with it.
+            if incoming.buffers:
+                raise Rejection(
+                    DiagCode.MALFORMED_FRAME, "$.shm", "a shared frame comes without buffers"
+                )
+        else:
+            self._check_buffer(incoming, height * width * 3)
         last = self._last_ts.get(request.stream_id)
         if last is not None and request.frame_ts_us <= last:
             raise Rejection(
@@ -135,6 +132,20 @@ class RequestValidator:
                 f"must increase per stream (last accepted {last})",
             )
         return request
+
+    def _check_buffer(self, incoming: Incoming, expected: int) -> None:
+        image = incoming.body.image
+        if len(incoming.buffers) != 1 or image.buffer != 0:
+            raise Rejection(
+                DiagCode.MALFORMED_FRAME, "$.image.buffer", "expected exactly one tensor buffer"
+            )
+        available = len(incoming.buffers[0]) - image.offset
+        if available != expected:
+            raise Rejection(
+                DiagCode.SIZE_LIMIT,
+                "$.image",
+                f"buffer holds {max(available, 0)} bytes, shape needs {expected}",
+            )
 
     def accept(self, request: InferRequest) -> None:
         """Record an accepted request's timestamp for the per-stream sequence rule."""

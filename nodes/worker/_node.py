@@ -17,6 +17,7 @@ from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.bus.rundir import resolve_endpoint
+from vigil.bus.shm import SharedFrameError, SharedFrames, pool_dir
 from vigil.nodes._dedup import RecentAnswers
 from vigil.nodes._logging import trace_fields
 from vigil.nodes._runtime import Node
@@ -48,6 +49,7 @@ from vigil.schemas import (
     ModelStep,
     PerceptionOutput,
     Severity,
+    SharedFrame,
     Topic,
     WorkerCredit,
 )
@@ -55,6 +57,8 @@ from vigil.schemas import (
 __all__ = ["run"]
 
 _BURST = 64
+# How often the worker lets go of shared-memory pools whose file is gone.
+_PRUNE_NS = 5_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class _Job:
     read_ns: int  # when the loop read it (monotonic)
     deadline: Deadline | None  # None: the ingest set none
     socket_us: int  # from the ingest's dispatch to the read
+    shared: SharedFrame | None  # the client's shared-memory slot the image is read from
     parent: TraceContext | None = None  # the ingest's span of the request
     backend: int = 0  # the ingest that asked (index into the worker's backends)
     request_id: bytes = b""
@@ -156,6 +161,8 @@ class _Worker:
         self.lanes: Lanes[_Ran] = node.enter(Lanes(node.ctx, config.engine.lane_count()))
         node.poller.register(self.lanes.socket, zmq.POLLIN)
         self.running: dict[int, _Batch] = {}
+        self.frames: SharedFrames = node.enter(SharedFrames(pool_dir(node.run.path)))
+        self._next_prune = node.clock() + _PRUNE_NS
         self.batch_ids = itertools.count(1)
         self.served = 0
         # Spans, exported only where OpenTelemetry is set up.
@@ -343,8 +350,17 @@ class _Worker:
         if self._repeat(_Asker(index, env.seq, trace), env.request_id):
             return
         h, w, c = request.image.shape
-        buf = incoming.buffers[0].buffer
-        image = np.frombuffer(buf, dtype=np.uint8, count=h * w * c, offset=request.image.offset)
+        if request.shm is not None:
+            try:
+                image = self.frames.frame(request.shm, (h, w, c))  # read in place
+            except SharedFrameError as exc:
+                why = f"shared frame: {exc.rule}"
+                self._error(_Asker(index, env.seq, trace), ErrorCode.INVALID_ARGUMENT, why)
+                return
+        else:
+            buf = incoming.buffers[0].buffer
+            count = h * w * c
+            image = np.frombuffer(buf, dtype=np.uint8, count=count, offset=request.image.offset)
         now = self.node.clock()
         # The budget the ingest gave, counted from arrival: both its readings are of the
         # ingest's clock, so a step of the wall clock in between moves nothing.
@@ -361,6 +377,7 @@ class _Worker:
             now,
             deadline,
             socket_us,
+            request.shm,
             sender,
             backend=index,
             request_id=env.request_id,
@@ -481,6 +498,11 @@ class _Worker:
         infer_us = (times.ended - times.started) // 1000
         threads = engine.threads(wide=batch.wide)
         for job, output in zip(batch.jobs, ran.outputs, strict=True):
+            if job.shared is not None and not self.frames.unchanged(job.shared):
+                # The client reused the slot while it was read (the request had ended for
+                # it): whatever was computed is not this request's answer.
+                self._fail(job, ErrorCode.INTERNAL, "shared frame rewritten while it was read")
+                continue
             result = InferResult(
                 stream_id=job.request.stream_id,
                 frame_ts_us=job.request.frame_ts_us,
@@ -575,6 +597,12 @@ class _Worker:
                     error=error if name in ("worker.inference", "worker.postprocess") else "",
                 )
 
+    def housekeeping(self, now: int) -> None:
+        """Let go of shared-memory pools that were removed (now and then)."""
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_NS
+            self.frames.prune()
+
     def flush(self) -> None:
         """Run everything queued and wait for every running batch (a switch, or the exit)."""
         while self.manager.engine is not None and (self.batcher or self.lanes.busy):
@@ -621,6 +649,7 @@ def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:
             if events.get(worker.lanes.socket):
                 worker.on_finished()
             worker.schedule(node.clock())
+            worker.housekeeping(node.clock())
         worker.flush()
         node.log.info("node.stopping", reason=node.stop_reason, served=worker.served)
     return ExitCode.OK

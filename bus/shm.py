@@ -1,0 +1,318 @@
+"""Shared-memory frame pools: a client on the ingest's host places frames there and sends
+descriptors instead of the pixels (after Triton's system shared memory and iceoryx).
+
+A pool is one file per client process, in a private directory on tmpfs: a header, one
+generation counter per slot, then the slots. The client is its only writer. To send a frame
+it takes a free slot, bumps the slot's generation, copies the pixels in and sends
+`(pool, slot, generation)`; the slot is its again once the request has ended (its reply, or
+its local deadline). The ingest checks a descriptor against the header alone (bounds and
+generation, never a pixel); the worker reads the pixels in place and checks the generation
+again afterwards, so a slot rewritten under it (a request already ended) is an error, never
+a silent result.
+
+Who may use a pool: its file is readable and writable by its owner only (and the nodes'
+group when the run directory is shared with one), in a directory nobody else can list; the
+ingest binds each pool to the first client connection that uses it and refuses it from any
+other; pools whose owner process is gone are removed by the ingest (`SharedFrames.reap`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+import re
+import secrets
+import stat
+import struct
+from collections import OrderedDict, deque
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import psutil
+
+from vigil.bus.closing import Closing
+from vigil.errors import VigilError
+from vigil.schemas import SharedFrame
+
+__all__ = [
+    "POOL_NAME",
+    "FramePool",
+    "PoolView",
+    "SharedFrameError",
+    "SharedFrames",
+    "ensure_pool_dir",
+    "pool_dir",
+]
+
+_MAGIC = b"VGLPOOL1"
+# magic, layout version, slots, slot bytes, owner pid, owner start time (s, as psutil has it)
+_HEAD = struct.Struct("<8sIIQQd")
+_VERSION = 1
+_PAGE = mmap.PAGESIZE
+POOL_NAME = re.compile(r"^[0-9]{1,10}-[0-9a-f]{32}\.pool$")
+_SHM_ROOT = Path("/dev/shm")
+
+
+class SharedFrameError(VigilError):
+    """A descriptor that names no usable frame: which field, and the rule it broke."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+def pool_dir(run_dir: Path) -> Path:
+    """Where the pools of a run live: on tmpfs when the host has one (a mapped file on disk
+    would be written back to it), else inside the run directory."""
+    run_dir = Path(run_dir).resolve()
+    if _SHM_ROOT.is_dir():
+        digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:24]
+        return _SHM_ROOT / f"vigil-{digest}"
+    return run_dir / "shm"
+
+
+def ensure_pool_dir(run_dir: Path) -> Path:
+    """Create the pool directory if needed: private to its owner, or shared with the run
+    directory's group (setgid, so pools inherit it) when the run directory is."""
+    path = pool_dir(run_dir)
+    run_mode = Path(run_dir).stat()
+    shared = bool(run_mode.st_mode & stat.S_IRWXG)
+    # Group members may create and open pools by name but not list them (no read bit).
+    mode = 0o2730 if shared else 0o700
+    try:
+        path.mkdir(mode=mode)
+    except FileExistsError:
+        return path
+    os.chmod(path, mode)
+    if shared:
+        with contextlib.suppress(PermissionError):
+            os.chown(path, -1, run_mode.st_gid)
+    return path
+
+
+def _layout(slots: int) -> int:
+    """Byte offset of the first slot (the header and generations, page aligned)."""
+    head = _HEAD.size + 8 * slots
+    return -(-head // _PAGE) * _PAGE
+
+
+class FramePool(Closing):
+    """A client's pool: its slots, which of them are free, and the frames written into them."""
+
+    def __init__(self, directory: Path, *, slots: int, slot_bytes: int) -> None:
+        if slots < 1 or slot_bytes < 1:
+            raise ValueError("a pool needs at least one slot of at least one byte")
+        self.slots = slots
+        self.slot_bytes = -(-slot_bytes // _PAGE) * _PAGE
+        self.name = f"{os.getpid()}-{secrets.token_hex(16)}.pool"
+        self.path = Path(directory) / self.name
+        self._data = _layout(slots)
+        size = self._data + self.slots * self.slot_bytes
+        shared = Path(directory).stat().st_mode & stat.S_IRWXG
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            if shared:
+                os.fchmod(fd, 0o660)  # the nodes' group reads it; nobody else does
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        started = psutil.Process().create_time()
+        _HEAD.pack_into(
+            self._map, 0, _MAGIC, _VERSION, slots, self.slot_bytes, os.getpid(), started
+        )
+        self._generations = np.ndarray((slots,), "<u8", self._map, _HEAD.size)
+        self._free = deque(range(slots))
+        self._closed = False
+
+    @property
+    def free(self) -> int:
+        """Slots free to take."""
+        return len(self._free)
+
+    def acquire(self) -> int | None:
+        """A free slot, or None when every slot is lent to a request in flight."""
+        return self._free.popleft() if self._free else None
+
+    def release(self, slot: int) -> None:
+        """Give a slot back once its request has ended."""
+        self._free.append(slot)
+
+    def put(self, slot: int, frame: npt.NDArray[np.uint8]) -> SharedFrame:
+        """Write `frame` into `slot` under a new generation; its descriptor."""
+        if frame.nbytes > self.slot_bytes:
+            raise ValueError(f"frame of {frame.nbytes} bytes exceeds the slot size")
+        generation = int(self._generations[slot]) + 1
+        # The generation moves first: a reader still holding the old one sees it change.
+        self._generations[slot] = generation
+        start = self._data + slot * self.slot_bytes
+        target = np.ndarray(frame.shape, np.uint8, self._map, start)
+        np.copyto(target, frame, casting="no")
+        return SharedFrame(pool=self.name, slot=slot, generation=generation)
+
+    def copy(self, slot: int, nbytes: int) -> bytes:
+        """The first `nbytes` of `slot`, copied out (for a link that cannot read the pool)."""
+        start = self._data + slot * self.slot_bytes
+        return self._map[start : start + min(nbytes, self.slot_bytes)]
+
+    def close(self) -> None:
+        """Remove the pool: its file first (nobody opens it again), then this mapping."""
+        if self._closed:
+            return
+        self._closed = True
+        self.path.unlink(missing_ok=True)
+        del self._generations
+        with contextlib.suppress(BufferError):  # a view still held: the mapping outlives it
+            self._map.close()
+
+
+class PoolView(Closing):
+    """A pool opened by a node, mapped read-only."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise SharedFrameError(
+                "$.shm.pool", "no such pool (closed, or its client is gone)"
+            ) from None
+        except PermissionError:
+            raise SharedFrameError("$.shm.pool", "pool not readable by this node") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < _PAGE:
+                raise SharedFrameError("$.shm.pool", "not a frame pool")
+            self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        magic, version, slots, slot_bytes, pid, started = _HEAD.unpack_from(self._map, 0)
+        if magic != _MAGIC or version != _VERSION or size != _layout(slots) + slots * slot_bytes:
+            self._map.close()
+            raise SharedFrameError("$.shm.pool", "not a frame pool of this layout")
+        self.path = path
+        self.slots: int = slots
+        self.slot_bytes: int = slot_bytes
+        self.owner_pid: int = pid
+        self.owner_started: float = started
+        self._data = _layout(slots)
+        self._generations = np.ndarray((slots,), "<u8", self._map, _HEAD.size)
+
+    def generation(self, slot: int) -> int:
+        """The slot's generation now."""
+        return int(self._generations[slot])
+
+    def frame(self, slot: int, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
+        """The slot's pixels as a read-only array, in place."""
+        return np.ndarray(shape, np.uint8, self._map, self._data + slot * self.slot_bytes)
+
+    def owner_alive(self) -> bool:
+        """Whether the process that made the pool still runs (a reused pid does not count)."""
+        try:
+            proc = psutil.Process(self.owner_pid)
+            return abs(proc.create_time() - self.owner_started) < 1.0 and proc.is_running()
+        except psutil.NoSuchProcess:
+            return False
+
+    def close(self) -> None:
+        """Unmap (later, if a frame view is still in use)."""
+        del self._generations
+        with contextlib.suppress(BufferError):
+            self._map.close()
+
+
+class SharedFrames(Closing):
+    """The pools a node reads frames from: opened on first use, kept while they are used.
+
+    `check` validates a descriptor against the pool's header (the ingest), `frame` maps its
+    pixels (the worker), `unchanged` says whether they stayed as they were read.
+    """
+
+    def __init__(self, directory: Path, *, max_pools: int = 64) -> None:
+        self.directory = Path(directory)
+        self.max_pools = max_pools
+        self._open: OrderedDict[str, PoolView] = OrderedDict()
+
+    def pool(self, name: str) -> PoolView:
+        """The open pool `name`, opening it (and closing the least recently used) if needed."""
+        view = self._open.get(name)
+        if view is not None:
+            self._open.move_to_end(name)
+            return view
+        if not POOL_NAME.match(name):
+            raise SharedFrameError("$.shm.pool", "not a pool name")
+        view = self._open[name] = PoolView(self.directory / name)
+        while len(self._open) > self.max_pools:
+            self._open.popitem(last=False)[1].close()
+        return view
+
+    def check(self, ref: SharedFrame, nbytes: int) -> PoolView:
+        """The pool of a descriptor that names a current frame of `nbytes`; else the error.
+
+        Reads the header only: bounds, size and generation.
+        """
+        view = self.pool(ref.pool)
+        if ref.slot >= view.slots:
+            raise SharedFrameError("$.shm.slot", f"pool has {view.slots} slots")
+        if nbytes > view.slot_bytes:
+            raise SharedFrameError("$.shm", f"frame of {nbytes} bytes exceeds the slot size")
+        if view.generation(ref.slot) != ref.generation:
+            raise SharedFrameError("$.shm.generation", "slot rewritten since (stale descriptor)")
+        return view
+
+    def frame(self, ref: SharedFrame, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
+        """A checked descriptor's pixels, read in place."""
+        view = self.check(ref, int(np.prod(shape)))
+        return view.frame(ref.slot, shape)
+
+    def unchanged(self, ref: SharedFrame) -> bool:
+        """Whether the slot still holds the generation the descriptor names."""
+        view = self._open.get(ref.pool)
+        return view is not None and view.generation(ref.slot) == ref.generation
+
+    def prune(self) -> None:
+        """Close the pools whose file is gone (removed by their client or the ingest), so
+        their memory goes back to the system."""
+        for name, view in list(self._open.items()):
+            if not view.path.exists():
+                self.forget(name)
+
+    def forget(self, name: str) -> None:
+        """Close a pool (its owner is gone or it was removed)."""
+        view = self._open.pop(name, None)
+        if view is not None:
+            view.close()
+
+    def reap(self) -> list[str]:
+        """Remove every pool in the directory whose owner process is gone; their names."""
+        gone = []
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            for entry in os.scandir(self.directory):
+                if not POOL_NAME.match(entry.name):
+                    continue
+                try:
+                    view = self._open.get(entry.name) or PoolView(Path(entry.path))
+                except SharedFrameError:
+                    continue
+                if view.owner_alive():
+                    if entry.name not in self._open:
+                        view.close()
+                    continue
+                with contextlib.suppress(FileNotFoundError, PermissionError):
+                    os.unlink(entry.path)
+                self._open.pop(entry.name, None)
+                view.close()
+                gone.append(entry.name)
+        return gone
+
+    def close(self) -> None:
+        """Close every pool."""
+        for view in self._open.values():
+            view.close()
+        self._open.clear()

@@ -1,0 +1,145 @@
+"""Shared-memory frame pools: layout, descriptors, checks, permissions and clean-up."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vigil.bus.shm import FramePool, SharedFrameError, SharedFrames, ensure_pool_dir, pool_dir
+from vigil.schemas import SharedFrame
+
+FRAME = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    return ensure_pool_dir(tmp_path)
+
+
+def test_frame_is_read_in_place_under_its_generation(directory: Path) -> None:
+    """A node reads the very bytes the client wrote, read-only and without a copy."""
+    with (
+        FramePool(directory, slots=2, slot_bytes=FRAME.nbytes) as pool,
+        SharedFrames(directory) as frames,
+    ):
+        ref = pool.put(1, FRAME)
+        assert (ref.slot, ref.generation) == (1, 1)
+        seen = frames.frame(ref, FRAME.shape)
+        assert np.array_equal(seen, FRAME)
+        assert not seen.flags.writeable
+        pool.put(1, FRAME[::-1].copy())
+        assert np.array_equal(seen, FRAME[::-1])  # the same memory, not a copy
+
+
+def test_rewritten_slot_is_seen_as_changed(directory: Path) -> None:
+    """Writing a slot again bumps its generation: an older descriptor is stale."""
+    with FramePool(directory, slots=1, slot_bytes=64) as pool, SharedFrames(directory) as frames:
+        old = pool.put(0, FRAME)
+        frames.frame(old, FRAME.shape)
+        assert frames.unchanged(old)
+        new = pool.put(0, FRAME)
+        assert new.generation == old.generation + 1
+        assert not frames.unchanged(old)
+        with pytest.raises(SharedFrameError) as stale:
+            frames.check(old, FRAME.nbytes)
+        assert stale.value.field == "$.shm.generation"
+
+
+def test_descriptor_outside_the_pool_is_refused(directory: Path) -> None:
+    """A slot past the end, an unknown pool, or a name that is no pool's is an error."""
+    with FramePool(directory, slots=2, slot_bytes=64) as pool, SharedFrames(directory) as frames:
+        ref = pool.put(0, FRAME)
+        unknown = SharedFrame(pool="123-" + "0" * 32 + ".pool", slot=0, generation=1)
+        for bad, field in (
+            (SharedFrame(pool=ref.pool, slot=2, generation=1), "$.shm.slot"),
+            (unknown, "$.shm.pool"),
+        ):
+            with pytest.raises(SharedFrameError) as error:
+                frames.check(bad, FRAME.nbytes)
+            assert error.value.field == field
+        with pytest.raises(SharedFrameError, match="not a pool name"):
+            frames.pool("../../etc/passwd")
+
+
+def test_frame_larger_than_a_slot_is_refused(directory: Path) -> None:
+    """A descriptor claiming more bytes than a slot holds is refused, and so is writing one."""
+    with FramePool(directory, slots=1, slot_bytes=16) as pool, SharedFrames(directory) as frames:
+        ref = pool.put(0, np.zeros(16, np.uint8))
+        with pytest.raises(SharedFrameError):
+            frames.check(ref, pool.slot_bytes + 1)
+        with pytest.raises(ValueError, match="slot size"):
+            pool.put(0, np.zeros(pool.slot_bytes + 1, np.uint8))
+
+
+def test_slots_are_lent_and_given_back(directory: Path) -> None:
+    """acquire() hands out each slot once until it is released."""
+    with FramePool(directory, slots=2, slot_bytes=16) as pool:
+        a, b = pool.acquire(), pool.acquire()
+        assert {a, b} == {0, 1} and pool.acquire() is None
+        pool.release(a)  # type: ignore[arg-type]
+        assert pool.acquire() == a
+
+
+def test_pool_is_private_to_its_owner(tmp_path: Path) -> None:
+    """The pool directory and files are for their owner only (no group, no others)."""
+    tmp_path.chmod(0o700)
+    directory = ensure_pool_dir(tmp_path)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    with FramePool(directory, slots=1, slot_bytes=16) as pool:
+        assert stat.S_IMODE(pool.path.stat().st_mode) == 0o600
+
+
+def test_pool_dir_is_one_per_run(tmp_path: Path) -> None:
+    """Two runs never share a pool directory; one run always finds the same."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert pool_dir(tmp_path / "a") == pool_dir(tmp_path / "a")
+    assert pool_dir(tmp_path / "a") != pool_dir(tmp_path / "b")
+
+
+def test_closing_removes_the_pool(directory: Path) -> None:
+    """A closed pool's file is gone; a node then refuses its descriptors."""
+    pool = FramePool(directory, slots=1, slot_bytes=16)
+    ref = pool.put(0, np.zeros(4, np.uint8))
+    pool.close()
+    assert not pool.path.exists()
+    with SharedFrames(directory) as frames, pytest.raises(SharedFrameError):
+        frames.check(ref, 4)
+
+
+_ABANDON = """
+import sys
+from pathlib import Path
+from vigil.bus.shm import FramePool
+pool = FramePool(Path(sys.argv[1]), slots=1, slot_bytes=16)
+print(pool.name, flush=True)
+"""
+
+
+def test_reap_removes_pools_of_dead_owners_only(directory: Path) -> None:
+    """reap() removes a pool whose process is gone and keeps one whose process runs."""
+    out = subprocess.run(
+        [sys.executable, "-c", _ABANDON, str(directory)], capture_output=True, check=True
+    )
+    abandoned = directory / out.stdout.decode().strip()
+    assert abandoned.exists()  # its process exited without closing it
+    with FramePool(directory, slots=1, slot_bytes=16) as alive, SharedFrames(directory) as frames:
+        assert frames.reap() == [abandoned.name]
+        assert not abandoned.exists()
+        assert alive.path.exists()
+
+
+def test_prune_lets_go_of_removed_pools(directory: Path) -> None:
+    """A node closes its mapping of a pool whose file was removed."""
+    with SharedFrames(directory) as frames:
+        pool = FramePool(directory, slots=1, slot_bytes=16)
+        ref = pool.put(0, np.zeros(4, np.uint8))
+        frames.check(ref, 4)
+        pool.close()
+        frames.prune()
+        assert not frames.unchanged(ref)  # no longer open
