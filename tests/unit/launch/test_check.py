@@ -158,7 +158,9 @@ def test_queues_are_bounded_and_their_worst_case_stated(tmp_path: Path) -> None:
     queues = {(q.node, q.name): q for q in report.queues}
     assert queues["ingest", "ingest.max_queue"].bound == 16
     assert queues["ingest", "ingest.max_queue"].worst_bytes > 16 * 1920 * 1080 * 3
-    assert queues["worker", "worker.credit"].bound == 8
+    # Two batches per lane, one lane per core of the worker's budget.
+    lanes = WorkerConfig().engine.lane_count()
+    assert queues["worker", "worker.credit"].bound == 2 * WorkerConfig().max_batch * lanes
 
 
 def test_the_command_exits_non_zero_on_errors(tmp_path: Path) -> None:
