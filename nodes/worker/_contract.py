@@ -63,11 +63,16 @@ class EngineConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
         """The core budget: `intra_op_threads`, or every core this process may run on."""
         return self.intra_op_threads or len(os.sched_getaffinity(0))
 
-    def lane_count(self) -> int:
-        """How many batches may run at once (a GPU engine runs one at a time)."""
-        if self.device is not Device.CPU:
-            return 1
+    def cpu_lanes(self) -> int:
+        """How many batches may run at once on the CPU."""
         return max(1, min(self.lanes or self.cores(), self.cores()))
+
+    def lane_count(self) -> int:
+        """How many batches a worker may hold running at once: on the CPU, its lanes; where a
+        GPU may serve, at least two (one staging while the other computes)."""
+        if self.device is Device.CPU:
+            return self.cpu_lanes()
+        return max(2, self.cpu_lanes())
 
 
 class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from vigil.nodes.worker._staging import StagingRing
+
 __all__ = ["CudaPath", "cuda_available"]
 
 
@@ -41,13 +43,27 @@ extern "C" __global__ void normalise(
 """
 
 
+class _DeviceSlot:
+    """One staging slot of the GPU path: pinned host frames, device frames and input, a copy
+    stream and an I/O binding, each kept per batch shape."""
+
+    def __init__(self, cp: Any, session: Any) -> None:
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.pinned: dict[tuple[int, ...], npt.NDArray[np.uint8]] = {}
+        self.frames: dict[tuple[int, ...], Any] = {}
+        self.inputs: dict[tuple[int, ...], Any] = {}
+        self.binding = session.io_binding()
+
+
 class CudaPath:
     """Runs a batch on the GPU without a pageable copy or a host-side float tensor.
 
     Frames are gathered into pinned host memory (one DMA to the device), normalised and laid
     out NCHW by one CUDA kernel straight into the session's input buffer (fp16 when the model
-    is fp16), and the session reads and writes device memory through I/O binding. Buffers are
-    kept per batch shape and reused.
+    is fp16), and the session reads and writes device memory through I/O binding. Two lanes
+    call `run` at once, each in its own staging slot (`StagingRing`, double buffering): one
+    batch's copy and normalisation, on the slot's own stream, overlap the other's compute on
+    the session's stream.
     """
 
     def __init__(
@@ -58,6 +74,7 @@ class CudaPath:
         dtype: type[np.floating[Any]],
         scale: npt.NDArray[np.float32],
         bias: npt.NDArray[np.float32],
+        slots: int = 2,
     ) -> None:
         import cupy as cp  # noqa: PLC0415 - optional: only GPU targets install it
 
@@ -73,18 +90,14 @@ class CudaPath:
         self._kernel = cp.RawKernel(source, "normalise")
         self._scale = cp.asarray(np.asarray(scale, dtype=np.float32).ravel())
         self._bias = cp.asarray(np.asarray(bias, dtype=np.float32).ravel())
-        self._stream = cp.cuda.Stream(non_blocking=True)
-        self._pinned: dict[tuple[int, ...], npt.NDArray[np.uint8]] = {}
-        self._frames: dict[tuple[int, ...], Any] = {}
-        self._inputs: dict[tuple[int, ...], Any] = {}
-        self._binding = session.io_binding()
+        self._ring = StagingRing([_DeviceSlot(cp, session) for _ in range(slots)])
 
-    def _pinned_frames(self, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
-        buf = self._pinned.get(shape)
+    def _pinned_frames(self, slot: _DeviceSlot, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
+        buf = slot.pinned.get(shape)
         if buf is None:
             count = int(np.prod(shape))
             memory = self.cp.cuda.alloc_pinned_memory(count)
-            buf = self._pinned[shape] = np.frombuffer(memory, np.uint8, count).reshape(shape)
+            buf = slot.pinned[shape] = np.frombuffer(memory, np.uint8, count).reshape(shape)
         return buf
 
     def run(
@@ -99,23 +112,38 @@ class CudaPath:
         quarter of a second on the GPU even after warm-up (measured on an H100), far more than
         computing a few padding images.
         """
+        index, slot = self._ring.acquire()
+        try:
+            return self._run(slot, images, padded, batch_to)
+        finally:
+            # Outputs were copied back (a synchronising call): the device reads nothing of
+            # this slot any more, so it needs no fence.
+            self._ring.release(index)
+
+    def _run(
+        self,
+        slot: _DeviceSlot,
+        images: Sequence[npt.NDArray[np.uint8]],
+        padded: tuple[int, int],
+        batch_to: int,
+    ) -> npt.NDArray[np.float32]:
         cp = self.cp
         n = len(images)
         rows = max(n, batch_to)
         h, w = images[0].shape[0], images[0].shape[1]
         ph, pw = padded
-        staging = self._pinned_frames((n, h, w, 3))
+        staging = self._pinned_frames(slot, (n, h, w, 3))
         for i, img in enumerate(images):
             staging[i] = img
-        frames = self._frames.get(staging.shape)
+        frames = slot.frames.get(staging.shape)
         if frames is None:
-            frames = self._frames[staging.shape] = cp.empty(staging.shape, dtype=cp.uint8)
+            frames = slot.frames[staging.shape] = cp.empty(staging.shape, dtype=cp.uint8)
         shape = (rows, 3, ph, pw)
-        batch = self._inputs.get(shape)
+        batch = slot.inputs.get(shape)
         if batch is None:
-            batch = self._inputs[shape] = cp.zeros(shape, dtype=self.dtype)
-        with self._stream:
-            frames.set(staging, stream=self._stream)
+            batch = slot.inputs[shape] = cp.zeros(shape, dtype=self.dtype)
+        with slot.stream:
+            frames.set(staging, stream=slot.stream)
             total = n * 3 * h * w
             threads = 256
             self._kernel(
@@ -123,8 +151,8 @@ class CudaPath:
                 (threads,),
                 (frames, batch, self._scale, self._bias, n, h, w, ph, pw),
             )
-        self._stream.synchronize()  # onnxruntime runs on its own stream
-        binding = self._binding
+        slot.stream.synchronize()  # onnxruntime runs on its own stream
+        binding = slot.binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         binding.bind_input(self.input_name, "cuda", 0, self.dtype, list(shape), batch.data.ptr)

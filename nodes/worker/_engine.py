@@ -14,6 +14,7 @@ from vigil.nodes.worker._contract import Device, EngineConfig, Task
 from vigil.nodes.worker._cuda import CudaPath, cuda_available
 from vigil.nodes.worker._postprocess import classification, text_detection
 from vigil.nodes.worker._sessions import build_session, release_freed_memory, sealed_model
+from vigil.nodes.worker._staging import StagingRing
 from vigil.schemas import PerceptionOutput
 
 __all__ = ["Engine"]
@@ -50,14 +51,16 @@ class Engine:
         self.sha256 = hashlib.sha256(model).hexdigest()
         self.config = config
         providers = _providers(config.device)
-        self.lanes = config.lane_count() if providers[0] == "CPUExecutionProvider" else 1
+        on_cpu = providers[0] == "CPUExecutionProvider"
+        # On a GPU, two lanes double-buffer: one batch stages while the other computes.
+        self.lanes = config.cpu_lanes() if on_cpu else 2
         self.wide_threads = config.cores()
         self.narrow_threads = max(1, self.wide_threads // self.lanes)
         # Built from exactly the bytes that were verified (see `sealed_model`).
         with sealed_model(model) as source:
             self.session = build_session(source, threads=self.wide_threads, providers=providers)
             self.narrow = self.session
-            if self.lanes > 1:
+            if on_cpu and self.lanes > 1:
                 self.narrow = build_session(
                     source, threads=self.narrow_threads, providers=providers
                 )
@@ -70,9 +73,10 @@ class Engine:
         std = np.asarray(config.std, dtype=np.float32)
         self._scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
         self._bias = (-np.asarray(config.mean, dtype=np.float32) / std)[:, None, None]
-        self._pool = BufferPool()
+        # One staging slot per lane: batches running at once never share an input buffer.
         # Padding stays zero between batches only on the CPU path, which refills it; the GPU
         # path keeps its own device buffers (zeroed once, written only inside the frame).
+        self._staging = StagingRing([BufferPool() for _ in range(self.lanes)])
         self._cuda: CudaPath | None = None
         # On the GPU every batch is padded to this size (0: as formed); the worker sets it to
         # its max_batch, so the session sees one input shape.
@@ -88,7 +92,13 @@ class Engine:
 
     def threads(self, *, wide: bool) -> int:
         """The intra-op threads a batch runs with on the wide or the narrow session."""
-        return self.wide_threads if wide else self.narrow_threads
+        return self.wide_threads if wide or self.narrow is self.session else self.narrow_threads
+
+    @property
+    def split_batches(self) -> bool:
+        """Whether load is shared out as equal smaller batches (CPU: every core busy) or as
+        full ones (GPU: a device wants the largest batch it can get)."""
+        return self._cuda is None
 
     @property
     def on_gpu(self) -> bool:
@@ -109,15 +119,13 @@ class Engine:
         return (-(-height // step) * step, -(-width // step) * step)
 
     def preprocess(
-        self, images: Sequence[npt.NDArray[np.uint8]], buffers: BufferPool | None = None
+        self, images: Sequence[npt.NDArray[np.uint8]], buffers: BufferPool
     ) -> npt.NDArray[np.generic]:
-        """uint8 HWC frames -> one normalised NCHW batch in a reused aligned buffer (from
-        `buffers`: each lane brings its own, so batches running at once never share one)."""
+        """uint8 HWC frames -> one normalised NCHW batch in a reused aligned buffer."""
         height = max(img.shape[0] for img in images)
         width = max(img.shape[1] for img in images)
         ph, pw = self.padded(height, width)
-        pool = self._pool if buffers is None else buffers
-        batch = pool.get((len(images), 3, ph, pw), self.dtype)
+        batch = buffers.get((len(images), 3, ph, pw), self.dtype)
         batch.fill(0)
         for i, img in enumerate(images):
             h, w = img.shape[0], img.shape[1]
@@ -153,18 +161,18 @@ class Engine:
         ]
 
     def infer_frames(
-        self,
-        images: Sequence[npt.NDArray[np.uint8]],
-        *,
-        wide: bool = True,
-        buffers: BufferPool | None = None,
+        self, images: Sequence[npt.NDArray[np.uint8]], *, wide: bool = True
     ) -> npt.NDArray[np.float32]:
-        """Raw model output for a batch of uint8 HWC frames, on the GPU path when there is one
-        (the in-process ceiling of the serving benchmark calls exactly this)."""
+        """Raw model output for a batch of uint8 HWC frames, on the GPU path when there is one.
+
+        Safe to call from several lanes at once: each batch stages in its own slot.
+        """
         if self._cuda is not None and all(img.shape == images[0].shape for img in images):
             h, w = images[0].shape[0], images[0].shape[1]
             return self._cuda.run(images, self.padded(h, w), self.batch_to)
-        return self.infer(self.preprocess(images, buffers), wide=wide)
+        with self._staging.slot() as buffers:
+            # The session returns new arrays: the slot is free again once it has run.
+            return self.infer(self.preprocess(images, buffers), wide=wide)
 
     def run(
         self,
@@ -172,10 +180,9 @@ class Engine:
         timestamps_us: Sequence[int],
         *,
         wide: bool = True,
-        buffers: BufferPool | None = None,
     ) -> list[PerceptionOutput]:
         """Pre-process, infer and post-process one batch of frames."""
-        output = self.infer_frames(images, wide=wide, buffers=buffers)
+        output = self.infer_frames(images, wide=wide)
         return self.postprocess(output, [img.shape[:2] for img in images], timestamps_us)
 
     def warm(self, height: int, width: int, max_batch: int = 1) -> None:

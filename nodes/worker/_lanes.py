@@ -17,12 +17,11 @@ from typing import Generic, TypeVar
 import zmq
 
 from vigil.bus.closing import Closing
-from vigil.nodes.worker._buffers import BufferPool
 
 __all__ = ["Finished", "Lanes", "Plan", "plan"]
 
 R = TypeVar("R")
-Work = Callable[[BufferPool], R]
+Work = Callable[[], R]
 
 _ids = itertools.count()
 
@@ -35,16 +34,26 @@ class Plan:
     sizes: tuple[int, ...]
 
 
-def plan(*, ready: int, idle: int, lanes: int, max_batch: int) -> Plan:
+def plan(*, ready: int, idle: int, lanes: int, max_batch: int, split: bool = True) -> Plan:
     """How to run `ready` queued requests on the `idle` lanes out of `lanes`.
 
-    A lone request on an idle worker runs wide, on every core: the latency of one request
-    alone. Anything more runs as parallel batches on separate lanes, one core share each,
-    which wastes nothing on synchronising threads (throughput). A wide batch holds every
-    lane, so nothing else starts beside it and the cores are never oversubscribed.
+    On the CPU (`split`): a lone request on an idle worker runs wide, on every core: the
+    latency of one request alone. Anything more runs as parallel batches of equal size on
+    separate lanes, one core share each, which wastes nothing on synchronising threads
+    (throughput). A wide batch holds every lane, so nothing else starts beside it and the
+    cores are never oversubscribed.
+
+    On a GPU (no `split`): each free lane takes a full batch of what is queued, so the device
+    gets the largest batches it can, one staging while the other runs.
     """
     if ready <= 0 or idle <= 0:
         return Plan(wide=False, sizes=())
+    if not split:
+        sizes: list[int] = []
+        while ready > 0 and len(sizes) < idle:
+            sizes.append(min(ready, max_batch))
+            ready -= sizes[-1]
+        return Plan(wide=False, sizes=tuple(sizes))
     if idle == lanes and (ready == 1 or lanes == 1):
         return Plan(wide=True, sizes=(min(ready, max_batch),))
     count = min(idle, ready)
@@ -68,7 +77,6 @@ class _Lane(threading.Thread):
         self.endpoint = endpoint
         self.inbox: queue.SimpleQueue[tuple[int, Work[object]] | None] = queue.SimpleQueue()
         self.outbox: queue.SimpleQueue[Finished[object]] = queue.SimpleQueue()
-        self.buffers = BufferPool()  # this lane's own: batches running at once never share
 
     def run(self) -> None:
         with self.ctx.socket(zmq.PUSH) as wake:
@@ -77,7 +85,7 @@ class _Lane(threading.Thread):
             while (job := self.inbox.get()) is not None:
                 tag, work = job
                 try:
-                    done = Finished(tag, work(self.buffers), None)
+                    done = Finished(tag, work(), None)
                 # The inference engine's errors share no base below Exception; a batch's
                 # failure is reported to the loop, which answers each of its requests.
                 except Exception as exc:  # noqa: BLE001

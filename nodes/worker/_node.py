@@ -24,7 +24,6 @@ from vigil.nodes._runtime import Node
 from vigil.nodes._tracing import request_spans
 from vigil.nodes.contract import ExitCode, NodeArgs
 from vigil.nodes.worker._batcher import Batcher
-from vigil.nodes.worker._buffers import BufferPool
 from vigil.nodes.worker._contract import (
     FAULT_ABORT_STREAM,
     FAULT_HANG_STREAM,
@@ -418,7 +417,11 @@ class _Worker:
         while self.batcher and (force or self.batcher.due(now)):
             idle = min(self.lanes.idle, engine.lanes - self.lanes.busy)
             step = plan(
-                ready=len(self.batcher), idle=idle, lanes=engine.lanes, max_batch=self.max_batch
+                ready=len(self.batcher),
+                idle=idle,
+                lanes=engine.lanes,
+                max_batch=self.max_batch,
+                split=engine.split_batches,
             )
             if not step.sizes:
                 return
@@ -463,9 +466,9 @@ class _Worker:
         stamps = [j.request.frame_ts_us for j in jobs]
         clock = self.node.clock
 
-        def work(buffers: BufferPool) -> _Ran:
+        def work() -> _Ran:
             started = clock()
-            raw = engine.infer_frames(images, wide=wide, buffers=buffers)
+            raw = engine.infer_frames(images, wide=wide)
             inferred = clock()
             outputs = engine.postprocess(raw, [img.shape[:2] for img in images], stamps)
             return _Ran(outputs, _BatchTimes(started, inferred, clock()))

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from vigil.nodes.worker import EngineConfig, Task
-from vigil.nodes.worker._buffers import BufferPool
 from vigil.nodes.worker._engine import Engine
 from vigil.nodes.worker._sessions import sealed_model
 from vigil.testing.modelgen import tiny_classifier
@@ -27,7 +26,7 @@ def test_wide_and_narrow_sessions_agree() -> None:
     e = engine(threads=2)
     assert e.narrow is not e.session
     wide = e.run(FRAMES, [1, 2, 3], wide=True)
-    narrow = e.run(FRAMES, [1, 2, 3], wide=False, buffers=BufferPool())
+    narrow = e.run(FRAMES, [1, 2, 3], wide=False)
     assert [o.boxes[0].class_id for o in wide] == [o.boxes[0].class_id for o in narrow]
     np.testing.assert_allclose(
         [o.confidence for o in wide], [o.confidence for o in narrow], rtol=1e-5

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from vigil.nodes.worker._buffers import BufferPool
 from vigil.nodes.worker._lanes import Lanes, Plan, plan
 
 
@@ -35,6 +34,12 @@ def test_single_lane_always_runs_wide() -> None:
     assert plan(ready=6, idle=1, lanes=1, max_batch=4) == Plan(wide=True, sizes=(4,))
 
 
+def test_gpu_lanes_take_full_batches() -> None:
+    """Without splitting, each free lane takes as full a batch as the queue allows."""
+    assert plan(ready=40, idle=2, lanes=2, max_batch=32, split=False).sizes == (32, 8)
+    assert plan(ready=4, idle=2, lanes=2, max_batch=32, split=False).sizes == (4,)
+
+
 def test_nothing_to_start() -> None:
     """No request or no free lane: nothing starts."""
     assert plan(ready=0, idle=2, lanes=2, max_batch=4).sizes == ()
@@ -52,7 +57,7 @@ def test_batches_run_side_by_side(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     both = threading.Barrier(2, timeout=30)
 
     def work(value: int) -> object:
-        def run(buffers: BufferPool) -> int:
+        def run() -> int:
             both.wait()  # returns only if the other batch runs at the same time
             return value
 
@@ -73,10 +78,10 @@ def test_wide_batch_holds_every_lane(ctx: zmq.Context[zmq.Socket[bytes]]) -> Non
     """While a wide batch runs no lane is free, and a wide batch needs all of them free."""
     release = threading.Event()
     with Lanes[int](ctx, 2) as lanes:
-        lanes.start(lambda buffers: int(release.wait(30)), wide=True)
+        lanes.start(lambda: int(release.wait(30)), wide=True)
         assert lanes.idle == 0
         with pytest.raises(RuntimeError):
-            lanes.start(lambda buffers: 0)
+            lanes.start(lambda: 0)
         release.set()
         assert [f.result for f in lanes.wait(30_000)] == [1]
         assert lanes.idle == 2
@@ -85,29 +90,12 @@ def test_wide_batch_holds_every_lane(ctx: zmq.Context[zmq.Socket[bytes]]) -> Non
 def test_failed_batch_reports_its_error(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     """An exception in a batch comes back as its error; the lane stays usable."""
 
-    def fail(buffers: BufferPool) -> int:
+    def fail() -> int:
         raise ValueError("broken model")
 
     with Lanes[int](ctx, 1) as lanes:
         lanes.start(fail)
         (done,) = lanes.wait(30_000)
         assert done.result is None and isinstance(done.error, ValueError)
-        lanes.start(lambda buffers: 7)
+        lanes.start(lambda: 7)
         assert [f.result for f in lanes.wait(30_000)] == [7]
-
-
-def test_each_lane_brings_its_own_buffers(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-    """Batches running at once never share a buffer pool."""
-    both = threading.Barrier(2, timeout=30)
-    with Lanes[int](ctx, 2) as lanes:
-
-        def pool_id(buffers: BufferPool) -> int:
-            both.wait()
-            return id(buffers)
-
-        lanes.start(pool_id)
-        lanes.start(pool_id)
-        done = []
-        while len(done) < 2:
-            done += lanes.wait(30_000)
-        assert done[0].result != done[1].result
