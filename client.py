@@ -145,7 +145,7 @@ class _SharedSlots(Closing):
         slot = pool.acquire()
         if slot is None:
             return None
-        return slot, pool.put(slot, frame)
+        return slot, pool.put(slot, frame.data)
 
     def _open(self) -> FramePool | None:
         if self._run_dir is None or not self._run_dir.is_dir():

@@ -29,8 +29,6 @@ import struct
 from collections import OrderedDict, deque
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 import psutil
 
 from vigil.bus.closing import Closing
@@ -47,9 +45,11 @@ __all__ = [
     "pool_dir",
 ]
 
+# No NumPy here: the ingest reads headers only and must stay free of it (memory, start-up).
 _MAGIC = b"VGLPOOL1"
 # magic, layout version, slots, slot bytes, owner pid, owner start time (s, as psutil has it)
 _HEAD = struct.Struct("<8sIIQQd")
+_GENERATION = struct.Struct("<Q")
 _VERSION = 1
 _PAGE = mmap.PAGESIZE
 POOL_NAME = re.compile(r"^[0-9]{1,10}-[0-9a-f]{32}\.pool$")
@@ -128,7 +128,6 @@ class FramePool(Closing):
         _HEAD.pack_into(
             self._map, 0, _MAGIC, _VERSION, slots, self.slot_bytes, os.getpid(), started
         )
-        self._generations = np.ndarray((slots,), "<u8", self._map, _HEAD.size)
         self._free = deque(range(slots))
         self._closed = False
 
@@ -145,16 +144,17 @@ class FramePool(Closing):
         """Give a slot back once its request has ended."""
         self._free.append(slot)
 
-    def put(self, slot: int, frame: npt.NDArray[np.uint8]) -> SharedFrame:
-        """Write `frame` into `slot` under a new generation; its descriptor."""
-        if frame.nbytes > self.slot_bytes:
-            raise ValueError(f"frame of {frame.nbytes} bytes exceeds the slot size")
-        generation = int(self._generations[slot]) + 1
+    def put(self, slot: int, frame: memoryview) -> SharedFrame:
+        """Write a C-contiguous frame into `slot` under a new generation; its descriptor."""
+        pixels = frame.cast("B")
+        if pixels.nbytes > self.slot_bytes:
+            raise ValueError(f"frame of {pixels.nbytes} bytes exceeds the slot size")
+        at = _HEAD.size + 8 * slot
+        generation = _GENERATION.unpack_from(self._map, at)[0] + 1
         # The generation moves first: a reader still holding the old one sees it change.
-        self._generations[slot] = generation
+        _GENERATION.pack_into(self._map, at, generation)
         start = self._data + slot * self.slot_bytes
-        target = np.ndarray(frame.shape, np.uint8, self._map, start)
-        np.copyto(target, frame, casting="no")
+        self._map[start : start + pixels.nbytes] = pixels
         return SharedFrame(pool=self.name, slot=slot, generation=generation)
 
     def copy(self, slot: int, nbytes: int) -> bytes:
@@ -168,7 +168,6 @@ class FramePool(Closing):
             return
         self._closed = True
         self.path.unlink(missing_ok=True)
-        del self._generations
         with contextlib.suppress(BufferError):  # a view still held: the mapping outlives it
             self._map.close()
 
@@ -202,15 +201,17 @@ class PoolView(Closing):
         self.owner_pid: int = pid
         self.owner_started: float = started
         self._data = _layout(slots)
-        self._generations = np.ndarray((slots,), "<u8", self._map, _HEAD.size)
+        self._view = memoryview(self._map)  # read-only, like the mapping
 
     def generation(self, slot: int) -> int:
         """The slot's generation now."""
-        return int(self._generations[slot])
+        value: int = _GENERATION.unpack_from(self._map, _HEAD.size + 8 * slot)[0]
+        return value
 
-    def frame(self, slot: int, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
-        """The slot's pixels as a read-only array, in place."""
-        return np.ndarray(shape, np.uint8, self._map, self._data + slot * self.slot_bytes)
+    def frame(self, slot: int, nbytes: int) -> memoryview:
+        """The slot's first `nbytes` bytes, read-only and in place."""
+        start = self._data + slot * self.slot_bytes
+        return self._view[start : start + nbytes]
 
     def owner_alive(self) -> bool:
         """Whether the process that made the pool still runs (a reused pid does not count)."""
@@ -222,8 +223,8 @@ class PoolView(Closing):
 
     def close(self) -> None:
         """Unmap (later, if a frame view is still in use)."""
-        del self._generations
         with contextlib.suppress(BufferError):
+            self._view.release()
             self._map.close()
 
 
@@ -266,10 +267,9 @@ class SharedFrames(Closing):
             raise SharedFrameError("$.shm.generation", "slot rewritten since (stale descriptor)")
         return view
 
-    def frame(self, ref: SharedFrame, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
-        """A checked descriptor's pixels, read in place."""
-        view = self.check(ref, int(np.prod(shape)))
-        return view.frame(ref.slot, shape)
+    def frame(self, ref: SharedFrame, nbytes: int) -> memoryview:
+        """A checked descriptor's `nbytes` of pixels, read-only and in place."""
+        return self.check(ref, nbytes).frame(ref.slot, nbytes)
 
     def unchanged(self, ref: SharedFrame) -> bool:
         """Whether the slot still holds the generation the descriptor names."""

@@ -434,7 +434,8 @@ class _Ingest:
                 # Taps and bags get the pixels themselves (a copy, made only for them): a
                 # descriptor would name a slot the client reuses as soon as it is answered.
                 published = msgspec.structs.replace(request, shm=None)
-                buffers = [self.pools.frame(request.shm, request.image.shape).tobytes()]
+                h, w, c = request.image.shape
+                buffers = [bytes(self.pools.frame(request.shm, h * w * c))]
             self.node.publisher.publish(
                 Topic.INFER_REQUEST,
                 published,

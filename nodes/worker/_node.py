@@ -351,7 +351,8 @@ class _Worker:
         h, w, c = request.image.shape
         if request.shm is not None:
             try:
-                image = self.frames.frame(request.shm, (h, w, c))  # read in place
+                pixels = self.frames.frame(request.shm, h * w * c)
+                image = np.frombuffer(pixels, dtype=np.uint8)  # read in place
             except SharedFrameError as exc:
                 why = f"shared frame: {exc.rule}"
                 self._error(_Asker(index, env.seq, trace), ErrorCode.INVALID_ARGUMENT, why)

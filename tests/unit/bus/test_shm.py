@@ -27,22 +27,22 @@ def test_frame_is_read_in_place_under_its_generation(directory: Path) -> None:
         FramePool(directory, slots=2, slot_bytes=FRAME.nbytes) as pool,
         SharedFrames(directory) as frames,
     ):
-        ref = pool.put(1, FRAME)
+        ref = pool.put(1, FRAME.data)
         assert (ref.slot, ref.generation) == (1, 1)
-        seen = frames.frame(ref, FRAME.shape)
+        seen = np.frombuffer(frames.frame(ref, FRAME.nbytes), np.uint8).reshape(FRAME.shape)
         assert np.array_equal(seen, FRAME)
         assert not seen.flags.writeable
-        pool.put(1, FRAME[::-1].copy())
+        pool.put(1, FRAME[::-1].copy().data)
         assert np.array_equal(seen, FRAME[::-1])  # the same memory, not a copy
 
 
 def test_rewritten_slot_is_seen_as_changed(directory: Path) -> None:
     """Writing a slot again bumps its generation: an older descriptor is stale."""
     with FramePool(directory, slots=1, slot_bytes=64) as pool, SharedFrames(directory) as frames:
-        old = pool.put(0, FRAME)
-        frames.frame(old, FRAME.shape)
+        old = pool.put(0, FRAME.data)
+        frames.frame(old, FRAME.nbytes)
         assert frames.unchanged(old)
-        new = pool.put(0, FRAME)
+        new = pool.put(0, FRAME.data)
         assert new.generation == old.generation + 1
         assert not frames.unchanged(old)
         with pytest.raises(SharedFrameError) as stale:
@@ -53,7 +53,7 @@ def test_rewritten_slot_is_seen_as_changed(directory: Path) -> None:
 def test_descriptor_outside_the_pool_is_refused(directory: Path) -> None:
     """A slot past the end, an unknown pool, or a name that is no pool's is an error."""
     with FramePool(directory, slots=2, slot_bytes=64) as pool, SharedFrames(directory) as frames:
-        ref = pool.put(0, FRAME)
+        ref = pool.put(0, FRAME.data)
         unknown = SharedFrame(pool="123-" + "0" * 32 + ".pool", slot=0, generation=1)
         for bad, field in (
             (SharedFrame(pool=ref.pool, slot=2, generation=1), "$.shm.slot"),
@@ -69,11 +69,11 @@ def test_descriptor_outside_the_pool_is_refused(directory: Path) -> None:
 def test_frame_larger_than_a_slot_is_refused(directory: Path) -> None:
     """A descriptor claiming more bytes than a slot holds is refused, and so is writing one."""
     with FramePool(directory, slots=1, slot_bytes=16) as pool, SharedFrames(directory) as frames:
-        ref = pool.put(0, np.zeros(16, np.uint8))
+        ref = pool.put(0, np.zeros(16, np.uint8).data)
         with pytest.raises(SharedFrameError):
             frames.check(ref, pool.slot_bytes + 1)
         with pytest.raises(ValueError, match="slot size"):
-            pool.put(0, np.zeros(pool.slot_bytes + 1, np.uint8))
+            pool.put(0, np.zeros(pool.slot_bytes + 1, np.uint8).data)
 
 
 def test_slots_are_lent_and_given_back(directory: Path) -> None:
@@ -105,7 +105,7 @@ def test_pool_dir_is_one_per_run(tmp_path: Path) -> None:
 def test_closing_removes_the_pool(directory: Path) -> None:
     """A closed pool's file is gone; a node then refuses its descriptors."""
     pool = FramePool(directory, slots=1, slot_bytes=16)
-    ref = pool.put(0, np.zeros(4, np.uint8))
+    ref = pool.put(0, np.zeros(4, np.uint8).data)
     pool.close()
     assert not pool.path.exists()
     with SharedFrames(directory) as frames, pytest.raises(SharedFrameError):
@@ -138,7 +138,7 @@ def test_prune_lets_go_of_removed_pools(directory: Path) -> None:
     """A node closes its mapping of a pool whose file was removed."""
     with SharedFrames(directory) as frames:
         pool = FramePool(directory, slots=1, slot_bytes=16)
-        ref = pool.put(0, np.zeros(4, np.uint8))
+        ref = pool.put(0, np.zeros(4, np.uint8).data)
         frames.check(ref, 4)
         pool.close()
         frames.prune()
