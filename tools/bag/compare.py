@@ -95,7 +95,16 @@ DEFAULT_TOLERANCES: Final = Tolerances(
         Topic.INFER_RESULT: TopicTolerance(
             key=["stream_id", "frame_ts_us"],
             # Timing and placement differ run to run and say nothing about the output.
-            ignore=["worker", "batch_id", "batch_size", "queue_us", "infer_us"],
+            ignore=[
+                "worker",
+                "batch_id",
+                "batch_size",
+                "queue_us",
+                "infer_us",
+                "socket_us",
+                "ingest_queue_us",
+                "threads",
+            ],
             fields={
                 "output.confidence": FieldTolerance(abs=1e-3),
                 "output.boxes.score": FieldTolerance(abs=1e-3),
