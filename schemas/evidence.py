@@ -37,10 +37,11 @@ class RequestEvidence(Message, kw_only=True, frozen=True, tag="evidence.request"
 
     The envelope carries the request's trace. `received_ns` is the ingest's wall clock when the
     request arrived; every later stage is an offset from it in microseconds on the ingest's
-    monotonic clock, None where the request never got that far. The worker's two stages are
-    placed from the durations the worker reports (its queue wait and its batch), counted from
-    the dispatch: the network transit to the worker falls into the batch start, the way back
-    into the reply.
+    monotonic clock, None where the request never got that far. The worker's stages are placed
+    from the durations the worker reports, counted from the dispatch: the wait in its socket
+    buffer until its loop read the request (`worker_read_us`; the transit across hosts falls
+    there, with their clock offset), its queue wait for a batch and its batch; the way back
+    falls into the reply.
     """
 
     outcome: Outcome
@@ -59,6 +60,7 @@ class RequestEvidence(Message, kw_only=True, frozen=True, tag="evidence.request"
     received_ns: Micros = 0
     admitted_us: Micros | None = None
     dispatched_us: Micros | None = None
+    worker_read_us: Micros | None = None
     batch_start_us: Micros | None = None
     batch_end_us: Micros | None = None
     replied_us: Micros = 0

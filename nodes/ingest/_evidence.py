@@ -127,14 +127,16 @@ class Evidence:
             name, version, worker = reply.model, reply.version, reply.worker
             batch_id, batch_size = reply.batch_id, reply.batch_size
             # The worker's own durations, placed from the dispatch (see RequestEvidence).
-            start_us = min((dispatched_us or 0) + reply.queue_us, replied_us)
+            read_us = min((dispatched_us or 0) + reply.socket_us, replied_us)
+            start_us = min(read_us + reply.queue_us, replied_us)
             end_us: int | None = min(start_us + reply.infer_us, replied_us)
+            worker_read_us: int | None = read_us
             batch_start_us: int | None = start_us
         else:
             code, diag = str(reply.code), reply.diag_code
             name, version = (model.name, model.version) if model is not None else ("", "")
             worker, batch_id, batch_size = "", 0, 0
-            batch_start_us = end_us = None
+            worker_read_us = batch_start_us = end_us = None
         evidence = RequestEvidence(
             outcome=outcome,
             code=code,
@@ -152,6 +154,7 @@ class Evidence:
             received_ns=time.time_ns() - (now - origin),
             admitted_us=_after(path.admitted_ns, origin),
             dispatched_us=dispatched_us,
+            worker_read_us=worker_read_us,
             batch_start_us=batch_start_us,
             batch_end_us=end_us,
             replied_us=replied_us,

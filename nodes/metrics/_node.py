@@ -155,6 +155,14 @@ class BusMetrics:
             buckets=_QUEUE_BUCKETS,
             registry=reg,
         )
+        self.dispatch_wait = Histogram(
+            "vigil_dispatch_wait_seconds",
+            "Time a request waited before its worker read it: queued in the ingest, or in the"
+            " worker's socket buffer.",
+            ["stage"],
+            buckets=_QUEUE_BUCKETS,
+            registry=reg,
+        )
         self.batch_size = Histogram(
             "vigil_batch_size",
             "Requests per inference batch, observed once per batch.",
@@ -225,6 +233,8 @@ class BusMetrics:
             self.rejections.labels(reason=diag.value)
         for decision in ("allowed", "refused"):
             self.rate_limit.labels(decision=decision)
+        for stage in ("ingest_queue", "socket"):
+            self.dispatch_wait.labels(stage=stage)
         for state in SafetyState:
             self.safety_state.labels(state=state.value)
         self._kinds: dict[str, str] = {}
@@ -256,6 +266,14 @@ class BusMetrics:
         self.request_duration.labels(outcome=evidence.outcome.value, model=evidence.model).observe(
             evidence.replied_us / 1e6, exemplar=exemplar
         )
+        admitted, dispatched, read = (
+            evidence.admitted_us,
+            evidence.dispatched_us,
+            evidence.worker_read_us,
+        )
+        if admitted is not None and dispatched is not None and read is not None:
+            self.dispatch_wait.labels(stage="ingest_queue").observe((dispatched - admitted) / 1e6)
+            self.dispatch_wait.labels(stage="socket").observe((read - dispatched) / 1e6)
 
     def _on_batch(self, batch: BatchEvidence) -> None:
         self.inference.labels(model=batch.model, version=batch.version).observe(

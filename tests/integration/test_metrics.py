@@ -34,6 +34,7 @@ FAMILIES = {
     "vigil_request_duration_seconds": "histogram",
     "vigil_model_active_info": "gauge",
     "vigil_queue_time_seconds": "histogram",
+    "vigil_dispatch_wait_seconds": "histogram",
     "vigil_batch_size": "histogram",
     "vigil_requests": "counter",
     "vigil_rejections": "counter",

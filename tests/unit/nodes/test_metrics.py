@@ -150,6 +150,31 @@ def test_a_request_lands_end_to_end_with_its_trace_as_exemplar(metrics: BusMetri
     assert 'le="0.005"' in line and 'outcome="served"' in line
 
 
+def test_a_served_request_moves_its_dispatch_waits(metrics: BusMetrics) -> None:
+    """The evidence's stamps give the wait queued in the ingest (admitted to dispatched) and
+    in the worker's socket buffer (dispatched to read by the worker's loop)."""
+    evidence = RequestEvidence(
+        outcome=Outcome.SERVED,
+        code="OK",
+        admitted_us=100,
+        dispatched_us=800,
+        worker_read_us=840,
+        batch_start_us=900,
+        batch_end_us=3000,
+        replied_us=4000,
+    )
+    metrics.observe(received(evidence))
+    wait = "vigil_dispatch_wait_seconds_sum"
+    assert value(metrics, wait, stage="ingest_queue") == pytest.approx(0.0007)
+    assert value(metrics, wait, stage="socket") == pytest.approx(0.00004)
+
+
+def test_a_refusal_moves_no_dispatch_wait(metrics: BusMetrics) -> None:
+    """A request refused before it reached a worker waited in no dispatch stage."""
+    metrics.observe(received(RequestEvidence(outcome=Outcome.REFUSED, code="UNAVAILABLE")))
+    assert value(metrics, "vigil_dispatch_wait_seconds_count", stage="socket") == 0
+
+
 def test_the_announced_model_is_the_active_one(metrics: BusMetrics) -> None:
     """model/active sets its version to 1 and the one before it goes away."""
     for version in ("1", "2"):
