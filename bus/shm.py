@@ -43,6 +43,7 @@ __all__ = [
     "SharedFrames",
     "ensure_pool_dir",
     "pool_dir",
+    "sweep_stale_pools",
 ]
 
 # No NumPy here: the ingest reads headers only and must stay free of it (memory, start-up).
@@ -54,6 +55,7 @@ _VERSION = 1
 _PAGE = mmap.PAGESIZE
 POOL_NAME = re.compile(r"^[0-9]{1,10}-[0-9a-f]{32}\.pool$")
 _SHM_ROOT = Path("/dev/shm")
+_RUN_LINK = "run"
 
 
 class SharedFrameError(VigilError):
@@ -91,6 +93,9 @@ def ensure_pool_dir(run_dir: Path) -> Path:
     if shared:
         with contextlib.suppress(PermissionError):
             os.chown(path, -1, run_mode.st_gid)
+    # Which run it serves: once that run directory is gone, so may this one be.
+    with contextlib.suppress(FileExistsError):
+        (path / _RUN_LINK).symlink_to(Path(run_dir).resolve())
     return path
 
 
@@ -235,9 +240,13 @@ class SharedFrames(Closing):
     pixels (the worker), `unchanged` says whether they stayed as they were read.
     """
 
-    def __init__(self, directory: Path, *, max_pools: int = 64) -> None:
+    def __init__(
+        self, directory: Path, *, max_pools: int = 64, remove_directory: bool = False
+    ) -> None:
         self.directory = Path(directory)
         self.max_pools = max_pools
+        # The ingest removes the run's pool directory when it closes, if nothing is left.
+        self._remove_directory = remove_directory
         self._open: OrderedDict[str, PoolView] = OrderedDict()
 
     def pool(self, name: str) -> PoolView:
@@ -276,12 +285,17 @@ class SharedFrames(Closing):
         view = self._open.get(ref.pool)
         return view is not None and view.generation(ref.slot) == ref.generation
 
-    def prune(self) -> None:
+    def prune(self) -> list[str]:
         """Close the pools whose file is gone (removed by their client or the ingest), so
-        their memory goes back to the system."""
-        for name, view in list(self._open.items()):
-            if not view.path.exists():
-                self.forget(name)
+        their memory goes back to the system; their names."""
+        gone = [name for name, view in self._open.items() if not view.path.exists()]
+        for name in gone:
+            self.forget(name)
+        return gone
+
+    def exists(self, name: str) -> bool:
+        """Whether a pool of that name is in the directory now."""
+        return bool(POOL_NAME.match(name)) and (self.directory / name).exists()
 
     def forget(self, name: str) -> None:
         """Close a pool (its owner is gone or it was removed)."""
@@ -291,28 +305,79 @@ class SharedFrames(Closing):
 
     def reap(self) -> list[str]:
         """Remove every pool in the directory whose owner process is gone; their names."""
-        gone = []
-        with contextlib.suppress(FileNotFoundError, PermissionError):
-            for entry in os.scandir(self.directory):
-                if not POOL_NAME.match(entry.name):
-                    continue
-                try:
-                    view = self._open.get(entry.name) or PoolView(Path(entry.path))
-                except SharedFrameError:
-                    continue
-                if view.owner_alive():
-                    if entry.name not in self._open:
-                        view.close()
-                    continue
-                with contextlib.suppress(FileNotFoundError, PermissionError):
-                    os.unlink(entry.path)
-                self._open.pop(entry.name, None)
-                view.close()
-                gone.append(entry.name)
-        return gone
+        return _reap(self.directory, self._open)
 
     def close(self) -> None:
-        """Close every pool."""
+        """Close every pool (and remove an empty directory, if asked to)."""
         for view in self._open.values():
             view.close()
         self._open.clear()
+        if self._remove_directory and not any(
+            POOL_NAME.match(p.name) for p in _listing(self.directory)
+        ):
+            with contextlib.suppress(OSError):  # gone already, or a pool just arrived
+                (self.directory / _RUN_LINK).unlink(missing_ok=True)
+                self.directory.rmdir()
+
+
+def _listing(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(directory))
+    except OSError:
+        return []
+
+
+def sweep_stale_pools(root: Path = _SHM_ROOT) -> list[str]:
+    """Remove what runs on this host left behind, in every pool directory this process may
+    write: the pools of client processes that are gone (a client killed after its run ended
+    leaves its pool behind: no ingest would ever remove it), and the whole directory of a
+    run whose run directory no longer exists. The names of the pools removed."""
+    gone: list[str] = []
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        for entry in os.scandir(root):
+            if not entry.name.startswith("vigil-") or not entry.is_dir(follow_symlinks=False):
+                continue
+            directory = Path(entry.path)
+            run = directory / _RUN_LINK
+            if run.is_symlink() and not run.exists():
+                gone += _remove_run(directory)
+            else:
+                gone += _reap(directory, {})
+    return gone
+
+
+def _remove_run(directory: Path) -> list[str]:
+    """Remove the pool directory of a run that is over (its clients' mappings stay valid
+    until they let go; no node will read them again)."""
+    gone = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                if POOL_NAME.match(entry.name):
+                    gone.append(entry.name)
+        directory.rmdir()
+    return gone
+
+
+def _reap(directory: Path, open_views: dict[str, PoolView]) -> list[str]:
+    """Remove the pools in `directory` whose owner is gone (closing `open_views` of them)."""
+    gone = []
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        for entry in os.scandir(directory):
+            if not POOL_NAME.match(entry.name):
+                continue
+            try:
+                view = open_views.get(entry.name) or PoolView(Path(entry.path))
+            except SharedFrameError:
+                continue
+            if view.owner_alive():
+                if entry.name not in open_views:
+                    view.close()
+                continue
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                os.unlink(entry.path)
+            open_views.pop(entry.name, None)
+            view.close()
+            gone.append(entry.name)
+    return gone

@@ -15,7 +15,7 @@ from vigil.bus.clock import wall_ns
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext
 from vigil.bus.rundir import resolve_endpoint
-from vigil.bus.shm import SharedFrameError, SharedFrames, ensure_pool_dir
+from vigil.bus.shm import SharedFrameError, SharedFrames, ensure_pool_dir, sweep_stale_pools
 from vigil.nodes._dedup import RecentAnswers
 from vigil.nodes._runtime import Node
 from vigil.nodes._tracing import request_spans
@@ -171,7 +171,9 @@ class _Ingest:
         self._published: tuple[int, ...] = ()
         # Same-host clients' shared-memory pools, each bound to the first client connection
         # that used it (see bus/shm.py).
-        self.pools: SharedFrames = node.enter(SharedFrames(ensure_pool_dir(node.run.path)))
+        sweep_stale_pools()  # pools of dead clients left by earlier runs on this host
+        directory = ensure_pool_dir(node.run.path)
+        self.pools: SharedFrames = node.enter(SharedFrames(directory, remove_directory=True))
         self.pool_owners: dict[str, bytes] = {}
         self._next_reap = node.clock() + _REAP_NS
         # What a valid request must pass to be queued, in order; the first rejection refuses
@@ -637,10 +639,12 @@ class _Ingest:
                 )
 
     def reap_pools(self) -> None:
-        """Remove the pools of clients whose process is gone (their slots with them)."""
+        """Remove the pools of clients whose process is gone (their slots with them), and
+        forget those their clients closed."""
         for name in self.pools.reap():
-            self.pool_owners.pop(name, None)
             self.node.record("info", "ingest.pool_reaped", pool=name)
+        self.pools.prune()
+        self.pool_owners = {n: o for n, o in self.pool_owners.items() if self.pools.exists(n)}
 
     def dispatch(self) -> None:
         # Both clocks read once: every deadline sent in this pass converts by the same offset.

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vigil.bus.shm import FramePool, SharedFrameError, SharedFrames, ensure_pool_dir, pool_dir
+from vigil.bus.shm import (
+    FramePool,
+    SharedFrameError,
+    SharedFrames,
+    ensure_pool_dir,
+    pool_dir,
+    sweep_stale_pools,
+)
 from vigil.schemas import SharedFrame
 
 FRAME = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
@@ -143,3 +150,46 @@ def test_prune_lets_go_of_removed_pools(directory: Path) -> None:
         pool.close()
         frames.prune()
         assert not frames.unchanged(ref)  # no longer open
+
+
+def test_sweep_removes_dead_pools_of_every_run(tmp_path: Path) -> None:
+    """Pools a dead client left in any run's directory are swept; live ones stay."""
+    root = tmp_path / "shm"
+    one, two = root / "vigil-aaaa", root / "vigil-bbbb"
+    one.mkdir(parents=True)
+    two.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", _ABANDON, str(two)], capture_output=True, check=True
+    )
+    abandoned = two / out.stdout.decode().strip()
+    with FramePool(one, slots=1, slot_bytes=16) as alive:
+        assert sweep_stale_pools(root) == [abandoned.name]
+        assert alive.path.exists() and not abandoned.exists()
+
+
+def test_owner_of_the_directory_removes_it_when_empty(tmp_path: Path) -> None:
+    """The ingest's view removes the run's pool directory at close, unless pools remain."""
+    directory = ensure_pool_dir(tmp_path)
+    pool = FramePool(directory, slots=1, slot_bytes=16)
+    SharedFrames(directory, remove_directory=True).close()
+    assert directory.exists()  # a pool is still there
+    pool.close()
+    SharedFrames(directory, remove_directory=True).close()
+    assert not directory.exists()
+
+
+def test_sweep_removes_the_directory_of_a_run_that_is_over(tmp_path: Path) -> None:
+    """Once a run directory is gone, its pool directory (and any pool in it) goes too."""
+    run = tmp_path / "run"
+    run.mkdir()
+    root = tmp_path / "shm"
+    root.mkdir()
+    directory = root / "vigil-cccc"
+    directory.mkdir()
+    (directory / "run").symlink_to(run)
+    pool = FramePool(directory, slots=1, slot_bytes=16)
+    assert sweep_stale_pools(root) == []  # the run is on: nothing to do
+    run.rmdir()
+    assert sweep_stale_pools(root) == [pool.name]
+    assert not directory.exists()
+    pool.close()
