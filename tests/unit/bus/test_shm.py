@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vigil.bus import shm
 from vigil.bus.shm import (
     FramePool,
     SharedFrameError,
@@ -23,9 +24,20 @@ from vigil.schemas import SharedFrame
 FRAME = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
 
 
+@pytest.fixture(autouse=True)
+def shm_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Pools of these tests live under the test's own folder, not the host's /dev/shm."""
+    root = tmp_path / "shm"
+    root.mkdir()
+    monkeypatch.setattr(shm, "_SHM_ROOT", root)
+    return root
+
+
 @pytest.fixture
 def directory(tmp_path: Path) -> Path:
-    return ensure_pool_dir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    return ensure_pool_dir(run)
 
 
 def test_frame_is_read_in_place_under_its_generation(directory: Path) -> None:
@@ -92,10 +104,9 @@ def test_slots_are_lent_and_given_back(directory: Path) -> None:
         assert pool.acquire() == a
 
 
-def test_pool_is_private_to_its_owner(tmp_path: Path) -> None:
+def test_pool_is_private_to_its_owner(directory: Path, shm_root: Path) -> None:
     """The pool directory and files are for their owner only (no group, no others)."""
-    tmp_path.chmod(0o700)
-    directory = ensure_pool_dir(tmp_path)
+    assert directory.parent == shm_root
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     with FramePool(directory, slots=1, slot_bytes=16) as pool:
         assert stat.S_IMODE(pool.path.stat().st_mode) == 0o600
@@ -152,11 +163,11 @@ def test_prune_lets_go_of_removed_pools(directory: Path) -> None:
         assert not frames.unchanged(ref)  # no longer open
 
 
-def test_sweep_removes_dead_pools_of_every_run(tmp_path: Path) -> None:
+def test_sweep_removes_dead_pools_of_every_run(shm_root: Path) -> None:
     """Pools a dead client left in any run's directory are swept; live ones stay."""
-    root = tmp_path / "shm"
+    root = shm_root
     one, two = root / "vigil-aaaa", root / "vigil-bbbb"
-    one.mkdir(parents=True)
+    one.mkdir()
     two.mkdir()
     out = subprocess.run(
         [sys.executable, "-c", _ABANDON, str(two)], capture_output=True, check=True
@@ -167,9 +178,8 @@ def test_sweep_removes_dead_pools_of_every_run(tmp_path: Path) -> None:
         assert alive.path.exists() and not abandoned.exists()
 
 
-def test_owner_of_the_directory_removes_it_when_empty(tmp_path: Path) -> None:
+def test_owner_of_the_directory_removes_it_when_empty(directory: Path) -> None:
     """The ingest's view removes the run's pool directory at close, unless pools remain."""
-    directory = ensure_pool_dir(tmp_path)
     pool = FramePool(directory, slots=1, slot_bytes=16)
     SharedFrames(directory, remove_directory=True).close()
     assert directory.exists()  # a pool is still there
@@ -178,15 +188,12 @@ def test_owner_of_the_directory_removes_it_when_empty(tmp_path: Path) -> None:
     assert not directory.exists()
 
 
-def test_sweep_removes_the_directory_of_a_run_that_is_over(tmp_path: Path) -> None:
+def test_sweep_removes_the_directory_of_a_run_that_is_over(tmp_path: Path, shm_root: Path) -> None:
     """Once a run directory is gone, its pool directory (and any pool in it) goes too."""
-    run = tmp_path / "run"
+    run = tmp_path / "finished"
     run.mkdir()
-    root = tmp_path / "shm"
-    root.mkdir()
-    directory = root / "vigil-cccc"
-    directory.mkdir()
-    (directory / "run").symlink_to(run)
+    directory = ensure_pool_dir(run)
+    root = shm_root
     pool = FramePool(directory, slots=1, slot_bytes=16)
     assert sweep_stale_pools(root) == []  # the run is on: nothing to do
     run.rmdir()
