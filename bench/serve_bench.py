@@ -336,11 +336,13 @@ class Server:
     client: Any = None
 
 
-def _env(model: Path, threads: int) -> dict[str, str]:
+def _env(model: Path, threads: int, args: argparse.Namespace) -> dict[str, str]:
     return {
         **os.environ,
         "VIGIL_BENCH_MODEL": str(model),
         "VIGIL_BENCH_THREADS": str(threads),
+        "VIGIL_BENCH_DEVICE": args.device,
+        "VIGIL_BENCH_FP16": "1" if args.fp16 else "",
         "PYTHONPATH": os.pathsep.join([str(_BENCH), os.environ.get("PYTHONPATH", "")]),
     }
 
@@ -413,7 +415,7 @@ def http_server(
     with log.open("ab") as out:
         proc = subprocess.Popen(
             command,
-            env=_env(model, threads),
+            env=_env(model, threads, args),
             cwd=_BENCH,
             stdout=out,
             stderr=out,
@@ -447,7 +449,7 @@ def pipeline_launch(model: Path, args: argparse.Namespace, folder: Path) -> Path
     )
     pinned = PinnedModel(
         name="resnet50",
-        version="fp32",
+        version="fp16" if args.fp16 else "fp32",
         path=str(model),
         sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
     )
@@ -656,7 +658,11 @@ def inprocess(model: Path, args: argparse.Namespace, log: Path) -> dict[str, Any
     command += [",".join(map(str, args.batches)), str(args.duration), str(args.singles)]
     with log.open("ab") as err:
         done = subprocess.run(
-            command, env=_env(model, args.threads), stdout=subprocess.PIPE, stderr=err, check=True
+            command,
+            env=_env(model, args.threads, args),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            check=True,
         )
     out: dict[str, Any] = json.loads(done.stdout)
     out["cpu_s_per_img"] = out["cpu_s"] / out["images"]
@@ -742,16 +748,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cores = len(os.sched_getaffinity(0))
     parser = argparse.ArgumentParser(prog="vigil bench serve", description=__doc__)
-    parser.add_argument("--device", choices=["cpu"], default="cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--fp16", action="store_true", help="serve the float16 model")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--threads", type=int, default=cores, help="onnxruntime thread budget")
     parser.add_argument("--workers", type=int, default=1, help="pipeline worker processes")
-    parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--max-batch", type=int, default=None, help="default: 4 (cpu), 32")
     parser.add_argument("--max-queue-delay-us", type=int, default=2000)
     parser.add_argument("--litserve-workers", type=int, default=1)
     parser.add_argument("--gunicorn-workers", type=int, default=None, help="default: cores")
     parser.add_argument("--gunicorn-threads", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=None)
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--duration", type=float, default=None, help="seconds per point")
@@ -767,12 +774,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.gunicorn_workers = args.gunicorn_workers or max(1, args.threads // args.gunicorn_threads)
+    gpu = args.device == "cuda"
+    # A GPU wants big batches and many requests in flight to fill them.
+    args.max_batch = args.max_batch or (32 if gpu else 4)
+    args.concurrency = args.concurrency or ([1, 16, 64, 128, 256] if gpu else [1, 4, 16, 64])
     if args.quick:
         args.duration = args.duration or 3.0
         args.warm, args.reps, args.singles, args.batches = 1.0, 1, 10, [1, 4]
     else:
         args.duration = args.duration or 10.0
-        args.warm, args.singles, args.batches = 3.0, 30, [1, 2, 4, 8]
+        args.warm, args.singles = 3.0, 30
+        args.batches = [1, 8, 32, 64, 128] if gpu else [1, 2, 4, 8]
     if args.evidence_cost:
         args.duration = args.duration or (3.0 if args.quick else 8.0)
         args.warm, args.concurrency = 1.0, [args.evidence_concurrency]
@@ -797,9 +809,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vb-", dir="/tmp") as tmp_name:
         tmp = Path(tmp_name)
         log = tmp / "servers.log"
-        model = models.resnet50(tmp / "resnet50.onnx", seed=args.seed)
+        model = models.resnet50(tmp / "resnet50.onnx", fp16=args.fp16, seed=args.seed)
         print(
-            f"ResNet-50 fp32 on {cores} cores, {args.threads} onnxruntime threads per system; "
+            f"ResNet-50 {'fp16' if args.fp16 else 'fp32'} on {args.device}, {cores} cores, "
+            f"{args.threads} onnxruntime threads per system; "
             f"pipeline {args.workers} worker(s), max_batch {args.max_batch}, "
             f"max_queue_delay_us {args.max_queue_delay_us}; {args.reps} repetitions of "
             f"{args.duration:g} s per point; load average {load_before[0]:.2f}",
@@ -897,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["pipeline_stages"] = {str(c): _stage_summary(s) for c, s in stages.items()}
     summary["ready_s"] = {s: round(float(np.median(v)), 2) for s, v in ready.items()}
     summary["config"] = {
-        "model": "resnet50-fp32",
+        "model": "resnet50-fp16" if args.fp16 else "resnet50-fp32",
         "device": args.device,
         "cores": cores,
         "threads": args.threads,

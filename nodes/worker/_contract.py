@@ -69,10 +69,9 @@ class EngineConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
 
     def lane_count(self) -> int:
         """How many batches a worker may hold running at once: on the CPU, its lanes; where a
-        GPU may serve, at least two (one staging while the other computes)."""
-        if self.device is Device.CPU:
-            return self.cpu_lanes()
-        return max(2, self.cpu_lanes())
+        GPU may serve, two (one staging while the other computes; `auto` on a host without
+        a GPU then runs at most two batches side by side)."""
+        return self.cpu_lanes() if self.device is Device.CPU else 2
 
 
 class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):

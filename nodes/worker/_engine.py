@@ -53,7 +53,7 @@ class Engine:
         providers = _providers(config.device)
         on_cpu = providers[0] == "CPUExecutionProvider"
         # On a GPU, two lanes double-buffer: one batch stages while the other computes.
-        self.lanes = config.cpu_lanes() if on_cpu else 2
+        self.lanes = min(config.cpu_lanes(), config.lane_count()) if on_cpu else 2
         self.wide_threads = config.cores()
         self.narrow_threads = max(1, self.wide_threads // self.lanes)
         # Built from exactly the bytes that were verified (see `sealed_model`).
