@@ -67,6 +67,7 @@ _SAFE_STOP_ECHO_S = 2.0
 _BEATS_BEFORE_RELEASE = 3
 _RESEND_NS = 2_000_000_000
 _RESEND_PERIOD_NS = 200_000_000
+_IDLE_WAIT_NS = 1_000_000_000
 
 
 class LaunchError(VigilError):
@@ -213,7 +214,8 @@ class Launcher:
             Publisher(self.ctx, self.pub_endpoint, source="launcher", curve=plan.curve)
         )
         # The launcher listens to the safety state (to name the state it leaves on SAFE_STOP)
-        # and to heartbeats (to know when the bus carries messages again after a proxy restart).
+        # and to heartbeats (to find hung children, and to know when the bus carries messages
+        # again after a proxy restart).
         self.bus = self._stack.enter_context(
             Subscriber(
                 self.ctx,
@@ -613,11 +615,24 @@ class Launcher:
             self._resend_held()
             if self._graph_retry is not None and now >= self._graph_retry:
                 self.write_graph()
-            wait = 100.0 if until is None else max(0.0, min(100.0, until.remaining_ns(now) / 1e6))
-            self._poll(wait)
+            self._poll(self._wait_ms(now, until))
         if self.failure is not None and not self.safe_stopped:
             self._safe_stop(self.failure)
         return 1 if self.failure else 0
+
+    def _wait_ms(self, now: int, until: Deadline | None) -> float:
+        """Until the next timer: a restart's back-off, a resend, the run's end; else up to a
+        second. A child's exit (SIGCHLD), a signal or a message wakes the loop at once, so an
+        idle launcher costs nothing per request and next to nothing per second."""
+        due = [c.restart_at for c in self.children if c.restart_at is not None]
+        if self._resend:
+            due.append(self._next_resend)
+        if self._graph_retry is not None:
+            due.append(self._graph_retry)
+        wait_ns = min((t - now for t in due), default=_IDLE_WAIT_NS)
+        if until is not None:
+            wait_ns = min(wait_ns, until.remaining_ns(now))
+        return max(0.0, min(wait_ns, _IDLE_WAIT_NS) / 1e6)
 
     def _safe_stop(self, cause: str) -> None:
         """Bring the system to SAFE_STOP: publish it (latched), audit it, then return so the
