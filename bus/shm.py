@@ -182,16 +182,20 @@ class PoolView(Closing):
 
     def __init__(self, path: Path) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # Never through a link: a name must not lead to another client's pool.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise SharedFrameError(
                 "$.shm.pool", "no such pool (closed, or its client is gone)"
             ) from None
         except PermissionError:
             raise SharedFrameError("$.shm.pool", "pool not readable by this node") from None
+        except OSError:  # ELOOP: a symbolic link
+            raise SharedFrameError("$.shm.pool", "not a frame pool") from None
         try:
-            size = os.fstat(fd).st_size
-            if size < _PAGE:
+            info = os.fstat(fd)
+            size = info.st_size
+            if not stat.S_ISREG(info.st_mode) or size < _PAGE:
                 raise SharedFrameError("$.shm.pool", "not a frame pool")
             self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         finally:

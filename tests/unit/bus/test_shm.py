@@ -200,3 +200,13 @@ def test_sweep_removes_the_directory_of_a_run_that_is_over(tmp_path: Path, shm_r
     assert sweep_stale_pools(root) == [pool.name]
     assert not directory.exists()
     pool.close()
+
+
+def test_a_link_to_another_pool_is_refused(directory: Path) -> None:
+    """A pool name that is a symbolic link (to someone else's pool) is never followed."""
+    with FramePool(directory, slots=1, slot_bytes=16) as victim, SharedFrames(directory) as frames:
+        ref = victim.put(0, np.zeros(4, np.uint8).data)
+        link = directory / ("1-" + "a" * 32 + ".pool")
+        link.symlink_to(victim.path)
+        with pytest.raises(SharedFrameError, match="not a frame pool"):
+            frames.check(SharedFrame(pool=link.name, slot=0, generation=ref.generation), 4)
