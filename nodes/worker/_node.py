@@ -32,7 +32,7 @@ from vigil.nodes.worker._contract import (
     backends,
 )
 from vigil.nodes.worker._engine import Engine
-from vigil.nodes.worker._lanes import Finished, Lanes, plan
+from vigil.nodes.worker._lanes import Finished, Lanes, LoneChoice, plan
 from vigil.nodes.worker._models import ModelLoadError, ModelManager
 from vigil.schemas import (
     BatchEvidence,
@@ -101,6 +101,7 @@ class _Batch:
     jobs: list[_Job]
     formed_ns: int
     wide: bool
+    lone: bool  # a lone request on an idle worker: its time says which way is faster
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,7 @@ class _Worker:
         self.lanes: Lanes[_Ran] = node.enter(Lanes(node.ctx, config.engine.lane_count()))
         node.poller.register(self.lanes.socket, zmq.POLLIN)
         self.running: dict[int, _Batch] = {}
+        self.lone = LoneChoice()
         self.frames: SharedFrames = node.enter(SharedFrames(pool_dir(node.run.path)))
         self._next_prune = node.clock() + _PRUNE_NS
         self.batch_ids = itertools.count(1)
@@ -261,6 +263,7 @@ class _Worker:
         self._serving(previous, generation)
 
     def _serving(self, a: ModelAnnouncement, generation: int) -> None:
+        self.lone = LoneChoice()  # what was fast for the old version says nothing of this one
         self.node.heartbeat_detail = {
             "model": a.name,
             "version": a.version,
@@ -417,19 +420,22 @@ class _Worker:
             return
         while self.batcher and (force or self.batcher.due(now)):
             idle = min(self.lanes.idle, engine.lanes - self.lanes.busy)
+            ready = len(self.batcher)
+            lone = ready == 1 and idle == engine.lanes > 1 and engine.split_batches
             step = plan(
-                ready=len(self.batcher),
+                ready=ready,
                 idle=idle,
                 lanes=engine.lanes,
                 max_batch=self.max_batch,
                 split=engine.split_batches,
+                lone_wide=self.lone.wide() if lone else True,
             )
             if not step.sizes:
                 return
             for size in step.sizes:
                 jobs = self._take(engine, now, size)
                 if jobs:
-                    self._start(engine, jobs, now, wide=step.wide)
+                    self._start(engine, jobs, now, wide=step.wide, lone=lone)
 
     def _take(self, engine: Engine, now: int, size: int) -> list[_Job]:
         """Up to `size` queued frames of one size; answers those that cannot run instead."""
@@ -451,7 +457,9 @@ class _Worker:
                 jobs.append(job)
         return jobs
 
-    def _start(self, engine: Engine, jobs: list[_Job], now: int, *, wide: bool) -> None:
+    def _start(
+        self, engine: Engine, jobs: list[_Job], now: int, *, wide: bool, lone: bool = False
+    ) -> None:
         batch_id = next(self.batch_ids)
         if self.config.fault_injection and any(
             j.request.stream_id == FAULT_ABORT_STREAM for j in jobs
@@ -475,7 +483,7 @@ class _Worker:
             return _Ran(outputs, _BatchTimes(started, inferred, clock()))
 
         tag = self.lanes.start(work, wide=wide)
-        self.running[tag] = _Batch(batch_id, engine, jobs, now, wide)
+        self.running[tag] = _Batch(batch_id, engine, jobs, now, wide, lone)
 
     def on_finished(self) -> None:
         """Answer every request of the batches the lanes finished."""
@@ -499,6 +507,8 @@ class _Worker:
             return
         ran = done.result
         times = ran.times
+        if batch.lone and engine is self.manager.engine:
+            self.lone.observe(wide=batch.wide, elapsed_ns=times.ended - times.started)
         infer_us = (times.ended - times.started) // 1000
         threads = engine.threads(wide=batch.wide)
         for job, output in zip(batch.jobs, ran.outputs, strict=True):

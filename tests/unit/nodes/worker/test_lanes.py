@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from vigil.nodes.worker._lanes import Lanes, Plan, plan
+from vigil.nodes.worker._lanes import Lanes, LoneChoice, Plan, plan
 
 
 def test_lone_request_on_idle_worker_runs_wide() -> None:
@@ -22,6 +22,36 @@ def test_load_runs_as_parallel_batches() -> None:
     assert plan(ready=5, idle=2, lanes=2, max_batch=4) == Plan(wide=False, sizes=(3, 2))
     assert plan(ready=2, idle=4, lanes=4, max_batch=4) == Plan(wide=False, sizes=(1, 1))
     assert plan(ready=20, idle=2, lanes=2, max_batch=4) == Plan(wide=False, sizes=(4, 4))
+
+
+def test_lone_request_runs_narrow_when_told_wide_is_slower() -> None:
+    """A lone request runs on one lane when the wide way is not the faster one now."""
+    assert plan(ready=1, idle=2, lanes=2, max_batch=4, lone_wide=False) == Plan(
+        wide=False, sizes=(1,)
+    )
+
+
+def test_lone_choice_tries_wide_then_narrow_then_takes_the_faster() -> None:
+    """With nothing known it runs wide, then narrow once, then whichever was faster."""
+    choice = LoneChoice(explore_every=100)
+    assert choice.wide()
+    choice.observe(wide=True, elapsed_ns=60)
+    assert not choice.wide()
+    choice.observe(wide=False, elapsed_ns=80)
+    assert [choice.wide() for _ in range(5)] == [True] * 5
+
+
+def test_lone_choice_follows_a_host_that_got_busy() -> None:
+    """When other processes make wide runs slow, lone requests go narrow; the wide way is
+    still tried now and then, and taken again once it is faster."""
+    choice = LoneChoice(explore_every=4, weight=1.0)
+    choice.observe(wide=True, elapsed_ns=60)
+    choice.observe(wide=False, elapsed_ns=80)
+    choice.observe(wide=True, elapsed_ns=150)  # the other core is taken now
+    picks = [choice.wide() for _ in range(8)]
+    assert picks.count(True) == 2 and picks.count(False) == 6  # one try in four
+    choice.observe(wide=True, elapsed_ns=60)  # quiet again
+    assert choice.wide()
 
 
 def test_busy_lane_leaves_the_rest_narrow() -> None:
