@@ -104,7 +104,7 @@ def test_slot_comes_back_after_a_deadline(pipeline: Launcher) -> None:
 
 def test_forged_descriptors_are_refused(pipeline: Launcher) -> None:
     """A descriptor naming another client's pool is refused (ownership), and so are a stale
-    generation and a slot outside the pool; none of them reaches a worker."""
+    generation, a slot outside the pool and a pool that does not exist."""
     endpoint = pipeline.run.ipc("ingest")
     with Client(endpoint, pool_slots=2) as owner, Client(endpoint, name="other") as other:
         assert isinstance(_reply(owner, _shared(owner, FRAMES[0], "cam-o", 1)), InferResult)
@@ -131,7 +131,12 @@ def test_forged_descriptors_are_refused(pipeline: Launcher) -> None:
         assert stale.reply.field == "$.shm.generation"
         outside = forged(owner, msgspec.structs.replace(real, slot=7), 3)
         assert outside.reply.field == "$.shm.slot"
-        assert stale.reply.code == outside.reply.code == ErrorCode.INVALID_ARGUMENT
+        missing = forged(owner, msgspec.structs.replace(real, pool=f"1-{'0' * 32}.pool"), 4)
+        assert missing.reply.field == "$.shm.pool"
+        codes = {r.reply.code for r in (stale, outside, missing)}
+        assert codes == {ErrorCode.INVALID_ARGUMENT}
+        # The owner's pool still serves it after the refusals.
+        assert isinstance(_reply(owner, _shared(owner, FRAMES[1], "cam-o", 5)), InferResult)
 
 
 def test_slot_comes_back_when_its_workers_die(pipeline: Launcher) -> None:
