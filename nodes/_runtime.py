@@ -387,12 +387,15 @@ class Node:
         prefix: bool = False,
         strict: bool = False,
         skip_replayed: bool | Collection[str] = CONTROL_TOPICS,
+        wake: bool = True,
     ) -> Subscriber:
         """A subscriber on the proxy, owned by this node and registered with its poller.
 
         A `prefix` subscription takes every catalogued topic that one of `topics` begins.
         Replayed messages (`vigil bag play`) on control topics are left out by default: a live
         node follows the live system's liveness, state and model, never a recording's.
+        Without `wake`, its messages never wake the loop: the node drains it on the turns it
+        takes anyway (frequent, periodic traffic such as heartbeats then costs no wake-up).
         """
         sub: Subscriber = self._stack.enter_context(
             Subscriber(
@@ -405,7 +408,8 @@ class Node:
                 skip_replayed=skip_replayed,
             )
         )
-        self.poller.register(sub.socket, zmq.POLLIN)
+        if wake:
+            self.poller.register(sub.socket, zmq.POLLIN)
         if prefix:
             self.subscribed.update(t for t in TOPICS if t.startswith(tuple(topics)))
         else:

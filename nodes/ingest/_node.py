@@ -137,7 +137,10 @@ class _Ingest:
         # Worker heartbeats (from their own thread) prove a busy worker alive; a stopped or
         # hung one falls silent and its work is re-dispatched. The committed model is latched:
         # until one is, no request could ever be served.
-        self.state_sub = node.subscriber([Topic.SAFETY_STATE, Topic.HEARTBEAT, Topic.MODEL_ACTIVE])
+        self.state_sub = node.subscriber([Topic.SAFETY_STATE, Topic.MODEL_ACTIVE])
+        # Every node beats several times a second; only a silent worker holding work matters,
+        # and that is checked on the loop's own tick: the beats never wake the loop.
+        self.beats = node.subscriber([Topic.HEARTBEAT], wake=False)
         node.poller.register(self.frontend, zmq.POLLIN)
         node.poller.register(self.backend, zmq.POLLIN)
         self.validator = RequestValidator(
@@ -665,7 +668,6 @@ class _Ingest:
             self.workers.forward(request.frames, identity=[slot.identity], envelope=envelope)
 
     def on_bus(self) -> None:
-        now = self.node.clock()
         while (received := self.state_sub.recv(0)) is not None:
             body = received.body
             if isinstance(body, StateChange):
@@ -673,10 +675,17 @@ class _Ingest:
                 self.capacity = body.capacity
             elif isinstance(body, ModelAnnouncement):
                 self.model = body
-            elif isinstance(body, Heartbeat):
-                self.bus_heard_ns = now
-                if body.kind != "worker":
-                    continue
+
+    def on_beats(self) -> None:
+        """Drain the heartbeats (on every turn of the loop): the bus carries beats, and a
+        beating worker is not silent."""
+        now = self.node.clock()
+        while (received := self.beats.recv(0)) is not None:
+            body = received.body
+            if not isinstance(body, Heartbeat):
+                continue
+            self.bus_heard_ns = now
+            if body.kind == "worker":
                 self.beat_period_ns = max(self.beat_period_ns, body.period_ms * 1_000_000)
                 for slot in self.dispatcher.workers.values():
                     if slot.name == body.node and slot.pid == body.pid:
@@ -747,6 +756,7 @@ def run(config: IngestConfig, args: NodeArgs) -> ExitCode:
                 ingest.on_exits(exited)
             if events.get(ingest.frontend):
                 ingest.on_client()
+            ingest.on_beats()
             ingest.on_time()
             ingest.dispatch()
             ingest.publish_counts()
