@@ -187,7 +187,7 @@ class Point:
     cpu: dict[str, float] = field(default_factory=dict)
     rss_mib: float = 0.0
     pss_mib: float = 0.0
-    stages: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
+    stages: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
 
     def row(self, span: float) -> dict[str, Any]:
@@ -305,7 +305,6 @@ def vigil_call(client: AsyncClient, frames: list[np.ndarray], point: Point) -> C
             return None, False
         point.stages.append(
             (
-                result.ingest_queue_us,
                 result.socket_us,
                 result.queue_us,
                 result.infer_us,
@@ -743,12 +742,12 @@ def _stage_summary(stages: list[tuple[int, ...]]) -> dict[str, float]:
     if not stages:
         return {}
     cols = np.asarray(stages, dtype=np.float64)
-    names = ("ingest_queue", "socket", "batch_wait", "infer")
+    names = ("socket", "batch_wait", "infer")
     out = {
         f"{n}_p50_ms": round(float(np.median(cols[:, i])) / 1000, 2) for i, n in enumerate(names)
     }
-    out["mean_batch"] = round(float(cols[:, 4].mean()), 2)
-    out["wide_share"] = round(float((cols[:, 5] > 1).mean()), 3)
+    out["mean_batch"] = round(float(cols[:, 3].mean()), 2)
+    out["wide_share"] = round(float((cols[:, 4] > 1).mean()), 3)
     return out
 
 

@@ -95,14 +95,13 @@ class InferResult(Message, kw_only=True, frozen=True, tag="infer.result"):
     worker: Annotated[str, msgspec.Meta(max_length=64)] = ""
     batch_id: Annotated[int, msgspec.Meta(ge=0)] = 0
     batch_size: Annotated[int, msgspec.Meta(ge=1)] = 1
-    # Where a request's time went, stage by stage (us): waiting in the worker for its batch
-    # to form (`queue_us`), running its batch (`infer_us`, pre- and post-processing included),
-    # queued in the ingest before dispatch (`ingest_queue_us`) and in the worker's socket
-    # buffer before its loop read it (`socket_us`; across hosts it includes their clock offset).
+    # Where the request's time went in the worker (us): in its socket buffer before its loop
+    # read it (`socket_us`; across hosts it includes their clock offset), waiting for its batch
+    # to form (`queue_us`) and running its batch (`infer_us`, pre- and post-processing
+    # included). The ingest places them among its own stamps in the request's evidence.
     queue_us: Annotated[int, msgspec.Meta(ge=0)] = 0
     infer_us: Annotated[int, msgspec.Meta(ge=0)] = 0
     degraded: bool = False
     socket_us: Annotated[int, msgspec.Meta(ge=0)] = 0
-    ingest_queue_us: Annotated[int, msgspec.Meta(ge=0)] = 0
     # The intra-op threads its batch ran with (the whole core budget for a lone request).
     threads: Annotated[int, msgspec.Meta(ge=0)] = 0

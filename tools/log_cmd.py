@@ -41,7 +41,8 @@ _STAGES = (
     ("received", "", "received_ns"),
     ("admitted", "admission", "admitted_us"),
     ("dispatched", "ingest queue", "dispatched_us"),
-    ("batch start", "to the worker, its queue", "batch_start_us"),
+    ("worker read", "to the worker's loop", "worker_read_us"),
+    ("batch start", "its queue", "batch_start_us"),
     ("batch end", "batch", "batch_end_us"),
     ("replied", "reply", "replied_us"),
 )
@@ -407,8 +408,11 @@ def _path_lines(entry: Entry) -> list[str]:
         at = 0 if field == "received_ns" else getattr(r, field)
         if at is None:
             continue
+        # Evidence sealed before the worker's read stamp: the batch start's step holds both.
+        joined = field == "batch_start_us" and r.worker_read_us is None
+        label = "to the worker, its queue" if joined else step
         lines.append(
-            f"  {name:<12} {at / 1000:>10.3f} {(at - previous) / 1000:>10.3f}  {step}".rstrip()
+            f"  {name:<12} {at / 1000:>10.3f} {(at - previous) / 1000:>10.3f}  {label}".rstrip()
         )
         previous = at
     lines.append(f"  reply sha256 {r.digest.hex() or '-'}")

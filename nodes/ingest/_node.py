@@ -575,11 +575,8 @@ class _Ingest:
         if request is None:
             return  # answered already (deadline) or a late reply from a presumed-hung worker
         if isinstance(body, InferResult):
-            body = msgspec.structs.replace(
-                body,
-                degraded=body.degraded or self.state is not SafetyState.NORMAL,
-                ingest_queue_us=(request.dispatched_ns - request.received_ns) // 1000,
-            )
+            if self.state is not SafetyState.NORMAL:
+                body = msgspec.structs.replace(body, degraded=True)
             sent = self._answer(request.client, request.client_seq, body, request.trace)
             self._remember(request, body)
             self.counts["answered"] += 1

@@ -36,7 +36,15 @@ export = pytest.importorskip("opentelemetry.sdk.trace.export")
 memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-STAGES = ("received", "admitted", "dispatched", "batch start", "batch end", "replied")
+STAGES = (
+    "received",
+    "admitted",
+    "dispatched",
+    "worker read",
+    "batch start",
+    "batch end",
+    "replied",
+)
 
 
 @dataclass

@@ -102,7 +102,6 @@ DEFAULT_TOLERANCES: Final = Tolerances(
                 "queue_us",
                 "infer_us",
                 "socket_us",
-                "ingest_queue_us",
                 "threads",
             ],
             fields={

@@ -120,6 +120,7 @@ SERVED = RequestEvidence(
     received_ns=1_700_000_000_000_000_000,
     admitted_us=10,
     dispatched_us=30,
+    worker_read_us=70,
     batch_start_us=250,
     batch_end_us=5250,
     replied_us=5400,
@@ -160,7 +161,8 @@ def test_trace_prints_each_stage_of_a_served_request_with_its_step(store_path: s
         for line in result.output.splitlines()
         if line.startswith("  ") and len(line.split()) > 2
     }
-    assert "0.220" in steps["batch start"] and "5.000" in steps["batch end"]
+    assert "0.040" in steps["worker read"] and "0.180" in steps["batch start"]
+    assert "5.000" in steps["batch end"]
     assert "5.400" in steps["replied"] and "0.150" in steps["replied"]
 
 
