@@ -9,6 +9,7 @@ import numpy as np
 
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
+from vigil.errors import Unavailable
 from vigil.launch import Launcher, load
 from vigil.nodes.ingest import IngestConfig
 from vigil.schemas import InferResult
@@ -34,6 +35,25 @@ def _results(client: Client, count: int, first_ts: int) -> list[InferResult]:
     return results
 
 
+def _until_serving(client: Client) -> None:
+    """Send pairs until both are served: until then the ingest may not know the model yet
+    (refused at once, UNAVAILABLE). A pair, never a lone request, so the worker's choice for
+    a lone request is left untouched."""
+    for ts in range(1, 1000):
+        seqs = [
+            client.submit(FRAME, stream_id=f"w{i}", frame_ts_us=ts, deadline_s=60) for i in range(2)
+        ]
+        outcomes = []
+        while len(outcomes) < len(seqs):
+            reply = client.poll(60_000)
+            assert reply is not None
+            outcomes.append(reply[1])
+        if all(isinstance(o, InferResult) for o in outcomes):
+            return
+        assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
+    raise AssertionError("the pipeline never served")
+
+
 def test_batches_form_under_load_and_a_lone_request_runs_wide(short_tmp: Path) -> None:
     """A burst of max_batch requests leaves as parallel batches larger than one on the narrow
     lanes; a lone request waits max_queue_delay for company, then runs on every thread."""
@@ -47,6 +67,7 @@ def test_batches_form_under_load_and_a_lone_request_runs_wide(short_tmp: Path) -
     with Launcher(load(write(launch, short_tmp), run.path), run) as launcher:
         launcher.start()
         with Client(run.ipc("ingest")) as client:
+            _until_serving(client)
             burst = _results(client, 4, first_ts=1)
             lone = _results(client, 1, first_ts=2)
 
