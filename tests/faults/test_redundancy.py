@@ -10,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 
@@ -83,6 +84,67 @@ def test_a_repeat_is_answered_without_running_again(short_tmp: Path) -> None:
                     again = client.channel.decode(raw.recv_multipart(copy=False)).body
                 assert isinstance(again, InferResult), again
                 assert (again.worker, again.batch_id) == (original.worker, original.batch_id)
+
+
+@pytest.mark.verifies("SR-RED-001", "SR-RED-002")
+def test_a_shared_memory_request_is_failed_over_and_its_slot_returned_once(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingest in use is killed while it holds a request whose frame lies in the client's
+    shared memory: the client re-sends the same descriptor to the standby and gets the
+    result; the slot is given back exactly once; a repeat of the request is answered from the
+    standby's recent answers even after the slot was rewritten (never read again)."""
+    run = RunDir(short_tmp / "run")
+    path = classifier_launch(short_tmp, workers=1, ingests=2)
+    with Launcher(load(path, run.path), run) as launcher:
+        launcher.start()
+        endpoints = ingest_endpoints(launcher)
+        with Client(endpoints, name="shm-failover", ctx=launcher.ctx, pool_slots=2) as client:
+            client.infer(FRAME, stream_id="shm", frame_ts_us=1, deadline_s=20)
+            pool = client.slots.pool
+            assert pool is not None  # the frames go through shared memory
+            until = time.monotonic() + 20
+            while not all(client.links_up):
+                assert time.monotonic() < until, "the client never reached both ingests"
+                client.poll(50)
+            returned: list[int] = []
+            release = pool.release
+
+            def counted(slot: int) -> None:
+                returned.append(slot)
+                release(slot)
+
+            monkeypatch.setattr(pool, "release", counted)
+            held = client.failover.choose()
+            assert held is not None
+            pid = child_pid(launcher, ["ingest", "ingest-b"][held])
+            # Stopped, the ingest holds what it is sent; the client has not polled, so it
+            # still sends there.
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                seq = client.submit(FRAME, stream_id="shm", frame_ts_us=2, deadline_s=20)
+                sent = client.failover.requests[seq]
+                assert sent.slot is not None and sent.link == held
+            finally:
+                os.kill(pid, signal.SIGKILL)
+            reply = client.poll(20_000)
+            assert reply is not None and reply[0] == seq, reply
+            result = reply[1]
+            assert isinstance(result, InferResult), result
+            assert sent.sends == 2 and sent.link is not None and sent.link != held
+            assert returned == [sent.slot] and pool.free == 2
+            # The slot is rewritten (a later frame); the repeat must not look at it.
+            pool.put(sent.slot, np.zeros_like(FRAME).data)
+            frames = [client.channel.encode(sent.envelope), *sent.parts]
+            with launcher.ctx.socket(zmq.DEALER) as raw:
+                raw.setsockopt(zmq.LINGER, 0)
+                raw.connect(endpoints[sent.link])
+                raw.send_multipart(frames)
+                assert raw.poll(20_000), "no answer to the repeat"
+                again = client.channel.decode(raw.recv_multipart(copy=False)).body
+            assert isinstance(again, InferResult), again
+            assert (again.worker, again.batch_id) == (result.worker, result.batch_id)
+        assert returned == [sent.slot]
 
 
 @pytest.mark.verifies("SR-DEG-001")

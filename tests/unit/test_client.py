@@ -6,8 +6,10 @@ import asyncio
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
+import zmq
 
 from vigil.bus.deadline import Deadline
 from vigil.bus.failover import Outstanding
@@ -42,3 +44,29 @@ def test_an_async_link_that_cannot_take_a_request_says_so(short_tmp: Path) -> No
             return client._send(request, 0), request.link
 
     assert asyncio.run(attempt()) == (False, None)
+
+
+def test_a_link_to_a_remote_ingest_carries_the_pixels(short_tmp: Path) -> None:
+    """A frame in shared memory goes as its descriptor to an ingest on this host; re-sent to
+    one elsewhere (tcp) it carries its pixels, copied from the slot, which stays lent."""
+    frame = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    decode = msgspec.msgpack.Decoder(InferRequest).decode
+    with zmq.Context() as ctx, ctx.socket(zmq.ROUTER) as local, ctx.socket(zmq.ROUTER) as remote:
+        for ingest in (local, remote):
+            ingest.setsockopt(zmq.LINGER, 0)
+        local.bind(f"ipc://{short_tmp}/ingest")
+        port = remote.bind_to_random_port("tcp://127.0.0.1")
+        endpoints = [f"ipc://{short_tmp}/ingest", f"tcp://127.0.0.1:{port}"]
+        with Client(endpoints, ctx=ctx, pool_slots=1) as client:
+            client.submit(frame, stream_id="s", frame_ts_us=1, deadline_s=30)
+            assert local.poll(10_000), "nothing reached the local ingest"
+            _, _, body = local.recv_multipart()
+            assert decode(body).shm is not None  # the descriptor alone
+            local.close()
+            until = time.monotonic() + 10
+            while not remote.poll(0):
+                assert time.monotonic() < until, "the request was not re-sent"
+                client.poll(50)
+            _, _, body, pixels = remote.recv_multipart()
+            assert decode(body).shm is None and pixels == frame.tobytes()
+            assert client.slots.pool is not None and client.slots.pool.free == 0
