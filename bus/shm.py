@@ -12,8 +12,9 @@ a silent result.
 
 Who may use a pool: its file is readable and writable by its owner only (and the nodes'
 group when the run directory is shared with one), in a directory nobody else can list; the
-ingest binds each pool to the first client connection that uses it and refuses it from any
-other; pools whose owner process is gone are removed by the ingest (`SharedFrames.reap`).
+ingest binds each pool to the first client that uses it (its session, which outlives a
+reconnection) and refuses it from any other; pools whose owner process is gone are removed
+by the ingest (`SharedFrames.reap`).
 """
 
 from __future__ import annotations

@@ -172,8 +172,8 @@ class _Ingest:
             node.publisher, self.spans, node.clock, publish=config.publish_evidence
         )
         self._published: tuple[int, ...] = ()
-        # Same-host clients' shared-memory pools, each bound to the first client connection
-        # that used it (see bus/shm.py).
+        # Same-host clients' shared-memory pools, each bound to the first client that used it
+        # (see bus/shm.py).
         sweep_stale_pools()  # pools of dead clients left by earlier runs on this host
         directory = ensure_pool_dir(node.run.path)
         self.pools: SharedFrames = node.enter(SharedFrames(directory, remove_directory=True))
@@ -306,7 +306,12 @@ class _Ingest:
             self.pools.check(ref, h * w * c)
         except SharedFrameError as exc:
             return Rejection(DiagCode.RANGE_OR_SEQUENCE, exc.field, exc.rule)
-        if self.pool_owners.setdefault(ref.pool, admission.identity) != admission.identity:
+        # The client, not its connection: a link that dropped and came back is a new
+        # connection of the same client, which its session (the first half of its request
+        # ids, random and the same on every link) names; a request without one is its
+        # connection's alone.
+        client = admission.envelope.request_id[:8] or admission.identity
+        if self.pool_owners.setdefault(ref.pool, client) != client:
             return Rejection(
                 DiagCode.AUTH_REFUSED,
                 "$.shm.pool",

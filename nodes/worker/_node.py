@@ -14,6 +14,7 @@ import numpy.typing as npt
 import zmq
 
 from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
+from vigil.bus.clock import wall_ns
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
 from vigil.bus.rundir import resolve_endpoint
@@ -331,7 +332,7 @@ class _Worker:
                 frames = backend.dealer.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            read_wall = time.time_ns()
+            read_wall = wall_ns()  # the clock the ingest stamps its dispatch with
             try:
                 incoming = backend.channel.decode(frames)
             except FrameFault as fault:

@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
+import zmq
 
 from vigil.bus.rundir import RunDir
 from vigil.bus.shm import pool_dir
@@ -137,6 +138,43 @@ def test_forged_descriptors_are_refused(pipeline: Launcher) -> None:
         assert codes == {ErrorCode.INVALID_ARGUMENT}
         # The owner's pool still serves it after the refusals.
         assert isinstance(_reply(owner, _shared(owner, FRAMES[1], "cam-o", 5)), InferResult)
+
+
+def test_pool_serves_its_client_on_a_new_connection(pipeline: Launcher) -> None:
+    """The pool belongs to the client, not to one connection: a request of the same client
+    (its session) arriving on a new connection, as after a link dropped and came back, is
+    served from the pool."""
+    endpoint = pipeline.run.ipc("ingest")
+    with Client(endpoint, pool_slots=2) as client:
+        first = _reply(client, _shared(client, FRAMES[0], "cam-re", 1, deadline_s=30))
+        assert isinstance(first, InferResult), first
+        placed = client.slots.place(FRAMES[0])
+        assert placed is not None
+        slot, shared = placed
+        request = InferRequest(
+            stream_id="cam-re",
+            frame_ts_us=2,
+            image=TensorRef(dtype="uint8", shape=(32, 32, 3)),
+            shm=shared,
+        )
+        seq = client.channel.next_seq()
+        session = client.channel.session.to_bytes(8, "big")
+        envelope = client.channel.envelope(
+            request,
+            seq=seq,
+            deadline_wall_ns=time.time_ns() + 30 * 10**9,
+            request_id=session + seq.to_bytes(8, "big"),
+        )
+        with pipeline.ctx.socket(zmq.DEALER) as link:
+            link.setsockopt(zmq.LINGER, 0)
+            link.connect(endpoint)
+            link.send_multipart([client.channel.encode(envelope), client.channel.encode(request)])
+            assert link.poll(int(WAIT_S * 1000)), "no answer on the new connection"
+            answer = client.channel.decode(link.recv_multipart(copy=False)).body
+        assert isinstance(answer, InferResult), answer
+        assert answer.output.boxes[0].class_id == first.output.boxes[0].class_id
+        assert client.slots.pool is not None
+        client.slots.pool.release(slot)
 
 
 def test_slot_comes_back_when_its_workers_die(pipeline: Launcher) -> None:
