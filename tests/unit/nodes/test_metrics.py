@@ -150,6 +150,11 @@ def test_a_request_lands_end_to_end_with_its_trace_as_exemplar(metrics: BusMetri
     assert 'le="0.005"' in line and 'outcome="served"' in line
 
 
+def _ended(evidence: RequestEvidence) -> EndedRequests:
+    """One request's evidence as the ingest publishes it."""
+    return EndedRequests(requests=[TracedEvidence(trace_id=b"\1" * 16, evidence=evidence)])
+
+
 def test_a_served_request_moves_its_dispatch_waits(metrics: BusMetrics) -> None:
     """The evidence's stamps give the wait queued in the ingest (admitted to dispatched) and
     in the worker's socket buffer (dispatched to read by the worker's loop)."""
@@ -163,7 +168,7 @@ def test_a_served_request_moves_its_dispatch_waits(metrics: BusMetrics) -> None:
         batch_end_us=3000,
         replied_us=4000,
     )
-    metrics.observe(received(evidence))
+    metrics.observe(received(_ended(evidence)))
     wait = "vigil_dispatch_wait_seconds_sum"
     assert value(metrics, wait, stage="ingest_queue") == pytest.approx(0.0007)
     assert value(metrics, wait, stage="socket") == pytest.approx(0.00004)
@@ -171,7 +176,9 @@ def test_a_served_request_moves_its_dispatch_waits(metrics: BusMetrics) -> None:
 
 def test_a_refusal_moves_no_dispatch_wait(metrics: BusMetrics) -> None:
     """A request refused before it reached a worker waited in no dispatch stage."""
-    metrics.observe(received(RequestEvidence(outcome=Outcome.REFUSED, code="UNAVAILABLE")))
+    refused = RequestEvidence(outcome=Outcome.REFUSED, code="UNAVAILABLE", replied_us=50)
+    metrics.observe(received(_ended(refused)))
+    assert value(metrics, "vigil_request_duration_seconds_count", outcome="refused", model="") == 1
     assert value(metrics, "vigil_dispatch_wait_seconds_count", stage="socket") == 0
 
 
