@@ -255,11 +255,12 @@ class Channel:
         *,
         identity: Sequence[bytes] = (),
         envelope: Envelope | None = None,
+        flags: int = 0,
     ) -> None:
         """Send already-encoded body and buffer frames on under a new envelope (or none),
         without copying tensor buffers."""
         head = [self._codec.encode(envelope)] if envelope is not None else []
-        self.socket.send_multipart([*identity, *head, *frames], copy=False)
+        self.socket.send_multipart([*identity, *head, *frames], flags=flags, copy=False)
 
     def peek_envelope(self, frames: list[zmq.Frame]) -> Envelope | None:
         """The envelope of frames refused before decoding (too large), when it is a small,
@@ -299,15 +300,18 @@ class Channel:
             ) from exc
         except msgspec.ValidationError as exc:
             # A type error is reported first even in truncated input; tell the two apart so
-            # broken framing is never filed as a schema violation (error path only).
+            # broken framing is never filed as a schema violation. The second pass only walks
+            # the bytes (no value is built), so a hostile body costs linear work and no memory.
             try:
-                self._codec.decode_any(rest[1].buffer)
+                self._codec.check_wellformed(rest[1].buffer)
             except (msgspec.DecodeError, UnicodeDecodeError) as broken:
                 raise FrameFault(
                     identity, envelope.seq, "body", "$", str(broken), envelope=envelope
                 ) from broken
-            except RecursionError:
-                pass
+            except RecursionError as deep:
+                raise FrameFault(
+                    identity, envelope.seq, "body", "$", _TOO_DEEP, envelope=envelope
+                ) from deep
             field, rule = validation_path(exc)
             raise FrameFault(
                 identity, envelope.seq, "body", field, rule, envelope=envelope
@@ -323,7 +327,14 @@ class Channel:
         return Incoming(identity, envelope, body, rest[2:])
 
 
-_PEEK = msgspec.msgpack.Decoder(list[Any])
+class _Head(msgspec.Struct, array_like=True):
+    """The first two items of an envelope; the rest is skipped, never built."""
+
+    schema: msgspec.Raw
+    seq: int
+
+
+_PEEK = msgspec.msgpack.Decoder(_Head)
 # Every envelope field is bounded; a valid envelope is a few hundred bytes at most.
 _MAX_PEEK_BYTES = 1024
 _TOO_DEEP = "nesting too deep"
@@ -333,9 +344,8 @@ def _peek_seq(frame: zmq.Frame) -> int:
     """The sequence number of a malformed envelope when it can be read, else 0, so the
     sender can still match the rejection to its request."""
     try:
-        items = _PEEK.decode(frame.buffer)
+        seq = _PEEK.decode(frame.buffer).seq
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return 0
-    seq = items[1] if len(items) > 1 else 0
     # MessagePack `true` decodes to a Python int too, but is no sequence number.
     return seq if type(seq) is int and seq >= 0 else 0

@@ -41,6 +41,7 @@ class Codec:
         self._envelope = msgspec.msgpack.Decoder(Envelope)
         self._bodies = {sid: msgspec.msgpack.Decoder(cls) for sid, cls in SCHEMAS.items()}
         self._any = msgspec.msgpack.Decoder()
+        self._skip = msgspec.msgpack.Decoder(msgspec.Raw)
 
     def encode(self, obj: Envelope | Message) -> bytes:
         """MessagePack bytes of an envelope or a body."""
@@ -57,6 +58,11 @@ class Codec:
         """
         body: Message = self._bodies[schema].decode(frame)
         return body
+
+    def check_wellformed(self, frame: bytes | memoryview) -> None:
+        """Walk a frame's MessagePack without building a value: one pass per byte, nothing
+        allocated. Raises msgspec.DecodeError (or RecursionError) when it is malformed."""
+        self._skip.decode(frame)
 
     def decode_any(self, frame: bytes | memoryview) -> Any:
         """Decode MessagePack without a schema (for taps of unknown topics)."""

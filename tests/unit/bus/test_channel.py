@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 
 import msgspec
 import pytest
@@ -245,6 +246,57 @@ def test_deeply_nested_envelope_is_an_envelope_fault(channel: Channel) -> None:
     envelope = b"\x9d" + fields[1:] + b"\x91" * 100_000 + b"\xc0"
     fault = _fault(channel, envelope, channel.encode(REQUEST))
     assert fault.what == "envelope"
+
+
+def _bomb(count: int) -> bytes:
+    """A request body whose first field has the wrong type and holds `count` empty arrays:
+    cheap for a decoder that only walks it, gigabytes for one that builds it."""
+    return b"\x81\xa9stream_id\xdd" + count.to_bytes(4, "big") + b"\x90" * count
+
+
+def _peak_bytes(work: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_body_bomb_is_classified_without_building_it(channel: Channel) -> None:
+    """Telling a type error from broken framing walks the bytes once and builds nothing:
+    6.2 million empty arrays cost kilobytes, not the hundreds of MiB a second decode would."""
+    envelope = _encode(["infer.request", 4, "client"])
+    body = _bomb(6_200_000)
+
+    def classify() -> FrameFault:
+        return _fault(channel, envelope, body)
+
+    assert _peak_bytes(classify) < 1 << 20
+    fault = classify()
+    assert (fault.what, fault.field) == ("body", "$.stream_id")  # well formed: a type error
+    broken = _fault(channel, envelope, body[:-1])
+    assert (broken.what, broken.field) == ("body", "$")  # truncated: framing
+    assert isinstance(broken.__cause__, msgspec.DecodeError)
+
+
+def test_a_map_of_a_million_keys_is_classified_without_building_it(channel: Channel) -> None:
+    """A body whose type error comes first and a million distinct keys after costs no dict
+    of a million entries: its fault is classified by one walk over the bytes."""
+    keys = b"".join(b"\xce" + n.to_bytes(4, "big") + b"\xc0" for n in range(1_000_000))
+    body = b"\xdf" + (1_000_001).to_bytes(4, "big") + b"\xa9stream_id\x90" + keys
+    envelope = _encode(["infer.request", 5, "client"])
+    assert _peak_bytes(lambda: _fault(channel, envelope, body)) < 1 << 20
+    assert _fault(channel, envelope, body).field == "$.stream_id"
+
+
+def test_an_envelope_bomb_yields_its_seq_without_building_it() -> None:
+    """Recovering the sequence number of a malformed envelope reads two items, not the rest."""
+    # A schema id of the wrong type, then 6.2 million empty arrays.
+    envelope = b"\xdd" + (6_200_002).to_bytes(4, "big") + _encode(123) + _encode(9)
+    envelope += b"\x90" * 6_200_000
+    assert _peak_bytes(lambda: _peek_seq(zmq.Frame(envelope))) < 1 << 20
+    assert _peek_seq(zmq.Frame(envelope)) == 9
 
 
 # -- _peek_seq ----------------------------------------------------------------------------
