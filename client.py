@@ -43,10 +43,19 @@ from vigil.errors import (
     DeadlineExceeded,
     InternalError,
     RequestError,
+    ResourceExhausted,
     Unavailable,
     error_from_reply,
 )
-from vigil.schemas import ErrorCode, ErrorReply, InferRequest, InferResult, SharedFrame, TensorRef
+from vigil.schemas import (
+    ErrorCode,
+    ErrorReply,
+    InferRequest,
+    InferResult,
+    RepliesDropped,
+    SharedFrame,
+    TensorRef,
+)
 from vigil.schemas.infer import MAX_FRAME_BYTES
 
 __all__ = ["Answer", "AsyncClient", "Client", "Reply"]
@@ -95,6 +104,16 @@ def _answer(seq: int, body: object, envelope: Envelope) -> Answer:
         return Answer(seq, error_from_reply(body, traceparent), envelope)
     reply = ErrorReply(code=ErrorCode.INTERNAL, message="unexpected reply")
     return Answer(seq, InternalError(reply, traceparent), envelope)
+
+
+def _dropped(notice: RepliesDropped, envelope: Envelope) -> list[Answer]:
+    """The answers of the requests whose replies the ingest dropped while we did not read."""
+    reply = ErrorReply(
+        code=ErrorCode.RESOURCE_EXHAUSTED,
+        message=f"the ingest dropped {notice.count} replies this client did not read",
+        diag_code=notice.diag_code,
+    )
+    return [Answer(seq, ResourceExhausted(reply), envelope) for seq in notice.seqs]
 
 
 def _deadline(deadline_s: float) -> tuple[Deadline, int]:
@@ -337,6 +356,8 @@ class Client(Closing):
         self.priority = priority
         self._connected = False  # whether a link was ever up (or waited for once)
         self._raw: set[int] = set()  # ids of frames sent raw (`send_frames`) awaiting replies
+        # Requests whose replies the ingest dropped, not yet handed to the caller.
+        self._dropped: list[Answer] = []
         self._poller = zmq.Poller()
         self.register(self._poller)
 
@@ -484,6 +505,8 @@ class Client(Closing):
         """Like `poll`, with the envelope the reply came in (and so its trace)."""
         until = time.monotonic_ns() + int(timeout_ms * 1e6)
         while True:
+            if self._dropped:
+                return self._dropped.pop()
             expired = self._expired()
             if expired is not None:
                 return expired
@@ -515,6 +538,13 @@ class Client(Closing):
                     continue
                 reply = ErrorReply(code=ErrorCode.INTERNAL, message="undecodable reply")
                 return Answer(fault.seq, InternalError(reply), fault.envelope)
+            if isinstance(incoming.body, RepliesDropped):
+                # The ingest had no room for these replies while we did not read: they end now.
+                ended = _dropped(incoming.body, incoming.envelope)
+                self._dropped.extend(a for a in ended if self.failover.done(a.seq) is not None)
+                if self._dropped:
+                    return self._dropped.pop()
+                continue
             seq = incoming.envelope.seq
             # A second answer (from the ingest a request was re-sent away from) is dropped.
             if self.failover.done(seq) is not None or self._raw_reply(seq):
@@ -660,13 +690,21 @@ class AsyncClient:
                 reply = ErrorReply(code=ErrorCode.INTERNAL, message="undecodable reply")
                 answer = Answer(fault.seq, InternalError(reply), fault.envelope)
             else:
+                if isinstance(incoming.body, RepliesDropped):
+                    for dropped in _dropped(incoming.body, incoming.envelope):
+                        self._end(dropped)
+                    continue
                 answer = _answer(incoming.envelope.seq, incoming.body, incoming.envelope)
-            self.failover.done(answer.seq)
-            waiter = self._waiting.get(answer.seq)
-            # A reply for a request that already ended (local deadline, cancelled, answered
-            # by the other ingest) is a straggler: there is nobody left to tell.
-            if waiter is not None and not waiter.done():
-                waiter.set_result(answer)
+            self._end(answer)
+
+    def _end(self, answer: Answer) -> None:
+        """Hand an answer to the request waiting for it, if one still does."""
+        self.failover.done(answer.seq)
+        waiter = self._waiting.get(answer.seq)
+        # A reply for a request that already ended (local deadline, cancelled, answered
+        # by the other ingest) is a straggler: there is nobody left to tell.
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
 
     async def _follow(self, link: int) -> None:
         monitor = self._links.monitors[link]

@@ -10,6 +10,7 @@ __all__ = [
     "IntegrityError",
     "InternalError",
     "InvalidArgument",
+    "PermissionDenied",
     "RequestError",
     "ResourceExhausted",
     "Unavailable",
@@ -82,6 +83,12 @@ class ResourceExhausted(RequestError):
     code = ErrorCode.RESOURCE_EXHAUSTED
 
 
+class PermissionDenied(RequestError):
+    """The request claimed a tenant or a priority its authenticated peer may not use."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+
 class InternalError(RequestError):
     """The pipeline failed on a valid request."""
 
@@ -90,7 +97,14 @@ class InternalError(RequestError):
 
 _LEAVES: dict[ErrorCode, type[RequestError]] = {
     leaf.code: leaf
-    for leaf in (InvalidArgument, DeadlineExceeded, Unavailable, ResourceExhausted, InternalError)
+    for leaf in (
+        InvalidArgument,
+        DeadlineExceeded,
+        Unavailable,
+        ResourceExhausted,
+        PermissionDenied,
+        InternalError,
+    )
 }
 
 

@@ -13,7 +13,7 @@ from vigil.schemas.catalogue import (
 )
 from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DIAG_CODES, DiagCode, DiagnosticEvent, Severity
-from vigil.schemas.errors import ErrorCode, ErrorReply
+from vigil.schemas.errors import ErrorCode, ErrorReply, RepliesDropped
 from vigil.schemas.evidence import (
     BatchEvidence,
     EndedRequests,
@@ -72,6 +72,7 @@ __all__ = [
     "NodeReady",
     "Outcome",
     "PerceptionOutput",
+    "RepliesDropped",
     "RequestEvidence",
     "SafetyState",
     "Severity",

@@ -39,6 +39,7 @@ class AuditId(enum.IntEnum):
     NODE_RESTARTED = 2001
     NODE_FAILED = 2002
     LOG_GAP = 2003
+    REQUEST_REJECTED = 2004
     # configuration change
     LAUNCH_CONFIGURED = 3001
     # software update (model versions)
@@ -52,6 +53,7 @@ class AuditId(enum.IntEnum):
     # security event
     MODEL_REFUSED = 5001
     AUTH_REFUSED = 5002
+    CONNECTION_REFUSED = 5003
 
 
 def audit_class(event: AuditId) -> AuditClass:

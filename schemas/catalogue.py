@@ -8,7 +8,7 @@ from vigil.schemas._base import Message
 from vigil.schemas.audit import AuditEvent
 from vigil.schemas.control import BusProbe, NodeReady, WorkerCredit
 from vigil.schemas.diagnostics import DiagnosticEvent
-from vigil.schemas.errors import ErrorReply
+from vigil.schemas.errors import ErrorReply, RepliesDropped
 from vigil.schemas.evidence import BatchEvidence, EndedRequests
 from vigil.schemas.health import Heartbeat, NodeExit, StateChange
 from vigil.schemas.infer import InferRequest, InferResult
@@ -92,7 +92,13 @@ def schema_id(cls: type[Message]) -> str:
     return tag
 
 
-_POINT_TO_POINT: tuple[type[Message], ...] = (InferRequest, ErrorReply, NodeReady, WorkerCredit)
+_POINT_TO_POINT: tuple[type[Message], ...] = (
+    InferRequest,
+    ErrorReply,
+    RepliesDropped,
+    NodeReady,
+    WorkerCredit,
+)
 
 SCHEMAS: Final[dict[str, type[Message]]] = {
     schema_id(cls): cls for cls in (*TOPICS.values(), *_POINT_TO_POINT)

@@ -19,8 +19,13 @@ class DiagCode(enum.StrEnum):
     SCHEMA_VIOLATION = "DIA-2002"
     SIZE_LIMIT = "DIA-2010"
     RANGE_OR_SEQUENCE = "DIA-2047"
+    UNKNOWN_MODEL = "DIA-2030"
     RATE_LIMITED = "DIA-2050"
+    OVERLOADED = "DIA-2051"
+    REPLY_DROPPED = "DIA-2052"
     DEADLINE_EXCEEDED = "DIA-3002"
+    DEADLINE_INFEASIBLE = "DIA-3003"
+    DEADLINE_UNPRICED = "DIA-3004"
     WORKER_LOST = "DIA-3010"
     INFERENCE_FAILED = "DIA-3020"
     HEARTBEAT_MISSING = "DIA-4001"
@@ -35,6 +40,9 @@ class DiagCode(enum.StrEnum):
     MODEL_LOAD_FAILED = "DIA-5002"
     NO_MODEL = "DIA-5003"
     AUTH_REFUSED = "DIA-6001"
+    IDENTITY_REFUSED = "DIA-6002"
+    CONNECTION_LIMIT = "DIA-6003"
+    MEMORY_GUARD = "DIA-6004"
     LOG_DEGRADED = "DIA-7001"
 
 
@@ -43,8 +51,18 @@ DIAG_CODES: dict[DiagCode, str] = {
     DiagCode.SCHEMA_VIOLATION: "a request does not match its schema (type, field, tag)",
     DiagCode.SIZE_LIMIT: "a request exceeds a size limit (bytes, frames, lengths)",
     DiagCode.RANGE_OR_SEQUENCE: "a value is out of range or a timestamp is out of sequence",
+    DiagCode.UNKNOWN_MODEL: "a request named a model that no worker serves",
     DiagCode.RATE_LIMITED: "a request was refused by the rate limiter",
-    DiagCode.DEADLINE_EXCEEDED: "a request reached its deadline before a result",
+    DiagCode.OVERLOADED: "a request could not be served before its deadline at the current load",
+    DiagCode.REPLY_DROPPED: "a reply was dropped: its client did not read its earlier replies",
+    DiagCode.DEADLINE_EXCEEDED: "a request reached its deadline before a result (a system miss)",
+    DiagCode.DEADLINE_INFEASIBLE: (
+        "a request's budget was spent, or below the measured service time, on arrival"
+    ),
+    DiagCode.DEADLINE_UNPRICED: (
+        "a request of a frame size never measured before missed its deadline (its budget "
+        "could not be judged when it was admitted)"
+    ),
     DiagCode.WORKER_LOST: "a worker stopped while holding in-flight requests",
     DiagCode.INFERENCE_FAILED: "the inference engine failed on a batch",
     DiagCode.HEARTBEAT_MISSING: "a node's heartbeat is overdue",
@@ -59,6 +77,9 @@ DIAG_CODES: dict[DiagCode, str] = {
     DiagCode.MODEL_LOAD_FAILED: "a verified model could not be loaded",
     DiagCode.NO_MODEL: "no verified model is active: a request is refused at once (UNAVAILABLE)",
     DiagCode.AUTH_REFUSED: "a peer was refused by bus security (no Curve or a key not allowed)",
+    DiagCode.IDENTITY_REFUSED: "a request claimed a tenant or a priority its peer may not use",
+    DiagCode.CONNECTION_LIMIT: "the ingest stopped accepting connections at its connection limit",
+    DiagCode.MEMORY_GUARD: "the ingest cut connections that held memory over its budget",
     DiagCode.LOG_DEGRADED: "the logger cannot write a file beside its store (disk full); it keeps "
     "sealing into the preallocated store",
 }
@@ -84,3 +105,10 @@ class DiagnosticEvent(Message, kw_only=True, frozen=True, tag="diag.event"):
     field: str = ""
     rule: str = ""
     stream_id: str = ""
+    # Who caused it (the authenticated peer of a refused request), and how many events this
+    # one stands for: above a rate, refusals are sealed as aggregates per peer and reason,
+    # naming the first and the last refused request's trace.
+    peer: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    count: Annotated[int, msgspec.Meta(ge=1)] = 1
+    first_trace_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    last_trace_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""

@@ -9,7 +9,7 @@ import msgspec
 
 from vigil.schemas._base import Message
 
-__all__ = ["ErrorCode", "ErrorReply"]
+__all__ = ["ErrorCode", "ErrorReply", "RepliesDropped"]
 
 
 class ErrorCode(enum.StrEnum):
@@ -19,6 +19,7 @@ class ErrorCode(enum.StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     INTERNAL = "INTERNAL"
 
 
@@ -33,3 +34,15 @@ class ErrorReply(Message, kw_only=True, frozen=True, tag="error.reply"):
     diag_code: str = ""
     stream_id: str = ""
     frame_ts_us: int = 0
+
+
+class RepliesDropped(Message, kw_only=True, frozen=True, tag="error.replies_dropped"):
+    """Replies the ingest dropped because their client did not read: sent when it reads again.
+
+    `seqs` are the request ids whose answers were dropped (the most recent, when there were
+    more than fit); `count` is how many were dropped in all.
+    """
+
+    count: Annotated[int, msgspec.Meta(ge=1)]
+    seqs: Annotated[list[int], msgspec.Meta(max_length=1024)] = []
+    diag_code: str = ""

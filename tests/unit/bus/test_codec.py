@@ -36,6 +36,7 @@ from vigil.schemas import (
     NodeReady,
     Outcome,
     PerceptionOutput,
+    RepliesDropped,
     RequestEvidence,
     SafetyState,
     Severity,
@@ -86,6 +87,7 @@ SAMPLES: dict[type[Message], Message] = {
         stream_id="cam-1",
         frame_ts_us=5,
     ),
+    RepliesDropped: RepliesDropped(count=3, seqs=[7, 9, 12], diag_code=DiagCode.REPLY_DROPPED),
     Heartbeat: Heartbeat(
         node="ingest", instance=1, pid=42, period_ms=200, kind="ingest", detail={"a": "b"}
     ),

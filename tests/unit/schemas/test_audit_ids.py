@@ -49,6 +49,7 @@ def test_ids_are_stable() -> None:
         "NODE_RESTARTED": 2001,
         "NODE_FAILED": 2002,
         "LOG_GAP": 2003,
+        "REQUEST_REJECTED": 2004,
         "LAUNCH_CONFIGURED": 3001,
         "MODEL_SEEN": 4001,
         "MODEL_VERIFIED": 4002,
@@ -59,4 +60,5 @@ def test_ids_are_stable() -> None:
         "MODEL_SWITCHED": 4007,
         "MODEL_REFUSED": 5001,
         "AUTH_REFUSED": 5002,
+        "CONNECTION_REFUSED": 5003,
     }
