@@ -152,7 +152,7 @@ class _Watchdog:
             self.machine.inference_ok()
         elif isinstance(body, ErrorReply):
             self.errors_seen += 1
-            if body.code is ErrorCode.DEADLINE_EXCEEDED:
+            if _system_miss(body):
                 self.timeouts_seen += 1
                 self._apply(self.machine.inference_timeout(now))
             self._show()
@@ -404,6 +404,20 @@ class _Watchdog:
 # Probe errors that say the pipeline was busy, not wrong: the recovery is judged again later.
 _INCONCLUSIVE = frozenset({ErrorCode.DEADLINE_EXCEEDED, ErrorCode.RESOURCE_EXHAUSTED})
 _CORE = {Topic.HEARTBEAT, Topic.NODE_EXIT, Topic.INFER_RESULT, Topic.INFER_ERROR}
+
+
+# implements: SR-DLN-003
+def _system_miss(reply: ErrorReply) -> bool:
+    """Whether an error is a deadline the system missed, the only kind that counts.
+
+    A budget already spent or impossible when the request arrived is refused at admission
+    with its own code (`DEADLINE_INFEASIBLE`): the client's fault, never a fault of the
+    system. An error that names no code at all is counted, to be safe.
+    """
+    return reply.code is ErrorCode.DEADLINE_EXCEEDED and reply.diag_code in (
+        "",
+        DiagCode.DEADLINE_EXCEEDED,
+    )
 
 
 def _load_expected(path: Path) -> PerceptionOutput:

@@ -338,7 +338,9 @@ class _Worker:
             except FrameFault as fault:
                 self.node.record("error", "worker.bad_frame", what=fault.what, rule=fault.rule)
                 asker = _Asker(index, fault.seq, None)
-                self._error(asker, ErrorCode.INTERNAL, "undecodable dispatch")
+                self._error(
+                    asker, ErrorCode.INTERNAL, DiagCode.MALFORMED_FRAME, "undecodable dispatch"
+                )
                 continue
             self._queue(index, incoming, read_wall)
 
@@ -348,7 +350,12 @@ class _Worker:
         trace = sender.child() if sender is not None else TraceContext.new()
         request = incoming.body
         if not isinstance(request, InferRequest):
-            self._error(_Asker(index, env.seq, trace), ErrorCode.INTERNAL, "unexpected message")
+            self._error(
+                _Asker(index, env.seq, trace),
+                ErrorCode.INTERNAL,
+                DiagCode.SCHEMA_VIOLATION,
+                "unexpected message",
+            )
             return
         if self._repeat(_Asker(index, env.seq, trace), env.request_id):
             return
@@ -359,7 +366,8 @@ class _Worker:
                 image = np.frombuffer(pixels, dtype=np.uint8)  # read in place
             except SharedFrameError as exc:
                 why = f"shared frame: {exc.rule}"
-                self._error(_Asker(index, env.seq, trace), ErrorCode.INVALID_ARGUMENT, why)
+                asker = _Asker(index, env.seq, trace)
+                self._error(asker, ErrorCode.INVALID_ARGUMENT, DiagCode.MALFORMED_FRAME, why)
                 return
         else:
             buf = incoming.buffers[0].buffer
@@ -445,13 +453,17 @@ class _Worker:
         for waiting in self.batcher.take(now, size, key=_frame_shape):
             job = waiting.item
             if job.deadline is not None and job.deadline.expired(now):
-                self._fail(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
+                # Admitted with a feasible budget, it waited too long here: a system miss.
+                self._fail(
+                    job, ErrorCode.DEADLINE_EXCEEDED, DiagCode.DEADLINE_EXCEEDED, "deadline passed"
+                )
             elif fixed is not None and (
                 job.image.shape[0] > fixed[0] or job.image.shape[1] > fixed[1]
             ):
                 self._fail(
                     job,
                     ErrorCode.INVALID_ARGUMENT,
+                    DiagCode.RANGE_OR_SEQUENCE,
                     f"frame larger than the model input {fixed[0]}x{fixed[1]}",
                 )
             else:
@@ -502,7 +514,7 @@ class _Worker:
                 severity=Severity.ERROR,
             )
             for job in batch.jobs:
-                self._fail(job, ErrorCode.INTERNAL, "inference failed")
+                self._fail(job, ErrorCode.INTERNAL, DiagCode.INFERENCE_FAILED, "inference failed")
             times = _BatchTimes(batch.formed_ns, failed, failed)
             self._observed(batch, times, failed=True)
             return
@@ -516,7 +528,12 @@ class _Worker:
             if job.shared is not None and not self.frames.unchanged(job.shared):
                 # The client reused the slot while it was read (the request had ended for
                 # it): whatever was computed is not this request's answer.
-                self._fail(job, ErrorCode.INTERNAL, "shared frame rewritten while it was read")
+                self._fail(
+                    job,
+                    ErrorCode.INTERNAL,
+                    DiagCode.MALFORMED_FRAME,
+                    "shared frame rewritten while it was read",
+                )
                 continue
             result = InferResult(
                 stream_id=job.request.stream_id,
@@ -629,15 +646,15 @@ class _Worker:
         channel = self.backends[asker.backend].channel
         channel.send(result, envelope=channel.envelope(result, seq=asker.rid, trace=asker.trace))
 
-    def _fail(self, job: _Job, code: ErrorCode, why: str) -> None:
+    def _fail(self, job: _Job, code: ErrorCode, diag: DiagCode, why: str) -> None:
         """End a job with an error, for everyone who asked for it."""
         self.queued.pop(job.request_id, None)
         for asker in job.askers:
-            self._error(asker, code, why)
+            self._error(asker, code, diag, why)
 
-    def _error(self, asker: _Asker, code: ErrorCode, why: str) -> None:
+    def _error(self, asker: _Asker, code: ErrorCode, diag: DiagCode, why: str) -> None:
         channel = self.backends[asker.backend].channel
-        reply = ErrorReply(code=code, message=why)
+        reply = ErrorReply(code=code, message=why, diag_code=diag)
         channel.send(reply, envelope=channel.envelope(reply, seq=asker.rid, trace=asker.trace))
         # A request this worker could not serve is a line in its log, in the request's trace.
         self.node.log.warning("request.error", code=str(code), why=why, **trace_fields(asker.trace))
