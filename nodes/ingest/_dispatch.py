@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import zmq
 
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
+from vigil.nodes.ingest._fairqueue import FairQueue
 
 __all__ = ["Dispatcher", "Request", "WorkerSlot"]
 
@@ -33,12 +33,20 @@ class Request:
     request_id: bytes = b""  # the client's id for it, the same on every re-send
     attempts: int = 0
     worker: bytes | None = None
-    # For the request's evidence: the client's span and name, and when it was admitted and
-    # last dispatched (the ingest's monotonic clock).
+    # For the request's evidence: the client's span, and when it was admitted and last
+    # dispatched (the ingest's monotonic clock).
     parent: TraceContext | None = None
-    peer: str = ""
     admitted_ns: int = 0
     dispatched_ns: int = 0
+    # The authenticated peer it came from (its fair share), its estimated work and its size.
+    peer: str = ""
+    cost_ns: int = 1
+    nbytes: int = 0
+    pixels: int = 0
+    model: str = ""
+    unpriced: bool = False  # its frame size had never been measured when it was admitted
+    queued: bool = False
+    tag: int = 0  # its place in its peer's fair share (set by the queue)
 
 
 @dataclass(slots=True)
@@ -54,17 +62,37 @@ class WorkerSlot:
     identity: bytes
     last_heard_ns: int
     capacity: int = 0
-    held: set[int] = field(default_factory=set)
+    held: dict[int, int] = field(default_factory=dict)  # request id -> its frame's pixels
     inflight: set[int] = field(default_factory=set)
     name: str = ""
     suspect: bool = False
     pid: int = 0
     host: str = ""
+    model: str = ""
 
     @property
     def credit(self) -> int:
         """How many more requests the worker can take now."""
         return self.capacity - len(self.held)
+
+    def held_work_ns(self, price: Callable[[int], int]) -> int:
+        """The work of what the worker holds, at today's `price` of a frame's pixels."""
+        return sum(price(pixels) for pixels in self.held.values())
+
+    def serves(self, model: str) -> bool:
+        """Whether it serves requests naming `model` ("" names none: any model serves)."""
+        return not model or not self.model or model == self.model
+
+
+def _takes(
+    slot: WorkerSlot, request: Request, price: Callable[[int], int] | None, hold_ns: int
+) -> bool:
+    """Whether `slot` may be given `request` now (see `Dispatcher.assignments`)."""
+    if slot.credit <= 0 or slot.suspect or not slot.serves(request.model):
+        return False
+    if price is None or not hold_ns or not slot.held:
+        return True
+    return slot.held_work_ns(price) + price(request.pixels) <= hold_ns
 
 
 # implements: SR-ERR-001
@@ -72,40 +100,62 @@ class Dispatcher:
     """Queues accepted requests and hands each to the worker with the most free credit.
 
     Workers ask for work (credit) instead of being pushed to round-robin, so an idle worker
-    always gets the next request and a slow one is never buried. Work held by a worker that
+    always gets the next request and a slow one is never buried. The queue is fair across
+    peers (`FairQueue`) and bounded in count and in bytes; the bytes bound covers every open
+    request the ingest holds, queued or handed to a worker. Work held by a worker that
     disconnects or falls silent is re-dispatched once; a second loss ends it with an error.
     """
 
-    def __init__(self, *, max_queue: int, max_attempts: int = 2) -> None:
-        self.max_queue = max_queue
+    def __init__(self, *, max_queue: int, max_bytes: int = 1 << 62, max_attempts: int = 2) -> None:
         self.max_attempts = max_attempts
         self.open: dict[int, Request] = {}
-        self.queue: deque[int] = deque()
+        self.queue = FairQueue(max_count=max_queue, max_bytes=max_bytes)
         self.workers: dict[bytes, WorkerSlot] = {}
         self._deadlines: list[tuple[Deadline, int]] = []
         self._next_rid = 0
         self.redispatched = 0
+        self.open_bytes = 0
 
     def new_rid(self) -> int:
         """A fresh request id (the envelope sequence number towards workers)."""
         self._next_rid += 1
         return self._next_rid
 
-    def has_room(self) -> bool:
-        """Whether the queue takes one more request."""
-        if len(self.queue) >= self.max_queue:
-            # Ids of requests that ended while queued still sit in the deque: drop them first.
-            self.queue = deque(rid for rid in self.queue if rid in self.open)
-        return len(self.queue) < self.max_queue
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of open requests handed to workers (kept for a re-dispatch)."""
+        return self.open_bytes - self.queue.bytes
+
+    def has_room(self, nbytes: int = 0) -> bool:
+        """Whether the queue takes one more request of `nbytes`."""
+        return self.queue.fits(nbytes, held_bytes=self.held_bytes)
+
+    def victims(self, priority: int, peer: str, nbytes: int) -> list[Request]:
+        """Queued requests to shed so that a new one fits ([] when it must be refused)."""
+        found = self.queue.victims(priority, peer, nbytes, self.held_bytes)
+        return [v for v in found if isinstance(v, Request)]
 
     def admit(self, request: Request) -> bool:
         """Queue a request; False when the queue is full (the caller answers for it)."""
-        if not self.has_room():
+        if not self.has_room(request.nbytes):
             return False
         self.open[request.rid] = request
-        self.queue.append(request.rid)
+        self.open_bytes += request.nbytes
+        self.queue.push(request)
         heapq.heappush(self._deadlines, (request.deadline, request.rid))
         return True
+
+    def live_workers(self) -> int:
+        """Workers that take work now (they offered capacity and are not presumed hung)."""
+        return sum(1 for w in self.workers.values() if w.capacity > 0 and not w.suspect)
+
+    def held_work_ns(self, price: Callable[[int], int]) -> int:
+        """The work that workers hold, at today's `price` of a frame's pixels."""
+        return sum(w.held_work_ns(price) for w in self.workers.values() if not w.suspect)
+
+    def models(self) -> set[str]:
+        """The models that connected workers serve."""
+        return {w.model for w in self.workers.values() if w.model}
 
     def worker_seen(self, identity: bytes, now_ns: int, name: str = "") -> WorkerSlot:
         """The slot of a worker that just spoke (created on first contact)."""
@@ -118,22 +168,31 @@ class Dispatcher:
             slot.name = name
         return slot
 
-    def assignments(self) -> Iterator[tuple[WorkerSlot, Request]]:
-        """Pair queued requests with the least-loaded workers that have credit."""
-        while self.queue:
+    def assignments(
+        self, price: Callable[[int], int] | None = None, hold_ns: int = 0
+    ) -> Iterator[tuple[WorkerSlot, Request]]:
+        """Pair queued requests, in fair order, with the least-loaded workers that serve them.
+
+        With `price` and `hold_ns`, a worker that holds anything is given more only while
+        what it holds stays within `hold_ns` of work: the rest waits here, where it is served
+        fairly, not in a worker's queue behind a batch of someone else's large frames.
+        """
+        while self.queue.count:
+            if not any(w.credit > 0 and not w.suspect for w in self.workers.values()):
+                return
+            request = self.queue.pop()
+            assert isinstance(request, Request)
+
             slot = max(
-                (w for w in self.workers.values() if w.credit > 0 and not w.suspect),
+                (w for w in self.workers.values() if _takes(w, request, price, hold_ns)),
                 key=lambda w: w.credit,
                 default=None,
             )
-            if slot is None:
+            if slot is None:  # no room where it can go now: it waits at its FIFO's head
+                self.queue.push(request, front=True)
                 return
-            rid = self.queue.popleft()
-            request = self.open.get(rid)
-            if request is None:  # answered (expired) while queued
-                continue
-            slot.held.add(rid)
-            slot.inflight.add(rid)
+            slot.held[request.rid] = request.pixels
+            slot.inflight.add(request.rid)
             request.worker = slot.identity
             request.attempts += 1
             yield slot, request
@@ -142,17 +201,25 @@ class Dispatcher:
         """A worker answered `rid`: its room grows back; the request, if still open."""
         slot = self.workers.get(identity)
         if slot is not None:
-            slot.held.discard(rid)
+            slot.held.pop(rid, None)
             slot.inflight.discard(rid)
-        return self.open.pop(rid, None)
+        return self._forget(self.open.pop(rid, None))
 
     def close(self, rid: int) -> Request | None:
         """End a request without a worker's answer (expired or refused)."""
-        request = self.open.pop(rid, None)
+        request = self._forget(self.open.pop(rid, None))
         if request is not None and request.worker is not None:
             slot = self.workers.get(request.worker)
             if slot is not None:
                 slot.inflight.discard(rid)
+        return request
+
+    def _forget(self, request: Request | None) -> Request | None:
+        """Release what an ended request held: its place in the queue and its bytes."""
+        if request is not None:
+            self.queue.discard(request)
+            self.open_bytes -= request.nbytes
+            request.frames = []
         return request
 
     # implements: SR-DLN-002
@@ -194,9 +261,11 @@ class Dispatcher:
                 continue
             request.worker = None
             if request.attempts >= self.max_attempts:
-                exhausted.append(self.open.pop(rid))
+                ended = self._forget(self.open.pop(rid))
+                assert ended is not None
+                exhausted.append(ended)
             else:
-                self.queue.appendleft(rid)
+                self.queue.push(request, front=True)
                 self.redispatched += 1
         slot.inflight.clear()
         return exhausted

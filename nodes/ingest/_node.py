@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import queue
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import psutil
@@ -12,19 +14,31 @@ import zmq
 
 from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.clock import wall_ns
+from vigil.bus.curve import load_public
 from vigil.bus.deadline import Deadline
-from vigil.bus.envelope import Envelope, TraceContext
+from vigil.bus.envelope import Envelope, TraceContext, new_span_id
 from vigil.bus.rundir import resolve_endpoint
 from vigil.bus.shm import SharedFrameError, SharedFrames, ensure_pool_dir, sweep_stale_pools
 from vigil.nodes._dedup import RecentAnswers
 from vigil.nodes._runtime import Node
 from vigil.nodes._tracing import request_spans
 from vigil.nodes.contract import ExitCode, NodeArgs
-from vigil.nodes.ingest._contract import KIND, DegradedPolicy, IngestConfig
+from vigil.nodes.ingest._contract import (
+    KIND,
+    DegradedPolicy,
+    IngestConfig,
+    rss_budget,
+    rss_threshold,
+)
 from vigil.nodes.ingest._dispatch import Dispatcher, Request
-from vigil.nodes.ingest._evidence import Evidence, RequestPath, peer_of
+from vigil.nodes.ingest._door import ACCEPT_MARGIN, Door, fd_headroom
+from vigil.nodes.ingest._evidence import Evidence, RequestPath
 from vigil.nodes.ingest._exits import WorkerExits
+from vigil.nodes.ingest._peers import Identities, Peer
 from vigil.nodes.ingest._ratelimit import RateLimiter
+from vigil.nodes.ingest._refusals import Aggregate, RefusalLog, Summary
+from vigil.nodes.ingest._replies import Delivery, Replies
+from vigil.nodes.ingest._service import ServiceModel
 from vigil.nodes.ingest._validate import (
     Limits,
     Rejection,
@@ -34,6 +48,7 @@ from vigil.nodes.ingest._validate import (
 from vigil.schemas import (
     AuditId,
     DiagCode,
+    DiagnosticEvent,
     ErrorCode,
     ErrorReply,
     Heartbeat,
@@ -55,6 +70,7 @@ _BURST = 64
 _SAFETY_PRIORITY = 7  # the watchdog's probe: never shed
 # How often the ingest looks for shared-memory pools whose client process is gone.
 _REAP_NS = 5_000_000_000
+_BURST_BYTES = 8 << 20
 
 
 @dataclass(slots=True)
@@ -62,12 +78,18 @@ class _Admission:
     """A client's request, read and valid, on its way up the admission checks."""
 
     identity: bytes
+    peer: Peer
     frames: list[zmq.Frame]
     incoming: Incoming
     request: InferRequest
     trace: TraceContext  # the ingest's span: a child of the client's, when it sent one
     received_ns: int
     deadline: Deadline
+    nbytes: int
+    pixels: int
+    cost_ns: int = 1
+    tenant: str = ""  # the tenant it counts against, once its claim was judged
+    victims: list[Request] = field(default_factory=list)  # to shed so that it fits
 
     @property
     def envelope(self) -> Envelope:
@@ -76,8 +98,8 @@ class _Admission:
 
     def refusal(self, rejection: Rejection) -> _Refusal:
         """The refusal of this request for `rejection`."""
-        path = _path(self.trace, self.envelope, self.received_ns, self.request)
-        return _Refusal(self.identity, self.envelope.seq, rejection, path, self.request)
+        path = _path(self.trace, self.envelope, self.received_ns, self.peer, self.request)
+        return _Refusal(self.identity, self.peer, self.envelope.seq, rejection, path, self.request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +107,7 @@ class _Refusal:
     """A refused request with what the refusal can name: only what was decoded before it."""
 
     identity: bytes
+    peer: Peer
     seq: int
     rejection: Rejection
     path: RequestPath
@@ -92,19 +115,23 @@ class _Refusal:
 
     @property
     def trace(self) -> TraceContext:
-        """The ingest's span of the refused request."""
+        """The ingest's span of the refused request (every refusal has one)."""
         return self.path.trace
 
 
 def _path(
-    trace: TraceContext, envelope: Envelope, received_ns: int, request: InferRequest | None
+    trace: TraceContext,
+    envelope: Envelope,
+    received_ns: int,
+    peer: Peer,
+    request: InferRequest | None,
 ) -> RequestPath:
     """The evidence path of a request read as far as its envelope (and maybe its body)."""
     return RequestPath(
         trace=trace,
         parent=envelope.trace,
         received_ns=received_ns,
-        peer=peer_of(envelope),
+        peer=peer.name,
         tenant=envelope.tenant,
         stream_id=request.stream_id if request is not None else "",
         frame_ts_us=request.frame_ts_us if request is not None else 0,
@@ -117,10 +144,28 @@ class _Ingest:
     def __init__(self, node: Node, config: IngestConfig) -> None:
         self.node = node
         self.config = config
+        frontend = resolve_endpoint(node.run, config.frontend)
         self.frontend = node.socket(zmq.ROUTER, serve=config.frontend)
-        self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self.frontend.setsockopt(zmq.SNDHWM, 0)
-        self.frontend.bind(resolve_endpoint(node.run, config.frontend))
+        # Bounded by bytes at the socket: no frame beyond the size limit is taken in, one
+        # message per client waits unread, and replies to a client that does not read fail
+        # at once (EAGAIN) instead of piling up; one to a client that left fails too.
+        self.frontend.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
+        self.frontend.setsockopt(zmq.RCVHWM, config.peer_backlog)
+        self.frontend.setsockopt(zmq.SNDHWM, config.reply_backlog)
+        self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.frontend.setsockopt(zmq.HANDSHAKE_IVL, config.handshake_ms)
+        self.budget_bytes = rss_budget(config)
+        self.door: Door = node.enter(
+            Door(
+                node.ctx,
+                self.frontend,
+                limit=_connection_limit(config.max_connections),
+                per_peer=config.max_connections_per_peer,
+                clock=node.clock,
+                rss_threshold=rss_threshold(config),
+            )
+        )
+        self.frontend.bind(frontend)
         self.backend = node.socket(zmq.ROUTER, serve=config.backend)
         self.backend.setsockopt(zmq.SNDHWM, 0)
         self.backend.bind(resolve_endpoint(node.run, config.backend))
@@ -134,6 +179,9 @@ class _Ingest:
         self.hostname = socket.gethostname()
         self.clients = Channel(self.frontend, source=node.args.name, routed=True)
         self.workers = Channel(self.backend, source=node.args.name, routed=True)
+        self.replies = Replies(self.clients, max_peers=4 * self.door.limit)
+        self._door_unaudited: list[str] = []
+        self._door_audit_ns = 0
         # Worker heartbeats (from their own thread) prove a busy worker alive; a stopped or
         # hung one falls silent and its work is re-dispatched. The committed model is latched:
         # until one is, no request could ever be served.
@@ -150,8 +198,27 @@ class _Ingest:
                 max_width=config.max_width,
             )
         )
+        self.identities = Identities(
+            config.bindings,
+            default_max_priority=config.default_max_priority,
+            resolve_key=lambda key: _public_key(node, key),
+            node_keys=_node_keys(node),
+            node_pids=lambda: _node_pids(node),
+        )
         self.limiter = RateLimiter(config.rate_limit, node.clock)
-        self.dispatcher = Dispatcher(max_queue=config.max_queue)
+        self.peer_limiter = RateLimiter(config.peer_rate_limit, node.clock)
+        self.dispatcher = Dispatcher(max_queue=config.max_queue, max_bytes=config.max_queue_bytes)
+        self.service = ServiceModel()
+        evidence = config.evidence
+        self.refusals = RefusalLog(
+            clock=node.clock,
+            rate_per_s=evidence.rate_per_s,
+            burst=evidence.burst,
+            peer_rate_per_s=evidence.peer_rate_per_s,
+            peer_burst=evidence.peer_burst,
+            interval_ns=evidence.aggregate_ms * 1_000_000,
+            audit_interval_ns=evidence.audit_ms * 1_000_000,
+        )
         self.state = SafetyState.NORMAL
         # The share of the request path alive (from the watchdog): see `_check_policy`.
         self.capacity = 1.0
@@ -165,7 +232,15 @@ class _Ingest:
         # only while the bus itself carries beats.
         self.bus_heard_ns = node.clock()
         self.beat_period_ns = 0  # the workers' heartbeat period, once one beat
-        self.counts = {"accepted": 0, "answered": 0, "rejected": 0, "errors": 0, "repeats": 0}
+        self.counts = {
+            "accepted": 0,
+            "answered": 0,
+            "rejected": 0,
+            "errors": 0,
+            "shed": 0,
+            "repeats": 0,
+            "replies_dropped": 0,
+        }
         # Spans, exported only where OpenTelemetry is set up; evidence of every request.
         self.spans = node.enter(request_spans(f"vigil.{node.args.name}"))
         self.evidence = Evidence(
@@ -180,25 +255,53 @@ class _Ingest:
         self.pool_owners: dict[str, bytes] = {}
         self._next_reap = node.clock() + _REAP_NS
         # What a valid request must pass to be queued, in order; the first rejection refuses
-        # it. The policy goes before the rate limit, so a shed request spends no token.
+        # it. Claims are judged first; a request refused for its budget or by the policy
+        # spends no token; the capacity check goes last, as it may shed queued requests.
         self._checks: tuple[Callable[[_Admission], Rejection | None], ...] = (
+            self._check_identity,
             self._check_shared_frame,
             self._check_model,
+            self._check_model_name,
             self._check_policy,
+            self._check_budget,
             self._check_rate,
-            self._check_deadline,
-            self._check_queue,
+            self._check_capacity,
         )
 
     # -- clients -------------------------------------------------------------------------
 
     def on_client(self) -> None:
+        # Bounded by bytes too: a burst of large messages must not keep workers' results,
+        # timers and dispatch waiting (decoding a refused body walks every byte of it).
+        taken = 0
         for _ in range(_BURST):
             try:
                 frames = self.frontend.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             self._admit(frames)
+            taken += sum(len(f) for f in frames)
+            if taken >= _BURST_BYTES:
+                return
+
+    def on_door(self) -> None:
+        """Report what the door refused or cut (its thread queues it): each as a diagnostic,
+        and in a CONNECTION_REFUSED audit record at once after a quiet spell, then at most
+        one an audit interval (audit records are evidence a storm must not wear out)."""
+        while True:
+            try:
+                event = self.door.events.get_nowait()
+            except queue.Empty:
+                break
+            code = DiagCode.MEMORY_GUARD if event.what == "cut" else DiagCode.CONNECTION_LIMIT
+            self.node.diag(code, f"ingest door: {event.detail}", severity=Severity.ERROR)
+            self._door_unaudited.append(f"{code} {event.detail}")
+        now = self.node.clock()
+        if self._door_unaudited and now >= self._door_audit_ns:
+            events, self._door_unaudited = self._door_unaudited, []
+            more = f" (and {len(events) - 1} more reports)" if len(events) > 1 else ""
+            self.node.audit(AuditId.CONNECTION_REFUSED, f"{events[-1]}{more}")
+            self._door_audit_ns = now + self.config.evidence.audit_ms * 1_000_000
 
     def _admit(self, frames: list[zmq.Frame]) -> None:
         """Admit one client request, or refuse it at the first check it fails.
@@ -223,46 +326,66 @@ class _Ingest:
         """Size, decode, validate: the request to admit, or its refusal with what is known,
         or None for a copy of a request seen before (answered by `_repeat`)."""
         identity = frames[0].bytes
+        peer = self.identities.peer(frames[-1])
+        self.door.heard_from(peer.pid)
         now = self.node.clock()
         try:
-            self.validator.check_size(frames[1:])
+            nbytes = self.validator.check_size(frames[1:])
             incoming = self.clients.decode(frames)
         except Rejection as rejection:
             # Refused before its body is decoded; its envelope alone is read when it is small.
-            return self._refusal(identity, rejection, self.clients.peek_envelope(frames), now)
+            envelope = self.clients.peek_envelope(frames)
+            return self._refusal(identity, peer, rejection, envelope, now)
         except FrameFault as fault:
-            return self._refusal(identity, rejection_from_fault(fault), fault.envelope, now, fault)
+            refused = rejection_from_fault(fault)
+            return self._refusal(identity, peer, refused, fault.envelope, now, fault=fault)
         envelope = incoming.envelope
         # Before validation: a copy repeats its original's timestamp, which is no fault.
         if envelope.request_id and self._repeat(identity, envelope):
             return None
         trace = _ingest_trace(envelope)
         try:
-            request = self.validator.check(incoming)
+            request = self.validator.check(incoming, owner=(peer.name, identity))
         except Rejection as rejection:
             body = incoming.body if isinstance(incoming.body, InferRequest) else None
-            path = _path(trace, envelope, now, body)
-            return _Refusal(identity, envelope.seq, rejection, path, body)
+            path = _path(trace, envelope, now, peer, body)
+            return _Refusal(identity, peer, envelope.seq, rejection, path, body)
         deadline = Deadline.after(self._budget_ns(envelope), now)
-        return _Admission(identity, frames, incoming, request, trace, now, deadline)
+        height, width, _ = request.image.shape
+        pixels = height * width
+        return _Admission(
+            identity,
+            peer,
+            frames,
+            incoming,
+            request,
+            trace,
+            now,
+            deadline,
+            nbytes,
+            pixels,
+            cost_ns=self.service.cost_ns(pixels),
+        )
 
     def _refusal(
         self,
         identity: bytes,
+        peer: Peer,
         rejection: Rejection,
         envelope: Envelope | None,
         now: int,
+        *,
         fault: FrameFault | None = None,
     ) -> _Refusal:
         """The refusal of frames whose body did not decode: in the sender's trace whenever
         its envelope was readable, else in a trace of its own (as for a request sent without
-        one), so its reply and its evidence still share an id."""
+        one), so its reply and its sealed records still share an id."""
         if envelope is None:
             seq = fault.seq if fault is not None else 0
-            path = RequestPath(TraceContext.new(), None, now)
-            return _Refusal(identity, seq, rejection, path)
-        path = _path(_ingest_trace(envelope), envelope, now, None)
-        return _Refusal(identity, envelope.seq, rejection, path)
+            path = RequestPath(TraceContext.new(), None, now, peer=peer.name)
+            return _Refusal(identity, peer, seq, rejection, path)
+        path = _path(_ingest_trace(envelope), envelope, now, peer, None)
+        return _Refusal(identity, peer, envelope.seq, rejection, path)
 
     # implements: SR-RED-002
     def _repeat(self, identity: bytes, envelope: Envelope) -> bool:
@@ -320,6 +443,27 @@ class _Ingest:
             )
         return None
 
+    def _check_identity(self, admission: _Admission) -> Rejection | None:
+        """Refuse a tenant or a priority the authenticated peer may not claim."""
+        envelope, peer = admission.envelope, admission.peer
+        tenant = self.identities.tenant(peer, envelope.tenant)
+        if tenant is None:
+            return Rejection(
+                DiagCode.IDENTITY_REFUSED,
+                "$.tenant",
+                "tenant is bound to another peer",
+                code=ErrorCode.PERMISSION_DENIED,
+            )
+        if not self.identities.may_use(peer, envelope.priority):
+            return Rejection(
+                DiagCode.IDENTITY_REFUSED,
+                "$.priority",
+                f"priority above this peer's ceiling of {peer.max_priority}",
+                code=ErrorCode.PERMISSION_DENIED,
+            )
+        admission.tenant = tenant
+        return None
+
     def _check_model(self, admission: _Admission) -> Rejection | None:
         """Refuse at once while no verified model is active (and no worker serves one).
 
@@ -331,6 +475,17 @@ class _Ingest:
         return Rejection(
             DiagCode.NO_MODEL, "$", "no verified model is active", code=ErrorCode.UNAVAILABLE
         )
+
+    def _check_model_name(self, admission: _Admission) -> Rejection | None:
+        """Refuse a request naming a model that is neither the active one nor any worker's:
+        it would otherwise be served, silently, by whatever model is loaded."""
+        name = admission.request.model
+        served = self.dispatcher.models()
+        if self.model is not None:
+            served.add(self.model.name)
+        if not name or not served or name in served:
+            return None
+        return Rejection(DiagCode.UNKNOWN_MODEL, "$.model", "no worker serves this model")
 
     # implements: SR-WDG-003
     def _check_policy(self, admission: _Admission) -> Rejection | None:
@@ -375,45 +530,108 @@ class _Ingest:
         )
         return free > len(self.dispatcher.queue)
 
+    # implements: SR-DLN-003
+    def _check_budget(self, admission: _Admission) -> Rejection | None:
+        """Refuse a request whose budget is spent, or below the fastest measured service:
+        it could never be met, and the miss is the client's, not the system's."""
+        remaining = admission.deadline.remaining_ns(admission.received_ns)
+        if remaining <= 0:
+            rule = "deadline already passed"
+        elif remaining < self.service.floor_ns:
+            rule = f"budget below the measured service time of {self.service.floor_ns // 1000} us"
+        else:
+            return None
+        return Rejection(
+            DiagCode.DEADLINE_INFEASIBLE,
+            "$.deadline_wall_ns",
+            rule,
+            code=ErrorCode.DEADLINE_EXCEEDED,
+        )
+
+    # implements: SR-RL-001
     def _check_rate(self, admission: _Admission) -> Rejection | None:
-        """Refuse a request over its tenant's token-bucket rate (this spends a token)."""
-        envelope = admission.envelope
-        decision = self.limiter.decide(envelope.tenant, envelope.priority)
+        """Refuse a request over its peer's or its tenant's token-bucket rate (spends tokens)."""
+        priority = admission.envelope.priority
+        decision = self.peer_limiter.decide(admission.peer.name, priority)
+        field_path = "$"
+        if decision.allowed:
+            decision = self.limiter.decide(admission.tenant, priority)
+            field_path = "$.tenant"
         if decision.allowed:
             return None
         return Rejection(
             DiagCode.RATE_LIMITED,
-            "$.tenant",
+            field_path,
             "rate limit exceeded",
             code=ErrorCode.RESOURCE_EXHAUSTED,
             retry_after_ms=decision.retry_after_ms,
         )
 
-    def _check_deadline(self, admission: _Admission) -> Rejection | None:
-        """Refuse a request whose deadline had passed when it arrived."""
-        if not admission.deadline.expired(admission.received_ns):
+    # implements: SR-RL-002
+    def _check_capacity(self, admission: _Admission) -> Rejection | None:
+        """Refuse what cannot be served before its deadline at the measured service rate, and
+        what the full queue cannot take even after shedding (priority first, then fairness)."""
+        priority, peer = admission.envelope.priority, admission.peer.name
+        wait_ns = self._wait_ns(priority, peer, admission.cost_ns)
+        remaining = admission.deadline.remaining_ns(admission.received_ns)
+        if wait_ns is not None and remaining < wait_ns * self.config.admission_margin:
+            return Rejection(
+                DiagCode.OVERLOADED,
+                "$.deadline_wall_ns",
+                f"cannot be served within its budget at this load (about {wait_ns // 1_000_000}"
+                " ms)",
+                code=ErrorCode.RESOURCE_EXHAUSTED,
+                retry_after_ms=max(1, wait_ns // 1_000_000),
+            )
+        if self._unpriced(admission.pixels):
+            return Rejection(
+                DiagCode.OVERLOADED,
+                "$.image.shape",
+                "frames of this size are being measured: a few at a time until then",
+                code=ErrorCode.RESOURCE_EXHAUSTED,
+                retry_after_ms=max(1, self.service.floor_ns // 1_000_000),
+            )
+        if self.dispatcher.has_room(admission.nbytes):
+            return None
+        admission.victims = self.dispatcher.victims(priority, peer, admission.nbytes)
+        if admission.victims:
             return None
         return Rejection(
-            DiagCode.DEADLINE_EXCEEDED,
-            "$.deadline_wall_ns",
-            "deadline already passed",
-            code=ErrorCode.DEADLINE_EXCEEDED,
-        )
-
-    def _check_queue(self, admission: _Admission) -> Rejection | None:
-        """Refuse a request the full queue cannot take."""
-        if self.dispatcher.has_room():
-            return None
-        return Rejection(
-            DiagCode.RATE_LIMITED,
+            DiagCode.OVERLOADED,
             "$",
             "ingest queue is full",
             code=ErrorCode.RESOURCE_EXHAUSTED,
-            retry_after_ms=self.config.default_deadline_ms // 10,
+            retry_after_ms=max(1, (wait_ns or 0) // 1_000_000) or 100,
         )
 
+    def _unpriced(self, pixels: int) -> bool:
+        """Whether a frame of a size never measured would be one too many in flight: until
+        its size has a price, such work holds all workers but one at most, so that a queue
+        is never filled with work whose price is a guess and priced work always has a
+        worker to go to."""
+        if not self.service.measured or self.service.knows(pixels):
+            return False
+        unpriced = sum(1 for r in self.dispatcher.open.values() if r.unpriced)
+        return unpriced >= max(1, self.dispatcher.live_workers() - 1)
+
+    def _wait_ns(self, priority: int, peer: str, cost_ns: int) -> int | None:
+        """When a new request would be done: the work ahead of it shared by the live
+        workers, plus its own; None until a batch was measured or while no worker serves."""
+        workers = self.dispatcher.live_workers()
+        if not self.service.measured or not workers:
+            return None
+        ahead = self.dispatcher.queue.work_ahead(priority, peer, cost_ns)
+        held = self.dispatcher.held_work_ns(self.service.cost_ns)
+        if not ahead + held:
+            return cost_ns  # it starts at once
+        # The work ahead at the pipeline's measured pace, then its own.
+        speed = self.service.speed(workers, self.node.clock())
+        return int((ahead + held) / speed) + cost_ns
+
     def _accept(self, admission: _Admission) -> None:
-        """Queue an admitted request for a worker, open its span and publish it."""
+        """Queue an admitted request for a worker and publish it."""
+        for victim in admission.victims:
+            self._shed(victim, "shed for a request of higher priority or a fairer share")
         envelope, request = admission.envelope, admission.request
         pending = Request(
             rid=self.dispatcher.new_rid(),
@@ -426,16 +644,23 @@ class _Ingest:
             stream_id=request.stream_id,
             frame_ts_us=request.frame_ts_us,
             priority=envelope.priority,
-            tenant=envelope.tenant,
+            tenant=admission.tenant,
+            peer=admission.peer.name,
+            cost_ns=admission.cost_ns,
+            nbytes=admission.nbytes,
+            pixels=admission.pixels,
+            model=request.model,
+            # Before anything was measured, a miss is the system's: it should serve at all.
+            unpriced=self.service.measured and not self.service.knows(admission.pixels),
             parent=envelope.trace,
-            peer=peer_of(envelope),
             admitted_ns=self.node.clock(),
             request_id=envelope.request_id,
         )
-        self.dispatcher.admit(pending)  # cannot refuse: the queue check found room
+        admitted = self.dispatcher.admit(pending)
+        assert admitted, "the capacity check found room"
         if pending.request_id:
             self.open_ids[pending.request_id] = pending.rid
-        self.validator.accept(request)
+        self.validator.accept(request, owner=(admission.peer.name, admission.identity))
         self.counts["accepted"] += 1
         if self.config.publish_requests:
             published = request
@@ -452,10 +677,10 @@ class _Ingest:
                 trace=admission.trace,
                 buffers=buffers,
                 priority=envelope.priority,
-                tenant=envelope.tenant,
+                tenant=admission.tenant,
             )
 
-    # implements: SR-ERR-002
+    # implements: SR-ERR-002, SR-LOG-003
     def _refuse(self, refusal: _Refusal) -> None:
         rejection, request, trace = refusal.rejection, refusal.request, refusal.trace
         reply = ErrorReply(
@@ -468,29 +693,144 @@ class _Ingest:
             stream_id=request.stream_id if request else "",
             frame_ts_us=request.frame_ts_us if request else 0,
         )
-        body = self._answer(refusal.identity, refusal.seq, reply, trace)
         self.counts["rejected"] += 1
-        # Each refusal reported on its own has its evidence too.
-        self.evidence.ended(refusal.path, reply, body, outcome=Outcome.REFUSED, model=self.model)
-        self.node.diag(
+        peer = refusal.peer.name
+        body = self._answer(refusal.identity, peer, refusal.seq, reply, trace, publish=False)
+        if self.refusals.individual(
+            peer,
+            rejection.code,
             rejection.diag,
-            f"request refused: {rejection.code}",
+            trace_id=trace.trace_id,
             field=rejection.field,
             rule=rejection.rule,
-            stream_id=reply.stream_id,
-            trace=trace,
+        ):
+            # Sealed on its own: its error, its evidence and its diagnostic.
+            self.node.publisher.publish(Topic.INFER_ERROR, reply, trace=trace)
+            self.evidence.ended(
+                refusal.path, reply, body, outcome=Outcome.REFUSED, model=self.model
+            )
+            self._seal_refusal(peer, reply, trace)
+
+    def _shed(self, request: Request, why: str) -> None:
+        """End a queued request to make room, with RESOURCE_EXHAUSTED (not a system miss)."""
+        self.dispatcher.close(request.rid)
+        self.open_ids.pop(request.request_id, None)  # never run: a re-send may run it
+        reply = ErrorReply(
+            code=ErrorCode.RESOURCE_EXHAUSTED,
+            message=_MESSAGES[ErrorCode.RESOURCE_EXHAUSTED],
+            field="$",
+            rule=why[:128],
+            retry_after_ms=max(1, request.cost_ns // 1_000_000),
+            diag_code=DiagCode.OVERLOADED,
+            stream_id=request.stream_id,
+            frame_ts_us=request.frame_ts_us,
+        )
+        self.counts["shed"] += 1
+        body = self._answer(
+            request.client, request.peer, request.client_seq, reply, request.trace, publish=False
+        )
+        if self.refusals.individual(
+            request.peer,
+            ErrorCode.RESOURCE_EXHAUSTED,
+            DiagCode.OVERLOADED,
+            trace_id=request.trace.trace_id,
+            field="$",
+            rule=why,
+        ):
+            self.node.publisher.publish(Topic.INFER_ERROR, reply, trace=request.trace)
+            self._ended(request, reply, body, Outcome.FAILED)
+            self._seal_refusal(request.peer, reply, request.trace)
+
+    def _seal_refusal(self, peer: str, reply: ErrorReply, trace: TraceContext) -> None:
+        """One refusal's diagnostic (its audit record comes with the next summary)."""
+        self.node.publisher.publish(Topic.INFER_ERROR, reply, trace=trace)
+        self._publish_diag(
+            DiagnosticEvent(
+                code=DiagCode(reply.diag_code),
+                severity=Severity.WARNING,
+                node=self.node.args.label,
+                instance=self.node.args.instance,
+                message=f"request refused: {reply.code}",
+                field=reply.field,
+                rule=reply.rule[:256],
+                stream_id=reply.stream_id,
+                peer=peer[:128],
+                first_trace_id=trace.trace_id,
+                last_trace_id=trace.trace_id,
+            ),
+            trace,
         )
 
+    def _seal_aggregate(self, aggregate: Aggregate) -> None:
+        """Refusals counted past the evidence rate: one diagnostic for all of them."""
+        # Sealed in the trace of the last refusal it counts, so a trace search finds it.
+        trace = TraceContext(aggregate.last_trace_id, new_span_id())
+        self._publish_diag(
+            DiagnosticEvent(
+                code=aggregate.diag,
+                severity=Severity.WARNING,
+                node=self.node.args.label,
+                instance=self.node.args.instance,
+                message=f"{aggregate.count} requests refused: {aggregate.code}",
+                field=aggregate.field[:128],
+                rule=aggregate.rule[:256],
+                peer=aggregate.peer[:128],
+                count=aggregate.count,
+                first_trace_id=aggregate.first_trace_id,
+                last_trace_id=aggregate.last_trace_id,
+            ),
+            trace,
+        )
+
+    def _audit(self, summary: Summary) -> None:
+        """The refusals since the last audit record, in one (in the last one's trace)."""
+        trace = TraceContext(summary.last_trace_id, new_span_id())
+        self.node.audit(AuditId.REQUEST_REJECTED, summary.describe(), trace=trace)
+
+    def _publish_diag(self, event: DiagnosticEvent, trace: TraceContext | None) -> None:
+        self.node.publisher.publish(Topic.DIAGNOSTIC, event, trace=trace)
+
     def _answer(
-        self, identity: bytes, seq: int, reply: Message, trace: TraceContext | None
+        self,
+        identity: bytes,
+        peer: str,
+        seq: int,
+        reply: Message,
+        trace: TraceContext,
+        *,
+        publish: bool = True,
     ) -> bytes:
-        """Send `reply` to the client in its trace and publish it; returns its encoded body."""
+        """Send `reply` to the client in its trace without blocking, and publish it (a result
+        or an error) unless told not to; returns its encoded body. A reply the client has no
+        room for is dropped, counted and sealed, and the client is told when it reads again.
+        """
+        if isinstance(reply, ErrorReply) and not reply.diag_code:
+            # A diagnostic code on every error, whoever made it.
+            reply = msgspec.structs.replace(reply, diag_code=_DEFAULT_DIAG[reply.code])
         body = self.clients.encode(reply)
-        env = self.clients.envelope(reply, seq=seq, trace=trace)
-        self.clients.forward([body], identity=[identity], envelope=env)
-        topic = Topic.INFER_RESULT if isinstance(reply, InferResult) else Topic.INFER_ERROR
-        self.node.publisher.publish(topic, reply, trace=trace)
+        envelope = self.clients.envelope(reply, seq=seq, trace=trace)
+        if publish:
+            topic = Topic.INFER_RESULT if isinstance(reply, InferResult) else Topic.INFER_ERROR
+            self.node.publisher.publish(topic, reply, trace=trace)
+        if self.replies.send(identity, body, envelope) is Delivery.DROPPED:
+            self._dropped(peer, seq, trace)
         return body
+
+    def _dropped(self, peer: str, seq: int, trace: TraceContext) -> None:
+        self.counts["replies_dropped"] += 1
+        if self.refusals.individual(
+            peer,
+            ErrorCode.RESOURCE_EXHAUSTED,
+            DiagCode.REPLY_DROPPED,
+            trace_id=trace.trace_id,
+            field="$",
+            rule="client does not read its replies",
+        ):
+            self.node.diag(
+                DiagCode.REPLY_DROPPED,
+                f"reply to request {seq} dropped: peer {peer} does not read its replies",
+                trace=trace,
+            )
 
     def _ended(
         self, request: Request, reply: InferResult | ErrorReply, body: bytes, outcome: Outcome
@@ -518,7 +858,7 @@ class _Ingest:
             stream_id=request.stream_id,
             frame_ts_us=request.frame_ts_us,
         )
-        body = self._answer(request.client, request.client_seq, reply, request.trace)
+        body = self._answer(request.client, request.peer, request.client_seq, reply, request.trace)
         self._remember(request, reply)
         self.counts["errors"] += 1
         self._ended(request, reply, body, Outcome.FAILED)
@@ -570,6 +910,7 @@ class _Ingest:
             slot.capacity = body.credit
             slot.pid = body.pid
             slot.host = body.host
+            slot.model = body.model
             if body.host == self.hostname:
                 self.exits.watch(body.pid)
             for old in self.dispatcher.same_process(slot):
@@ -580,14 +921,26 @@ class _Ingest:
         if request is None:
             return  # answered already (deadline) or a late reply from a presumed-hung worker
         if isinstance(body, InferResult):
+            self.service.observe(body.infer_us, body.batch_size, request.pixels)
+            self.service.completed(
+                self.service.cost_ns(request.pixels),
+                now,
+                pending=bool(self.dispatcher.open),
+            )
             if self.state is not SafetyState.NORMAL:
                 body = msgspec.structs.replace(body, degraded=True)
-            sent = self._answer(request.client, request.client_seq, body, request.trace)
+            sent = self._answer(
+                request.client, request.peer, request.client_seq, body, request.trace
+            )
             self._remember(request, body)
             self.counts["answered"] += 1
             self._ended(request, body, sent, Outcome.SERVED)
         elif isinstance(body, ErrorReply):
-            sent = self._answer(request.client, request.client_seq, body, request.trace)
+            if body.code is ErrorCode.DEADLINE_EXCEEDED:
+                body = msgspec.structs.replace(body, diag_code=_miss(request))
+            sent = self._answer(
+                request.client, request.peer, request.client_seq, body, request.trace
+            )
             self._remember(request, body)
             self.counts["errors"] += 1
             self._ended(request, body, sent, Outcome.FAILED)
@@ -617,10 +970,12 @@ class _Ingest:
             self._next_reap = now + _REAP_NS
             self.reap_pools()
         for request in self.dispatcher.expired(now):
+            # Admitted with a budget the measured service could meet: a miss of the system
+            # (unless its frame size had never been measured: then its budget was a guess).
             self._fail(
                 request,
                 ErrorCode.DEADLINE_EXCEEDED,
-                DiagCode.DEADLINE_EXCEEDED,
+                _miss(request),
                 "deadline exceeded before a result",
             )
         # Silent: no word for `worker_silence_ms`, or for 2.5 heartbeat periods (the
@@ -642,6 +997,14 @@ class _Ingest:
                 self._fail(
                     request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "worker lost twice"
                 )
+        for aggregate in self.refusals.due():
+            self._seal_aggregate(aggregate)
+        summary = self.refusals.audit_due()
+        if summary is not None:
+            self._audit(summary)
+        if self.replies.owed:
+            self.replies.retry()
+        self.on_door()
 
     def reap_pools(self) -> None:
         """Remove the pools of clients whose process is gone (their slots with them), and
@@ -654,7 +1017,14 @@ class _Ingest:
     def dispatch(self) -> None:
         # Both clocks read once: every deadline sent in this pass converts by the same offset.
         now_wall, now_mono = wall_ns(), self.node.clock()
-        for slot, request in self.dispatcher.assignments():
+        hold_ns = self.config.worker_hold_ms * 1_000_000
+        for slot, request in self.dispatcher.assignments(self.service.cost_ns, hold_ns):
+            # What the worker holds, this request included, is done before it is: when that
+            # is past its deadline, it is shed now rather than missed later.
+            if request.deadline.remaining_ns(now_mono) < slot.held_work_ns(self.service.cost_ns):
+                self.dispatcher.complete(slot.identity, request.rid)
+                self._shed(request, "cannot finish before its deadline at this load")
+                continue
             request.dispatched_ns = now_mono
             envelope = self.workers.envelope(
                 InferRequest,
@@ -699,13 +1069,24 @@ class _Ingest:
         A new dict replaces the old one only when a count moved: the heartbeat thread copies
         whichever it finds, and the loop allocates nothing while the ingest is idle.
         """
-        current = (self.limiter.allowed, self.limiter.refused, *self.counts.values())
+        current = (
+            self.limiter.allowed,
+            self.limiter.refused + self.peer_limiter.refused,
+            self.door.connections,
+            self.door.refused,
+            self.door.peak_rss >> 20,
+            *self.counts.values(),
+        )
         if current == self._published:
             return
         self._published = current
         detail = {key: str(value) for key, value in self.counts.items()}
         detail["rate_allowed"] = str(self.limiter.allowed)
-        detail["rate_refused"] = str(self.limiter.refused)
+        detail["rate_refused"] = str(self.limiter.refused + self.peer_limiter.refused)
+        detail["connections"] = str(self.door.connections)
+        detail["connections_refused"] = str(self.door.refused)
+        detail["peak_rss_mb"] = str(self.door.peak_rss >> 20)
+        detail["rss_budget_mb"] = str(self.budget_bytes >> 20)
         self.node.heartbeat_detail = detail
 
     def timeout_ms(self) -> float | None:
@@ -716,6 +1097,20 @@ class _Ingest:
             return None
         return max(0.0, min(100.0, deadline.remaining_ns(self.node.clock()) / 1e6))
 
+    def drain(self) -> None:
+        """On the way out: open requests get UNAVAILABLE; counted refusals are sealed."""
+        for rid in list(self.dispatcher.open):
+            request = self.dispatcher.close(rid)
+            if request is not None:
+                self._fail(
+                    request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "ingest shutting down"
+                )
+        aggregates, summary = self.refusals.drain()
+        for aggregate in aggregates:
+            self._seal_aggregate(aggregate)
+        if summary is not None:
+            self._audit(summary)
+
 
 # implements: SR-ING-004
 _MESSAGES = {
@@ -723,7 +1118,18 @@ _MESSAGES = {
     ErrorCode.DEADLINE_EXCEEDED: "deadline exceeded",
     ErrorCode.UNAVAILABLE: "service unavailable",
     ErrorCode.RESOURCE_EXHAUSTED: "resource exhausted",
+    ErrorCode.PERMISSION_DENIED: "permission denied",
     ErrorCode.INTERNAL: "internal error",
+}
+
+# The diagnostic code of an error whose maker named none (a worker of an older version).
+_DEFAULT_DIAG = {
+    ErrorCode.INVALID_ARGUMENT: DiagCode.RANGE_OR_SEQUENCE,
+    ErrorCode.DEADLINE_EXCEEDED: DiagCode.DEADLINE_EXCEEDED,
+    ErrorCode.UNAVAILABLE: DiagCode.WORKER_LOST,
+    ErrorCode.RESOURCE_EXHAUSTED: DiagCode.OVERLOADED,
+    ErrorCode.PERMISSION_DENIED: DiagCode.IDENTITY_REFUSED,
+    ErrorCode.INTERNAL: DiagCode.INFERENCE_FAILED,
 }
 
 
@@ -731,6 +1137,50 @@ def _ingest_trace(envelope: Envelope) -> TraceContext:
     """The ingest's span of a request: a child of the client's, or the root of a new trace."""
     client = envelope.trace
     return client.child() if client is not None else TraceContext.new()
+
+
+def _miss(request: Request) -> DiagCode:
+    """The code of an admitted request's deadline miss: the system's (DIA-3002), or one whose
+    frame size had never been measured when it was admitted (DIA-3004, its price a guess)."""
+    return DiagCode.DEADLINE_UNPRICED if request.unpriced else DiagCode.DEADLINE_EXCEEDED
+
+
+def _connection_limit(configured: int) -> int:
+    """The connection limit, lowered to what the open-file limit leaves with a margin."""
+    headroom = fd_headroom() - ACCEPT_MARGIN
+    if headroom < 1:
+        raise ValueError(
+            f"the open-file limit leaves no room for client connections (needs > {ACCEPT_MARGIN}"
+            " free descriptors)"
+        )
+    return min(configured, headroom)
+
+
+def _public_key(node: Node, key: str) -> str:
+    """A binding's key as the z85 text ZAP names the peer by: the key itself, or the path of
+    its certificate (relative to the launch file, as the launch file's keys are)."""
+    if len(key) == 40 and "/" not in key:
+        return key
+    path = Path(key) if Path(key).is_absolute() else Path(node.args.launch_dir) / key
+    return load_public(str(path)).decode()
+
+
+def _node_keys(node: Node) -> frozenset[str]:
+    """The public key this node connects with: the launch's nodes share it (or name their
+    own, which a binding can then raise to the safety priority)."""
+    curve = node.args.curve
+    if curve is None or not curve.client_secret:
+        return frozenset()
+    return frozenset({load_public(curve.client_secret).decode()})
+
+
+def _node_pids(node: Node) -> frozenset[int]:
+    """The pids of the launch's nodes on this host, as its launcher's run graph lists them."""
+    try:
+        graph = node.run.read_graph()
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return frozenset()
+    return frozenset(n.pid for n in graph.nodes)
 
 
 def _alive(pid: int) -> bool:
@@ -744,7 +1194,11 @@ def _alive(pid: int) -> bool:
 def run(config: IngestConfig, args: NodeArgs) -> ExitCode:
     """Serve requests until SIGTERM/SIGINT, then answer what is still open and exit."""
     with Node(args) as node:
-        ingest = _Ingest(node, config)
+        try:
+            ingest = _Ingest(node, config)
+        except ValueError as exc:
+            node.log.error("ingest.config", reason=str(exc))
+            return ExitCode.CONFIG
         node.ready(KIND.contract(config))
         while not node.stopping:
             events = node.poll(ingest.timeout_ms())
@@ -764,12 +1218,7 @@ def run(config: IngestConfig, args: NodeArgs) -> ExitCode:
             ingest.publish_counts()
             ingest.evidence.turn_ended()
         # Nothing is silently dropped on the way out: open requests get UNAVAILABLE.
-        for rid in list(ingest.dispatcher.open):
-            request = ingest.dispatcher.close(rid)
-            if request is not None:
-                ingest._fail(
-                    request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "ingest shutting down"
-                )
+        ingest.drain()
         ingest.evidence.flush()
         node.log.info("node.stopping", reason=node.stop_reason, **ingest.counts)
     return ExitCode.OK

@@ -12,11 +12,20 @@ from vigil.bus.channel import FrameFault, Incoming
 from vigil.schemas import DiagCode, ErrorCode, InferRequest, schema_id
 from vigil.schemas.infer import MAX_FRAME_BYTES
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Limits", "Rejection", "RequestValidator", "classify_rule"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "Limits",
+    "Owner",
+    "Rejection",
+    "RequestValidator",
+    "classify_rule",
+]
 
 _REQUEST_SCHEMA = schema_id(InferRequest)
 DEFAULT_MAX_MESSAGE_BYTES = MAX_FRAME_BYTES + 64 * 1024
 _RANGE_MARKERS = (">=", "<=", "> ", "< ", "length")
+# Who a stream belongs to: the authenticated peer's name and its connection's routing id.
+Owner = tuple[str, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +35,8 @@ class Limits:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_height: int = 1080
     max_width: int = 1920
-    max_streams: int = 4096
+    max_streams: int = 256  # per owner (a peer's connection)
+    max_owners: int = 1024
 
 
 class Rejection(Exception):
@@ -84,19 +94,22 @@ class RequestValidator:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        # Bounded: a client inventing stream ids cannot grow the ingest's memory.
-        self._last_ts: OrderedDict[str, int] = OrderedDict()
+        # A stream belongs to whoever opened it: its owner is the authenticated peer and the
+        # connection it came on, so no other client can move its timestamps. Bounded twice:
+        # a client inventing stream ids, or connections, cannot grow the ingest's memory.
+        self._last_ts: OrderedDict[Owner, OrderedDict[str, int]] = OrderedDict()
 
-    def check_size(self, frames: list[zmq.Frame]) -> None:
-        """Refuse an oversized or mis-framed message before decoding a byte of it."""
+    def check_size(self, frames: list[zmq.Frame]) -> int:
+        """Refuse an oversized or mis-framed message before decoding a byte of it; its size."""
         total = sum(len(f) for f in frames)
         if total > self.limits.max_message_bytes:
             raise Rejection(
                 DiagCode.SIZE_LIMIT, "$", f"message of {total} bytes exceeds the size limit"
             )
+        return total
 
     # implements: SR-ING-002
-    def check(self, incoming: Incoming) -> InferRequest:
+    def check(self, incoming: Incoming, owner: Owner = ("", b"")) -> InferRequest:
         """The request, or a Rejection naming the field and rule it broke."""
         if incoming.envelope.schema != _REQUEST_SCHEMA:
             raise Rejection(DiagCode.SCHEMA_VIOLATION, "$.schema", "expected infer.request")
@@ -124,7 +137,8 @@ class RequestValidator:
                 )
         else:
             self._check_buffer(incoming, height * width * 3)
-        last = self._last_ts.get(request.stream_id)
+        streams = self._last_ts.get(owner)
+        last = streams.get(request.stream_id) if streams is not None else None
         if last is not None and request.frame_ts_us <= last:
             raise Rejection(
                 DiagCode.RANGE_OR_SEQUENCE,
@@ -147,9 +161,17 @@ class RequestValidator:
                 f"buffer holds {max(available, 0)} bytes, shape needs {expected}",
             )
 
-    def accept(self, request: InferRequest) -> None:
+    # implements: SR-SEC-003
+    def accept(self, request: InferRequest, owner: Owner = ("", b"")) -> None:
         """Record an accepted request's timestamp for the per-stream sequence rule."""
-        self._last_ts[request.stream_id] = request.frame_ts_us
-        self._last_ts.move_to_end(request.stream_id)
-        if len(self._last_ts) > self.limits.max_streams:
-            self._last_ts.popitem(last=False)
+        streams = self._last_ts.get(owner)
+        if streams is None:
+            streams = self._last_ts[owner] = OrderedDict()
+            if len(self._last_ts) > self.limits.max_owners:
+                self._last_ts.popitem(last=False)
+        else:
+            self._last_ts.move_to_end(owner)
+        streams[request.stream_id] = request.frame_ts_us
+        streams.move_to_end(request.stream_id)
+        if len(streams) > self.limits.max_streams:
+            streams.popitem(last=False)

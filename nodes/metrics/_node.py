@@ -293,7 +293,8 @@ class BusMetrics:
 
     def _on_diag(self, event: DiagnosticEvent) -> None:
         if self._kinds.get(event.node) == "ingest":
-            self.rejections.labels(reason=event.code.value).inc()
+            # Past its evidence rate the ingest seals refusals as aggregates with a count.
+            self.rejections.labels(reason=event.code.value).inc(event.count)
 
     def _on_heartbeat(self, beat: Heartbeat) -> None:
         with self.live.lock:

@@ -21,10 +21,11 @@ from vigil.bus.curve import CurveConfig, load_public
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir
 from vigil.client import Client
-from vigil.errors import DeadlineExceeded, Unavailable
+from vigil.errors import DeadlineExceeded, PermissionDenied, Unavailable
 from vigil.launch import Launcher, load
 from vigil.launch.model import BusSpec, SecuritySpec
 from vigil.nodes._scene import render_scene
+from vigil.nodes.ingest import TenantBinding
 from vigil.nodes.logger.store import read_entries
 from vigil.schemas import DiagCode, DiagnosticEvent, Heartbeat, InferResult, Severity, Topic
 from vigil.testing.launchfiles import write
@@ -75,8 +76,12 @@ def secured() -> Iterator[Secured]:
         pub_port, sub_port, front_port, back_port = _free_ports(4)
         frontend = f"tcp://127.0.0.1:{front_port}"
         backend = f"tcp://127.0.0.1:{back_port}"
+        # The client's key is bound to a tenant and a ceiling below the safety priority.
+        binding = TenantBinding(key="keys/client.key", tenant="cams", max_priority=5)
         launch = pipeline_launch(
-            ingest=msgspec.structs.replace(INGEST, frontend=frontend, backend=backend),
+            ingest=msgspec.structs.replace(
+                INGEST, frontend=frontend, backend=backend, bindings=[binding]
+            ),
             worker=msgspec.structs.replace(WORKER, backend=backend),
             bus=BusSpec(address="127.0.0.1", pub_port=pub_port, sub_port=sub_port),
             security=SecuritySpec(keys_dir="keys", allowed=["client"]),
@@ -110,6 +115,34 @@ def _infer(endpoint: str, curve: CurveConfig | None, deadline_s: float) -> Infer
             frame_ts_us=time.time_ns() // 1000,
             deadline_s=deadline_s,
         )
+
+
+@pytest.mark.verifies("SR-SEC-003")
+@pytest.mark.parametrize(
+    ("tenant", "priority", "field"),
+    [("other", 0, "$.tenant"), ("cams", 6, "$.priority")],
+    ids=["another-tenant", "above-the-ceiling"],
+)
+def test_a_bound_key_may_claim_neither_another_tenant_nor_a_higher_priority(
+    secured: Secured, tenant: str, priority: int, field: str
+) -> None:
+    """The client's key is bound to its tenant and ceiling: a request claiming another tenant,
+    or a priority above the ceiling, is refused with PERMISSION_DENIED (DIA-6002)."""
+    with (
+        Client(secured.frontend, name="curve-test", curve=secured.client, tenant=tenant) as client,
+        pytest.raises(PermissionDenied) as refused,
+    ):
+        client.infer(
+            render_scene(1, 96, 160),
+            stream_id="claims",
+            frame_ts_us=time.time_ns() // 1000,
+            deadline_s=20,
+            priority=priority,
+        )
+    assert (refused.value.reply.field, refused.value.reply.diag_code) == (
+        field,
+        DiagCode.IDENTITY_REFUSED,
+    )
 
 
 def test_authorised_client_gets_results_over_curve(secured: Secured) -> None:

@@ -108,7 +108,9 @@ def scrape_until(
 def metered(short_tmp: Path) -> Iterator[tuple[Launcher, str]]:
     """The pipeline with a metrics node (first, so it hears every node from its start) and
     a rate-limited ingest; yields the launcher and the /metrics URL from graph.json."""
-    launch = pipeline_launch(ingest=msgspec.structs.replace(INGEST, rate_limit=RATE_LIMIT))
+    # The metered client sends at priority 4: clients without a binding may, here.
+    ingest = msgspec.structs.replace(INGEST, rate_limit=RATE_LIMIT, default_max_priority=4)
+    launch = pipeline_launch(ingest=ingest)
     # Port 0: the kernel picks a free port and the node reports it, so nothing races for one.
     metrics = node("metrics", MetricsConfig(port=0))
     launch = msgspec.structs.replace(launch, nodes=[metrics, *launch.nodes])

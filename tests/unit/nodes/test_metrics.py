@@ -218,6 +218,23 @@ def test_only_the_ingests_diagnostics_are_rejections(metrics: BusMetrics) -> Non
     assert value(metrics, "vigil_rejections_total", reason="DIA-2047") == 1
 
 
+def test_an_aggregate_of_refusals_counts_each(metrics: BusMetrics) -> None:
+    """A diagnostic that stands for many refusals (past the evidence rate) counts them all."""
+    metrics.observe(beat("ingest", "ingest"))
+    metrics.observe(
+        received(
+            DiagnosticEvent(
+                code=DiagCode.OVERLOADED,
+                severity=Severity.WARNING,
+                node="ingest",
+                message="120 requests refused",
+                count=120,
+            )
+        )
+    )
+    assert value(metrics, "vigil_rejections_total", reason="DIA-2051") == 120
+
+
 def test_rate_decisions_add_growth_and_survive_an_ingest_restart(metrics: BusMetrics) -> None:
     """Cumulative beat counts become increments; a new pid starts from zero again."""
     metrics.observe(beat("ingest", "ingest", rate_allowed="5", rate_refused="1"))

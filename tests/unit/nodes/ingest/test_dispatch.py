@@ -73,7 +73,7 @@ def test_no_assignment_without_credit() -> None:
     _admitted(dispatcher, 2)
     _worker(dispatcher, b"w1", 0)
     assert _assign(dispatcher) == []
-    assert list(dispatcher.queue) == [1, 2]
+    assert [r.rid for r in dispatcher.queue] == [1, 2]
 
 
 def test_most_credit_gets_the_next_request() -> None:
@@ -91,7 +91,7 @@ def test_assignment_stops_when_credit_runs_out() -> None:
     _admitted(dispatcher, 3)
     _worker(dispatcher, b"w1", 2)
     assert [rid for _, rid in _assign(dispatcher)] == [1, 2]
-    assert list(dispatcher.queue) == [3]
+    assert [r.rid for r in dispatcher.queue] == [3]
 
 
 def test_assignment_takes_credit_and_records_inflight() -> None:
@@ -144,7 +144,7 @@ def test_lost_worker_work_is_redispatched_once() -> None:
     _assign(dispatcher)
     assert dispatcher.worker_lost(b"w1") == []
     assert b"w1" not in dispatcher.workers
-    assert list(dispatcher.queue) == [first.rid, second.rid, queued.rid]
+    assert [r.rid for r in dispatcher.queue] == [first.rid, second.rid, queued.rid]
     assert (first.worker, dispatcher.redispatched) == (None, 2)
     _worker(dispatcher, b"w2", 3)
     assert _assign(dispatcher) == [(b"w2", first.rid), (b"w2", second.rid), (b"w2", queued.rid)]
@@ -162,7 +162,7 @@ def test_second_loss_exhausts_the_request() -> None:
     _assign(dispatcher)
     assert dispatcher.worker_lost(b"w2") == [request]
     assert request.rid not in dispatcher.open
-    assert list(dispatcher.queue) == []
+    assert [r.rid for r in dispatcher.queue] == []
     assert dispatcher.redispatched == 1
 
 
@@ -189,7 +189,7 @@ def test_lost_worker_skips_already_answered_work() -> None:
     dispatcher.close(request.rid)
     dispatcher.workers[b"w1"].inflight.add(request.rid)  # a stale entry
     assert dispatcher.worker_lost(b"w1") == []
-    assert list(dispatcher.queue) == []
+    assert [r.rid for r in dispatcher.queue] == []
 
 
 def test_silent_worker_loses_its_work() -> None:
@@ -202,7 +202,7 @@ def test_silent_worker_loses_its_work() -> None:
     assert [(slot.identity, exhausted) for slot, exhausted in found] == [(b"w1", [])]
     slot = dispatcher.workers[b"w1"]
     assert (slot.suspect, slot.credit, slot.inflight) == (True, 0, set())
-    assert list(dispatcher.queue) == [request.rid]
+    assert [r.rid for r in dispatcher.queue] == [request.rid]
 
 
 def test_silence_at_the_limit_is_tolerated() -> None:
@@ -360,3 +360,21 @@ def test_a_reconnected_worker_process_is_recognised() -> None:
     other.pid, other.host = 8, "h"
     assert dispatcher.same_process(new) == [b"old"]
     assert dispatcher.same_process(dispatcher.worker_seen(b"anon", 2)) == []
+
+
+def test_a_worker_holding_enough_work_is_given_no_more() -> None:
+    """With a price and a hold limit, a worker that holds work is given more only while it
+    stays within the limit; an idle worker always takes the next request."""
+    dispatcher = Dispatcher(max_queue=8)
+    requests = _admitted(dispatcher, 3)
+    for request in requests:
+        request.pixels = 100
+    _worker(dispatcher, b"w1", 8)
+
+    def price(pixels: int) -> int:
+        return pixels * 10  # 1000 ns a request
+
+    assert [r.rid for _, r in dispatcher.assignments(price, hold_ns=2000)] == [1, 2]
+    assert [r.rid for r in dispatcher.queue] == [3]
+    dispatcher.complete(b"w1", 1)
+    assert [r.rid for _, r in dispatcher.assignments(price, hold_ns=2000)] == [3]

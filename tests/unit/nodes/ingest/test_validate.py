@@ -48,9 +48,11 @@ def _incoming(
     return Incoming([b"client"], envelope, request, [zmq.Frame(b) for b in buffers])
 
 
-def _rejected(validator: RequestValidator, incoming: Incoming) -> Rejection:
+def _rejected(
+    validator: RequestValidator, incoming: Incoming, owner: tuple[str, bytes] = ("", b"")
+) -> Rejection:
     with pytest.raises(Rejection) as info:
-        validator.check(incoming)
+        validator.check(incoming, owner)
     return info.value
 
 
@@ -197,7 +199,7 @@ def test_stream_table_is_bounded() -> None:
     validator = RequestValidator(LIMITS)
     for name in ("a", "b", "c", "d"):
         validator.accept(_request(stream_id=name, frame_ts_us=100))
-    assert len(validator._last_ts) == LIMITS.max_streams
+    assert len(validator._last_ts[("", b"")]) == LIMITS.max_streams
     validator.check(_incoming(_request(stream_id="a", frame_ts_us=1)))
     _rejected(validator, _incoming(_request(stream_id="b", frame_ts_us=1)))
 
@@ -207,7 +209,27 @@ def test_stream_table_keeps_recently_used_streams() -> None:
     validator = RequestValidator(LIMITS)
     for name, ts in (("a", 1), ("b", 1), ("c", 1), ("a", 2), ("d", 1)):
         validator.accept(_request(stream_id=name, frame_ts_us=ts))
-    assert list(validator._last_ts) == ["c", "a", "d"]
+    assert list(validator._last_ts[("", b"")]) == ["c", "a", "d"]
+
+
+def test_a_stream_belongs_to_its_owner() -> None:
+    """Another owner's frame on the same stream id neither is judged by nor moves the
+    owner's timestamps: a frame far in the future from a stranger poisons nothing."""
+    validator = RequestValidator(LIMITS)
+    owner, stranger = ("uid:1/pid:10", b"a"), ("uid:1/pid:11", b"b")
+    validator.accept(_request(frame_ts_us=100), owner=owner)
+    validator.check(_incoming(_request(frame_ts_us=2**63 - 1)), owner=stranger)
+    validator.accept(_request(frame_ts_us=2**63 - 1), owner=stranger)
+    validator.check(_incoming(_request(frame_ts_us=101)), owner=owner)
+    _rejected(validator, _incoming(_request(frame_ts_us=100)), owner=owner)
+
+
+def test_owners_are_bounded() -> None:
+    """Beyond max_owners the least recently active owner's streams are forgotten."""
+    validator = RequestValidator(Limits(max_owners=2))
+    for n in range(3):
+        validator.accept(_request(frame_ts_us=100), owner=(f"p{n}", b""))
+    assert list(validator._last_ts) == [("p1", b""), ("p2", b"")]
 
 
 # -- mapping decode faults ----------------------------------------------------------------
