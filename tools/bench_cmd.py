@@ -19,6 +19,7 @@ BENCHES = {
     "serve": "serve_bench.py",
     "swap": "swap_bench.py",
     "faults": "faults_bench.py",
+    "ingest": "ingest_bench.py",
 }
 
 
