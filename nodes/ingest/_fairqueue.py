@@ -23,6 +23,8 @@ from typing import Protocol
 __all__ = ["FairQueue", "Queued"]
 
 PRIORITIES = 8
+# Stale heap entries tolerated beyond the live ones before the heap is rebuilt.
+_SLACK = 64
 
 
 class Queued(Protocol):
@@ -41,9 +43,11 @@ class _Class:
     """One priority class: a FIFO per active peer, their heads ordered by tag."""
 
     fifos: dict[str, deque[Queued]] = field(default_factory=dict)
-    # (tag of a peer's head, arrival order, peer); an entry whose tag is no longer its peer's
-    # head's is stale and skipped.
+    # (tag of a peer's head, filing order, peer). A peer has one live entry, the one `filed`
+    # holds; any other is stale, dropped when reached or when stale ones outnumber the live
+    # (requests put back at a FIFO's head again and again must not grow the heap).
     heads: list[tuple[int, int, str]] = field(default_factory=list)
+    filed: dict[str, tuple[int, int, str]] = field(default_factory=dict)
     finish: dict[str, int] = field(default_factory=dict)  # the tag of a peer's newest request
     clock: int = 0  # the tag of the request served last
     order: Iterator[int] = field(default_factory=itertools.count)
@@ -65,11 +69,20 @@ class _Class:
             self.finish[peer] = item.tag
             fifo.append(item)
         if fifo[0] is item:
-            heapq.heappush(self.heads, (item.tag, next(self.order), peer))
+            self._file(peer, item.tag)
         self.work[peer] = self.work.get(peer, 0) + item.cost_ns
         held, count = self.backlog.get(peer, (0, 0))
         self.backlog[peer] = (held + item.nbytes, count + 1)
         self.total_work += item.cost_ns
+
+    def _file(self, peer: str, tag: int) -> None:
+        """File `peer` under the tag of its head; its earlier entry, if any, goes stale."""
+        entry = self.filed[peer] = (tag, next(self.order), peer)
+        if len(self.heads) >= 2 * len(self.filed) + _SLACK:
+            self.heads = list(self.filed.values())
+            heapq.heapify(self.heads)
+        else:
+            heapq.heappush(self.heads, entry)
 
     def forget(self, item: Queued) -> None:
         """Take a live item out of the sums (it stays in its FIFO until reached)."""
@@ -89,25 +102,29 @@ class _Class:
         if fifo:
             return fifo[0]
         self.fifos.pop(peer, None)
+        self.filed.pop(peer, None)
         if self.finish.get(peer, 0) <= self.clock:
             self.finish.pop(peer, None)  # idle and caught up: nothing to remember
         return None
 
     def pop(self) -> Queued | None:
         while self.heads:
-            tag, _, peer = heapq.heappop(self.heads)
+            entry = heapq.heappop(self.heads)
+            tag, _, peer = entry
+            if self.filed.get(peer) != entry:
+                continue  # stale: the peer was filed again since
             head = self._head(peer)
             if head is None:
                 continue
-            if head.tag != tag:  # its head changed since: file it under its own tag
-                heapq.heappush(self.heads, (head.tag, next(self.order), peer))
+            if head.tag != tag:  # its head ended since: file it under the new head's tag
+                self._file(peer, head.tag)
                 continue
             fifo = self.fifos[peer]
             fifo.popleft()
             self.clock = max(self.clock, head.tag)
             following = self._head(peer)
             if following is not None:
-                heapq.heappush(self.heads, (following.tag, next(self.order), peer))
+                self._file(peer, following.tag)
             return head
         return None
 

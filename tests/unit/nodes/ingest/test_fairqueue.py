@@ -173,3 +173,20 @@ def test_a_requeued_request_goes_first_in_its_peers_fifo() -> None:
     queue.push(_Item("a", 1))
     queue.push(_Item("a", 0), front=True)
     assert _drain(queue) == [("a", 0), ("a", 1)]
+
+
+def test_requests_put_back_again_and_again_do_not_grow_the_queue() -> None:
+    """Taking requests and putting them back at their heads, pass after pass, leaves the
+    queue's index as small as it was and serves them in their order."""
+    queue = FairQueue(max_count=100, max_bytes=1000)
+    for n in range(20):
+        queue.push(_Item("ab"[n % 2], n))
+    for _ in range(1000):
+        taken = [queue.pop() for _ in range(16)]
+        for item in reversed(taken):
+            assert item is not None
+            queue.push(item, front=True)
+    assert len(queue._classes[0].heads) < 100  # the index is what could leak
+    served = _drain(queue)
+    assert [n for peer, n in served if peer == "a"] == list(range(0, 20, 2))
+    assert [n for peer, n in served if peer == "b"] == list(range(1, 20, 2))
