@@ -84,6 +84,15 @@ class WorkerSlot:
         return not model or not self.model or model == self.model
 
 
+# Requests that cannot go to any worker now, passed over in one dispatch pass at most.
+_MAX_SKIPPED = 16
+
+
+def _guessing(slot: WorkerSlot, priced: Callable[[int], bool]) -> bool:
+    """Whether a worker holds work of a frame size that has no price yet."""
+    return any(not priced(pixels) for pixels in slot.held.values())
+
+
 def _takes(
     slot: WorkerSlot, request: Request, price: Callable[[int], int] | None, hold_ns: int
 ) -> bool:
@@ -169,33 +178,57 @@ class Dispatcher:
         return slot
 
     def assignments(
-        self, price: Callable[[int], int] | None = None, hold_ns: int = 0
+        self,
+        price: Callable[[int], int] | None = None,
+        hold_ns: int = 0,
+        priced: Callable[[int], bool] | None = None,
     ) -> Iterator[tuple[WorkerSlot, Request]]:
         """Pair queued requests, in fair order, with the least-loaded workers that serve them.
 
         With `price` and `hold_ns`, a worker that holds anything is given more only while
         what it holds stays within `hold_ns` of work: the rest waits here, where it is served
-        fairly, not in a worker's queue behind a batch of someone else's large frames.
+        fairly, not in a worker's queue behind a batch of someone else's large frames. With
+        `priced`, work of a frame size that has no price yet goes one at a time to a worker,
+        and to all workers but one at most: priced work always has a worker to go to. A
+        request that cannot go anywhere now keeps its place; others may pass it.
         """
-        while self.queue.count:
-            if not any(w.credit > 0 and not w.suspect for w in self.workers.values()):
-                return
-            request = self.queue.pop()
-            assert isinstance(request, Request)
-
-            slot = max(
-                (w for w in self.workers.values() if _takes(w, request, price, hold_ns)),
-                key=lambda w: w.credit,
-                default=None,
-            )
-            if slot is None:  # no room where it can go now: it waits at its FIFO's head
+        skipped: list[Request] = []
+        try:
+            while self.queue.count and len(skipped) < _MAX_SKIPPED:
+                if not any(w.credit > 0 and not w.suspect for w in self.workers.values()):
+                    return
+                request = self.queue.pop()
+                assert isinstance(request, Request)
+                guessed = priced is not None and not priced(request.pixels)
+                if guessed and priced is not None and not self._room_for_guesses(priced):
+                    skipped.append(request)
+                    continue
+                slot = max(
+                    (
+                        w
+                        for w in self.workers.values()
+                        if _takes(w, request, price, hold_ns)
+                        and not (guessed and priced is not None and _guessing(w, priced))
+                    ),
+                    key=lambda w: w.credit,
+                    default=None,
+                )
+                if slot is None:
+                    skipped.append(request)
+                    continue
+                slot.held[request.rid] = request.pixels
+                slot.inflight.add(request.rid)
+                request.worker = slot.identity
+                request.attempts += 1
+                yield slot, request
+        finally:
+            for request in reversed(skipped):  # back at the head of their FIFOs, in order
                 self.queue.push(request, front=True)
-                return
-            slot.held[request.rid] = request.pixels
-            slot.inflight.add(request.rid)
-            request.worker = slot.identity
-            request.attempts += 1
-            yield slot, request
+
+    def _room_for_guesses(self, priced: Callable[[int], bool]) -> bool:
+        """Whether another worker may take work of a size that has no price yet."""
+        guessing = sum(1 for w in self.workers.values() if _guessing(w, priced))
+        return guessing < max(1, self.live_workers() - 1)
 
     def complete(self, identity: bytes, rid: int) -> Request | None:
         """A worker answered `rid`: its room grows back; the request, if still open."""

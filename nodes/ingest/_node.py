@@ -583,14 +583,6 @@ class _Ingest:
                 code=ErrorCode.RESOURCE_EXHAUSTED,
                 retry_after_ms=max(1, wait_ns // 1_000_000),
             )
-        if self._unpriced(admission.pixels):
-            return Rejection(
-                DiagCode.OVERLOADED,
-                "$.image.shape",
-                "frames of this size are being measured: a few at a time until then",
-                code=ErrorCode.RESOURCE_EXHAUSTED,
-                retry_after_ms=max(1, self.service.floor_ns // 1_000_000),
-            )
         if self.dispatcher.has_room(admission.nbytes):
             return None
         admission.victims = self.dispatcher.victims(priority, peer, admission.nbytes)
@@ -603,16 +595,6 @@ class _Ingest:
             code=ErrorCode.RESOURCE_EXHAUSTED,
             retry_after_ms=max(1, (wait_ns or 0) // 1_000_000) or 100,
         )
-
-    def _unpriced(self, pixels: int) -> bool:
-        """Whether a frame of a size never measured would be one too many in flight: until
-        its size has a price, such work holds all workers but one at most, so that a queue
-        is never filled with work whose price is a guess and priced work always has a
-        worker to go to."""
-        if not self.service.measured or self.service.knows(pixels):
-            return False
-        unpriced = sum(1 for r in self.dispatcher.open.values() if r.unpriced)
-        return unpriced >= max(1, self.dispatcher.live_workers() - 1)
 
     def _wait_ns(self, priority: int, peer: str, cost_ns: int) -> int | None:
         """When a new request would be done: the work ahead of it shared by the live
@@ -1018,7 +1000,9 @@ class _Ingest:
         # Both clocks read once: every deadline sent in this pass converts by the same offset.
         now_wall, now_mono = wall_ns(), self.node.clock()
         hold_ns = self.config.worker_hold_ms * 1_000_000
-        for slot, request in self.dispatcher.assignments(self.service.cost_ns, hold_ns):
+        service = self.service
+        priced = service.knows if service.measured else None
+        for slot, request in self.dispatcher.assignments(service.cost_ns, hold_ns, priced):
             # What the worker holds, this request included, is done before it is: when that
             # is past its deadline, it is shed now rather than missed later.
             if request.deadline.remaining_ns(now_mono) < slot.held_work_ns(self.service.cost_ns):

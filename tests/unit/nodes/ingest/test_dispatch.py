@@ -378,3 +378,44 @@ def test_a_worker_holding_enough_work_is_given_no_more() -> None:
     assert [r.rid for r in dispatcher.queue] == [3]
     dispatcher.complete(b"w1", 1)
     assert [r.rid for _, r in dispatcher.assignments(price, hold_ns=2000)] == [3]
+
+
+def test_frames_of_an_unpriced_size_go_one_at_a_time_to_all_workers_but_one() -> None:
+    """Until a frame size has a price, a worker holds one such request at most and one
+    worker holds none: priced work passes the unpriced ones, which keep their order."""
+    dispatcher = Dispatcher(max_queue=8)
+    requests = _admitted(dispatcher, 6)
+    for request, pixels in zip(requests, [50, 50, 50, 100, 50, 100], strict=True):
+        request.pixels = pixels
+    for name in (b"w1", b"w2", b"w3"):
+        _worker(dispatcher, name, 4)
+
+    def priced(pixels: int) -> bool:
+        return pixels == 100
+
+    def assign() -> list[tuple[bytes, int]]:
+        return [(s.identity, r.rid) for s, r in dispatcher.assignments(priced=priced)]
+
+    assert assign() == [(b"w1", 1), (b"w2", 2), (b"w3", 4), (b"w1", 6)]
+    assert [r.rid for r in dispatcher.queue] == [3, 5]
+    dispatcher.complete(b"w2", 2)
+    assert assign() == [(b"w2", 3)]
+    dispatcher.complete(b"w1", 1)
+    assert assign() == [(b"w1", 5)]
+    assert list(dispatcher.queue) == []
+
+
+def test_requests_passed_over_go_back_to_the_head_of_their_peers_fifo() -> None:
+    """A request no worker can take now keeps its place at its peer's head, before that
+    peer's newer work, while another peer's work goes ahead."""
+    dispatcher = Dispatcher(max_queue=8)
+    for peer, model in zip("aaab", ["other", "other", "", ""], strict=True):
+        request = _request(dispatcher)
+        request.peer, request.model = peer, model
+        assert dispatcher.admit(request)
+    _worker(dispatcher, b"w1", 4)
+    dispatcher.workers[b"w1"].model = "det"
+    assert _assign(dispatcher) == [(b"w1", 4), (b"w1", 3)]
+    assert [r.rid for r in dispatcher.queue] == [1, 2]
+    dispatcher.worker_seen(b"w2", 0, name="w2").capacity = 4
+    assert _assign(dispatcher) == [(b"w2", 1), (b"w2", 2)]
