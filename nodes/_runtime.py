@@ -528,14 +528,19 @@ class Node:
         rule: str = "",
         stream_id: str = "",
         trace: TraceContext | None = None,
+        peer: str = "",
+        count: int = 1,
+        first_trace_id: bytes = b"",
+        last_trace_id: bytes = b"",
     ) -> None:
         """Publish a diagnostic event (the logger seals it) and log it locally, in `trace`
-        (or the one bound by an enclosing `traced()` block)."""
+        (or the one bound by an enclosing `traced()` block). `peer`, `count` and the first
+        and last trace name the client and the events an aggregate stands for."""
         if trace is None:
             trace = current_trace()
         getattr(self.log, _DIAG_LEVELS.get(severity, "warning"))(
             "diag", code=str(code), message=message, field=field, rule=rule, stream_id=stream_id,
-            **trace_fields(trace),
+            **({"peer": peer, "count": count} if peer else {}), **trace_fields(trace),
         )  # fmt: skip
         self.publisher.publish(
             Topic.DIAGNOSTIC,
@@ -548,6 +553,10 @@ class Node:
                 field=field[:128],
                 rule=rule[:256],
                 stream_id=stream_id,
+                peer=peer[:128],
+                count=count,
+                first_trace_id=first_trace_id,
+                last_trace_id=last_trace_id,
             ),
             trace=trace,
         )

@@ -48,7 +48,6 @@ from vigil.nodes.ingest._validate import (
 from vigil.schemas import (
     AuditId,
     DiagCode,
-    DiagnosticEvent,
     ErrorCode,
     ErrorReply,
     Heartbeat,
@@ -725,52 +724,37 @@ class _Ingest:
 
     def _seal_refusal(self, peer: str, reply: ErrorReply, trace: TraceContext) -> None:
         """One refusal's diagnostic (its audit record comes with the next summary)."""
-        self.node.publisher.publish(Topic.INFER_ERROR, reply, trace=trace)
-        self._publish_diag(
-            DiagnosticEvent(
-                code=DiagCode(reply.diag_code),
-                severity=Severity.WARNING,
-                node=self.node.args.label,
-                instance=self.node.args.instance,
-                message=f"request refused: {reply.code}",
-                field=reply.field,
-                rule=reply.rule[:256],
-                stream_id=reply.stream_id,
-                peer=peer[:128],
-                first_trace_id=trace.trace_id,
-                last_trace_id=trace.trace_id,
-            ),
-            trace,
+        self.node.diag(
+            DiagCode(reply.diag_code),
+            f"request refused: {reply.code}",
+            field=reply.field,
+            rule=reply.rule,
+            stream_id=reply.stream_id,
+            trace=trace,
+            peer=peer,
+            first_trace_id=trace.trace_id,
+            last_trace_id=trace.trace_id,
         )
 
     def _seal_aggregate(self, aggregate: Aggregate) -> None:
-        """Refusals counted past the evidence rate: one diagnostic for all of them."""
-        # Sealed in the trace of the last refusal it counts, so a trace search finds it.
-        trace = TraceContext(aggregate.last_trace_id, new_span_id())
-        self._publish_diag(
-            DiagnosticEvent(
-                code=aggregate.diag,
-                severity=Severity.WARNING,
-                node=self.node.args.label,
-                instance=self.node.args.instance,
-                message=f"{aggregate.count} requests refused: {aggregate.code}",
-                field=aggregate.field[:128],
-                rule=aggregate.rule[:256],
-                peer=aggregate.peer[:128],
-                count=aggregate.count,
-                first_trace_id=aggregate.first_trace_id,
-                last_trace_id=aggregate.last_trace_id,
-            ),
-            trace,
+        """Refusals counted past the evidence rate: one diagnostic for all of them, in the
+        trace of the last refusal it counts (so a trace search finds it)."""
+        self.node.diag(
+            aggregate.diag,
+            f"{aggregate.count} requests refused: {aggregate.code}",
+            field=aggregate.field,
+            rule=aggregate.rule,
+            trace=TraceContext(aggregate.last_trace_id, new_span_id()),
+            peer=aggregate.peer,
+            count=aggregate.count,
+            first_trace_id=aggregate.first_trace_id,
+            last_trace_id=aggregate.last_trace_id,
         )
 
     def _audit(self, summary: Summary) -> None:
         """The refusals since the last audit record, in one (in the last one's trace)."""
         trace = TraceContext(summary.last_trace_id, new_span_id())
         self.node.audit(AuditId.REQUEST_REJECTED, summary.describe(), trace=trace)
-
-    def _publish_diag(self, event: DiagnosticEvent, trace: TraceContext | None) -> None:
-        self.node.publisher.publish(Topic.DIAGNOSTIC, event, trace=trace)
 
     def _answer(
         self,
