@@ -26,6 +26,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 __all__ = [
+    "REFUSAL_EVENTS",
     "CurveConfig",
     "Gate",
     "Refusal",
@@ -41,7 +42,10 @@ Role = Literal["server", "client"]
 
 # The handshake failures ZAP never sees: a peer without Curve (mechanism mismatch) or with
 # the wrong server key (its HELLO does not decrypt). Refusals by key come from ZAP itself.
-_MONITORED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+# A socket has one monitor: whoever else monitors a guarded socket hands these to the gate
+# (`Gate.on_monitor_event`).
+REFUSAL_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+_MONITORED = REFUSAL_EVENTS
 _PROTOCOL_ERRORS = {
     getattr(zmq, name): name.removeprefix("PROTOCOL_ERROR_").lower()
     for name in dir(zmq)

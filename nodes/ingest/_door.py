@@ -114,6 +114,8 @@ class Door:
         idle_ns: int = 100_000_000,
         rss_threshold: int = 0,
         rss: Callable[[], int] = resident_bytes,
+        forward_events: int = 0,
+        forward: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.limit = limit
         self.per_peer = per_peer
@@ -123,6 +125,10 @@ class Door:
         self._clock = clock
         self._idle_ns = idle_ns
         self._rss = rss
+        # A socket has one monitor: other events it must report (the Curve gate's handshake
+        # failures) are read here too and handed on.
+        self._events = _EVENTS | (forward_events if forward is not None else 0)
+        self._forward = forward
         self._address = f"inproc://vigil-door-{id(self)}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest-door", daemon=True)
@@ -140,7 +146,7 @@ class Door:
         self._reported_ns = 0
 
     def __enter__(self) -> Self:
-        self._sock.monitor(self._address, _EVENTS)
+        self._sock.monitor(self._address, self._events)
         self._thread.start()
         if not self._connected.wait(10):
             raise RuntimeError("the door's monitor did not connect")
@@ -192,6 +198,8 @@ class Door:
             elif event == zmq.EVENT_DISCONNECTED:
                 self.accepted.pop(fd, None)
                 self._cut.discard(fd)
+            elif self._forward is not None:
+                self._forward(frames)
 
     def _accepted(self, fd: int) -> None:
         # Refused (its DISCONNECTED event follows): beyond the limit, at once and cheaply.

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import psutil
@@ -14,7 +15,7 @@ import zmq
 
 from vigil.bus.channel import Channel, FrameFault, Incoming, drain_events
 from vigil.bus.clock import wall_ns
-from vigil.bus.curve import load_public
+from vigil.bus.curve import REFUSAL_EVENTS, applies, load_public
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import Envelope, TraceContext, new_span_id
 from vigil.bus.rundir import resolve_endpoint
@@ -149,7 +150,10 @@ class _Ingest:
         # message per client waits unread, and replies to a client that does not read fail
         # at once (EAGAIN) instead of piling up; one to a client that left fails too.
         self.frontend.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
-        self.frontend.setsockopt(zmq.RCVHWM, config.peer_backlog)
+        # With Curve and ZAP, libzmq needs one more place in a connection's receive queue:
+        # with one alone, no message ever arrives.
+        curve = node.gate is not None and applies(frontend)
+        self.frontend.setsockopt(zmq.RCVHWM, config.peer_backlog + (1 if curve else 0))
         self.frontend.setsockopt(zmq.SNDHWM, config.reply_backlog)
         self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.frontend.setsockopt(zmq.HANDSHAKE_IVL, config.handshake_ms)
@@ -162,6 +166,7 @@ class _Ingest:
                 per_peer=config.max_connections_per_peer,
                 clock=node.clock,
                 rss_threshold=rss_threshold(config),
+                **_gate_events(node, frontend),
             )
         )
         self.frontend.bind(frontend)
@@ -1131,6 +1136,18 @@ def _public_key(node: Node, key: str) -> str:
         return key
     path = Path(key) if Path(key).is_absolute() else Path(node.args.launch_dir) / key
     return load_public(str(path)).decode()
+
+
+def _gate_events(node: Node, endpoint: str) -> dict[str, Any]:
+    """On a Curve endpoint, the door's monitor also reads the handshake failures the gate
+    reports (a socket has one monitor, and the door's replaces the gate's)."""
+    gate = node.gate
+    if gate is None or not applies(endpoint):
+        return {}
+    return {
+        "forward_events": REFUSAL_EVENTS,
+        "forward": lambda frames: gate.on_monitor_event(endpoint, frames),
+    }
 
 
 def _node_keys(node: Node) -> frozenset[str]:

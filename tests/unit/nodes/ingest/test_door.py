@@ -1,8 +1,10 @@
-"""The front door: connections limited below the file limit, endless messages cut."""
+"""The front door: connections limited below the file limit, endless messages cut, the
+Curve gate's handshake failures handed on."""
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import resource
 import socket
 import subprocess
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import zmq
+import zmq.auth
 
+from vigil.bus.curve import REFUSAL_EVENTS, CurveConfig, Gate, Refusal, secure
 from vigil.nodes.ingest._door import Door, fd_headroom, resident_bytes
 from vigil.nodes.ingest._peers import peer_of
 
@@ -164,3 +168,45 @@ def test_over_its_memory_budget_the_door_cuts_a_peer_that_never_ends_a_message(
         finally:
             attacker.kill()
             attacker.wait()
+
+
+def test_the_curve_gate_still_hears_handshake_failures_through_the_door(
+    short_tmp: Path,
+) -> None:
+    """A socket has one monitor and the door's replaces the gate's: the door hands the
+    handshake failures on, so a peer without Curve is still refused and reported."""
+    server_public, server_secret = zmq.auth.create_certificates(str(short_tmp), "server")
+    client_public, client_secret = zmq.auth.create_certificates(str(short_tmp), "client")
+    curve = CurveConfig(
+        server_key=server_public,
+        client_secret=client_secret,
+        server_secret=server_secret,
+        allowed=(client_public,),
+    )
+    refusals: queue.SimpleQueue[Refusal] = queue.SimpleQueue()
+    domain = "tcp://127.0.0.1:0"
+    with (
+        zmq.Context() as ctx,
+        Gate(ctx, curve, report=refusals.put) as gate,
+        ctx.socket(zmq.ROUTER) as sock,
+        ctx.socket(zmq.DEALER) as plain,
+    ):
+        sock.setsockopt(zmq.LINGER, 0)
+        plain.setsockopt(zmq.LINGER, 0)
+        secure(sock, domain, curve, "server", gate)
+        door = Door(
+            ctx,
+            sock,
+            limit=10,
+            per_peer=10,
+            clock=time.monotonic_ns,
+            forward_events=REFUSAL_EVENTS,
+            forward=lambda frames: gate.on_monitor_event(domain, frames),
+        )
+        with door:
+            sock.bind(domain)
+            plain.connect(sock.getsockopt(zmq.LAST_ENDPOINT).decode())
+            plain.send(b"hello")
+            refusal = refusals.get(timeout=20)
+    assert (refusal.endpoint, refusal.key) == (domain, "")
+    assert "mechanism" in refusal.reason
