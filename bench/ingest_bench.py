@@ -44,7 +44,10 @@ def _attacks(open_files: int, max_bytes: int) -> list[tuple[str, list[str]]]:
         ("flood, spoofed tenant", ["flood", "--count", "50000", "--tenant", "good"]),
         ("flood at p7 (nodes only)", ["flood", "--count", "50000", "--priority", "7"]),
         ("flood at p3 (not granted)", ["flood", "--count", "50000", "--priority", "3"]),
-        ("oversize frames (256 MiB)", ["oversize", "--count", "4", "--bytes", str(256 << 20)]),
+        (
+            "oversize frames (256 MiB)",
+            ["oversize", "--count", "4", "--bytes", str(256 << 20), "--seconds", "0.5"],
+        ),
         (
             "queue fill, 1080p frames",
             ["flood", "--count", "300", "--size", "1080", "--width", "1920"],

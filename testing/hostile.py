@@ -374,13 +374,14 @@ def flood(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict
 
 
 def oversize(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[str, Any]:
-    """Frames far above the size limit (the ingest's socket drops the connection)."""
+    """Frames over the size limit: somewhat over it, each is refused; far over it, the
+    ingest's socket drops the connection and nothing comes back within `--seconds`."""
     dealer = _Dealer(ctx, args.endpoint, "oversize")
     big = bytes(args.bytes)
     for n in range(args.count):
         frames = dealer.request(_frame(8), stream_id="big", frame_ts_us=n + 1)
         dealer.send([*frames[:2], big])
-    dealer.read(500)
+    dealer.drain(args.count, timeout_s=args.seconds)
     return {"replies": dict(dealer.replies)}
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "DegradedPolicy",
     "EvidenceConfig",
     "IngestConfig",
+    "max_frame_bytes",
     "rss_budget",
     "rss_threshold",
 ]
@@ -68,7 +69,7 @@ class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     max_queue_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * _MIB
     # Client connections at once (kept below the open-file limit: libzmq aborts on EMFILE),
     # and at once from one client process.
-    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 32
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 16
     max_connections_per_peer: Annotated[int, msgspec.Meta(ge=1)] = 8
     # A connection that has not completed its handshake by then is closed.
     handshake_ms: Annotated[int, msgspec.Meta(ge=10)] = 2000
@@ -121,6 +122,13 @@ class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
 Config = IngestConfig
 
 
+def max_frame_bytes(config: IngestConfig) -> int:
+    """The largest frame the client socket takes in (ZMQ_MAXMSGSIZE): twice the message
+    limit, so that a message somewhat over the limit is received and refused with a typed
+    error, while a larger frame drops its connection before it is received whole."""
+    return 2 * config.max_message_bytes
+
+
 def rss_threshold(config: IngestConfig) -> int:
     """Resident memory the ingest's limits allow (bytes): above it, the door's guard acts.
 
@@ -129,7 +137,7 @@ def rss_threshold(config: IngestConfig) -> int:
     """
     if config.rss_budget_mb:
         return (config.rss_budget_mb - RSS_GUARD_MARGIN_MB) * _MIB
-    per_connection = (config.peer_backlog + 1) * config.max_message_bytes
+    per_connection = (config.peer_backlog + 1) * max_frame_bytes(config)
     replies = config.reply_backlog * 1024
     return (
         RSS_BASE_MB * _MIB

@@ -28,6 +28,7 @@ from vigil.nodes.ingest._contract import (
     KIND,
     DegradedPolicy,
     IngestConfig,
+    max_frame_bytes,
     rss_budget,
     rss_threshold,
 )
@@ -146,10 +147,11 @@ class _Ingest:
         self.config = config
         frontend = resolve_endpoint(node.run, config.frontend)
         self.frontend = node.socket(zmq.ROUTER, serve=config.frontend)
-        # Bounded by bytes at the socket: no frame beyond the size limit is taken in, one
+        # Bounded by bytes at the socket: no frame of twice the size limit is taken in (one
+        # over it still gets its typed refusal; beyond, the connection is dropped), one
         # message per client waits unread, and replies to a client that does not read fail
         # at once (EAGAIN) instead of piling up; one to a client that left fails too.
-        self.frontend.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
+        self.frontend.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(config))
         # With Curve and ZAP, libzmq needs one more place in a connection's receive queue:
         # with one alone, no message ever arrives.
         curve = node.gate is not None and applies(frontend)

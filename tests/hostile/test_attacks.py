@@ -70,8 +70,18 @@ def test_a_flood_from_one_peer_costs_the_others_nothing(hostile: Hostile, args: 
 def test_oversize_frames_never_enter_the_ingest(hostile: Hostile) -> None:
     """Frames of 64 MiB are cut at the socket (ZMQ_MAXMSGSIZE): never received whole."""
     start, pid = time.monotonic_ns(), hostile.ingest_pid
-    hostile.run("oversize", "--count", "4", "--bytes", str(64 << 20))
+    hostile.run("oversize", "--count", "4", "--bytes", str(64 << 20), "--seconds", "0.5")
     hostile.assert_unharmed(start, pid)
+
+
+def test_a_frame_somewhat_over_the_limit_gets_a_typed_refusal(hostile: Hostile) -> None:
+    """A message a little over the size limit is received and refused with its code
+    (DIA-2010), not silently dropped with its connection."""
+    start, pid = time.monotonic_ns(), hostile.ingest_pid
+    size = INGEST.max_message_bytes + 4096
+    summary = hostile.run("oversize", "--count", "4", "--bytes", str(size), "--seconds", "60")
+    hostile.assert_unharmed(start, pid)
+    assert summary["replies"] == {f"INVALID_ARGUMENT {DiagCode.SIZE_LIMIT}": 4}
 
 
 def test_a_queue_filled_with_maximal_frames_stays_within_its_bytes(hostile: Hostile) -> None:
