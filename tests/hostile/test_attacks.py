@@ -36,7 +36,13 @@ def test_a_zero_budget_storm_is_refused_and_never_degrades(
     start, pid = time.monotonic_ns(), hostile.ingest_pid
     summary = hostile.run("zero-budget", "--count", "600", "--priority", priority)
     hostile.assert_unharmed(start, pid)
-    assert summary["replies"] == {refusal: 600}
+    # It reads only when its socket pushes back: on a busy host some refusals may find its
+    # reply backlog full; those are dropped and reported to it, never lost.
+    replies = dict(summary["replies"])
+    refused, dropped = replies.pop(refusal, 0), replies.pop("dropped", 0)
+    assert refused > 0
+    assert refused + dropped == 600
+    assert replies == {}
 
 
 def test_another_clients_stream_cannot_be_poisoned(hostile: Hostile) -> None:
