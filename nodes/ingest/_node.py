@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import socket
 from collections.abc import Callable
@@ -347,7 +348,7 @@ class _Ingest:
             return self._refusal(identity, peer, refused, fault.envelope, now, fault=fault)
         envelope = incoming.envelope
         # Before validation: a copy repeats its original's timestamp, which is no fault.
-        if envelope.request_id and self._repeat(identity, envelope):
+        if envelope.request_id and self._repeat(identity, peer, envelope):
             return None
         trace = _ingest_trace(envelope)
         try:
@@ -394,17 +395,23 @@ class _Ingest:
         return _Refusal(identity, peer, envelope.seq, rejection, path)
 
     # implements: SR-RED-002
-    def _repeat(self, identity: bytes, envelope: Envelope) -> bool:
+    def _repeat(self, identity: bytes, peer: Peer, envelope: Envelope) -> bool:
         """A copy of a request this ingest has open or answered lately (its client failed
         over and back): the open one answers the copy's sender, the answered one's answer is
-        sent again. Either way it is not executed twice. False for a request not seen."""
-        rid = self.open_ids.get(envelope.request_id)
+        sent again. Either way it is not executed twice. False for a request not seen; only
+        the peer that sent a request can repeat it (ids are scoped by peer)."""
+        request_id = _scoped(peer, envelope.request_id)
+        rid = self.open_ids.get(request_id)
         request = self.dispatcher.open.get(rid) if rid is not None else None
+        if request is not None and request.client_seq != envelope.seq:
+            # A client's id is its session and sequence number: a copy under another number
+            # is no re-send but a request of its own, and the first still gets its answer.
+            return False
         if request is not None:
             request.client, request.client_seq = identity, envelope.seq
             self.counts["repeats"] += 1
             return True
-        answer = self.answered.get(envelope.request_id)
+        answer = self.answered.get(request_id)
         if answer is None:
             return False
         env = self.clients.envelope(answer, seq=envelope.seq, trace=envelope.trace)
@@ -414,8 +421,13 @@ class _Ingest:
 
     def _remember(self, request: Request, answer: InferResult | ErrorReply) -> None:
         """A request was answered: forget it as open, remember its answer for a repeat."""
-        self.open_ids.pop(request.request_id, None)
+        self._forget_open(request)
         self.answered.keep(request.request_id, answer)
+
+    def _forget_open(self, request: Request) -> None:
+        # Only its own entry: a later request under the same id may have taken the place.
+        if self.open_ids.get(request.request_id) == request.rid:
+            del self.open_ids[request.request_id]
 
     def _budget_ns(self, envelope: Envelope) -> int:
         """The client's budget in whole ms, at most the maximum; the default when it set none."""
@@ -642,7 +654,7 @@ class _Ingest:
             unpriced=self.service.measured and not self.service.knows(admission.pixels),
             parent=envelope.trace,
             admitted_ns=self.node.clock(),
-            request_id=envelope.request_id,
+            request_id=_scoped(admission.peer, envelope.request_id),
         )
         admitted = self.dispatcher.admit(pending)
         assert admitted, "the capacity check found room"
@@ -702,7 +714,7 @@ class _Ingest:
     def _shed(self, request: Request, why: str) -> None:
         """End a queued request to make room, with RESOURCE_EXHAUSTED (not a system miss)."""
         self.dispatcher.close(request.rid)
-        self.open_ids.pop(request.request_id, None)  # never run: a re-send may run it
+        self._forget_open(request)  # never run: a re-send may run it
         reply = ErrorReply(
             code=ErrorCode.RESOURCE_EXHAUSTED,
             message=_MESSAGES[ErrorCode.RESOURCE_EXHAUSTED],
@@ -951,9 +963,20 @@ class _Ingest:
                 _miss(request),
                 "deadline exceeded before a result",
             )
-        # Silent: no word for `worker_silence_ms`, or for 2.5 heartbeat periods (the
-        # watchdog's rule) when that is sooner: a hung worker's work moves on as soon as the
-        # hang is known, not a second later.
+        self._silent_workers(now)
+        for aggregate in self.refusals.due():
+            self._seal_aggregate(aggregate)
+        summary = self.refusals.audit_due()
+        if summary is not None:
+            self._audit(summary)
+        if self.replies.owed:
+            self.replies.retry()
+        self.on_door()
+
+    def _silent_workers(self, now: int) -> None:
+        """Move the work of workers silent for `worker_silence_ms`, or for 2.5 heartbeat
+        periods (the watchdog's rule) when that is sooner: a hung worker's work moves on as
+        soon as the hang is known, not a second later."""
         silence_ns = self.config.worker_silence_ms * 1_000_000
         if self.beat_period_ns:
             silence_ns = min(silence_ns, self.beat_period_ns * 5 // 2)
@@ -970,14 +993,6 @@ class _Ingest:
                 self._fail(
                     request, ErrorCode.UNAVAILABLE, DiagCode.WORKER_LOST, "worker lost twice"
                 )
-        for aggregate in self.refusals.due():
-            self._seal_aggregate(aggregate)
-        summary = self.refusals.audit_due()
-        if summary is not None:
-            self._audit(summary)
-        if self.replies.owed:
-            self.replies.retry()
-        self.on_door()
 
     def reap_pools(self) -> None:
         """Remove the pools of clients whose process is gone (their slots with them), and
@@ -1129,6 +1144,15 @@ def _connection_limit(configured: int) -> int:
             " free descriptors)"
         )
     return min(configured, headroom)
+
+
+def _scoped(peer: Peer, request_id: bytes) -> bytes:
+    """A client's request id within its authenticated peer, as this ingest keeps it and
+    hands it to the workers: a repeat joins only what the same peer sent, so no peer can
+    take another's answer by sending its id."""
+    if not request_id:
+        return b""
+    return hashlib.blake2b(peer.name.encode() + b"\0" + request_id, digest_size=16).digest()
 
 
 def _public_key(node: Node, key: str) -> str:

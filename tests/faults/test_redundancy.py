@@ -7,6 +7,8 @@ import ctypes
 import errno
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -145,6 +147,48 @@ def test_a_shared_memory_request_is_failed_over_and_its_slot_returned_once(
             assert isinstance(again, InferResult), again
             assert (again.worker, again.batch_id) == (result.worker, result.batch_id)
         assert returned == [sent.slot]
+
+
+# Another process: sends the frames (hex on stdin) to an ingest, writes the reply's frames.
+_REPLAY = """
+import sys, zmq
+sock = zmq.Context().socket(zmq.DEALER)
+sock.setsockopt(zmq.LINGER, 0)
+sock.connect(sys.argv[1])
+sock.send_multipart([bytes.fromhex(h) for h in sys.stdin.read().split()])
+assert sock.poll(20_000), "no answer"
+print(" ".join(frame.hex() for frame in sock.recv_multipart()))
+"""
+
+
+@pytest.mark.verifies("SR-RED-002", "SR-SEC-003")
+def test_another_peers_copy_of_a_request_id_is_its_own_request(short_tmp: Path) -> None:
+    """A request id is the sending peer's: the same id and frames sent from another process
+    are run as that peer's own request, never answered with the first peer's result."""
+    run = RunDir(short_tmp / "run")
+    path = classifier_launch(short_tmp, workers=1, ingests=1)
+    with Launcher(load(path, run.path), run) as launcher:
+        launcher.start()
+        (endpoint,) = ingest_endpoints(launcher)
+        with Client([endpoint], name="owner", ctx=launcher.ctx) as client:
+            seq = client.submit(FRAME, stream_id="owned", frame_ts_us=1, deadline_s=20)
+            sent = client.failover.requests[seq]
+            reply = client.poll(20_000)
+            assert reply is not None and isinstance(reply[1], InferResult), reply
+            original = reply[1]
+            frames = [client.channel.encode(sent.envelope), *sent.parts]
+            copied = subprocess.run(
+                [sys.executable, "-c", _REPLAY, endpoint],
+                input=" ".join(bytes(frame).hex() for frame in frames),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            answer = [zmq.Frame(bytes.fromhex(h)) for h in copied.stdout.split()]
+            again = client.channel.decode(answer).body
+        assert isinstance(again, InferResult), again
+        assert again.batch_id != original.batch_id
 
 
 @pytest.mark.verifies("SR-DEG-001")
