@@ -35,7 +35,7 @@ from vigil.launch import Launcher, RestartPolicy, load
 from vigil.nodes.ingest import IngestConfig
 from vigil.nodes.loader import LoaderConfig, PinnedModel
 from vigil.nodes.worker import EngineConfig, Task, WorkerConfig
-from vigil.schemas import SCHEMAS, ErrorCode, ErrorReply, InferResult
+from vigil.schemas import SCHEMAS, ErrorCode, ErrorReply, InferResult, RepliesDropped
 from vigil.testing.launchfiles import launch_file, node, write
 
 pytestmark = pytest.mark.verifies("SR-ING-001", "SR-ING-003")
@@ -51,7 +51,7 @@ RSS_GROWTH_LIMIT = 100 * 1024 * 1024
 
 _REQUEST = "infer.request"
 _ENCODE = msgspec.msgpack.Encoder().encode
-_REPLY = msgspec.msgpack.Decoder(ErrorReply | InferResult)
+_REPLY = msgspec.msgpack.Decoder(ErrorReply | InferResult | RepliesDropped)
 
 
 # -- the graph under test --------------------------------------------------------------------
@@ -364,8 +364,9 @@ def test_ingest_survives_hostile_messages(ingest_under_fuzz: tuple[Launcher, int
                         frames = dealer.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    answered += 1
-                    outcomes[_classify(frames)] += 1
+                    outcome, count = _classify(frames)
+                    answered += count
+                    outcomes[outcome] += count
 
         while sent < MESSAGES:
             dealer.send_multipart(expander.message(), copy=False)
@@ -403,14 +404,18 @@ def _log_tail(launcher: Launcher) -> str:
     return log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
 
 
-def _classify(frames: list[bytes]) -> str:
-    """The reply's outcome: an error code, `result`, or `untyped` for anything else."""
+def _classify(frames: list[bytes]) -> tuple[str, int]:
+    """The reply's outcome (an error code, `result`, `dropped`, or `untyped` for anything
+    else) and how many requests it answers: a notice of replies the ingest had no room for
+    while this client did not read answers each of them."""
     if len(frames) < 2:
-        return "untyped"
+        return "untyped", 1
     try:
         body = _REPLY.decode(frames[1])
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return "untyped"
+        return "untyped", 1
     if isinstance(body, InferResult):
-        return "result"
-    return str(ErrorCode(body.code))
+        return "result", 1
+    if isinstance(body, RepliesDropped):
+        return "dropped", body.count
+    return str(ErrorCode(body.code)), 1
