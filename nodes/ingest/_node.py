@@ -1081,10 +1081,14 @@ class _Ingest:
 
     def timeout_ms(self) -> float | None:
         """Until the next deadline, and at most 100 ms while work is open (worker silence is
-        checked on that tick); None when nothing is open: the loop sleeps until traffic."""
+        checked on that tick) or the timer owes something (refusals to seal, notices of
+        dropped replies); once a second while clients are connected (the door's reports
+        come from its own thread); else None: the loop sleeps until traffic."""
         deadline = self.dispatcher.next_deadline()
         if deadline is None:
-            return None
+            if self.refusals.pending or self.replies.owed or self._door_unaudited:
+                return 100.0
+            return 1000.0 if self.door.connections else None
         return max(0.0, min(100.0, deadline.remaining_ns(self.node.clock()) / 1e6))
 
     def drain(self) -> None:

@@ -151,6 +151,11 @@ class RefusalLog:
         if len(summary.peers) < _MAX_SUMMARY_PEERS:
             summary.peers.add(peer)
 
+    @property
+    def pending(self) -> bool:
+        """Whether refusals were counted that are still to be sealed or audited."""
+        return bool(self._pending) or self._summary is not None
+
     def audit_due(self) -> Summary | None:
         """The refusals to audit now: at once after a quiet spell, then once an interval."""
         now = self._clock()
