@@ -10,15 +10,17 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import psutil
 import zmq
 
 from vigil.bus.closing import Closing
 
-__all__ = ["Finished", "Lanes", "LoneChoice", "Plan", "plan"]
+__all__ = ["Finished", "Lanes", "LoneChoice", "Plan", "SpareCores", "plan"]
 
 R = TypeVar("R")
 Work = Callable[[], R]
@@ -34,6 +36,34 @@ class Plan:
     sizes: tuple[int, ...]
 
 
+# Idle cores (beyond the one this worker runs on) a wide run needs to be worth trying.
+_IDLE_FOR_WIDE = 0.5
+
+
+class SpareCores:
+    """Cores that other processes left idle since the previous call: the host's busy time
+    less this process's own (its lanes keep cores busy that a wide run would take over)."""
+
+    def __init__(self) -> None:
+        self._cores = psutil.cpu_count() or 1
+        self._own = psutil.Process()
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        host = psutil.cpu_times()
+        own = self._own.cpu_times()
+        return time.monotonic(), sum(host) - host.idle - host.iowait, own.user + own.system
+
+    def __call__(self) -> float:
+        then, host_then, own_then = self._last
+        self._last = now, host_now, own_now = self._sample()
+        elapsed = now - then
+        if elapsed <= 0:
+            return float(self._cores)
+        others = max(0.0, (host_now - host_then) - (own_now - own_then)) / elapsed
+        return max(0.0, self._cores - others)
+
+
 class LoneChoice:
     """Whether a lone request runs wide, learnt from how fast each way has been.
 
@@ -42,18 +72,30 @@ class LoneChoice:
     2-core host under load: 150 ms wide against 80 ms narrow for one ResNet-50 image, 60
     against 80 when quiet). So the worker keeps a moving average of each way's time for a
     lone frame, takes the faster, and tries the other every `explore_every` lone requests.
+    Wide is neither tried nor taken while the host has no idle core (`idle_cores`, in
+    cores, since the last call): one wide try on a host kept busy by others can take
+    seconds, each parallel section waiting for a thread the scheduler left off the CPU.
     """
 
-    def __init__(self, *, explore_every: int = 16, weight: float = 0.25) -> None:
+    def __init__(
+        self,
+        *,
+        explore_every: int = 16,
+        weight: float = 0.25,
+        idle_cores: Callable[[], float] | None = None,
+    ) -> None:
         self.explore_every = explore_every
         self.weight = weight
         self.wide_ns: float | None = None
         self.narrow_ns: float | None = None
         self._lone = 0
+        self._idle_cores = idle_cores or SpareCores()
 
     def wide(self) -> bool:
         """Whether the next lone request runs wide."""
         self._lone += 1
+        if self._idle_cores() < _IDLE_FOR_WIDE:
+            return False
         if self.wide_ns is None:
             return True  # wide first: on an idle host it is the fast way
         if self.narrow_ns is None:

@@ -33,7 +33,7 @@ def test_lone_request_runs_narrow_when_told_wide_is_slower() -> None:
 
 def test_lone_choice_tries_wide_then_narrow_then_takes_the_faster() -> None:
     """With nothing known it runs wide, then narrow once, then whichever was faster."""
-    choice = LoneChoice(explore_every=100)
+    choice = LoneChoice(explore_every=100, idle_cores=lambda: 1.0)
     assert choice.wide()
     choice.observe(wide=True, elapsed_ns=60)
     assert not choice.wide()
@@ -44,13 +44,23 @@ def test_lone_choice_tries_wide_then_narrow_then_takes_the_faster() -> None:
 def test_lone_choice_follows_a_host_that_got_busy() -> None:
     """When other processes make wide runs slow, lone requests go narrow; the wide way is
     still tried now and then, and taken again once it is faster."""
-    choice = LoneChoice(explore_every=4, weight=1.0)
+    choice = LoneChoice(explore_every=4, weight=1.0, idle_cores=lambda: 1.0)
     choice.observe(wide=True, elapsed_ns=60)
     choice.observe(wide=False, elapsed_ns=80)
     choice.observe(wide=True, elapsed_ns=150)  # the other core is taken now
     picks = [choice.wide() for _ in range(8)]
     assert picks.count(True) == 2 and picks.count(False) == 6  # one try in four
     choice.observe(wide=True, elapsed_ns=60)  # quiet again
+    assert choice.wide()
+
+
+def test_lone_choice_stays_narrow_while_no_core_is_idle() -> None:
+    """On a host that others keep busy, wide is neither tried first nor explored later,
+    and it is tried again once a core is idle."""
+    idle = [0.1]
+    choice = LoneChoice(explore_every=2, idle_cores=lambda: idle[0])
+    assert [choice.wide() for _ in range(6)] == [False] * 6
+    idle[0] = 1.0
     assert choice.wide()
 
 
