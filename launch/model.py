@@ -127,6 +127,8 @@ class LaunchFile(Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
     allow_root: bool = False
     hosts: dict[NodeName, str] = {}
     bus: BusSpec | None = None
+    # How the launcher restarts the bus proxy it adds (a listed node's `restart`, for it).
+    proxy_restart: RestartPolicy = RestartPolicy()
     security: SecuritySpec | None = None
     nodes: Annotated[list[NodeSpec], msgspec.Meta(min_length=1)]
 
@@ -313,7 +315,8 @@ def load(
             host=bus_host,
             instance_id=PROXY_INSTANCE_ID,
         )
-        proxy = PlannedProcess(spec=PROXY_SPEC, args=proxy_args, config=kinds["proxy"].config())
+        spec = msgspec.structs.replace(PROXY_SPEC, restart=launch.proxy_restart)
+        proxy = PlannedProcess(spec=spec, args=proxy_args, config=kinds["proxy"].config())
     return LaunchPlan(
         source=source,
         launch=launch,

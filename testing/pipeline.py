@@ -126,7 +126,8 @@ def classifier_launch(
 
     With `ingests` > 1 the ingests are redundant (hot standby): every worker serves each, and
     the watchdog's probe fails over between them as clients do. `restart` replaces every
-    node's restart policy (a bench that kills a node many times needs more restarts).
+    node's restart policy, the proxy's included (a bench that kills a node many times needs
+    more restarts).
     """
     root, trusted, _ = signed_pair(folder)
     names = ingest_names(ingests)
@@ -142,7 +143,7 @@ def classifier_launch(
     )
     if restart is not None:
         nodes = [msgspec.structs.replace(n, restart=restart) for n in launch.nodes]
-        launch = msgspec.structs.replace(launch, nodes=nodes)
+        launch = msgspec.structs.replace(launch, nodes=nodes, proxy_restart=restart)
     return write(launch, folder)
 
 

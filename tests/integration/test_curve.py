@@ -38,6 +38,8 @@ pytestmark = pytest.mark.verifies("SR-SEC-001")
 # heartbeats every 100 ms, so silence for this long is a refusal, not a slow start.
 _REFUSED_FOR_S = 1.5
 _MARK = "intruder publication"
+# Only a guard against a hang: the refusal reports are awaited as messages, not timed.
+_HANG_S = 120
 
 
 def _free_ports(count: int) -> list[int]:
@@ -194,28 +196,35 @@ def test_unauthorised_peer_can_neither_subscribe_publish_nor_request(
         assert beats > 0, "the authorised watcher saw no heartbeat: the bus is not flowing"
         assert forged == 0, "an unauthorised publication reached the bus"
         # A typed error, never a result and never a hang: queued and unanswered, or refused
-        # at once when the refused connection is already gone.
-        with pytest.raises((DeadlineExceeded, Unavailable)):
-            _infer(secured.frontend, peer, 0.5)
-        # The refusal of the request is reported by the ingest's next heartbeat.
-        wanted = {secured.pub, secured.sub, secured.frontend}
-        key = load_public(peer.client_secret).decode() if peer else ""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            seen = {
-                r.field
-                for r in secured.refusals
-                if (key in r.message if key else "without a key" in r.message)
-            }
-            if wanted <= seen:
-                break
-            got = watch.recv(100)
-            if (
-                got is not None
-                and isinstance(got.body, DiagnosticEvent)
-                and got.body.code == DiagCode.AUTH_REFUSED
-            ):
-                secured.refusals.append(got.body)
+        # at once when the refused connection is already gone. The client stays connected
+        # (its handshake retried) until every refusal is reported: on a loaded host its first
+        # handshake may not even be tried within the request's deadline.
+        with Client(secured.frontend, name="curve-test", curve=peer) as requester:
+            with pytest.raises((DeadlineExceeded, Unavailable)):
+                requester.infer(
+                    render_scene(1, 96, 160),
+                    stream_id="curve",
+                    frame_ts_us=time.time_ns() // 1000,
+                    deadline_s=0.5,
+                )
+            # Each refused endpoint is reported by its node's next heartbeat.
+            wanted = {secured.pub, secured.sub, secured.frontend}
+            key = load_public(peer.client_secret).decode() if peer else ""
+            seen: set[str] = set()
+            deadline = time.monotonic() + _HANG_S
+            while not wanted <= seen and time.monotonic() < deadline:
+                got = watch.recv(100)
+                if (
+                    got is not None
+                    and isinstance(got.body, DiagnosticEvent)
+                    and got.body.code == DiagCode.AUTH_REFUSED
+                ):
+                    secured.refusals.append(got.body)
+                seen = {
+                    r.field
+                    for r in secured.refusals
+                    if (key in r.message if key else "without a key" in r.message)
+                }
         assert wanted <= seen, f"refusals reported for {seen}, expected {wanted}"
 
 

@@ -228,6 +228,17 @@ def test_instance_ids_default_to_the_place_in_the_file(tmp_path: Path) -> None:
     assert "worker.2         worker       id=201 " in plan.describe()
 
 
+def test_the_proxy_is_restarted_by_the_files_proxy_policy(tmp_path: Path) -> None:
+    """The proxy, which no file lists, takes `proxy_restart` (the default policy without it)."""
+    default = _plan(tmp_path).proxy
+    assert default is not None and default.spec.restart.max_restarts == 5
+    policy = "proxy_restart: {max_restarts: 50, window_s: 10}\n"
+    plan = _plan(tmp_path, GOOD.replace("heartbeat_ms: 150\n", "heartbeat_ms: 150\n" + policy))
+    assert plan.proxy is not None
+    assert (plan.proxy.spec.restart.max_restarts, plan.proxy.spec.restart.window_s) == (50, 10)
+    assert plan.proxy.spec.required
+
+
 def test_instance_id_is_assigned_in_the_launch_file(tmp_path: Path) -> None:
     """`instance_id:` sets a node's id (and its replicas' after it)."""
     plan = _plan(
