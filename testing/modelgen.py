@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from vigil.launch.model import NodeSpec
 from vigil.models.keys import SigningKey
 from vigil.models.repository import KnownAnswer, set_latest, write_version
-from vigil.nodes.worker import EngineConfig, Task, WorkerConfig
+from vigil.nodes.worker import EngineConfig, LoneRequest, Task, WorkerConfig
 from vigil.testing.launchfiles import node
 
 __all__ = ["CLASSES", "add_version", "classifier_workers", "signed_pair", "tiny_classifier"]
@@ -107,11 +107,21 @@ def signed_pair(folder: Path, model: str = "tiny") -> tuple[Path, Path, SigningK
     return root, trusted, key
 
 
-def classifier_workers(replicas: int = 2, *, threads: int = 1, **config: Any) -> NodeSpec:
+def classifier_workers(
+    replicas: int = 2,
+    *,
+    threads: int = 1,
+    lone_request: LoneRequest = LoneRequest.AUTO,
+    **config: Any,
+) -> NodeSpec:
     """The launch-file node of workers serving the small classifier on 32x32 frames; `config`
     sets other `WorkerConfig` fields."""
     engine = EngineConfig(
-        task=Task.CLASSIFICATION, mean=(0, 0, 0), std=(1, 1, 1), intra_op_threads=threads
+        task=Task.CLASSIFICATION,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        intra_op_threads=threads,
+        lone_request=lone_request,
     )
     fields: dict[str, Any] = {"max_batch": 4, "max_queue_delay_us": 1000, **config}
     worker = WorkerConfig(warm_height=32, warm_width=32, engine=engine, **fields)

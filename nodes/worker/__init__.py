@@ -11,6 +11,7 @@ from vigil.nodes.worker._contract import (
     Config,
     Device,
     EngineConfig,
+    LoneRequest,
     Task,
     WorkerConfig,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Config",
     "Device",
     "EngineConfig",
+    "LoneRequest",
     "Task",
     "WorkerConfig",
 ]

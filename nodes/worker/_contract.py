@@ -19,6 +19,7 @@ __all__ = [
     "Config",
     "Device",
     "EngineConfig",
+    "LoneRequest",
     "Task",
     "WorkerConfig",
     "backends",
@@ -43,6 +44,16 @@ class Device(enum.StrEnum):
     AUTO = "auto"  # CUDA when onnxruntime offers it, else CPU
 
 
+class LoneRequest(enum.StrEnum):
+    """How a lone request on an idle CPU worker runs."""
+
+    # Wide or narrow, whichever has been faster lately; wide only while other processes
+    # leave a core idle (a shared host).
+    AUTO = "auto"
+    WIDE = "wide"  # always on every core of the budget (a host with cores set aside for it)
+    NARROW = "narrow"  # always on one lane's share
+
+
 class EngineConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How a worker runs its model."""
 
@@ -54,6 +65,7 @@ class EngineConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     # Batches that may run at once on the CPU (0: one per core of the budget; 1: one session,
     # no adaptation). More than one costs a second session (the narrow one) in memory.
     lanes: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    lone_request: LoneRequest = LoneRequest.AUTO
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     # Detectors take any size that is a multiple of their stride; frames are zero-padded.

@@ -83,7 +83,9 @@ class LoneChoice:
         explore_every: int = 16,
         weight: float = 0.25,
         idle_cores: Callable[[], float] | None = None,
+        always: bool | None = None,
     ) -> None:
+        self.always = always  # True/False: every lone request wide/narrow, nothing learnt
         self.explore_every = explore_every
         self.weight = weight
         self.wide_ns: float | None = None
@@ -94,6 +96,8 @@ class LoneChoice:
     def wide(self) -> bool:
         """Whether the next lone request runs wide."""
         self._lone += 1
+        if self.always is not None:
+            return self.always
         if self._idle_cores() < _IDLE_FOR_WIDE:
             return False
         if self.wide_ns is None:

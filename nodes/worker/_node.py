@@ -29,6 +29,7 @@ from vigil.nodes.worker._contract import (
     FAULT_ABORT_STREAM,
     FAULT_HANG_STREAM,
     KIND,
+    LoneRequest,
     WorkerConfig,
     backends,
 )
@@ -162,7 +163,7 @@ class _Worker:
         self.lanes: Lanes[_Ran] = node.enter(Lanes(node.ctx, config.engine.lane_count()))
         node.poller.register(self.lanes.socket, zmq.POLLIN)
         self.running: dict[int, _Batch] = {}
-        self.lone = LoneChoice()
+        self.lone = _lone_choice(config)
         self.frames: SharedFrames = node.enter(SharedFrames(pool_dir(node.run.path)))
         self._next_prune = node.clock() + _PRUNE_NS
         self.batch_ids = itertools.count(1)
@@ -264,7 +265,8 @@ class _Worker:
         self._serving(previous, generation)
 
     def _serving(self, a: ModelAnnouncement, generation: int) -> None:
-        self.lone = LoneChoice()  # what was fast for the old version says nothing of this one
+        # What was fast for the old version says nothing of this one.
+        self.lone = _lone_choice(self.config)
         self.node.heartbeat_detail = {
             "model": a.name,
             "version": a.version,
@@ -658,6 +660,11 @@ class _Worker:
         channel.send(reply, envelope=channel.envelope(reply, seq=asker.rid, trace=asker.trace))
         # A request this worker could not serve is a line in its log, in the request's trace.
         self.node.log.warning("request.error", code=str(code), why=why, **trace_fields(asker.trace))
+
+
+def _lone_choice(config: WorkerConfig) -> LoneChoice:
+    mode = config.engine.lone_request
+    return LoneChoice(always=None if mode is LoneRequest.AUTO else mode is LoneRequest.WIDE)
 
 
 def _frame_shape(job: _Job) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ from vigil.client import Client
 from vigil.errors import Unavailable
 from vigil.launch import Launcher, load
 from vigil.nodes.ingest import IngestConfig
+from vigil.nodes.worker import LoneRequest
 from vigil.schemas import InferResult
 from vigil.testing.launchfiles import launch_file, node, write
 from vigil.testing.modelgen import classifier_workers, signed_pair
@@ -56,10 +57,20 @@ def _until_serving(client: Client) -> None:
 
 def test_batches_form_under_load_and_a_lone_request_runs_wide(short_tmp: Path) -> None:
     """A burst of max_batch requests leaves as parallel batches larger than one on the narrow
-    lanes; a lone request waits max_queue_delay for company, then runs on every thread."""
+    lanes; a lone request waits max_queue_delay for company, then runs on every thread.
+
+    The worker is told to run a lone request wide: left to choose (`auto`), it would not
+    while other processes keep the host's cores busy, as they may while tests run.
+    """
     root, trusted, _ = signed_pair(short_tmp)
     serving = classifier_serving(root, trusted, workers=1)[:2]
-    workers = classifier_workers(1, threads=2, max_batch=4, max_queue_delay_us=DELAY_US)
+    workers = classifier_workers(
+        1,
+        threads=2,
+        lone_request=LoneRequest.WIDE,
+        max_batch=4,
+        max_queue_delay_us=DELAY_US,
+    )
     launch = launch_file(
         "batching", *serving, workers, node("ingest", IngestConfig(default_deadline_ms=60_000))
     )

@@ -64,6 +64,16 @@ def test_lone_choice_stays_narrow_while_no_core_is_idle() -> None:
     assert choice.wide()
 
 
+def test_a_fixed_lone_choice_ignores_the_host_and_the_times() -> None:
+    """`lone_request: wide` runs every lone request wide on a busy host, `narrow` never."""
+    wide = LoneChoice(always=True, idle_cores=lambda: 0.0)
+    wide.observe(wide=True, elapsed_ns=10**9)
+    wide.observe(wide=False, elapsed_ns=1)
+    assert all(wide.wide() for _ in range(40))
+    narrow = LoneChoice(always=False, idle_cores=lambda: 2.0)
+    assert not any(narrow.wide() for _ in range(40))
+
+
 def test_busy_lane_leaves_the_rest_narrow() -> None:
     """With a lane busy, even a lone request runs on its own lane's share only."""
     assert plan(ready=1, idle=1, lanes=2, max_batch=4) == Plan(wide=False, sizes=(1,))
