@@ -72,9 +72,6 @@ HEARTBEAT_MS = 100
 FTTI_MS = 500  # the demo's fault-tolerant time interval (docs/safety-requirements.yaml)
 # A supervisor's loss is covered meanwhile by the other one: its reaction may take longer.
 SUPERVISOR_FTTI_MS = 3000
-# PROXY_FTTI: the proxy carries no request: its loss refuses nothing and owes no reaction
-# within an FTTI (docs/safety.md). The DEGRADED it leads to can only be said once the bus is
-# back, so it would time the proxy's restart: its detection and recovery are reported.
 WORKERS = 2
 # Every trial kills or hangs a node again: the default policy (5 restarts a minute) would give
 # up on it, and its back-off would grow with each. Restarts here count over 10 s.
@@ -333,7 +330,7 @@ def _process_trial(p: Pipeline, label: str, sig: signal.Signals, report: Report)
         if sig is signal.SIGSTOP:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(old, signal.SIGCONT)
-    if label != "proxy":  # see PROXY_FTTI: no reaction is owed to the proxy's loss
+    if report.ftti_ms is not None:  # a fault that owes a reaction
         trial.reacted = _earliest(
             p.first_degraded(trial.t0),
             p.failover(trial.t0) if target.startswith("ingest") else None,
@@ -538,6 +535,9 @@ class Fault:
 def _node_fault(node: str, sig: signal.Signals) -> Fault:
     label = "worker.1" if node == "worker" else node
     supervisor = node == "watchdog"
+    # The proxy carries no request: its loss refuses nothing and owes no reaction within an
+    # FTTI (docs/safety.md). The DEGRADED it leads to can only be said once the bus is back,
+    # so it would time the proxy's restart; its detection and recovery are reported.
     ftti_ms = None if node == "proxy" else SUPERVISOR_FTTI_MS if supervisor else FTTI_MS
     return Fault(
         f"{node}-{'kill' if sig is signal.SIGKILL else 'stop'}",
