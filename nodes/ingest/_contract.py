@@ -84,6 +84,9 @@ class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     # A worker holding work is given more only while it holds at most this much (at the
     # measured prices); the rest waits in the ingest's fair queue.
     worker_hold_ms: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    # A peer that had a request admitted within this long is active; while others are, a
+    # peer's work occupies at most all workers but one for each of them (0: no such limit).
+    peer_active_ms: Annotated[int, msgspec.Meta(ge=0)] = 5000
     default_deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 2000
     max_deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 30_000
     # A worker that holds work and says nothing for this long is presumed hung.

@@ -63,6 +63,7 @@ class WorkerSlot:
     last_heard_ns: int
     capacity: int = 0
     held: dict[int, int] = field(default_factory=dict)  # request id -> its frame's pixels
+    owners: dict[int, str] = field(default_factory=dict)  # request id -> its peer
     inflight: set[int] = field(default_factory=set)
     name: str = ""
     suspect: bool = False
@@ -79,6 +80,10 @@ class WorkerSlot:
         """The work of what the worker holds, at today's `price` of a frame's pixels."""
         return sum(price(pixels) for pixels in self.held.values())
 
+    def holds_for(self, peer: str) -> bool:
+        """Whether it holds work of `peer`."""
+        return peer in self.owners.values()
+
     def serves(self, model: str) -> bool:
         """Whether it serves requests naming `model` ("" names none: any model serves)."""
         return not model or not self.model or model == self.model
@@ -94,14 +99,31 @@ def _guessing(slot: WorkerSlot, priced: Callable[[int], bool]) -> bool:
 
 
 def _takes(
-    slot: WorkerSlot, request: Request, price: Callable[[int], int] | None, hold_ns: int
+    slot: WorkerSlot,
+    request: Request,
+    price: Callable[[int], int] | None,
+    hold_ns: int,
+    spread: bool,
 ) -> bool:
-    """Whether `slot` may be given `request` now (see `Dispatcher.assignments`)."""
+    """Whether `slot` may be given `request` now (see `Dispatcher.assignments`); `spread`:
+    whether the request's peer may take one more worker."""
     if slot.credit <= 0 or slot.suspect or not slot.serves(request.model):
+        return False
+    if not spread and not slot.holds_for(request.peer):
         return False
     if price is None or not hold_ns or not slot.held:
         return True
     return slot.held_work_ns(price) + price(request.pixels) <= hold_ns
+
+
+def _preference(slot: WorkerSlot, peer: str, shared: bool) -> tuple[int, int, int]:
+    """How much `slot` suits a request of `peer` (larger: better): the most free credit;
+    while several peers are active (`shared`), first a worker that already holds the peer's
+    work, then one holding the fewest other peers' work, so peers keep to their own workers."""
+    if not shared:
+        return (0, 0, slot.credit)
+    others = len(set(slot.owners.values()) - {peer})
+    return (slot.holds_for(peer), -others, slot.credit)
 
 
 # implements: SR-ERR-001
@@ -115,8 +137,17 @@ class Dispatcher:
     disconnects or falls silent is re-dispatched once; a second loss ends it with an error.
     """
 
-    def __init__(self, *, max_queue: int, max_bytes: int = 1 << 62, max_attempts: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        max_queue: int,
+        max_bytes: int = 1 << 62,
+        max_attempts: int = 2,
+        active_ns: int = 0,
+    ) -> None:
         self.max_attempts = max_attempts
+        self.active_ns = active_ns
+        self.seen: dict[str, int] = {}  # peer -> when a request of it was last admitted
         self.open: dict[int, Request] = {}
         self.queue = FairQueue(max_count=max_queue, max_bytes=max_bytes)
         self.workers: dict[bytes, WorkerSlot] = {}
@@ -150,6 +181,7 @@ class Dispatcher:
             return False
         self.open[request.rid] = request
         self.open_bytes += request.nbytes
+        self.seen[request.peer] = request.admitted_ns
         self.queue.push(request)
         heapq.heappush(self._deadlines, (request.deadline, request.rid))
         return True
@@ -177,11 +209,26 @@ class Dispatcher:
             slot.name = name
         return slot
 
+    def active_peers(self, now_ns: int) -> set[str]:
+        """Peers that had a request admitted within `active_ns` (the others are forgotten)."""
+        self.seen = {p: t for p, t in self.seen.items() if now_ns - t <= self.active_ns}
+        return set(self.seen)
+
+    def spread_limit(self, peer: str, active: set[str]) -> int:
+        """How many workers the work of `peer` may occupy: all live ones but one for each
+        other active peer, and at least one."""
+        return max(1, self.live_workers() - len(active - {peer}))
+
+    def spread(self, peer: str) -> int:
+        """How many workers hold work of `peer`."""
+        return sum(1 for w in self.workers.values() if not w.suspect and w.holds_for(peer))
+
     def assignments(
         self,
         price: Callable[[int], int] | None = None,
         hold_ns: int = 0,
         priced: Callable[[int], bool] | None = None,
+        now_ns: int = 0,
     ) -> Iterator[tuple[WorkerSlot, Request]]:
         """Pair queued requests, in fair order, with the least-loaded workers that serve them.
 
@@ -189,10 +236,15 @@ class Dispatcher:
         what it holds stays within `hold_ns` of work: the rest waits here, where it is served
         fairly, not in a worker's queue behind a batch of someone else's large frames. With
         `priced`, work of a frame size that has no price yet goes one at a time to a worker,
-        and to all workers but one at most: priced work always has a worker to go to. A
-        request that cannot go anywhere now keeps its place; others may pass it.
+        and to all workers but one at most: priced work always has a worker to go to. With
+        `active_ns`, while other peers are active a peer's work occupies at most all workers
+        but one for each of them (`spread_limit`): a flood never holds every worker, so
+        another peer's request finds one that runs nothing of the flood's, in its own process
+        and on its own lanes. A request that cannot go anywhere now keeps its place; others
+        may pass it.
         """
         skipped: list[Request] = []
+        active = self.active_peers(now_ns) if self.active_ns else set()
         try:
             while self.queue.count and len(skipped) < _MAX_SKIPPED:
                 if not any(w.credit > 0 and not w.suspect for w in self.workers.values()):
@@ -203,20 +255,23 @@ class Dispatcher:
                 if guessed and priced is not None and not self._room_for_guesses(priced):
                     skipped.append(request)
                     continue
+                peer, shared = request.peer, len(active) >= 2
+                spread = not shared or self.spread(peer) < self.spread_limit(peer, active)
                 slot = max(
                     (
                         w
                         for w in self.workers.values()
-                        if _takes(w, request, price, hold_ns)
+                        if _takes(w, request, price, hold_ns, spread)
                         and not (guessed and priced is not None and _guessing(w, priced))
                     ),
-                    key=lambda w: w.credit,
+                    key=lambda w: _preference(w, peer, shared),
                     default=None,
                 )
                 if slot is None:
                     skipped.append(request)
                     continue
                 slot.held[request.rid] = request.pixels
+                slot.owners[request.rid] = request.peer
                 slot.inflight.add(request.rid)
                 request.worker = slot.identity
                 request.attempts += 1
@@ -235,6 +290,7 @@ class Dispatcher:
         slot = self.workers.get(identity)
         if slot is not None:
             slot.held.pop(rid, None)
+            slot.owners.pop(rid, None)
             slot.inflight.discard(rid)
         return self._forget(self.open.pop(rid, None))
 

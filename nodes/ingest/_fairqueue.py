@@ -1,12 +1,14 @@
 """The admission queue: strict priority classes, and within a class a fair share per peer.
 
-Each priority class keeps one FIFO per peer and serves them by self-clocked fair queuing
-(Golestani, 1994) over the estimated work of each request: a request's tag is where its
-peer's work would finish if every active peer were served at the same rate (its peer's last
-tag, or the class's clock if the peer was idle, plus its own work), and the request with the
-smallest tag goes next. A peer that floods only pushes its own tags into the future: a
-request of another peer is served after at most about as much of the flood's work as it
-brings itself, and a peer of small frames gets as much work done as a peer of large ones.
+Each priority class keeps one FIFO per peer and serves them by start-time fair queuing
+(Goyal, Vin and Cheng, 1996) over the estimated work of each request: a request's tag is where
+its peer's work would start if every active peer were served at the same rate (where its
+peer's previous request finishes, or the class's clock if the peer was idle), and the request
+with the smallest tag goes next; the clock is the tag of the request served last. A peer that
+floods only pushes its own tags into the future, and a peer of small frames gets as much work
+done as a peer of large ones. Unlike finish tags, start tags do not make a request wait for
+its own size: a request of a peer that had nothing queued is served after at most one
+request of each other peer, however large it is and however small theirs are.
 When the queue is full, what goes first is the newest request of the lowest class, from the
 peer that holds the most.
 """
@@ -48,7 +50,7 @@ class _Class:
     # (requests put back at a FIFO's head again and again must not grow the heap).
     heads: list[tuple[int, int, str]] = field(default_factory=list)
     filed: dict[str, tuple[int, int, str]] = field(default_factory=dict)
-    finish: dict[str, int] = field(default_factory=dict)  # the tag of a peer's newest request
+    finish: dict[str, int] = field(default_factory=dict)  # where a peer's newest request ends
     clock: int = 0  # the tag of the request served last
     order: Iterator[int] = field(default_factory=itertools.count)
     # Per peer, of its live queued requests: the estimated work, and the backlog (bytes, count).
@@ -65,8 +67,8 @@ class _Class:
             item.tag = self.clock
             fifo.appendleft(item)
         else:
-            item.tag = max(self.finish.get(peer, 0), self.clock) + item.cost_ns
-            self.finish[peer] = item.tag
+            item.tag = max(self.finish.get(peer, 0), self.clock)
+            self.finish[peer] = item.tag + item.cost_ns
             fifo.append(item)
         if fifo[0] is item:
             self._file(peer, item.tag)
@@ -184,14 +186,15 @@ class FairQueue:
         """Work served before a new request of `peer` at `priority` (an estimate).
 
         Every higher class goes first; in its own class, each other peer gets about as much
-        work done first as this peer has queued (its own and the new one's).
+        work done first as this peer has queued already, plus the request at its head.
         """
         ahead = sum(cls.total_work for cls in self._classes[priority + 1 :])
         cls = self._classes[priority]
         own = cls.work.get(peer, 0)
         others = cls.total_work - own
-        rivals = len(cls.fifos) - (1 if peer in cls.fifos else 0)
-        return ahead + own + min(others, (own + cost_ns) * rivals)
+        rivals = [fifo for who, fifo in cls.fifos.items() if who != peer and fifo]
+        heads = sum(fifo[0].cost_ns for fifo in rivals)
+        return ahead + own + min(others, own * len(rivals) + heads)
 
     def victims(self, priority: int, peer: str, nbytes: int, held_bytes: int) -> list[Queued]:
         """What to shed so that a new request fits, or [] when it must be refused itself.

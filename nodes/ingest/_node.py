@@ -214,7 +214,11 @@ class _Ingest:
         )
         self.limiter = RateLimiter(config.rate_limit, node.clock)
         self.peer_limiter = RateLimiter(config.peer_rate_limit, node.clock)
-        self.dispatcher = Dispatcher(max_queue=config.max_queue, max_bytes=config.max_queue_bytes)
+        self.dispatcher = Dispatcher(
+            max_queue=config.max_queue,
+            max_bytes=config.max_queue_bytes,
+            active_ns=config.peer_active_ms * 1_000_000,
+        )
         self.service = ServiceModel()
         evidence = config.evidence
         self.refusals = RefusalLog(
@@ -662,7 +666,7 @@ class _Ingest:
             self.open_ids[pending.request_id] = pending.rid
         self.validator.accept(request, owner=(admission.peer.name, admission.identity))
         self.counts["accepted"] += 1
-        if self.config.publish_requests:
+        if self.config.publish_requests and self.node.publisher.wanted(Topic.INFER_REQUEST):
             published = request
             buffers: list[bytes | zmq.Frame] = list(admission.incoming.buffers)
             if request.shm is not None:
@@ -1008,7 +1012,9 @@ class _Ingest:
         hold_ns = self.config.worker_hold_ms * 1_000_000
         service = self.service
         priced = service.knows if service.measured else None
-        for slot, request in self.dispatcher.assignments(service.cost_ns, hold_ns, priced):
+        for slot, request in self.dispatcher.assignments(
+            service.cost_ns, hold_ns, priced, now_ns=now_mono
+        ):
             # What the worker holds, this request included, is done before it is: when that
             # is past its deadline, it is shed now rather than missed later.
             if request.deadline.remaining_ns(now_mono) < slot.held_work_ns(self.service.cost_ns):

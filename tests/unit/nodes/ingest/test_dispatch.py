@@ -419,3 +419,41 @@ def test_requests_passed_over_go_back_to_the_head_of_their_peers_fifo() -> None:
     assert [r.rid for r in dispatcher.queue] == [1, 2]
     dispatcher.worker_seen(b"w2", 0, name="w2").capacity = 4
     assert _assign(dispatcher) == [(b"w2", 1), (b"w2", 2)]
+
+
+def _from(dispatcher: Dispatcher, peer: str, count: int, now_ns: int = 0) -> list[Request]:
+    requests = []
+    for _ in range(count):
+        request = _request(dispatcher, due_ns=10**12)
+        request.peer, request.admitted_ns = peer, now_ns
+        assert dispatcher.admit(request)
+        requests.append(request)
+    return requests
+
+
+def test_while_others_are_active_a_flood_never_holds_every_worker() -> None:
+    """With another peer active, a flooding peer's work stays on all workers but one; the
+    other peer's request goes to the worker that holds none of it."""
+    dispatcher = Dispatcher(max_queue=100, active_ns=1_000)
+    _worker(dispatcher, b"w1", 8)
+    _worker(dispatcher, b"w2", 8)
+    _from(dispatcher, "calm", 1)
+    first = list(dispatcher.assignments(now_ns=0))
+    assert [r.peer for _, r in first] == ["calm"]
+    calm_worker = first[0][0].identity
+    _from(dispatcher, "flood", 20)
+    flooded = {slot.identity for slot, _ in dispatcher.assignments(now_ns=0)}
+    assert flooded and calm_worker not in flooded  # the calm peer's worker is left alone
+    # Once the calm peer has been quiet for longer than `active_ns`, the flood may spread.
+    dispatcher.complete(calm_worker, first[0][1].rid)
+    spread = {slot.identity for slot, _ in dispatcher.assignments(now_ns=10_000)}
+    assert spread == {calm_worker}
+
+
+def test_a_lone_peer_uses_every_worker() -> None:
+    """With no other peer active, one peer's work goes to every worker with credit."""
+    dispatcher = Dispatcher(max_queue=100, active_ns=1_000)
+    _worker(dispatcher, b"w1", 2)
+    _worker(dispatcher, b"w2", 2)
+    _from(dispatcher, "only", 4)
+    assert {slot.identity for slot, _ in dispatcher.assignments(now_ns=0)} == {b"w1", b"w2"}

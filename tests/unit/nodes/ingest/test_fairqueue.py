@@ -163,8 +163,9 @@ def test_a_peer_back_from_idle_gets_no_credit_for_its_silence() -> None:
     assert [item.n for item in served if isinstance(item, _Item)] == [0, 1, 2]
     queue.push(_Item("back", 0))
     queue.push(_Item("back", 1))
-    # The clock stands at busy 2's tag (3): back's requests are tagged 4 and 5, after busy 3.
-    assert _drain(queue) == [("busy", 3), ("back", 0), ("busy", 4), ("back", 1), ("busy", 5)]
+    # The clock stands at busy 2's tag (2): back's first request starts there and goes next,
+    # its second is tagged 3 and goes after busy 3, filed before it: turns alternate.
+    assert _drain(queue) == [("back", 0), ("busy", 3), ("back", 1), ("busy", 4), ("busy", 5)]
 
 
 def test_a_requeued_request_goes_first_in_its_peers_fifo() -> None:
@@ -190,3 +191,14 @@ def test_requests_put_back_again_and_again_do_not_grow_the_queue() -> None:
     served = _drain(queue)
     assert [n for peer, n in served if peer == "a"] == list(range(0, 20, 2))
     assert [n for peer, n in served if peer == "b"] == list(range(1, 20, 2))
+
+
+def test_a_large_request_does_not_wait_for_its_own_size() -> None:
+    """A peer that had nothing queued is served after one request of a flooding peer, however
+    much larger its own request is than theirs."""
+    queue = FairQueue(max_count=1000, max_bytes=100_000)
+    for n in range(200):
+        queue.push(_Item("flood", n, cost_ns=1))
+    assert queue.work_ahead(0, "calm", 100) == 1  # the flood's head, not 100 of its tail
+    queue.push(_Item("calm", 0, cost_ns=100))
+    assert _drain(queue)[:2] == [("flood", 0), ("calm", 0)]
