@@ -30,8 +30,11 @@ Buffer = bytes | memoryview | zmq.Frame
 class Publisher(Closing):
     """Publishes typed messages on topics; numbers them per topic so receivers see gaps.
 
-    A PUB socket drops at its high-water mark instead of blocking: nothing that publishes
-    may ever stall the request path or the heartbeat.
+    The socket drops at its high-water mark instead of blocking: nothing that publishes may
+    ever stall the request path or the heartbeat. It is an XPUB, which hears the
+    subscriptions the proxy forwards: a message on a topic nobody subscribes to is neither
+    encoded nor sent (ZeroMQ would drop it at this end anyway, after the encoding), so a tap
+    costs the request path only while someone taps (`wanted`).
     """
 
     def __init__(
@@ -46,7 +49,7 @@ class Publisher(Closing):
         clock: Callable[[], int] = wall_ns,
         curve: CurveConfig | None = None,
     ) -> None:
-        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
+        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         secure(self.socket, endpoint, curve, "server" if bind else "client")
@@ -62,6 +65,33 @@ class Publisher(Closing):
         self._seq: dict[str, int] = {}
         self._frames: dict[str, bytes] = {}
         self._schemas: dict[type[Message], str] = {}
+        self._subscribed: set[bytes] = set()  # the prefixes subscribers asked for
+        self._wanted: dict[str, bool] = {}  # per topic, under today's subscriptions
+
+    def wanted(self, topic: str) -> bool:
+        """Whether any subscriber takes `topic` now (as far as the subscriptions that reached
+        this socket say: the same ones ZeroMQ filters by)."""
+        self._hear()
+        known = self._wanted.get(topic)
+        if known is None:
+            frame = self._frames.get(topic) or topic_frame(topic)
+            known = self._wanted[topic] = any(frame.startswith(p) for p in self._subscribed)
+        return known
+
+    def _hear(self) -> None:
+        """Take in the (un)subscriptions that arrived: one byte, 1 or 0, then the prefix."""
+        while True:
+            try:
+                message = self.socket.recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            if not message:
+                continue
+            if message[0] == 1:
+                self._subscribed.add(message[1:])
+            elif message[0] == 0:
+                self._subscribed.discard(message[1:])
+            self._wanted.clear()
 
     def publish(
         self,
@@ -74,7 +104,10 @@ class Publisher(Closing):
         priority: int = 0,
         tenant: str = "",
     ) -> int:
-        """Publish one message; returns its sequence number on that topic."""
+        """Publish one message; returns its sequence number on that topic (unchanged, and
+        nothing sent, when nobody subscribes to it)."""
+        if not self.wanted(topic):
+            return self._seq.get(topic, 0)
         parts = self.encode(
             topic,
             body,

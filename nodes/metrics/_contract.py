@@ -1,4 +1,4 @@
-"""The metrics node's configuration and contract: it listens to every topic and serves a page."""
+"""The metrics node's configuration and contract: it listens to the bus and serves a page."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ from typing import Annotated
 import msgspec
 
 from vigil.nodes.contract import NodeContract, NodeKind, published
-from vigil.schemas import TOPICS
+from vigil.schemas import TOPICS, Topic
 from vigil.schemas._base import Config as NodeConfig
 
-__all__ = ["KIND", "Config", "MetricsConfig"]
+__all__ = ["COUNTED", "KIND", "Config", "MetricsConfig"]
+
+# Every topic but the requests themselves: they carry pixels and no figure (each request's
+# outcome and timings arrive as its result and its evidence), and while anyone subscribes to
+# them the ingest encodes and sends every frame a second time.
+COUNTED = frozenset(TOPICS) - {Topic.INFER_REQUEST}
 
 
 class MetricsConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -27,7 +32,7 @@ Config = MetricsConfig
 
 def _contract(config: MetricsConfig) -> NodeContract:
     # It counts whatever is published; a topic nobody publishes is a zero on the dashboard.
-    return NodeContract(publishes=published(), subscribes=frozenset(TOPICS))
+    return NodeContract(publishes=published(), subscribes=COUNTED)
 
 
 KIND = NodeKind(

@@ -2,10 +2,11 @@
 
 Every node already publishes what an operator wants to graph — each request's evidence when
 it ends, each batch's when it ran, typed errors, diagnostics, heartbeats, audit events, the
-safety state — so this node only listens (a prefix-"" subscription to every topic) and keeps
-the counts. Nothing on the request path knows it exists, and a scrape never reaches another
-process. Histograms carry exemplars (the request's trace id) in the OpenMetrics exposition,
-which the endpoint serves to a scraper that asks for it. `docs/metrics.md` lists every metric.
+safety state — so this node only listens (to every topic but the requests themselves, see
+`COUNTED`) and keeps the counts. Nothing on the request path knows it exists, and a scrape
+never reaches another process. Histograms carry exemplars (the request's trace id) in the
+OpenMetrics exposition, which the endpoint serves to a scraper that asks for it.
+`docs/metrics.md` lists every metric.
 
 Values that only make sense at the moment of a scrape (the age of each node's last heartbeat,
 the per-topic message and loss counts of this node's own subscriber) come from a collector
@@ -29,7 +30,7 @@ from prometheus_client.registry import Collector
 from vigil.bus.pubsub import Received, Subscriber
 from vigil.nodes._runtime import Node
 from vigil.nodes.contract import ExitCode, NodeArgs
-from vigil.nodes.metrics._contract import KIND, MetricsConfig
+from vigil.nodes.metrics._contract import COUNTED, KIND, MetricsConfig
 from vigil.schemas import (
     TOPICS,
     AuditEvent,
@@ -401,7 +402,7 @@ def run(config: MetricsConfig, args: NodeArgs) -> ExitCode:
             )
             return ExitCode.CONFIG
         # The live system's figures: a replay (`vigil bag play`) moves none of them.
-        sub = node.subscriber([""], prefix=True, skip_replayed=True)
+        sub = node.subscriber(sorted(COUNTED), skip_replayed=True)
         with metrics.live.lock:
             metrics.live.subscriber = sub
         node.ready(KIND.contract(config), endpoints={"metrics": url})

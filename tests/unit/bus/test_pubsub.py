@@ -119,9 +119,41 @@ def test_sequence_numbers_count_per_topic(
     ctx: zmq.Context[zmq.Socket[bytes]], ipc_dir: str
 ) -> None:
     """Each topic has its own sequence, starting at 1."""
-    with Publisher(ctx, f"ipc://{ipc_dir}/bus", source="pub", bind=True) as pub:
-        assert [pub.publish("a", _beat()), pub.publish("a", _beat())] == [1, 2]
-        assert pub.publish("b", _beat()) == 1
+    endpoint = f"ipc://{ipc_dir}/bus"
+    with (
+        Publisher(ctx, endpoint, source="pub", bind=True) as pub,
+        Subscriber(ctx, endpoint, ["a", "b"], typed=False) as sub,
+    ):
+        _sync(pub, sub, "a")
+        base = pub.publish("a", _beat())
+        assert pub.publish("a", _beat()) == base + 1
+        _sync(pub, sub, "b")
+        assert pub.publish("b", _beat()) == pub.publish("b", _beat()) - 1
+
+
+def test_a_topic_nobody_subscribes_to_is_neither_numbered_nor_sent(
+    ctx: zmq.Context[zmq.Socket[bytes]], ipc_dir: str
+) -> None:
+    """The publisher hears the subscriptions: an unwanted topic costs no encoding and no
+    sequence number, and once subscribed it is sent from the next number on."""
+    endpoint = f"ipc://{ipc_dir}/bus"
+    with Publisher(ctx, endpoint, source="pub", bind=True) as pub:
+        assert not pub.wanted("quiet")
+        assert [pub.publish("quiet", _beat()) for _ in range(3)] == [0, 0, 0]
+        with Subscriber(ctx, endpoint, ["quiet"], typed=False) as sub:
+            _sync(pub, sub, "quiet")
+            assert pub.wanted("quiet") and not pub.wanted("quieter")
+        # The subscriber left: the topic is dropped here again once its leaving is heard.
+        _wait_for_unwanted(pub, "quiet")
+
+
+def _wait_for_unwanted(pub: Publisher, topic: str) -> None:
+    """Until the publisher heard that nobody takes `topic` (a hang guard, not a timing)."""
+    deadline = time.monotonic() + WAIT_S
+    while pub.wanted(topic):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{topic} still wanted after {WAIT_S} s")
+        pub.socket.poll(POLL_MS)
 
 
 def test_exact_topic_does_not_match_a_longer_topic(
