@@ -20,12 +20,12 @@ define pip_install
 endef
 
 # What the demo needs: vigil and its run-time dependencies.
-$(RUNTIME): pyproject.toml nodes/logger/_sealc.c
+$(RUNTIME): pyproject.toml nodes/logger/_sealc.c nodes/ingest/_acceptguard.c
 	$(call pip_install,.,vigil)
 	@touch $(RUNTIME)
 
 # What the suite needs besides: test, lint and typing tools, interop and benchmark baselines.
-$(STAMP): pyproject.toml nodes/logger/_sealc.c
+$(STAMP): pyproject.toml nodes/logger/_sealc.c nodes/ingest/_acceptguard.c
 	$(call pip_install,.[dev],vigil and its development tools)
 	@touch $(RUNTIME) $(STAMP)
 

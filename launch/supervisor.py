@@ -32,7 +32,9 @@ from vigil.launch._beats import Beats
 from vigil.launch._privileges import NodeUser, PrivilegeError, child_setup, node_user
 from vigil.launch.model import LaunchPlan, PlannedProcess
 from vigil.nodes._logging import log_stream
+from vigil.nodes._preload import environ
 from vigil.nodes.contract import ExitCode
+from vigil.nodes.kinds import node_kind
 from vigil.schemas import (
     TOPICS,
     AuditEvent,
@@ -376,6 +378,7 @@ class Launcher:
             stdin=subprocess.DEVNULL,
             stdout=child.log,
             stderr=child.log,
+            env=environ(node_kind(args.kind).preload, os.environ),
             # Its own process group: a terminal's Ctrl-C reaches only the launcher, which then
             # stops the nodes in order instead of all at once.
             process_group=0,

@@ -8,6 +8,7 @@ import msgspec
 import structlog
 
 from vigil.nodes._logging import configure_logging, set_identity
+from vigil.nodes._preload import preload
 from vigil.nodes.contract import ExitCode, NodeArgs
 from vigil.nodes.kinds import node_kind
 
@@ -28,6 +29,8 @@ def main(argv: list[str]) -> int:
     except (msgspec.ValidationError, msgspec.DecodeError, KeyError) as exc:
         log.error("node.config_invalid", error=str(exc))
         return ExitCode.CONFIG
+    # Started by the launcher, its libraries are loaded already; by hand, it re-executes once.
+    preload(kind.preload)
     set_identity(args.label, args.instance, args.kind)
     if os.geteuid() == 0 and not args.allow_root:
         log.error(

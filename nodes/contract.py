@@ -167,6 +167,9 @@ class NodeKind(Generic[C]):
     contract: Callable[[C], NodeContract]
     implementation: str
     """Imported only to run the node: listing kinds or checking a graph loads no engine."""
+    preload: tuple[str, ...] = ()
+    """Compiled modules loaded into the node's process before any other library
+    (`vigil.nodes._preload`): built with the package, left out when unbuilt."""
 
     def run(self, config: C, args: NodeArgs) -> int:
         """Run one node of this kind to its end; the exit code says why it ended."""

@@ -205,4 +205,6 @@ KIND = NodeKind(
     config=IngestConfig,
     contract=_contract,
     implementation="vigil.nodes.ingest._node",
+    # Refuses a connection that finds no descriptor free, where libzmq would abort (_door.py).
+    preload=("vigil.nodes.ingest._acceptguard",),
 )

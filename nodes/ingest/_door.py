@@ -2,11 +2,18 @@
 
 libzmq aborts the whole process when its ipc listener's `accept` meets EMFILE, and nothing
 in its API refuses a connection before accepting it (unbinding the endpoint would also cut
-off the sessions already accepted). So the door lets libzmq accept, and watches: a socket
-monitor names each accepted and each closed connection's descriptor, and the door's own
-thread shuts down at once every connection beyond the limit, in total or for one peer
-process. libzmq then reads end-of-file and closes it itself, and the descriptor is free again
-long before the open-file limit, which the limit stays below with a margin.
+off the sessions already accepted). Two layers keep connections from killing the ingest.
+Beneath libzmq, the accept guard (`_acceptguard.c`, preloaded into the ingest process) turns
+a connection that finds no descriptor free into a refused one: however fast connections
+come, reaching the open-file limit refuses them instead of aborting. Above it, the door lets libzmq
+accept, and watches: a socket monitor names each accepted and each closed connection's
+descriptor, and the door's own thread shuts down at once every connection beyond the limit,
+in total or for one peer process. libzmq then reads end-of-file and closes it itself. The
+limit stays ACCEPT_MARGIN below the open-file limit, so that the door normally refuses long
+before the guard must, and the node's own files still open during a storm; a storm that
+outruns the door's thread (it needs the GIL and a CPU) meets the guard. The door reports the
+guard's refusals with its own. Without the guard (a source tree run unbuilt, which the
+ingest logs), such a storm still aborts the process.
 
 libzmq also keeps every frame of a multipart message until its last frame arrives, with no
 bound: a peer that never ends a message grows the ingest's memory without limit, and no
@@ -35,13 +42,14 @@ from typing import Self
 
 import zmq
 
-__all__ = ["ACCEPT_MARGIN", "Door", "DoorEvent", "fd_headroom", "resident_bytes"]
+__all__ = ["ACCEPT_MARGIN", "Door", "DoorEvent", "accept_guard", "fd_headroom", "resident_bytes"]
 
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _UCRED = struct.Struct("3i")
 # File descriptors kept free beyond the connection limit: what may be accepted before the
-# door's thread shuts the excess down, plus what the node itself opens later.
+# door's thread shuts the excess down (beyond it, the accept guard refuses), plus what the
+# node itself opens later.
 ACCEPT_MARGIN = 128
 # How often the door looks at memory, and reports refusals (at most).
 _TICK_MS = 10
@@ -52,6 +60,17 @@ _GROWTH = 1 << 20
 _ESCALATE_NS = 200_000_000
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _malloc_trim = getattr(_libc, "malloc_trim", None)
+
+
+def accept_guard() -> Callable[[], int] | None:
+    """The accept guard's count of refused connections, when the guard is preloaded into
+    this process (its symbol is then in the global scope); None otherwise."""
+    count = getattr(ctypes.CDLL(None), "vigil_accept_refused", None)
+    if count is None:
+        return None
+    count.restype = ctypes.c_ulong
+    count.argtypes = []
+    return lambda: int(count())
 
 
 def resident_bytes() -> int:
@@ -100,7 +119,8 @@ class Door:
     """Counts a bound socket's connections from its own thread; shuts down the excess.
 
     Use as a context manager around the socket's life, entered before the socket binds (so
-    no connection goes uncounted). The node drains `events` and reports them.
+    no connection goes uncounted). The node drains `events` and reports them. `guard` reads
+    the accept guard's count of refusals, which `refused` includes.
     """
 
     def __init__(
@@ -116,6 +136,7 @@ class Door:
         rss: Callable[[], int] = resident_bytes,
         forward_events: int = 0,
         forward: Callable[[list[bytes]], None] | None = None,
+        guard: Callable[[], int] | None = None,
     ) -> None:
         self.limit = limit
         self.per_peer = per_peer
@@ -129,6 +150,8 @@ class Door:
         # failures) are read here too and handed on.
         self._events = _EVENTS | (forward_events if forward is not None else 0)
         self._forward = forward
+        self._guard = guard
+        self._guard_seen = guard() if guard is not None else 0
         self._address = f"inproc://vigil-door-{id(self)}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest-door", daemon=True)
@@ -143,6 +166,7 @@ class Door:
         self._last_rss = 0
         self._cut_ns = 0
         self._unreported = 0
+        self._unreported_guarded = 0
         self._reported_ns = 0
 
     def __enter__(self) -> Self:
@@ -183,7 +207,8 @@ class Door:
             while not self._stop.is_set():
                 if monitor.poll(_TICK_MS):
                     self._read(monitor)
-                self._guard()
+                self._count_guarded()
+                self._guard_memory()
                 self._report()
 
     def _read(self, monitor: zmq.Socket[bytes]) -> None:
@@ -217,22 +242,34 @@ class Door:
         self.refused += 1
         self._unreported += 1
 
+    def _count_guarded(self) -> None:
+        """Count what the accept guard refused at the open-file limit since the last look."""
+        if self._guard is None:
+            return
+        guarded = self._guard() - self._guard_seen
+        self._guard_seen += guarded
+        self.refused += guarded
+        self._unreported += guarded
+        self._unreported_guarded += guarded
+
     def _report(self) -> None:
         """Refusals are reported at once, then summarised at most once a second."""
         now = self._clock()
         if self._unreported and now - self._reported_ns >= _REPORT_EVERY_NS:
+            guarded = self._unreported_guarded
+            at_limit = f", {guarded} of them at the open-file limit" if guarded else ""
             self.events.put(
                 DoorEvent(
                     "refused",
                     self._unreported,
-                    f"{self._unreported} connections refused: {len(self.accepted)} open, "
-                    f"limit {self.limit} ({self.per_peer} per peer process)",
+                    f"{self._unreported} connections refused{at_limit}: {len(self.accepted)}"
+                    f" open, limit {self.limit} ({self.per_peer} per peer process)",
                 )
             )
-            self._unreported = 0
+            self._unreported = self._unreported_guarded = 0
             self._reported_ns = now
 
-    def _guard(self) -> None:
+    def _guard_memory(self) -> None:
         """Over the memory threshold and still growing, cut the connections of silent peers;
         still growing a while after that, cut every connection."""
         if not self.rss_threshold:

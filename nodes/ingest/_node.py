@@ -22,6 +22,7 @@ from vigil.bus.envelope import Envelope, TraceContext, new_span_id
 from vigil.bus.rundir import resolve_endpoint
 from vigil.bus.shm import SharedFrameError, SharedFrames, ensure_pool_dir, sweep_stale_pools
 from vigil.nodes._dedup import RecentAnswers
+from vigil.nodes._preload import shared_object
 from vigil.nodes._runtime import Node
 from vigil.nodes._tracing import request_spans
 from vigil.nodes.contract import ExitCode, NodeArgs
@@ -34,7 +35,7 @@ from vigil.nodes.ingest._contract import (
     rss_threshold,
 )
 from vigil.nodes.ingest._dispatch import Dispatcher, Request
-from vigil.nodes.ingest._door import ACCEPT_MARGIN, Door, fd_headroom
+from vigil.nodes.ingest._door import ACCEPT_MARGIN, Door, accept_guard, fd_headroom
 from vigil.nodes.ingest._evidence import Evidence, RequestPath
 from vigil.nodes.ingest._exits import WorkerExits
 from vigil.nodes.ingest._peers import Identities, Peer
@@ -161,6 +162,9 @@ class _Ingest:
         self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.frontend.setsockopt(zmq.HANDSHAKE_IVL, config.handshake_ms)
         self.budget_bytes = rss_budget(config)
+        guard = accept_guard()
+        if guard is None:
+            node.log.warning("ingest.accept_guard_absent", reason=_unguarded(), defence="door only")
         self.door: Door = node.enter(
             Door(
                 node.ctx,
@@ -169,6 +173,7 @@ class _Ingest:
                 per_peer=config.max_connections_per_peer,
                 clock=node.clock,
                 rss_threshold=rss_threshold(config),
+                guard=guard,
                 **_gate_events(node, frontend),
             )
         )
@@ -1154,6 +1159,14 @@ def _connection_limit(configured: int) -> int:
             " free descriptors)"
         )
     return min(configured, headroom)
+
+
+def _unguarded() -> str:
+    """Why the accept guard is not in this process (the door alone then holds connections
+    below the open-file limit, and a storm that outruns its thread aborts the process)."""
+    if any(shared_object(module) is None for module in KIND.preload):
+        return "not built (a source tree run unbuilt; `pip install -e .` builds it)"
+    return "built but not preloaded: started neither by the launcher nor by python -m vigil.nodes"
 
 
 def _scoped(peer: Peer, request_id: bytes) -> bytes:

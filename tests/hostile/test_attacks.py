@@ -8,12 +8,15 @@ and what the attacker got back.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
 from tests.hostile.conftest import FRAME_LIMIT, INGEST, OPEN_FILES, Hostile
+from vigil.nodes._preload import shared_object
+from vigil.nodes.ingest import KIND
 from vigil.nodes.logger.store import read_entries
 from vigil.schemas import AuditId, DiagCode
 
@@ -116,24 +119,37 @@ def test_replies_a_client_does_not_read_are_dropped_and_reported(hostile: Hostil
 
 
 def test_a_connection_storm_is_refused_and_the_ingest_stays_up(hostile: Hostile) -> None:
-    """Far more idle connections than the ingest has open files: the excess is shut down as
-    it comes, so the ingest never meets EMFILE (on which libzmq aborts), and the good
-    client's connection is untouched."""
+    """Four times as many idle connections as the ingest has open files: the door shuts the
+    excess down as it comes, the accept guard refuses any that outrun it to the open-file
+    limit (on which libzmq would abort), and the good client's connection is untouched."""
     start, pid = time.monotonic_ns(), hostile.ingest_pid
     refused = hostile.counter("ingest", "connections_refused")
+    storm = 4 * OPEN_FILES
     summary = hostile.run(
         "connections",
         "--count",
-        str(2 * OPEN_FILES),
+        str(storm),
         # Until the excess was refused, or the ingest died of it.
         hold_until=lambda: (
             hostile.counter("ingest", "connections_refused")
-            >= refused + 2 * OPEN_FILES - INGEST.max_connections
+            >= refused + storm - INGEST.max_connections
             or hostile.ingest_pid != pid
         ),
     )
     hostile.assert_unharmed(start, pid)
-    assert summary["closed_by_ingest"] >= 2 * OPEN_FILES - INGEST.max_connections
+    assert summary["closed_by_ingest"] >= storm - INGEST.max_connections
+
+
+def test_the_ingest_alone_runs_with_the_accept_guard(hostile: Hostile) -> None:
+    """The launcher preloads the accept guard into the ingest's process, and into no other
+    node's."""
+    guard = str(shared_object(KIND.preload[0]))
+    guarded = {
+        (c.plan.label, c.plan.spec.kind): guard in Path(f"/proc/{c.pid}/maps").read_text()
+        for c in hostile.launcher.children
+    }
+    assert len(guarded) > 1
+    assert guarded == {(label, kind): kind == "ingest" for label, kind in guarded}
 
 
 def test_half_sent_and_endless_messages_are_bounded(hostile: Hostile) -> None:
