@@ -56,6 +56,11 @@ _TICK_MS = 10
 _REPORT_EVERY_NS = 1_000_000_000
 # Memory "still growing": by at least this much since the last look.
 _GROWTH = 1 << 20
+# Memory is looked at again before it could reach the threshold at this rate (faster than
+# libzmq can receive into it), but at least this often: far below the threshold, a look every
+# tick would cost more than everything else the door does.
+_FILL_BYTES_PER_S = 4 << 30
+_LOOK_AT_LEAST_NS = 250_000_000
 # Growing this long after silent peers were cut: every connection goes.
 _ESCALATE_NS = 200_000_000
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -73,10 +78,16 @@ def accept_guard() -> Callable[[], int] | None:
     return lambda: int(count())
 
 
+_statm: dict[int, int] = {}  # pid -> descriptor of its /proc/<pid>/statm
+
+
 def resident_bytes() -> int:
-    """This process's resident set size, from /proc."""
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * _PAGE
+    """This process's resident set size, from /proc (the file is kept open: one read)."""
+    pid = os.getpid()  # keyed by pid: a forked child reads its own, not its parent's
+    fd = _statm.get(pid)
+    if fd is None:
+        fd = _statm[pid] = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+    return int(os.pread(fd, 128, 0).split()[1]) * _PAGE
 
 
 def fd_headroom() -> int:
@@ -164,6 +175,7 @@ class Door:
         self.cuts = 0
         self.peak_rss = 0
         self._last_rss = 0
+        self._next_look_ns = 0
         self._cut_ns = 0
         self._unreported = 0
         self._unreported_guarded = 0
@@ -274,12 +286,16 @@ class Door:
         still growing a while after that, cut every connection."""
         if not self.rss_threshold:
             return
+        now = self._clock()
+        if now < self._next_look_ns:
+            return
         rss = self._rss()
+        headroom_ns = max(0, self.rss_threshold - rss) * 1_000_000_000 // _FILL_BYTES_PER_S
+        self._next_look_ns = now + min(headroom_ns, _LOOK_AT_LEAST_NS)
         growing, self._last_rss = rss >= self._last_rss + _GROWTH, rss
         self.peak_rss = max(self.peak_rss, rss)
         if rss <= self.rss_threshold or not growing:
             return
-        now = self._clock()
         everyone = bool(self._cut_ns) and now - self._cut_ns >= _ESCALATE_NS
         cut = []
         for fd, (pid, since) in list(self.accepted.items()):
