@@ -51,8 +51,10 @@ _UCRED = struct.Struct("3i")
 # door's thread shuts the excess down (beyond it, the accept guard refuses), plus what the
 # node itself opens later.
 ACCEPT_MARGIN = 128
-# How often the door looks at memory, and reports refusals (at most).
+# How often the door looks at memory, and reports refusals (at most); how long it sleeps at
+# most while nothing happens (the accept guard's refusals have no event to wake it).
 _TICK_MS = 10
+_IDLE_MS = 100
 _REPORT_EVERY_NS = 1_000_000_000
 # Memory "still growing": by at least this much since the last look.
 _GROWTH = 1 << 20
@@ -217,11 +219,20 @@ class Door:
             monitor.connect(self._address)
             self._connected.set()
             while not self._stop.is_set():
-                if monitor.poll(_TICK_MS):
+                if monitor.poll(self._sleep_ms()):
                     self._read(monitor)
                 self._count_guarded()
                 self._guard_memory()
                 self._report()
+
+    def _sleep_ms(self) -> int:
+        """How long the thread may wait for a connection event: until memory is due a look,
+        and at most `_IDLE_MS` (the accept guard's count and the reports): each wake-up of an
+        idle thread costs CPU time the inference cores lose."""
+        if not self.rss_threshold:
+            return _IDLE_MS
+        due_ms = (self._next_look_ns - self._clock()) // 1_000_000
+        return int(min(_IDLE_MS, max(_TICK_MS, due_ms)))
 
     def _read(self, monitor: zmq.Socket[bytes]) -> None:
         while True:

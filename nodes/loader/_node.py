@@ -58,8 +58,14 @@ class _Loader:
         # The latched topic first: the proxy sends its kept value when that subscription
         # arrives, so it comes before anything the later subscriptions let through.
         self.sub = node.subscriber(
-            [Topic.MODEL_ACTIVE, Topic.HEARTBEAT, Topic.MODEL_EVENT],
+            [Topic.MODEL_ACTIVE, Topic.MODEL_EVENT],
             skip_replayed=not config.accept_replay,
+        )
+        # Every node beats several times a second and only the workers' beats matter here:
+        # they are read on the loop's own turns (a tick while a switch or rollout runs), so
+        # they cost no wake-up of their own.
+        self.beats = node.subscriber(
+            [Topic.HEARTBEAT], wake=False, skip_replayed=not config.accept_replay
         )
         self.serving: ModelAnnouncement | None = None
         self.serving_dir = ""
@@ -165,8 +171,9 @@ class _Loader:
 
     def on_bus(self) -> None:
         now = self.node.clock()
-        while (received := self.sub.recv(0)) is not None:
-            self._on_message(received, now)
+        for sub in (self.beats, self.sub):
+            while (received := sub.recv(0)) is not None:
+                self._on_message(received, now)
 
     def _on_message(self, received: Received, now: int) -> None:
         body = received.body
@@ -421,9 +428,10 @@ class _Loader:
         self._show()
 
     def timeout_ms(self) -> float | None:
-        """A 100 ms tick while a switch is under way, until a change settles, else None."""
+        """A 100 ms tick while a switch or a rollout is under way, until a change settles,
+        else None."""
         now = self.node.clock()
-        waits = [100.0] if self.switch is not None else []
+        waits = [100.0] if self.switch is not None or self.rollout is not None else []
         if self.dirty_at is not None:
             waits.append(max(0.0, (self.dirty_at - now) / 1e6))
         return min(waits, default=None)
@@ -479,8 +487,7 @@ def run(config: LoaderConfig, args: NodeArgs) -> ExitCode:
         node.ready(KIND.contract(config))
         while not node.stopping:
             events = node.poll(loader.timeout_ms())
-            if events.get(loader.sub.socket):
-                loader.on_bus()
+            loader.on_bus()  # on every turn: the beats never wake the loop themselves
             if watch is not None and events.get(watch.fileno()):
                 watch.drain()
                 loader.dirty_at = node.clock() + config.settle_ms * 1_000_000
