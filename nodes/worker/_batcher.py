@@ -15,6 +15,9 @@ __all__ = ["Batcher", "Waiting"]
 
 T = TypeVar("T")
 
+# Weight of the newest gap in the moving average of arrival gaps.
+_GAP_WEIGHT = 0.25
+
 
 @dataclass(slots=True, eq=False)  # identity: items may hold arrays
 class Waiting(Generic[T]):
@@ -30,10 +33,13 @@ class Batcher(Generic[T]):
     """Forms batches from priority classes.
 
     A batch is *due* when the queue holds a full batch or its oldest item has waited
-    `delay_ns` (`max_queue_delay_us`): no item waits longer than that for company. A batch is
-    taken from the highest class first, FIFO within a class; an item that has waited
-    `starve_ns` goes before every younger one whatever its class, so a steady stream of
-    urgent work delays the rest by at most that much (beyond the time to run what is ahead).
+    `delay_ns` (`max_queue_delay_us`): no item waits longer than that for company. Nor does
+    it wait for company that is not coming: the batcher keeps a moving average of the gap
+    between arrivals, and while that gap is longer than `delay_ns` (one request at a time,
+    a closed loop, a slow camera), a batch is due at once. A batch is taken from the highest
+    class first, FIFO within a class; an item that has waited `starve_ns` goes before every
+    younger one whatever its class, so a steady stream of urgent work delays the rest by at
+    most that much (beyond the time to run what is ahead).
     """
 
     def __init__(self, *, max_batch: int, delay_ns: int, starve_ns: int) -> None:
@@ -45,12 +51,20 @@ class Batcher(Generic[T]):
         self._classes: dict[int, deque[Waiting[T]]] = {}
         self._count = 0
         self._order = 0
+        self.gap_ns: float | None = None  # moving average of the gap between arrivals
+        self._last_arrival: int | None = None
 
     def __len__(self) -> int:
         return self._count
 
     def push(self, item: T, *, priority: int, now_ns: int) -> None:
         """Queue `item` in its priority class."""
+        if self._last_arrival is not None:
+            gap = max(0, now_ns - self._last_arrival)
+            self.gap_ns = (
+                gap if self.gap_ns is None else self.gap_ns + _GAP_WEIGHT * (gap - self.gap_ns)
+            )
+        self._last_arrival = now_ns
         self._order += 1
         queue = self._classes.get(priority)
         if queue is None:
@@ -65,19 +79,23 @@ class Batcher(Generic[T]):
         heads = [q[0].arrived_ns for q in self._classes.values() if q]
         return min(heads) if heads else None
 
+    def company_expected(self) -> bool:
+        """Whether another request is expected within the delay (the gap between arrivals
+        is no longer than it; unknown before the second arrival: expected)."""
+        return self.gap_ns is None or self.gap_ns <= self.delay_ns
+
     def due(self, now_ns: int) -> bool:
-        """Whether a batch should run now: a full one is queued, or the oldest waited enough."""
-        if self._count >= self.max_batch:
-            return True
-        oldest = self.oldest_ns()
-        return oldest is not None and now_ns - oldest >= self.delay_ns
+        """Whether a batch should run now: a full one is queued, the oldest waited enough, or
+        no company is expected."""
+        wait = self.wait_ns(now_ns)
+        return wait is not None and wait == 0
 
     def wait_ns(self, now_ns: int) -> int | None:
         """How long until a batch is due (0: now; None: nothing queued)."""
         oldest = self.oldest_ns()
         if oldest is None:
             return None
-        if self._count >= self.max_batch:
+        if self._count >= self.max_batch or not self.company_expected():
             return 0
         return max(0, oldest + self.delay_ns - now_ns)
 

@@ -93,6 +93,7 @@ class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     backend: str | list[str] = "workers"
     model: Annotated[str, msgspec.Meta(max_length=64)] = ""
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+    # The longest a request waits for company; none at all while arrivals are further apart.
     max_queue_delay_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 2000
     # A request that has waited this long goes before every younger one, whatever their
     # priority: urgent traffic delays the rest by at most this much.

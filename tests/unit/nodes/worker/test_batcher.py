@@ -116,3 +116,20 @@ def test_max_batch_must_be_positive() -> None:
     """A batcher that could never form a batch is refused."""
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(max_batch=0, delay_ns=0, starve_ns=0)
+
+
+def test_no_wait_for_company_that_is_not_coming() -> None:
+    """Once arrivals are further apart than the delay, a lone request is due at once; when
+    they come close together again, it waits for company again."""
+    b = batcher(delay_ms=2)
+    for n in range(4):  # one request every 50 ms: a closed loop, a slow camera
+        b.push(str(n), priority=0, now_ns=n * 50 * MS)
+        assert b.due(n * 50 * MS) == (n > 0)  # the first arrival says nothing of the gap
+        b.take(n * 50 * MS)
+    start = 200 * MS
+    for n in range(16):  # a burst: 0.1 ms apart
+        b.push(f"burst{n}", priority=0, now_ns=start + n * MS // 10)
+        b.take(start + n * MS // 10)
+    b.push("lone", priority=0, now_ns=start + 2 * MS)
+    assert not b.due(start + 2 * MS)
+    assert b.due(start + 4 * MS)
