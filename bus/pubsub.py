@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ __all__ = ["Publisher", "Received", "Subscriber", "TopicStats"]
 _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
+# How often a publisher reads the subscriptions that reached it.
+_HEAR_EVERY_NS = 1_000_000
 
 Buffer = bytes | memoryview | zmq.Frame
 
@@ -67,11 +70,16 @@ class Publisher(Closing):
         self._schemas: dict[type[Message], str] = {}
         self._subscribed: set[bytes] = set()  # the prefixes subscribers asked for
         self._wanted: dict[str, bool] = {}  # per topic, under today's subscriptions
+        self._hear_at = 0  # when the socket is next asked for (un)subscriptions
 
     def wanted(self, topic: str) -> bool:
         """Whether any subscriber takes `topic` now (as far as the subscriptions that reached
-        this socket say: the same ones ZeroMQ filters by)."""
-        self._hear()
+        this socket say: the same ones ZeroMQ filters by, read at most once a millisecond, as
+        asking costs more than a small message's encoding)."""
+        now = time.monotonic_ns()
+        if now >= self._hear_at:
+            self._hear_at = now + _HEAR_EVERY_NS
+            self._hear()
         known = self._wanted.get(topic)
         if known is None:
             frame = self._frames.get(topic) or topic_frame(topic)
