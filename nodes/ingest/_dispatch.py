@@ -147,7 +147,8 @@ class Dispatcher:
     ) -> None:
         self.max_attempts = max_attempts
         self.active_ns = active_ns
-        self.seen: dict[str, int] = {}  # peer -> when a request of it was last admitted
+        # (peer, priority class) -> when a request of it was last admitted
+        self.seen: dict[tuple[str, int], int] = {}
         self.open: dict[int, Request] = {}
         self.queue = FairQueue(max_count=max_queue, max_bytes=max_bytes)
         self.workers: dict[bytes, WorkerSlot] = {}
@@ -181,7 +182,7 @@ class Dispatcher:
             return False
         self.open[request.rid] = request
         self.open_bytes += request.nbytes
-        self.seen[request.peer] = request.admitted_ns
+        self.seen[request.peer, request.priority] = request.admitted_ns
         self.queue.push(request)
         heapq.heappush(self._deadlines, (request.deadline, request.rid))
         return True
@@ -209,10 +210,14 @@ class Dispatcher:
             slot.name = name
         return slot
 
-    def active_peers(self, now_ns: int) -> set[str]:
-        """Peers that had a request admitted within `active_ns` (the others are forgotten)."""
-        self.seen = {p: t for p, t in self.seen.items() if now_ns - t <= self.active_ns}
-        return set(self.seen)
+    def active_peers(self, now_ns: int) -> dict[int, set[str]]:
+        """Per priority class, the peers that had a request of that class admitted within
+        `active_ns` (the others are forgotten)."""
+        self.seen = {k: t for k, t in self.seen.items() if now_ns - t <= self.active_ns}
+        active: dict[int, set[str]] = {}
+        for peer, priority in self.seen:
+            active.setdefault(priority, set()).add(peer)
+        return active
 
     def spread_limit(self, peer: str, active: set[str]) -> int:
         """How many workers the work of `peer` may occupy: all live ones but one for each
@@ -237,14 +242,16 @@ class Dispatcher:
         fairly, not in a worker's queue behind a batch of someone else's large frames. With
         `priced`, work of a frame size that has no price yet goes one at a time to a worker,
         and to all workers but one at most: priced work always has a worker to go to. With
-        `active_ns`, while other peers are active a peer's work occupies at most all workers
-        but one for each of them (`spread_limit`): a flood never holds every worker, so
-        another peer's request finds one that runs nothing of the flood's, in its own process
-        and on its own lanes. A request that cannot go anywhere now keeps its place; others
-        may pass it.
+        `active_ns`, while other peers are active in its priority class a peer's work occupies
+        at most all workers but one for each of them (`spread_limit`): a flood never holds
+        every worker, so another peer's request finds one that runs nothing of the flood's,
+        in its own process and on its own lanes. Classes are not kept apart this way: a
+        higher class goes first anyway (the watchdog's periodic probe at the safety priority
+        takes no worker from a client). A request that cannot go anywhere now keeps its place;
+        others may pass it.
         """
         skipped: list[Request] = []
-        active = self.active_peers(now_ns) if self.active_ns else set()
+        active = self.active_peers(now_ns) if self.active_ns else {}
         try:
             while self.queue.count and len(skipped) < _MAX_SKIPPED:
                 if not any(w.credit > 0 and not w.suspect for w in self.workers.values()):
@@ -255,8 +262,9 @@ class Dispatcher:
                 if guessed and priced is not None and not self._room_for_guesses(priced):
                     skipped.append(request)
                     continue
-                peer, shared = request.peer, len(active) >= 2
-                spread = not shared or self.spread(peer) < self.spread_limit(peer, active)
+                peer, rivals = request.peer, active.get(request.priority, set())
+                shared = len(rivals) >= 2
+                spread = not shared or self.spread(peer) < self.spread_limit(peer, rivals)
                 slot = max(
                     (
                         w

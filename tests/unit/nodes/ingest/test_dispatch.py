@@ -421,11 +421,13 @@ def test_requests_passed_over_go_back_to_the_head_of_their_peers_fifo() -> None:
     assert _assign(dispatcher) == [(b"w2", 1), (b"w2", 2)]
 
 
-def _from(dispatcher: Dispatcher, peer: str, count: int, now_ns: int = 0) -> list[Request]:
+def _from(
+    dispatcher: Dispatcher, peer: str, count: int, now_ns: int = 0, priority: int = 0
+) -> list[Request]:
     requests = []
     for _ in range(count):
         request = _request(dispatcher, due_ns=10**12)
-        request.peer, request.admitted_ns = peer, now_ns
+        request.peer, request.admitted_ns, request.priority = peer, now_ns, priority
         assert dispatcher.admit(request)
         requests.append(request)
     return requests
@@ -456,4 +458,16 @@ def test_a_lone_peer_uses_every_worker() -> None:
     _worker(dispatcher, b"w1", 2)
     _worker(dispatcher, b"w2", 2)
     _from(dispatcher, "only", 4)
+    assert {slot.identity for slot, _ in dispatcher.assignments(now_ns=0)} == {b"w1", b"w2"}
+
+
+def test_a_peer_of_another_priority_class_keeps_no_worker_apart() -> None:
+    """Workers are kept apart only within a class: a periodic request at the safety priority
+    (the watchdog's probe) takes no worker from a client of the lowest class."""
+    dispatcher = Dispatcher(max_queue=100, active_ns=1_000)
+    _worker(dispatcher, b"w1", 2)
+    _worker(dispatcher, b"w2", 2)
+    _from(dispatcher, "watchdog", 1, priority=7)
+    assert len(list(dispatcher.assignments(now_ns=0))) == 1
+    _from(dispatcher, "client", 3)
     assert {slot.identity for slot, _ in dispatcher.assignments(now_ns=0)} == {b"w1", b"w2"}
