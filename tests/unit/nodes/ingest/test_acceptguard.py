@@ -81,14 +81,6 @@ def _connect(endpoint: str) -> socket.socket:
         pytest.fail("connections are left pending: the server no longer accepts")
 
 
-def _open_files(pid: int) -> int:
-    """How many descriptors the process `pid` holds (0 once it is gone)."""
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
-
-
 @contextlib.contextmanager
 def _storm(endpoint: str, count: int) -> Iterator[list[socket.socket]]:
     """Up to `count` raw connections (fewer once the server is gone), closed on the way out."""
@@ -113,6 +105,20 @@ def _greeted(conn: socket.socket) -> bool:
         return False
 
 
+def _until_closed(conn: socket.socket) -> None:
+    """End our side of a connection the server took, and read until the server has closed
+    its own: its descriptor is free again once we read end-of-file."""
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(30)
+    try:
+        while conn.recv(4096):
+            pass  # the rest of its greeting
+    except TimeoutError:
+        pytest.fail("the server kept a connection its peer had closed")
+    except OSError:  # reset: closed as well
+        return
+
+
 def _ask(dealer: zmq.Socket[bytes], child: subprocess.Popen[str]) -> dict[str, int | None]:
     """The server's counts of refusals: the guard's and the door's."""
     dealer.send(b"counts")
@@ -131,13 +137,12 @@ def test_connections_beyond_the_open_file_limit_are_refused_and_the_process_live
     descriptor are refused (closed at once), the process neither aborts nor spins on them,
     every refusal is counted and reported by the door, and a client served afterwards."""
     child, endpoint = server
-    idle = _open_files(child.pid)
     with _storm(endpoint, 4 * FILES) as held:
         greeted = [_greeted(conn) for conn in held]
+        for conn, took in zip(held, greeted, strict=True):
+            if took:  # its descriptor must be free before the client below connects
+                _until_closed(conn)
     deadline = time.monotonic() + 30
-    while _open_files(child.pid) > idle:  # until it has closed the connections it took
-        assert time.monotonic() < deadline, "the server kept the closed connections"
-        time.sleep(0.01)
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as dealer:
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(endpoint)
