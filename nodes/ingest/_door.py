@@ -51,8 +51,8 @@ _UCRED = struct.Struct("3i")
 # door's thread shuts the excess down (beyond it, the accept guard refuses), plus what the
 # node itself opens later.
 ACCEPT_MARGIN = 128
-# How often the door looks at memory, and reports refusals (at most); how long it sleeps at
-# most while nothing happens (the accept guard's refusals have no event to wake it).
+# The door's thread sleeps at least this long between looks (memory due a look soon), and at
+# most `_IDLE_MS` while nothing happens (the accept guard's refusals have no event to wake it).
 _TICK_MS = 10
 _IDLE_MS = 100
 _REPORT_EVERY_NS = 1_000_000_000
