@@ -3,7 +3,8 @@
 The demo pipeline (launch/demo.yaml: PP-OCRv4 text detection, its workers, ingest, watchdog,
 logger; its demo source and sink left out) serves a well-behaved client sending scene frames
 at a steady pace, first unattacked, then beside each attack class in turn (each attacker its
-own process, vigil.testing.hostile), all in the same run. For each phase it prints the
+own process, vigil.testing.hostile, started and ready before its phase begins), all in the
+same run. For each phase it prints the
 client's success rate, p50 and p99 latency, the ingest's peak resident memory during the
 phase, and whether the safety state left NORMAL; at the end, whether the start-up audit
 entries are still in the sealed store. `--json PATH` writes the same figures.
@@ -88,10 +89,14 @@ def _phase(watch: Watch, name: str, attack: list[str] | None, seconds: float) ->
     """One phase: `attack` (or none) beside the good client for `seconds` at least."""
     pid = watch.ingest_pid
     _reset_peak(pid)
-    start, seen = time.monotonic_ns(), len(watch.seen)
     summary: dict[str, Any] = {}
     if attack is not None:
-        process = AttackProcess(watch.endpoint, *attack)
+        # The attacker's interpreter starts before the phase does: the attack is what it
+        # sends, not a Python process starting up on the same cores.
+        process = AttackProcess(watch.endpoint, *attack, armed=True)
+        watch.drive(lambda: (process.poll() or process.armed) or process.done, 60)
+        start, seen = time.monotonic_ns(), len(watch.seen)
+        process.fire()
         try:
             # The phase lasts `seconds` at least, and as long as the attack runs; a holding
             # attacker holds until then.
@@ -107,6 +112,7 @@ def _phase(watch: Watch, name: str, attack: list[str] | None, seconds: float) ->
         finally:
             process.close()
     else:
+        start, seen = time.monotonic_ns(), len(watch.seen)
         watch.drive(lambda: False, seconds)
     # The requests sent during the phase, each to its end.
     sent_until = time.monotonic_ns()

@@ -205,6 +205,7 @@ class Channel:
         priority: int = 0,
         tenant: str = "",
         request_id: bytes = b"",
+        background: bool = False,
     ) -> Envelope:
         """An envelope for `body` (a message or a message type) from this channel's node."""
         cls = body if isinstance(body, type) else type(body)
@@ -223,6 +224,7 @@ class Channel:
             tenant=tenant,
             session=self.session,
             request_id=request_id,
+            background=background,
         )
 
     def restamp(self, envelope: Envelope) -> Envelope:

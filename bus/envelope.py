@@ -44,6 +44,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     # A request's client-unique id (the client's session and sequence number), the same on
     # every hop and every re-send: ingests and workers de-duplicate by it.
     request_id: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    # Set by the ingest on a dispatch of a peer beyond its fair share (admission.md): the
+    # worker runs it at background CPU priority, behind every peer within its share.
+    background: bool = False
 
     @classmethod
     def build(
@@ -61,6 +64,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
         session: int = 0,
         replay: int = 0,
         request_id: bytes = b"",
+        background: bool = False,
     ) -> Envelope:
         """An envelope carrying `trace` in its flattened wire fields (what senders use)."""
         return cls(
@@ -78,6 +82,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
             session=session,
             replay=replay,
             request_id=request_id,
+            background=background,
         )
 
     def with_trace(self, trace: TraceContext | None) -> Envelope:

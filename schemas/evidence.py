@@ -95,3 +95,4 @@ class BatchEvidence(Message, kw_only=True, frozen=True, tag="evidence.batch"):
     infer_us: Micros  # pre-processing and the engine's run
     postprocess_us: Micros = 0
     failed: bool = False
+    background: bool = False  # run at background CPU priority (a peer beyond its share)

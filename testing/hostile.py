@@ -182,10 +182,20 @@ class Watch:
 class AttackProcess:
     """One attack running in its own process; what it prints arrives on a reader thread."""
 
-    def __init__(self, endpoint: str, name: str, *args: str) -> None:
+    def __init__(self, endpoint: str, name: str, *args: str, armed: bool = False) -> None:
+        """Start the attack; `armed`: the process starts, says so, and waits for `fire`."""
         self.name = name
+        self.armed = False
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "vigil.testing.hostile", name, endpoint, *args],
+            [
+                sys.executable,
+                "-m",
+                "vigil.testing.hostile",
+                name,
+                endpoint,
+                *args,
+                *(["--armed"] if armed else []),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -214,9 +224,17 @@ class AttackProcess:
                 break
             if line.strip() == "holding":
                 self.holding = True
+            elif line.strip() == "armed":
+                self.armed = True
             elif line.startswith("{"):
                 self.summary = json.loads(line)
         return self.holding or bool(self.summary)
+
+    def fire(self) -> None:
+        """Start an armed attacker's attack (it reads one line)."""
+        if self.popen.stdin is not None and not self.popen.stdin.closed:
+            self.popen.stdin.write("\n")
+            self.popen.stdin.flush()
 
     def release(self) -> None:
         """Let a holding attacker go (it reads one line), once."""
@@ -545,7 +563,13 @@ def main() -> None:
     parser.add_argument("--priority", type=int, default=0)
     parser.add_argument("--budget-ms", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--armed", action="store_true", help="say 'armed' once ready, attack on a line read"
+    )
     args = parser.parse_args()
+    if args.armed:
+        print("armed", flush=True)
+        sys.stdin.readline()
     with zmq.Context() as ctx:
         summary = ATTACKS[args.attack](ctx, args)
     print(json.dumps(summary), flush=True)

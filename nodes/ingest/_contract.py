@@ -77,6 +77,12 @@ class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     peer_backlog: Annotated[int, msgspec.Meta(ge=1)] = 1
     # Replies queued to one client that does not read, before they are dropped (its SNDHWM).
     reply_backlog: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # Refusals (and sheds) a second, over a burst, beyond which the ingest reads its clients
+    # only as fast as this: a client sending what is refused is held back by its own socket
+    # instead of spending the CPU that served clients need. Reading stays fair per connection
+    # (ZeroMQ takes one message from each in turn). 0: no pace.
+    refusals_per_s: Annotated[float, msgspec.Meta(ge=0)] = 1000.0
+    refusal_burst: Annotated[int, msgspec.Meta(ge=1)] = 200
     # The ingest's peak resident memory budget in MiB; 0: derived from the limits.
     rss_budget_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
     # A request is admitted only if its budget covers this many times the estimated wait.
@@ -87,6 +93,10 @@ class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     # A peer that had a request admitted within this long is active; while others are, a
     # peer's work occupies at most all workers but one for each of them (0: no such limit).
     peer_active_ms: Annotated[int, msgspec.Meta(ge=0)] = 5000
+    # While a request of a peer within its share is in flight, requests of peers beyond
+    # theirs wait in the queue for at most this long at a time, then go for as long as they
+    # waited (0: they never wait for it).
+    background_yield_ms: Annotated[int, msgspec.Meta(ge=0)] = 200
     default_deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 2000
     max_deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 30_000
     # A worker that holds work and says nothing for this long is presumed hung.

@@ -47,6 +47,9 @@ class Request:
     unpriced: bool = False  # its frame size had never been measured when it was admitted
     queued: bool = False
     tag: int = 0  # its place in its peer's fair share (set by the queue)
+    # Dispatched while its peer had more queued behind it and others were active in its
+    # class: beyond its fair share, it runs at the worker's background CPU priority.
+    background: bool = False
 
 
 @dataclass(slots=True)
@@ -126,6 +129,37 @@ def _preference(slot: WorkerSlot, peer: str, shared: bool) -> tuple[int, int, in
     return (slot.holds_for(peer), -others, slot.credit)
 
 
+@dataclass(slots=True)
+class _Yield:
+    """When work beyond a peer's share waits for work within a share.
+
+    While a request within its peer's share is in flight, requests beyond a share wait in
+    the queue, so that the request runs on a host their serving does not load (on a small
+    host every process of the pipeline shares the same cores). A hold lasts `limit_ns` at
+    most and is followed by a free spell as long as it was: peers beyond their share keep
+    at least half the time, however many peers within a share keep requests in flight.
+    """
+
+    limit_ns: int
+    held_from: int | None = None
+    free_from: int = 0
+
+    def holding(self, busy: bool, now_ns: int) -> bool:
+        """Whether to hold now, given whether work within a share is in flight (`busy`)."""
+        if not self.limit_ns:
+            return False
+        if self.held_from is not None:
+            if busy and now_ns - self.held_from < self.limit_ns:
+                return True
+            self.free_from = now_ns + (now_ns - self.held_from)
+            self.held_from = None
+            return False
+        if busy and now_ns >= self.free_from:
+            self.held_from = now_ns
+            return True
+        return False
+
+
 # implements: SR-ERR-001
 class Dispatcher:
     """Queues accepted requests and hands each to the worker with the most free credit.
@@ -144,9 +178,14 @@ class Dispatcher:
         max_bytes: int = 1 << 62,
         max_attempts: int = 2,
         active_ns: int = 0,
+        yield_ns: int = 0,
     ) -> None:
         self.max_attempts = max_attempts
         self.active_ns = active_ns
+        # In-flight requests within their peer's share (not `background`), and how long work
+        # beyond a share waits for them (`_Yield`).
+        self.foreground: set[int] = set()
+        self.yielding = _Yield(yield_ns)
         # (peer, priority class) -> when a request of it was last admitted
         self.seen: dict[tuple[str, int], int] = {}
         self.open: dict[int, Request] = {}
@@ -247,11 +286,18 @@ class Dispatcher:
         every worker, so another peer's request finds one that runs nothing of the flood's,
         in its own process and on its own lanes. Classes are not kept apart this way: a
         higher class goes first anyway (the watchdog's periodic probe at the safety priority
-        takes no worker from a client). A request that cannot go anywhere now keeps its place;
-        others may pass it.
+        takes no worker from a client). A request whose peer still has work queued behind it
+        while others are active in its class is marked `background`: a backlogged peer is one
+        asking for more than its share, and its work yields the CPU to the others' (the
+        sparse flows of fq_codel go first the same way): it runs at background priority, and
+        while a request within a share is in flight (its peer's own last one included) it
+        waits here (`_Yield`). A request that cannot go anywhere now keeps its place; others
+        may pass it.
         """
         skipped: list[Request] = []
         active = self.active_peers(now_ns) if self.active_ns else {}
+        holding = self.yielding.holding(bool(self.foreground), now_ns)
+        held: set[str] = set()
         try:
             while self.queue.count and len(skipped) < _MAX_SKIPPED:
                 if not any(w.credit > 0 and not w.suspect for w in self.workers.values()):
@@ -264,6 +310,13 @@ class Dispatcher:
                     continue
                 peer, rivals = request.peer, active.get(request.priority, set())
                 shared = len(rivals) >= 2
+                background = shared and self.queue.backlogged(request.priority, peer)
+                if background and holding:
+                    skipped.append(request)
+                    held.add(peer)
+                    if len(held) >= self.queue.peers():
+                        return  # all that is queued waits for the hold to end
+                    continue
                 spread = not shared or self.spread(peer) < self.spread_limit(peer, rivals)
                 slot = max(
                     (
@@ -282,6 +335,10 @@ class Dispatcher:
                 slot.owners[request.rid] = request.peer
                 slot.inflight.add(request.rid)
                 request.worker = slot.identity
+                request.background = background
+                if not background:
+                    self.foreground.add(request.rid)
+                    holding = self.yielding.holding(True, now_ns)
                 request.attempts += 1
                 yield slot, request
         finally:
@@ -315,6 +372,7 @@ class Dispatcher:
         """Release what an ended request held: its place in the queue and its bytes."""
         if request is not None:
             self.queue.discard(request)
+            self.foreground.discard(request.rid)
             self.open_bytes -= request.nbytes
             request.frames = []
         return request
@@ -357,6 +415,7 @@ class Dispatcher:
             if request is None:
                 continue
             request.worker = None
+            self.foreground.discard(rid)
             if request.attempts >= self.max_attempts:
                 ended = self._forget(self.open.pop(rid))
                 assert ended is not None

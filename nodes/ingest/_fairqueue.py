@@ -182,6 +182,14 @@ class FairQueue:
         self.count -= 1
         self.bytes -= item.nbytes
 
+    def peers(self) -> int:
+        """Peers with requests waiting, counted once per class they wait in."""
+        return sum(len(cls.backlog) for cls in self._classes)
+
+    def backlogged(self, priority: int, peer: str) -> bool:
+        """Whether `peer` has requests waiting in class `priority`."""
+        return peer in self._classes[priority].backlog
+
     def work_ahead(self, priority: int, peer: str, cost_ns: int) -> int:
         """Work served before a new request of `peer` at `priority` (an estimate).
 

@@ -39,7 +39,7 @@ from vigil.nodes.ingest._door import ACCEPT_MARGIN, Door, accept_guard, fd_headr
 from vigil.nodes.ingest._evidence import Evidence, RequestPath
 from vigil.nodes.ingest._exits import WorkerExits
 from vigil.nodes.ingest._peers import Identities, Peer
-from vigil.nodes.ingest._ratelimit import RateLimiter
+from vigil.nodes.ingest._ratelimit import RateLimiter, TokenBucket
 from vigil.nodes.ingest._refusals import Aggregate, RefusalLog, Summary
 from vigil.nodes.ingest._replies import Delivery, Replies
 from vigil.nodes.ingest._service import ServiceModel
@@ -73,7 +73,7 @@ _BURST = 64
 _SAFETY_PRIORITY = 7  # the watchdog's probe: never shed
 # How often the ingest looks for shared-memory pools whose client process is gone.
 _REAP_NS = 5_000_000_000
-_BURST_BYTES = 8 << 20
+_BURST_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -223,6 +223,7 @@ class _Ingest:
             max_queue=config.max_queue,
             max_bytes=config.max_queue_bytes,
             active_ns=config.peer_active_ms * 1_000_000,
+            yield_ns=config.background_yield_ms * 1_000_000,
         )
         self.service = ServiceModel()
         evidence = config.evidence
@@ -256,7 +257,15 @@ class _Ingest:
             "shed": 0,
             "repeats": 0,
             "replies_dropped": 0,
+            "reads_held": 0,
         }
+        # Refusals pace the reading of clients (`refusals_per_s`); None: no pace.
+        self.refusal_pace = (
+            TokenBucket(config.refusals_per_s, config.refusal_burst, node.clock())
+            if config.refusals_per_s
+            else None
+        )
+        self.reading_held_until: int | None = None
         # Spans, exported only where OpenTelemetry is set up; evidence of every request.
         self.spans = node.enter(request_spans(f"vigil.{node.args.name}"))
         self.evidence = Evidence(
@@ -291,6 +300,8 @@ class _Ingest:
         # timers and dispatch waiting (decoding a refused body walks every byte of it).
         taken = 0
         for _ in range(_BURST):
+            if self._hold_reading():
+                return
             try:
                 frames = self.frontend.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -299,6 +310,34 @@ class _Ingest:
             taken += sum(len(f) for f in frames)
             if taken >= _BURST_BYTES:
                 return
+
+    # implements: SR-RL-002
+    def _hold_reading(self) -> bool:
+        """Whether the refusals have outrun their pace: then the clients' socket leaves the
+        poller until a refusal's worth of time has passed (`resume_reading`). What clients
+        send meanwhile waits in their sockets, bounded by `peer_backlog` here and their own
+        send limit there; a flooding client blocks in its send."""
+        pace = self.refusal_pace
+        if pace is None:
+            return False
+        now = self.node.clock()
+        pace.refill(now)
+        if pace.tokens >= 1.0:
+            return False
+        self.node.poller.unregister(self.frontend)
+        self.reading_held_until = now + max(1, pace.wait_ms(0.0)) * 1_000_000
+        self.counts["reads_held"] += 1
+        return True
+
+    def resume_reading(self) -> None:
+        """Put the clients' socket back in the poller once the pace allows a read."""
+        if self.reading_held_until is not None and self.node.clock() >= self.reading_held_until:
+            self.reading_held_until = None
+            self.node.poller.register(self.frontend, zmq.POLLIN)
+
+    def _spent_on_refusal(self) -> None:
+        if self.refusal_pace is not None:
+            self.refusal_pace.spend()
 
     def on_door(self) -> None:
         """Report what the door refused or cut (its thread queues it): each as a diagnostic,
@@ -703,6 +742,7 @@ class _Ingest:
             frame_ts_us=request.frame_ts_us if request else 0,
         )
         self.counts["rejected"] += 1
+        self._spent_on_refusal()
         peer = refusal.peer.name
         body = self._answer(refusal.identity, peer, refusal.seq, reply, trace, publish=False)
         if self.refusals.individual(
@@ -735,6 +775,7 @@ class _Ingest:
             frame_ts_us=request.frame_ts_us,
         )
         self.counts["shed"] += 1
+        self._spent_on_refusal()
         body = self._answer(
             request.client, request.peer, request.client_seq, reply, request.trace, publish=False
         )
@@ -1037,6 +1078,7 @@ class _Ingest:
                 priority=request.priority,
                 tenant=request.tenant,
                 request_id=request.request_id,
+                background=request.background,
             )
             self.workers.forward(request.frames, identity=[slot.identity], envelope=envelope)
 
@@ -1094,7 +1136,16 @@ class _Ingest:
         """Until the next deadline, and at most 100 ms while work is open (worker silence is
         checked on that tick) or the timer owes something (refusals to seal, notices of
         dropped replies); once a second while clients are connected (the door's reports
-        come from its own thread); else None: the loop sleeps until traffic."""
+        come from its own thread); else None: the loop sleeps until traffic. Never past the
+        end of a hold on reading clients."""
+        timeout = self._timer_ms()
+        held = self.reading_held_until
+        if held is None:
+            return timeout
+        until_read = max(0.0, (held - self.node.clock()) / 1e6)
+        return until_read if timeout is None else min(timeout, until_read)
+
+    def _timer_ms(self) -> float | None:
         deadline = self.dispatcher.next_deadline()
         if deadline is None:
             if self.refusals.pending or self.replies.owed or self._door_unaudited:
@@ -1246,6 +1297,7 @@ def run(config: IngestConfig, args: NodeArgs) -> ExitCode:
                 ingest.on_exits(exited)
             if events.get(ingest.frontend):
                 ingest.on_client()
+            ingest.resume_reading()
             ingest.on_beats()
             ingest.on_time()
             ingest.dispatch()

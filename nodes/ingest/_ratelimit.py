@@ -48,6 +48,10 @@ class TokenBucket:
             return True
         return False
 
+    def spend(self) -> None:
+        """Take one token, into debt if none is left (paid back by refills)."""
+        self.tokens -= 1.0
+
     def wait_ms(self, floor: float) -> int:
         """How long until a token above `floor` is available."""
         missing = floor + 1.0 - self.tokens

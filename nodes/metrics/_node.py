@@ -170,6 +170,11 @@ class BusMetrics:
             buckets=_BATCH_BUCKETS,
             registry=reg,
         )
+        self.background_batches = Counter(
+            "vigil_background_batches",
+            "Inference batches run at background CPU priority (of peers beyond their share).",
+            registry=reg,
+        )
         self.request_duration = Histogram(
             "vigil_request_duration_seconds",
             "A request from its arrival at the ingest to its answer, by outcome (served, "
@@ -284,6 +289,8 @@ class BusMetrics:
             batch.postprocess_us / 1e6
         )
         self.batch_size.observe(batch.size)
+        if batch.background:
+            self.background_batches.inc()
 
     def _on_result(self, result: InferResult) -> None:
         self.queue_time.observe(result.queue_us / 1e6)

@@ -116,6 +116,10 @@ class WorkerConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     # Results kept by request id: a request that reaches this worker again (a client failed
     # over to another ingest) gets the same result without a second run (0: none kept).
     dedup_window: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1024
+    # The nice value the engine runs at for dispatches the ingest marks `background` (a peer
+    # beyond its fair share while others are active): they take CPU time nobody within their
+    # share wants. 0: they run like any other batch.
+    background_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 19
 
     def held(self) -> int:
         """How many requests the worker asks for at once (its credit)."""

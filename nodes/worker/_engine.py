@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,7 +18,10 @@ from vigil.nodes.worker._sessions import build_session, release_freed_memory, se
 from vigil.nodes.worker._staging import StagingRing
 from vigil.schemas import PerceptionOutput
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "Via"]
+
+# Runs a call somewhere else (another thread) and returns what it returned.
+Via = Callable[..., Any]
 
 
 # cuDNN's exhaustive algorithm search runs again for every new input shape, and a dynamic
@@ -135,11 +139,15 @@ class Engine:
         return batch
 
     def infer(
-        self, batch: npt.NDArray[np.generic], *, wide: bool = True
+        self, batch: npt.NDArray[np.generic], *, wide: bool = True, via: Via | None = None
     ) -> npt.NDArray[np.float32]:
-        """Run the wide or the narrow session on a prepared batch; returns the first output."""
+        """Run the wide or the narrow session on a prepared batch; returns the first output.
+
+        `via` runs the session call elsewhere (on the background thread) and waits for it.
+        """
         session = self.session if wide else self.narrow
-        outputs = session.run(None, {self.input_name: batch})
+        feed = {self.input_name: batch}
+        outputs = via(session.run, None, feed) if via is not None else session.run(None, feed)
         result: npt.NDArray[np.float32] = np.asarray(outputs[0], dtype=np.float32)
         return result
 
@@ -161,18 +169,23 @@ class Engine:
         ]
 
     def infer_frames(
-        self, images: Sequence[npt.NDArray[np.uint8]], *, wide: bool = True
+        self,
+        images: Sequence[npt.NDArray[np.uint8]],
+        *,
+        wide: bool = True,
+        via: Via | None = None,
     ) -> npt.NDArray[np.float32]:
         """Raw model output for a batch of uint8 HWC frames, on the GPU path when there is one.
 
-        Safe to call from several lanes at once: each batch stages in its own slot.
+        Safe to call from several lanes at once: each batch stages in its own slot. `via`
+        runs the CPU session call elsewhere (see `infer`).
         """
         if self._cuda is not None and all(img.shape == images[0].shape for img in images):
             h, w = images[0].shape[0], images[0].shape[1]
             return self._cuda.run(images, self.padded(h, w), self.batch_to)
         with self._staging.slot() as buffers:
             # The session returns new arrays: the slot is free again once it has run.
-            return self.infer(self.preprocess(images, buffers), wide=wide)
+            return self.infer(self.preprocess(images, buffers), wide=wide, via=via)
 
     def run(
         self,

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import psutil
@@ -41,13 +42,26 @@ _IDLE_FOR_WIDE = 0.5
 
 
 class SpareCores:
-    """Cores that other processes left idle since the previous call: the host's busy time
-    less this process's own (its lanes keep cores busy that a wide run would take over)."""
+    """Cores that other processes left idle since the previous call (the host's busy time
+    less this process's own: its lanes keep cores busy that a wide run would take over),
+    and no more than they leave idle now: a load that began a moment ago (a flood's first
+    batches) counts at once, not only after a wide run has stalled on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, stat: Path = Path("/proc/stat")) -> None:
         self._cores = psutil.cpu_count() or 1
         self._own = psutil.Process()
+        self._stat = stat
         self._last = self._sample()
+
+    def _running_now(self) -> int | None:
+        """Threads on a CPU or waiting for one, host-wide, this one included."""
+        try:
+            for line in self._stat.read_text().splitlines():
+                if line.startswith("procs_running "):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return None
 
     def _sample(self) -> tuple[float, float, float]:
         host = psutil.cpu_times()
@@ -61,7 +75,13 @@ class SpareCores:
         if elapsed <= 0:
             return float(self._cores)
         others = max(0.0, (host_now - host_then) - (own_now - own_then)) / elapsed
-        return max(0.0, self._cores - others)
+        spare = self._cores - others
+        running = self._running_now()
+        if running is not None:
+            # Less this thread, and less one more: a request's own hand-over (the ingest
+            # that just sent it, the bus relaying its evidence) is on a CPU for a moment.
+            spare = min(spare, self._cores - max(0, running - 2))
+        return max(0.0, spare)
 
 
 class LoneChoice:

@@ -24,6 +24,7 @@ from vigil.nodes._logging import trace_fields
 from vigil.nodes._runtime import Node
 from vigil.nodes._tracing import request_spans
 from vigil.nodes.contract import ExitCode, NodeArgs
+from vigil.nodes.worker._background import BackgroundRunner
 from vigil.nodes.worker._batcher import Batcher
 from vigil.nodes.worker._contract import (
     FAULT_ABORT_STREAM,
@@ -84,6 +85,7 @@ class _Job:
     parent: TraceContext | None = None  # the ingest's span of the request
     backend: int = 0  # the ingest that asked (index into the worker's backends)
     request_id: bytes = b""
+    background: bool = False  # beyond its peer's fair share: runs at background priority
     # Other ingests that asked for the same request meanwhile (a client failed over): each
     # gets the one result.
     also: list[_Asker] = field(default_factory=list)
@@ -104,6 +106,7 @@ class _Batch:
     formed_ns: int
     wide: bool
     lone: bool  # a lone request on an idle worker: its time says which way is faster
+    background: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +164,9 @@ class _Worker:
             starve_ns=config.max_starvation_us * 1000,
         )
         self.lanes: Lanes[_Ran] = node.enter(Lanes(node.ctx, config.engine.lane_count()))
+        self.background = (
+            node.enter(BackgroundRunner(config.background_nice)) if config.background_nice else None
+        )
         node.poller.register(self.lanes.socket, zmq.POLLIN)
         self.running: dict[int, _Batch] = {}
         self.lone = _lone_choice(config)
@@ -395,8 +401,10 @@ class _Worker:
             sender,
             backend=index,
             request_id=env.request_id,
+            background=env.background,
         )
-        self.batcher.push(job, priority=env.priority, now_ns=now)
+        # Within a priority class, work beyond a peer's fair share goes after the rest.
+        self.batcher.push(job, priority=2 * env.priority + (not job.background), now_ns=now)
         if job.request_id:
             self.queued[job.request_id] = job
 
@@ -452,7 +460,7 @@ class _Worker:
         """Up to `size` queued frames of one size; answers those that cannot run instead."""
         fixed = engine.fixed_size()
         jobs: list[_Job] = []
-        for waiting in self.batcher.take(now, size, key=_frame_shape):
+        for waiting in self.batcher.take(now, size, key=_batch_kind):
             job = waiting.item
             if job.deadline is not None and job.deadline.expired(now):
                 # Admitted with a feasible budget, it waited too long here: a system miss.
@@ -489,16 +497,22 @@ class _Worker:
         images = [j.image for j in jobs]
         stamps = [j.request.frame_ts_us for j in jobs]
         clock = self.node.clock
+        background = jobs[0].background  # a batch is all background or none (`_batch_kind`)
+        if background:
+            # Narrow, on one core share: a background batch never takes every core, and its
+            # time says nothing of how fast a lone request runs either way.
+            wide, lone = False, False
+        via = self.background.call if background and self.background is not None else None
 
         def work() -> _Ran:
             started = clock()
-            raw = engine.infer_frames(images, wide=wide)
+            raw = engine.infer_frames(images, wide=wide, via=via)
             inferred = clock()
             outputs = engine.postprocess(raw, [img.shape[:2] for img in images], stamps)
             return _Ran(outputs, _BatchTimes(started, inferred, clock()))
 
         tag = self.lanes.start(work, wide=wide)
-        self.running[tag] = _Batch(batch_id, engine, jobs, now, wide, lone)
+        self.running[tag] = _Batch(batch_id, engine, jobs, now, wide, lone, background)
 
     def on_finished(self) -> None:
         """Answer every request of the batches the lanes finished."""
@@ -572,6 +586,7 @@ class _Worker:
                 infer_us=(times.inferred - times.started) // 1000,
                 postprocess_us=(times.ended - times.inferred) // 1000,
                 failed=failed,
+                background=batch.background,
             ),
         )
         if self.spans.enabled:
@@ -594,6 +609,7 @@ class _Worker:
             "vigil.version": engine.version,
             "vigil.worker": self.node.args.label,
             "vigil.threads": engine.threads(wide=batch.wide),
+            "vigil.background": batch.background,
         }
         spans.record(
             "worker.batch",
@@ -667,8 +683,9 @@ def _lone_choice(config: WorkerConfig) -> LoneChoice:
     return LoneChoice(always=None if mode is LoneRequest.AUTO else mode is LoneRequest.WIDE)
 
 
-def _frame_shape(job: _Job) -> tuple[int, ...]:
-    return job.image.shape
+def _batch_kind(job: _Job) -> tuple[tuple[int, ...], bool]:
+    """What the jobs of one batch share: their frame size, and background or not."""
+    return job.image.shape, job.background
 
 
 def run(config: WorkerConfig, args: NodeArgs) -> ExitCode:

@@ -36,6 +36,7 @@ FAMILIES = {
     "vigil_queue_time_seconds": "histogram",
     "vigil_dispatch_wait_seconds": "histogram",
     "vigil_batch_size": "histogram",
+    "vigil_background_batches": "counter",
     "vigil_requests": "counter",
     "vigil_rejections": "counter",
     "vigil_rate_limit_decisions": "counter",

@@ -41,8 +41,8 @@ def test_an_envelope_encodes_as_before_the_rename_plus_the_appended_replay_field
     """An envelope encodes to the bytes the previous version wrote, with one more array item
     (`replay`, 0) at the end: the rename changed nothing on the wire."""
     encoded = Codec().encode(DECODED_AFTER_RENAME)
-    # ... and `request_id` (b"") after it.
-    assert encoded == b"\x9e" + ENCODED_BEFORE_RENAME[1:] + b"\x00" + b"\xc4\x00"
+    # ... and `request_id` (b"") and `background` (false) after it.
+    assert encoded == b"\x9f" + ENCODED_BEFORE_RENAME[1:] + b"\x00" + b"\xc4\x00" + b"\xc2"
 
 
 def test_a_reader_of_the_previous_envelope_decodes_a_replayed_one() -> None:
@@ -54,7 +54,7 @@ def test_a_reader_of_the_previous_envelope_decodes_a_replayed_one() -> None:
     assert msgspec.structs.asdict(decoded) == {
         k: v
         for k, v in msgspec.structs.asdict(DECODED_AFTER_RENAME).items()
-        if k not in ("replay", "request_id")
+        if k not in ("replay", "request_id", "background")
     }
 
 

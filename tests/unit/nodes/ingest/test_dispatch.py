@@ -471,3 +471,67 @@ def test_a_peer_of_another_priority_class_keeps_no_worker_apart() -> None:
     assert len(list(dispatcher.assignments(now_ns=0))) == 1
     _from(dispatcher, "client", 3)
     assert {slot.identity for slot, _ in dispatcher.assignments(now_ns=0)} == {b"w1", b"w2"}
+
+
+def test_a_backlogged_peer_runs_in_the_background_while_others_are_active() -> None:
+    """A peer with more queued behind a request (asking beyond its share) has it marked
+    `background` while another peer is active in its class; the other peer's request, and
+    the last of the backlog, are not; a lone peer's never are."""
+    dispatcher = Dispatcher(max_queue=100, active_ns=1_000)
+    _worker(dispatcher, b"w1", 8)
+    _worker(dispatcher, b"w2", 8)
+    _from(dispatcher, "only", 3)
+    assert [r.background for _, r in dispatcher.assignments(now_ns=0)] == [False] * 3
+    _from(dispatcher, "calm", 1)
+    _from(dispatcher, "flood", 3)
+    marked = [(r.peer, r.background) for _, r in dispatcher.assignments(now_ns=0)]
+    assert sorted(marked) == [("calm", False), ("flood", False), ("flood", True), ("flood", True)]
+
+
+def test_work_beyond_a_share_waits_while_work_within_one_is_in_flight() -> None:
+    """While a request within its share is in flight, a backlogged peer's requests stay
+    queued (for `yield_ns` at most); they go as soon as it is answered."""
+    dispatcher = Dispatcher(max_queue=100, active_ns=10_000, yield_ns=1_000)
+    _worker(dispatcher, b"w1", 8)
+    _worker(dispatcher, b"w2", 8)
+    calm = _from(dispatcher, "calm", 1)[0]
+    _from(dispatcher, "flood", 4)
+    assert [r.peer for _, r in dispatcher.assignments(now_ns=0)] == ["calm"]
+    assert list(dispatcher.assignments(now_ns=500)) == []  # held: the calm request runs
+    assert len(dispatcher.queue) == 4
+    assert calm.worker is not None
+    dispatcher.complete(calm.worker, calm.rid)
+    released = [r for _, r in dispatcher.assignments(now_ns=600)]
+    assert [r.peer for r in released] == ["flood"] * 4
+    assert [r.background for r in released] == [True, True, True, False]
+
+
+def test_a_hold_lasts_its_limit_and_is_followed_by_as_long_a_free_spell() -> None:
+    """Peers within their share that keep requests in flight all the time cannot starve a
+    backlogged peer: a hold ends after `yield_ns`, and the next starts only after a free
+    spell as long."""
+    dispatcher = Dispatcher(max_queue=100, active_ns=100_000, yield_ns=1_000)
+    _worker(dispatcher, b"w1", 4)
+    _from(dispatcher, "calm", 1)  # stays in flight: never answered here
+    _from(dispatcher, "flood", 10)
+    assert [r.peer for _, r in dispatcher.assignments(now_ns=0)] == ["calm"]
+    assert list(dispatcher.assignments(now_ns=999)) == []
+    freed = [r for _, r in dispatcher.assignments(now_ns=1_000)]  # over: a free spell
+    assert [(r.peer, r.background) for r in freed] == [("flood", True)] * 3
+    slot = dispatcher.workers[b"w1"]
+    dispatcher.complete(b"w1", freed[0].rid)
+    assert len(list(dispatcher.assignments(now_ns=1_500))) == 1  # free until 2_000
+    dispatcher.complete(b"w1", freed[1].rid)
+    assert list(dispatcher.assignments(now_ns=2_000)) == []  # a new hold
+    assert slot.credit == 1
+
+
+def test_a_request_within_its_share_is_not_held() -> None:
+    """The hold is for backlogged peers only: another peer's single request goes at once."""
+    dispatcher = Dispatcher(max_queue=100, active_ns=10_000, yield_ns=1_000)
+    _worker(dispatcher, b"w1", 8)
+    _worker(dispatcher, b"w2", 8)
+    _from(dispatcher, "calm", 1)
+    assert len(list(dispatcher.assignments(now_ns=0))) == 1
+    _from(dispatcher, "other", 1)
+    assert [r.peer for _, r in dispatcher.assignments(now_ns=10)] == ["other"]

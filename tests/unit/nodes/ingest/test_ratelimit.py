@@ -92,6 +92,18 @@ def test_bucket_wait_ms(tokens: float, floor: float, wait: int) -> None:
 # -- RateLimiter --------------------------------------------------------------------------
 
 
+def test_spending_goes_into_debt_that_refills_pay_back() -> None:
+    """The refusal pace spends a token per refusal even with none left: the debt says how
+    long reading waits (1000 a second: 3 owed and 1 to take is 4 ms)."""
+    bucket = TokenBucket(rate_per_s=1000.0, burst=2.0, now_ns=0)
+    for _ in range(5):
+        bucket.spend()
+    assert bucket.tokens == -3.0
+    assert bucket.wait_ms(0.0) == 4
+    bucket.refill(4_000_000)
+    assert bucket.tokens == 1.0 and bucket.wait_ms(0.0) == 0
+
+
 def test_zero_rate_turns_limiting_off() -> None:
     """With rate_per_s 0 every request is allowed and nothing is counted."""
     limiter, _ = _limiter(rate_per_s=0.0)
