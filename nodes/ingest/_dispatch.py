@@ -302,7 +302,11 @@ class Dispatcher:
             while self.queue.count and len(skipped) < _MAX_SKIPPED:
                 if not any(w.credit > 0 and not w.suspect for w in self.workers.values()):
                     return
-                request = self.queue.pop()
+                # A held peer's other requests are held too: passed over where they wait,
+                # not popped one by one (they could use up the skips before the others).
+                request = self.queue.pop(skip=held)
+                if request is None:
+                    return  # all that is queued waits for the hold to end
                 assert isinstance(request, Request)
                 guessed = priced is not None and not priced(request.pixels)
                 if guessed and priced is not None and not self._room_for_guesses(priced):
@@ -314,8 +318,6 @@ class Dispatcher:
                 if background and holding:
                     skipped.append(request)
                     held.add(peer)
-                    if len(held) >= self.queue.peers():
-                        return  # all that is queued waits for the hold to end
                     continue
                 spread = not shared or self.spread(peer) < self.spread_limit(peer, rivals)
                 slot = max(

@@ -109,12 +109,25 @@ class _Class:
             self.finish.pop(peer, None)  # idle and caught up: nothing to remember
         return None
 
-    def pop(self) -> Queued | None:
+    def pop(self, skip: frozenset[str] | set[str] = frozenset()) -> Queued | None:
+        aside: list[tuple[int, int, str]] = []  # live entries of peers in `skip`
+        try:
+            return self._pop(skip, aside)
+        finally:
+            for entry in aside:
+                heapq.heappush(self.heads, entry)
+
+    def _pop(
+        self, skip: frozenset[str] | set[str], aside: list[tuple[int, int, str]]
+    ) -> Queued | None:
         while self.heads:
             entry = heapq.heappop(self.heads)
             tag, _, peer = entry
             if self.filed.get(peer) != entry:
                 continue  # stale: the peer was filed again since
+            if peer in skip:
+                aside.append(entry)
+                continue
             head = self._head(peer)
             if head is None:
                 continue
@@ -162,10 +175,11 @@ class FairQueue:
         self.count += 1
         self.bytes += item.nbytes
 
-    def pop(self) -> Queued | None:
-        """The next request to serve: highest class first, the smallest tag within it."""
+    def pop(self, skip: frozenset[str] | set[str] = frozenset()) -> Queued | None:
+        """The next request to serve: highest class first, the smallest tag within it; none
+        of the peers in `skip` (they keep their places)."""
         for cls in reversed(self._classes):
-            item = cls.pop()
+            item = cls.pop(skip)
             if item is not None:
                 self._leave(cls, item)
                 return item
@@ -181,10 +195,6 @@ class FairQueue:
         cls.forget(item)
         self.count -= 1
         self.bytes -= item.nbytes
-
-    def peers(self) -> int:
-        """Peers with requests waiting, counted once per class they wait in."""
-        return sum(len(cls.backlog) for cls in self._classes)
 
     def backlogged(self, priority: int, peer: str) -> bool:
         """Whether `peer` has requests waiting in class `priority`."""

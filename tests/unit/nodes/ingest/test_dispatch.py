@@ -526,6 +526,26 @@ def test_a_hold_lasts_its_limit_and_is_followed_by_as_long_a_free_spell() -> Non
     assert slot.credit == 1
 
 
+def test_a_request_within_its_share_is_not_held_behind_many_held_ones() -> None:
+    """A request within its share whose fair tag comes after many of a held peer's (its
+    previous request was large) is still dispatched at once: the held peer's requests are
+    passed over where they wait, not taken one by one."""
+    dispatcher = Dispatcher(max_queue=100, active_ns=10_000, yield_ns=1_000)
+    _worker(dispatcher, b"w1", 4)
+    _worker(dispatcher, b"w2", 4)
+    first = _request(dispatcher, due_ns=10**12)
+    # A large frame: the calm peer's next request is tagged far behind the flood's.
+    first.peer, first.cost_ns = "calm", 10_000
+    assert dispatcher.admit(first)
+    _from(dispatcher, "other", 1)  # another request within its share, in flight
+    _from(dispatcher, "flood", 40)
+    assert {r.peer for _, r in dispatcher.assignments(now_ns=0)} == {"calm", "other"}
+    assert first.worker is not None
+    dispatcher.complete(first.worker, first.rid)
+    _from(dispatcher, "calm", 1)
+    assert [r.peer for _, r in dispatcher.assignments(now_ns=10)] == ["calm"]
+
+
 def test_a_request_within_its_share_is_not_held() -> None:
     """The hold is for backlogged peers only: another peer's single request goes at once."""
     dispatcher = Dispatcher(max_queue=100, active_ns=10_000, yield_ns=1_000)

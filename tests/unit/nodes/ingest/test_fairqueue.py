@@ -202,3 +202,16 @@ def test_a_large_request_does_not_wait_for_its_own_size() -> None:
     assert queue.work_ahead(0, "calm", 100) == 1  # the flood's head, not 100 of its tail
     queue.push(_Item("calm", 0, cost_ns=100))
     assert _drain(queue)[:2] == [("flood", 0), ("calm", 0)]
+
+
+def test_peers_to_skip_keep_their_places() -> None:
+    """`pop(skip=...)` passes over the skipped peers' requests without taking them: the
+    next pop without a skip serves them in their order."""
+    queue = FairQueue(max_count=100, max_bytes=1000)
+    for n in range(3):
+        queue.push(_Item("flood", n))
+    queue.push(_Item("calm", 0, cost_ns=50))
+    item = queue.pop(skip={"flood"})
+    assert isinstance(item, _Item) and (item.peer, item.n) == ("calm", 0)
+    assert queue.pop(skip={"flood"}) is None
+    assert _drain(queue) == [("flood", 0), ("flood", 1), ("flood", 2)]
