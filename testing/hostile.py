@@ -232,16 +232,20 @@ class AttackProcess:
 
     def fire(self) -> None:
         """Start an armed attacker's attack (it reads one line)."""
-        if self.popen.stdin is not None and not self.popen.stdin.closed:
-            self.popen.stdin.write("\n")
-            self.popen.stdin.flush()
+        self._line()
 
     def release(self) -> None:
         """Let a holding attacker go (it reads one line), once."""
-        if self.holding and self.popen.stdin is not None and not self.popen.stdin.closed:
-            self.popen.stdin.write("\n")
-            self.popen.stdin.flush()
+        if self.holding and self._line():
             self.holding = False
+
+    def _line(self) -> bool:
+        """Send the attacker an empty line; False if its stdin is gone."""
+        if self.popen.stdin is None or self.popen.stdin.closed:
+            return False
+        self.popen.stdin.write("\n")
+        self.popen.stdin.flush()
+        return True
 
     def close(self) -> None:
         """Kill it if it still runs; close its pipes."""

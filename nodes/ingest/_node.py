@@ -318,7 +318,7 @@ class _Ingest:
         send meanwhile waits in their sockets, bounded by `peer_backlog` here and their own
         send limit there; a flooding client blocks in its send."""
         pace = self.refusal_pace
-        if pace is None:
+        if pace is None or pace.tokens >= 1.0:  # a refill only adds: no clock read per message
             return False
         now = self.node.clock()
         pace.refill(now)

@@ -106,7 +106,11 @@ class _Batch:
     formed_ns: int
     wide: bool
     lone: bool  # a lone request on an idle worker: its time says which way is faster
-    background: bool = False
+
+    @property
+    def background(self) -> bool:
+        """Run at background priority (a batch is all background or none: `_batch_kind`)."""
+        return self.jobs[0].background
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,7 +516,7 @@ class _Worker:
             return _Ran(outputs, _BatchTimes(started, inferred, clock()))
 
         tag = self.lanes.start(work, wide=wide)
-        self.running[tag] = _Batch(batch_id, engine, jobs, now, wide, lone, background)
+        self.running[tag] = _Batch(batch_id, engine, jobs, now, wide, lone)
 
     def on_finished(self) -> None:
         """Answer every request of the batches the lanes finished."""
