@@ -2,7 +2,8 @@
 
 The demo pipeline (launch/demo.yaml: PP-OCRv4 text detection, its workers, ingest, watchdog,
 logger; its demo source and sink left out) serves a well-behaved client sending scene frames
-at a steady pace, first unattacked, then beside each attack class in turn (each attacker its
+at a steady pace, first unattacked (`--base-s`, long enough that its p99 rests on as many
+requests as a flood phase's), then beside each attack class in turn (each attacker its
 own process, vigil.testing.hostile, started and ready before its phase begins), all in the
 same run. For each phase it prints the
 client's success rate, p50 and p99 latency, the ingest's peak resident memory during the
@@ -158,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-hz", type=float, default=2.0, help="the good client's pace")
     parser.add_argument("--deadline-s", type=float, default=3.0)
     parser.add_argument("--phase-s", type=float, default=15.0, help="seconds per phase")
+    parser.add_argument(
+        "--base-s",
+        type=float,
+        default=30.0,
+        help="seconds of the unattacked phase: its p99 rests on as many requests as a flood's",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default="", help="run only phases whose name has this")
     args = parser.parse_args(argv)
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 watch.drive(lambda: sum(o.ok for o in good.outcomes) >= 10, 120)
                 open_files = _open_files(watch.ingest_pid)
-                rows.append(_phase(watch, "unattacked", None, args.phase_s))
+                rows.append(_phase(watch, "unattacked", None, max(args.base_s, args.phase_s)))
                 for name, attack in _attacks(open_files, config.max_message_bytes):
                     if args.only and args.only not in name:
                         continue

@@ -279,8 +279,10 @@ class _Dealer:
         budget_ns: int = 2_000_000_000,
         priority: int = 0,
         tenant: str = "",
+        pixels: bytes | None = None,
     ) -> list[bytes | memoryview]:
-        """The frames of one valid request."""
+        """The frames of one valid request (`pixels`: the frame's bytes, made once for many
+        requests)."""
         image = np.ascontiguousarray(frame)
         request = InferRequest(
             stream_id=stream_id,
@@ -296,13 +298,15 @@ class _Dealer:
             tenant=tenant,
         )
         envelope = msgspec.structs.replace(envelope, stamp_ns=stamp)
-        return [self.channel.encode(envelope), self.channel.encode(request), image.tobytes()]
+        body = self.channel.encode(request)
+        return [self.channel.encode(envelope), body, image.tobytes() if pixels is None else pixels]
 
     def send(self, frames: list[bytes | memoryview]) -> None:
-        """Send, reading replies whenever the socket pushes back."""
+        """Send (large frames without a copy), reading replies whenever the socket pushes
+        back."""
         while True:
             try:
-                self.socket.send_multipart(frames, zmq.NOBLOCK)
+                self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
                 return
             except zmq.Again:
                 self.read(10)
@@ -346,19 +350,27 @@ def _hold() -> None:
     sys.stdin.readline()
 
 
+def _arm(args: argparse.Namespace) -> None:
+    """Everything the attack sends is built: with `--armed`, say so and wait for the word.
+    What the phase then measures is the attack's traffic, not the attacker building it."""
+    if args.armed:
+        print("armed", flush=True)
+        sys.stdin.readline()
+
+
 def zero_budget(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[str, Any]:
     """Requests whose deadline equals their stamp (no budget at all), at `--priority`."""
     dealer = _Dealer(ctx, args.endpoint, "zero-budget")
-    for n in range(args.count):
-        dealer.send(
-            dealer.request(
-                _frame(args.size),
-                stream_id="zero",
-                frame_ts_us=n + 1,
-                budget_ns=0,
-                priority=args.priority,
-            )
+    frame = _frame(args.size)
+    requests = [
+        dealer.request(
+            frame, stream_id="zero", frame_ts_us=n + 1, budget_ns=0, priority=args.priority
         )
+        for n in range(args.count)
+    ]
+    _arm(args)
+    for frames in requests:
+        dealer.send(frames)
     dealer.drain(args.count)
     return {"replies": dict(dealer.replies)}
 
@@ -366,8 +378,13 @@ def zero_budget(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -
 def poison(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[str, Any]:
     """One valid frame on another client's stream id, from the end of time."""
     dealer = _Dealer(ctx, args.endpoint, "poison")
-    for _ in range(args.count):
-        dealer.send(dealer.request(_frame(args.size), stream_id=args.stream, frame_ts_us=_MAX_TS))
+    frame = _frame(args.size)
+    requests = [
+        dealer.request(frame, stream_id=args.stream, frame_ts_us=_MAX_TS) for _ in range(args.count)
+    ]
+    _arm(args)
+    for frames in requests:
+        dealer.send(frames)
     dealer.drain(args.count)
     return {"replies": dict(dealer.replies)}
 
@@ -377,18 +394,22 @@ def flood(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict
     tenant, or a chosen priority."""
     dealer = _Dealer(ctx, args.endpoint, "flood")
     frame = _frame(args.size, width=args.width)
-    for n in range(args.count):
-        tenant = f"t{n}" if args.tenant == "*" else args.tenant
-        dealer.send(
-            dealer.request(
-                frame,
-                stream_id=f"flood{n % 64}",
-                frame_ts_us=n + 1,
-                priority=args.priority,
-                tenant=tenant,
-                budget_ns=args.budget_ms * 1_000_000,
-            )
+    pixels = frame.tobytes()
+    requests = [
+        dealer.request(
+            frame,
+            stream_id=f"flood{n % 64}",
+            frame_ts_us=n + 1,
+            priority=args.priority,
+            tenant=f"t{n}" if args.tenant == "*" else args.tenant,
+            budget_ns=args.budget_ms * 1_000_000,
+            pixels=pixels,
         )
+        for n in range(args.count)
+    ]
+    _arm(args)
+    for n, frames in enumerate(requests):
+        dealer.send(frames)
         if n % 256 == 0:
             dealer.read(0)
     dealer.drain(args.count)
@@ -400,9 +421,13 @@ def oversize(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> d
     ingest's socket drops the connection and nothing comes back within `--seconds`."""
     dealer = _Dealer(ctx, args.endpoint, "oversize")
     big = bytes(args.bytes)
-    for n in range(args.count):
-        frames = dealer.request(_frame(8), stream_id="big", frame_ts_us=n + 1)
-        dealer.send([*frames[:2], big])
+    requests = [
+        [*dealer.request(_frame(8), stream_id="big", frame_ts_us=n + 1)[:2], big]
+        for n in range(args.count)
+    ]
+    _arm(args)
+    for frames in requests:
+        dealer.send(frames)
     dealer.drain(args.count, timeout_s=args.seconds)
     return {"replies": dict(dealer.replies)}
 
@@ -412,11 +437,14 @@ def unread(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dic
     dealer = _Dealer(ctx, args.endpoint, "unread")
     dealer.socket.setsockopt(zmq.RCVHWM, 1)
     dealer.socket.setsockopt(zmq.RCVBUF, 4096)
-    for n in range(args.count):
-        # Refused at once (no budget): the replies come as fast as the ingest can make them.
-        frames = dealer.request(
-            _frame(args.size), stream_id="unread", frame_ts_us=n + 1, budget_ns=0
-        )
+    # Refused at once (no budget): the replies come as fast as the ingest can make them.
+    frame = _frame(args.size)
+    requests = [
+        dealer.request(frame, stream_id="unread", frame_ts_us=n + 1, budget_ns=0)
+        for n in range(args.count)
+    ]
+    _arm(args)
+    for frames in requests:
         while True:
             try:
                 dealer.socket.send_multipart(frames, zmq.NOBLOCK)
@@ -435,6 +463,7 @@ def connections(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     held, failed = [], 0
+    _arm(args)  # each connection is the attack: nothing to build first
     for _ in range(args.count):
         try:
             conn = socket.socket(socket.AF_UNIX)
@@ -490,6 +519,7 @@ def half(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[
     endless multipart message until the ingest cuts it."""
     path = args.endpoint.removeprefix("ipc://")
     held, dropped = [], 0
+    _arm(args)  # each connection is the attack: nothing to build first
     endless = _zmtp(path)
     for _ in range(args.count):
         # A long frame (8-byte size) announcing `--bytes`, with half of it sent.
@@ -525,9 +555,13 @@ def bomb(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[
     dealer = _Dealer(ctx, args.endpoint, "bomb")
     count = args.bytes
     body = b"\x81\xa9stream_id\xdd" + count.to_bytes(4, "big") + b"\x90" * count
-    for n in range(args.count):
-        frames = dealer.request(_frame(8), stream_id="bomb", frame_ts_us=n + 1)
-        dealer.send([frames[0], body])
+    requests = [
+        [dealer.request(_frame(8), stream_id="bomb", frame_ts_us=n + 1)[0], body]
+        for n in range(args.count)
+    ]
+    _arm(args)
+    for frames in requests:
+        dealer.send(frames)
     dealer.drain(args.count)
     return {"replies": dict(dealer.replies)}
 
@@ -535,6 +569,7 @@ def bomb(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[
 def garbage(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[str, Any]:
     """Messages that are not MessagePack at all: refused before a trace could be read."""
     dealer = _Dealer(ctx, args.endpoint, "garbage")
+    _arm(args)
     for _ in range(args.count):
         dealer.send([b"\xc1", b"\xc1"])
     dealer.drain(args.count)
@@ -571,9 +606,6 @@ def main() -> None:
         "--armed", action="store_true", help="say 'armed' once ready, attack on a line read"
     )
     args = parser.parse_args()
-    if args.armed:
-        print("armed", flush=True)
-        sys.stdin.readline()
     with zmq.Context() as ctx:
         summary = ATTACKS[args.attack](ctx, args)
     print(json.dumps(summary), flush=True)

@@ -97,6 +97,9 @@ class IngestConfig(NodeConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     # theirs wait in the queue for at most this long at a time, then go for as long as they
     # waited (0: they never wait for it).
     background_yield_ms: Annotated[int, msgspec.Meta(ge=0)] = 200
+    # While others are active in its class, a request estimated at more than this much work,
+    # or of a frame size never measured, is bulk and runs in the background (0: none is).
+    bulk_ms: Annotated[int, msgspec.Meta(ge=0)] = 250
     default_deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 2000
     max_deadline_ms: Annotated[int, msgspec.Meta(ge=1)] = 30_000
     # A worker that holds work and says nothing for this long is presumed hung.

@@ -179,9 +179,12 @@ class Dispatcher:
         max_attempts: int = 2,
         active_ns: int = 0,
         yield_ns: int = 0,
+        bulk_ns: int = 0,
     ) -> None:
         self.max_attempts = max_attempts
         self.active_ns = active_ns
+        # A request costing more than this (or of a size with no price yet) is bulk (0: none).
+        self.bulk_ns = bulk_ns
         # In-flight requests within their peer's share (not `background`), and how long work
         # beyond a share waits for them (`_Yield`).
         self.foreground: set[int] = set()
@@ -291,8 +294,9 @@ class Dispatcher:
         asking for more than its share, and its work yields the CPU to the others' (the
         sparse flows of fq_codel go first the same way): it runs at background priority, and
         while a request within a share is in flight (its peer's own last one included) it
-        waits here (`_Yield`). A request that cannot go anywhere now keeps its place; others
-        may pass it.
+        waits here (`_Yield`). So is a bulk request (`bulk`): one request can be more than a
+        share on its own, as a packet longer than fq_codel's quantum makes its flow a bulk
+        one. A request that cannot go anywhere now keeps its place; others may pass it.
         """
         skipped: list[Request] = []
         active = self.active_peers(now_ns) if self.active_ns else {}
@@ -314,7 +318,10 @@ class Dispatcher:
                     continue
                 peer, rivals = request.peer, active.get(request.priority, set())
                 shared = len(rivals) >= 2
-                background = shared and self.queue.backlogged(request.priority, peer)
+                background = shared and (
+                    self.queue.backlogged(request.priority, peer)
+                    or self.bulk(request.pixels, price, priced)
+                )
                 if background and holding:
                     skipped.append(request)
                     held.add(peer)
@@ -346,6 +353,20 @@ class Dispatcher:
         finally:
             for request in reversed(skipped):  # back at the head of their FIFOs, in order
                 self.queue.push(request, front=True)
+
+    def bulk(
+        self,
+        pixels: int,
+        price: Callable[[int], int] | None,
+        priced: Callable[[int], bool] | None,
+    ) -> bool:
+        """Whether a request of `pixels` is more work than one request within a share may
+        be: more than `bulk_ns` at its price, or of a size never measured (its price is a
+        guess, the work may be any multiple of it). Before anything is measured nothing is
+        bulk: every request is a guess then, and nothing would be within a share."""
+        if not self.bulk_ns or price is None or priced is None:
+            return False
+        return not priced(pixels) or price(pixels) > self.bulk_ns
 
     def _room_for_guesses(self, priced: Callable[[int], bool]) -> bool:
         """Whether another worker may take work of a size that has no price yet."""

@@ -224,6 +224,7 @@ class _Ingest:
             max_bytes=config.max_queue_bytes,
             active_ns=config.peer_active_ms * 1_000_000,
             yield_ns=config.background_yield_ms * 1_000_000,
+            bulk_ns=config.bulk_ms * 1_000_000,
         )
         self.service = ServiceModel()
         evidence = config.evidence

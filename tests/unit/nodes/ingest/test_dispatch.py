@@ -555,3 +555,51 @@ def test_a_request_within_its_share_is_not_held() -> None:
     assert len(list(dispatcher.assignments(now_ns=0))) == 1
     _from(dispatcher, "other", 1)
     assert [r.peer for _, r in dispatcher.assignments(now_ns=10)] == ["other"]
+
+
+def test_a_bulk_request_runs_in_the_background_while_others_are_active() -> None:
+    """One request can be more than a share on its own: while others are active, a request
+    priced above `bulk_ns`, or of a size never measured, is marked `background` (and waits
+    while work within a share is in flight); a lone peer's never is, nor is anything before
+    the first measurement."""
+    dispatcher = Dispatcher(max_queue=100, active_ns=10_000, yield_ns=1_000, bulk_ns=500)
+    _worker(dispatcher, b"w1", 8)
+    _worker(dispatcher, b"w2", 8)
+
+    def price(pixels: int) -> int:
+        return pixels  # 1 ns a pixel
+
+    def priced(pixels: int) -> bool:
+        return pixels <= 1000
+
+    def assign(now_ns: int) -> dict[str, bool]:
+        return {r.peer: r.background for _, r in dispatcher.assignments(price, 0, priced, now_ns)}
+
+    lone = _from(dispatcher, "large", 1)[0]
+    lone.pixels = 2000
+    assert assign(0) == {"large": False}  # no one else is active
+    assert lone.worker is not None
+    dispatcher.complete(lone.worker, lone.rid)
+    # 400: within the limit; 900: priced over it; 2000: never measured.
+    for pixels, now_ns, bulk in ((400, 10, False), (900, 20, True), (2000, 30, True)):
+        calm = _from(dispatcher, "calm", 1)[0]
+        calm.pixels = 400
+        assert assign(now_ns) == {"calm": False}
+        request = _from(dispatcher, "large", 1)[0]
+        request.pixels = pixels
+        if bulk:  # held while the calm request is in flight, released after it
+            assert assign(now_ns + 1) == {}
+            assert calm.worker is not None
+            dispatcher.complete(calm.worker, calm.rid)
+            assert assign(now_ns + 2) == {"large": True}
+        else:
+            assert assign(now_ns + 1) == {"large": False}
+            assert calm.worker is not None
+            dispatcher.complete(calm.worker, calm.rid)
+        assert request.worker is not None
+        dispatcher.complete(request.worker, request.rid)
+    unmeasured = Dispatcher(max_queue=100, active_ns=10_000, bulk_ns=500)
+    _worker(unmeasured, b"w1", 8)
+    for peer in ("large", "calm"):
+        _from(unmeasured, peer, 1)[0].pixels = 5000
+    assert [r.background for _, r in unmeasured.assignments(price, 0, None, 0)] == [False] * 2
