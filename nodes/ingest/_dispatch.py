@@ -296,19 +296,23 @@ class Dispatcher:
         while a request within a share is in flight (its peer's own last one included) it
         waits here (`_Yield`). So is a bulk request (`bulk`): one request can be more than a
         share on its own, as a packet longer than fq_codel's quantum makes its flow a bulk
-        one. A request that cannot go anywhere now keeps its place; others may pass it.
+        one. A request that cannot go anywhere now keeps its place; others may pass it. When it
+        is the peer's share of workers that is full, or the yield that holds it, the rest of
+        its peer's work is passed over where it waits, so a flood queued in front of another
+        peer's request never uses up a pass before that request's turn.
         """
         skipped: list[Request] = []
         active = self.active_peers(now_ns) if self.active_ns else {}
         holding = self.yielding.holding(bool(self.foreground), now_ns)
-        held: set[str] = set()
+        # Peers whose other queued requests are passed over where they wait this pass (not
+        # popped one by one: they could use up the skips before another peer's turn): those
+        # held by the yield, and those at their share of workers with those workers full.
+        passed: set[str] = set()
         try:
             while self.queue.count and len(skipped) < _MAX_SKIPPED:
                 if not any(w.credit > 0 and not w.suspect for w in self.workers.values()):
                     return
-                # A held peer's other requests are held too: passed over where they wait,
-                # not popped one by one (they could use up the skips before the others).
-                request = self.queue.pop(skip=held)
+                request = self.queue.pop(skip=passed)
                 if request is None:
                     return  # all that is queued waits for the hold to end
                 assert isinstance(request, Request)
@@ -324,7 +328,7 @@ class Dispatcher:
                 )
                 if background and holding:
                     skipped.append(request)
-                    held.add(peer)
+                    passed.add(peer)
                     continue
                 spread = not shared or self.spread(peer) < self.spread_limit(peer, rivals)
                 slot = max(
@@ -339,6 +343,8 @@ class Dispatcher:
                 )
                 if slot is None:
                     skipped.append(request)
+                    if not spread:  # its workers are full: so they are for the rest of its work
+                        passed.add(peer)
                     continue
                 slot.held[request.rid] = request.pixels
                 slot.owners[request.rid] = request.peer

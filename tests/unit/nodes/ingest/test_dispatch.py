@@ -603,3 +603,23 @@ def test_a_bulk_request_runs_in_the_background_while_others_are_active() -> None
     for peer in ("large", "calm"):
         _from(unmeasured, peer, 1)[0].pixels = 5000
     assert [r.background for _, r in unmeasured.assignments(price, 0, None, 0)] == [False] * 2
+
+
+def test_a_request_within_its_share_is_not_left_behind_a_flood_its_workers_cannot_take() -> None:
+    """A flood at its share of workers, those workers full, is passed over where it waits:
+    another peer's request whose fair tag comes after many of the flood's (its previous
+    request was large) still goes in the same pass, to the worker kept for it."""
+    dispatcher = Dispatcher(max_queue=100, active_ns=10_000)
+    _worker(dispatcher, b"w1", 4)
+    _worker(dispatcher, b"w2", 4)
+    first = _request(dispatcher, due_ns=10**12)
+    first.peer, first.cost_ns = "calm", 10_000  # a large frame: its next tag is far behind
+    assert dispatcher.admit(first)
+    _from(dispatcher, "flood", 40)
+    placed = [(slot.identity, r.peer) for slot, r in dispatcher.assignments(now_ns=0)]
+    assert placed.count((b"w1", "calm")) + placed.count((b"w2", "calm")) == 1
+    assert len({w for w, peer in placed if peer == "flood"}) == 1  # all workers but one
+    assert first.worker is not None
+    dispatcher.complete(first.worker, first.rid)
+    _from(dispatcher, "calm", 1)
+    assert [r.peer for _, r in dispatcher.assignments(now_ns=10)] == ["calm"]
