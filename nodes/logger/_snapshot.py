@@ -15,7 +15,7 @@ from __future__ import annotations
 import mmap
 import os
 
-from vigil.nodes.logger._format import StoreLayoutError
+from vigil.nodes.logger._format import StoreLayoutError, decode_superblock
 from vigil.nodes.logger._scan import StoreView, open_view
 
 __all__ = ["MappedStore", "read_snapshot"]
@@ -38,9 +38,11 @@ class MappedStore:
             if size == 0:
                 raise StoreLayoutError(f"{os.fspath(self._path)} is empty")
             self._map = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
-        view = open_view(self._map, mmap.PAGESIZE)
-        self._head = self._map[: view.geo.commit_at]
-        return view
+        # The metadata is copied before the view decodes it: a change between the two, which
+        # the view may already have decoded, then also fails `unchanged()`.
+        geo, _, _ = decode_superblock(self._map, mmap.PAGESIZE)
+        self._head = self._map[: geo.commit_at]
+        return open_view(self._map, mmap.PAGESIZE)
 
     def unchanged(self) -> bool:
         """True when the metadata reads as it did when the view was opened."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from vigil.nodes.logger import _snapshot
 from vigil.nodes.logger._verify import FaultClass, verify_image
 from vigil.nodes.logger.store import (
     LogStore,
@@ -162,6 +163,34 @@ with LogStore.open(config) as store:
             proc.kill()
     assert [r.faults for r in reports if not r.ok] == []
     assert {r.verdict for r in reports} <= {"open", "torn"}
+
+
+def test_verify_in_place_notices_a_reclaim_right_after_it_decoded_the_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group reclaimed between verify decoding the metadata in place and anything later
+    is noticed (verify then reads a copy): the metadata it compares against at the end is
+    what it decoded, not a later version."""
+    path = str(tmp_path / "live.vlog")
+    config = StoreConfig(path=path, size_bytes=256 * 1024, group_bytes=16384)
+    real_open_view = _snapshot.open_view
+    with LogStore.open(config) as store:
+        store.append_many([("w", "diag.event", bytes(200), b"")] * 2000)  # wrapped already
+        store.commit()
+
+        def open_then_reclaim(image: object, page_hint: int = 4096) -> object:
+            view = real_open_view(image, page_hint)  # type: ignore[arg-type]
+            opened = store.stats.groups_opened
+            while store.stats.groups_opened == opened:
+                store.append_many([("w", "diag.event", bytes(200), b"")] * 50)
+            store.commit()
+            monkeypatch.setattr(_snapshot, "open_view", real_open_view)  # once
+            return view
+
+        monkeypatch.setattr(_snapshot, "open_view", open_then_reclaim)
+        report = verify_store(path, allow_fallback_clock=True)
+    assert report.faults == []
+    assert report.ok
 
 
 def test_damage_in_an_older_group_is_one_fault_of_its_own_class() -> None:
