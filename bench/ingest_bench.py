@@ -92,8 +92,8 @@ def _phase(watch: Watch, name: str, attack: list[str] | None, seconds: float) ->
     _reset_peak(pid)
     summary: dict[str, Any] = {}
     if attack is not None:
-        # The attacker's interpreter starts before the phase does: the attack is what it
-        # sends, not a Python process starting up on the same cores.
+        # The attacker starts, and builds what it sends, before the phase does: the attack
+        # is its traffic, not a Python process starting up and encoding on the same cores.
         process = AttackProcess(watch.endpoint, *attack, armed=True)
         watch.drive(lambda: (process.poll() or process.armed) or process.done, 60)
         start, seen = time.monotonic_ns(), len(watch.seen)

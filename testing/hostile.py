@@ -298,8 +298,11 @@ class _Dealer:
             tenant=tenant,
         )
         envelope = msgspec.structs.replace(envelope, stamp_ns=stamp)
-        body = self.channel.encode(request)
-        return [self.channel.encode(envelope), body, image.tobytes() if pixels is None else pixels]
+        return [
+            self.channel.encode(envelope),
+            self.channel.encode(request),
+            image.tobytes() if pixels is None else pixels,
+        ]
 
     def send(self, frames: list[bytes | memoryview]) -> None:
         """Send (large frames without a copy), reading replies whenever the socket pushes

@@ -47,8 +47,8 @@ class Request:
     unpriced: bool = False  # its frame size had never been measured when it was admitted
     queued: bool = False
     tag: int = 0  # its place in its peer's fair share (set by the queue)
-    # Dispatched while its peer had more queued behind it and others were active in its
-    # class: beyond its fair share, it runs at the worker's background CPU priority.
+    # Dispatched while others were active in its class and its peer had more queued behind
+    # it, or it was bulk: beyond a fair share, it runs at the worker's background priority.
     background: bool = False
 
 
