@@ -2,7 +2,9 @@
 
 Pure bookkeeping with time passed in. A child is *silent* once its heartbeat is 2.5 of its
 periods late (the watchdog's rule) and *hung* once it is `hang_beats` periods late: the
-launcher then kills it, and restarts it like any exit. Every heartbeat travels through the
+launcher then kills it, and restarts it like any exit. The launcher reads the beats every
+half period rather than waking for each (`read_every_ns`): a beat counts from when it is
+read, so a silence is judged up to half a period later. Every heartbeat travels through the
 proxy, so when nothing arrives from anyone the proxy is the one to blame, not every node at
 once. Time the launcher itself did not run (it was stopped, or the host did not schedule it)
 is forgiven to everybody.
@@ -60,10 +62,16 @@ class Beats:
         """A child exited or stops: no longer watched."""
         self._entries.pop(label, None)
 
-    def beat(self, label: str, pid: int, now_ns: int) -> bool:
-        """A heartbeat from `label`; True when it had been silent until now."""
+    def beat(self, label: str, pid: int, now_ns: int, *, since_ns: int | None = None) -> bool:
+        """A heartbeat from `label`, read at `now_ns`; True when it had been silent until now.
+
+        `since_ns`: the beat arrived no earlier than this (the launcher reads the bus on a
+        timer, so a beat is stamped when it is read). Only the time up to it is known to
+        have been silent: a bus that carried nothing for a period before it is back.
+        """
         periods = [e.period_ns for e in self._entries.values()]
-        if periods and now_ns - self.last_any_ns > min(periods):
+        arrived_after = now_ns if since_ns is None else since_ns
+        if periods and arrived_after - self.last_any_ns > min(periods):
             self._bus_back(now_ns)
         self.last_any_ns = now_ns  # the bus carries beats
         entry = self._entries.get(label)
@@ -102,6 +110,12 @@ class Beats:
                 found.append(Silence(label, entry.pid, silent_ns, hung))
             entry.silent = True
         return found
+
+    def read_every_ns(self) -> int | None:
+        """How often the bus must be read: half the shortest period watched (so a bus that
+        carries beats never looks silent for a period between two reads), or None."""
+        periods = [e.period_ns for e in self._entries.values()]
+        return min(periods) // 2 if periods else None
 
     def next_due_ns(self) -> int | None:
         """When the next child would turn silent or hung, if nothing arrives."""

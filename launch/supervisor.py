@@ -257,6 +257,7 @@ class Launcher:
         self._output = _OutputWatch()
         proxy = self._proxy_child()
         self.beats = Beats(proxy.plan.label if proxy is not None else None, clock())
+        self._bus_read_ns = clock()
         # What supervision saw and when (monotonic ns, node, what): for benches and tests.
         self.events: list[tuple[int, str, str]] = []
         self._heartbeat = _LauncherBeat(self)
@@ -427,14 +428,15 @@ class Launcher:
         # Time since the last turn that the caller kept the launcher from running.
         self.beats.forgive(now - self._wake_due - _LATE_TURN_NS)
         wait = timeout_ms
-        due = self.beats.next_due_ns()
-        if due is not None:
-            wait = min(wait, (due - now) / 1e6)
+        for due in (self.beats.next_due_ns(), self._bus_read_due()):
+            if due is not None:
+                wait = min(wait, (due - now) / 1e6)
         wait = max(0.0, wait)
         self._wake_due = now + int(wait * 1e6)
+        # The bus is not polled: heartbeats arrive many times a second and each wake-up
+        # costs more than reading them all at once on a timer (`_bus_read_due`).
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
-        poller.register(self.bus.socket, zmq.POLLIN)
         self._signals.register(poller)
         self._output.register(poller)
         events = dict(poller.poll(math.ceil(wait)))
@@ -449,12 +451,21 @@ class Launcher:
                 except zmq.Again:
                     break
                 self._on_ready(msgspec.msgpack.decode(raw, type=NodeReady))
-        if events.get(self.bus.socket):
-            self._on_bus()
+        self._on_bus()
         self._check_beats(self.clock())
 
+    def _bus_read_due(self) -> int | None:
+        """When the bus is next read: every half period of the children watched, and while
+        held reports wait for the restarted proxy's beats."""
+        every = self.beats.read_every_ns()
+        if every is None and self._held:
+            every = self.plan.launch.heartbeat_ms * 1_000_000 // 2
+        return None if every is None else self._bus_read_ns + every
+
     def _on_bus(self) -> None:
+        """Read what the bus brought since the last read (beats arrived after it)."""
         now = self.clock()
+        since, self._bus_read_ns = self._bus_read_ns, now
         for _ in range(1024):
             received = self.bus.recv(0)
             if received is None:
@@ -465,7 +476,7 @@ class Launcher:
             if isinstance(body, StateChange):
                 self.state = body
             elif isinstance(body, Heartbeat):
-                if self.beats.beat(body.node, body.pid, now):
+                if self.beats.beat(body.node, body.pid, now, since_ns=since):
                     self.log.info("node.heartbeat_back", node=body.node)
                 if self._held:
                     self._beats_since_proxy[body.node] = (

@@ -82,3 +82,18 @@ def test_no_hang_limit_never_kills() -> None:
     for at in range(50, 5001, 50):
         beats.beat("logger", 2, at * MS)
     assert [(s.label, s.hung) for s in beats.check(5000 * MS)] == [("worker.1", False)]
+
+
+def test_beats_read_on_a_timer_do_not_make_the_bus_look_back_from_a_silence() -> None:
+    """Beats read every half period (some reads find none, the host runs a read late): the
+    time before the previous read is all that is known silent, so a hung child's deadline
+    is never reset as if the whole bus had been down."""
+    beats = _beats()
+    assert beats.read_every_ns() == 50 * MS
+    last_read = 0
+    for read in range(55, 1101, 55):  # every half period, each read a little late
+        if any(last_read < at <= read for at in range(100, read + 1, 100)):
+            for pid, label in enumerate(("proxy", "logger"), start=1):
+                beats.beat(label, pid, read * MS, since_ns=last_read * MS)
+        last_read = read
+    assert [(s.label, s.hung) for s in beats.check(1100 * MS)] == [("worker.1", True)]
