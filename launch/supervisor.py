@@ -636,8 +636,9 @@ class Launcher:
 
     def _wait_ms(self, now: int, until: Deadline | None) -> float:
         """Until the next timer: a restart's back-off, a resend, the run's end; else up to a
-        second. A child's exit (SIGCHLD), a signal or a message wakes the loop at once, so an
-        idle launcher costs nothing per request and next to nothing per second."""
+        second (`_poll` shortens it to the next read of the bus). A child's exit (SIGCHLD), a
+        signal or a control message wakes the loop at once; heartbeats do not, so an idle
+        launcher costs nothing per request and a few wake-ups a second."""
         due = [c.restart_at for c in self.children if c.restart_at is not None]
         if self._resend:
             due.append(self._next_resend)
