@@ -137,6 +137,11 @@ class RunDir:
         """Where nodes report readiness to the launcher."""
         return self.ipc("control")
 
+    @property
+    def latched(self) -> Path:
+        """Where the proxy keeps the latched topics' last values (they outlive it)."""
+        return self.path / "latched"
+
     def lock(self) -> RunLock:
         """Take this directory for one launch; RunDirInUse when another launch holds it."""
         return RunLock(self.path / _LOCK_FILE)

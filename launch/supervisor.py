@@ -258,6 +258,11 @@ class Launcher:
         proxy = self._proxy_child()
         self.beats = Beats(proxy.plan.label if proxy is not None else None, clock())
         self._bus_read_ns = clock()
+        # Whether the bus starts empty (see `NodeArgs.fresh_bus`): this launch's own proxy,
+        # with no latched values kept in the run directory by an earlier one.
+        kept = run.latched.is_dir() and any(run.latched.iterdir())
+        self._fresh_bus = plan.proxy is not None and not kept
+        self._kinds_run: set[str] = set()  # kinds of which a process has been started
         # What supervision saw and when (monotonic ns, node, what): for benches and tests.
         self.events: list[tuple[int, str, str]] = []
         self._heartbeat = _LauncherBeat(self)
@@ -367,6 +372,9 @@ class Launcher:
 
     def _popen(self, child: _Child, shared: bool) -> subprocess.Popen[bytes]:
         args = child.plan.args
+        if self._fresh_bus and args.kind not in self._kinds_run:
+            args = msgspec.structs.replace(args, fresh_bus=True)
+        self._kinds_run.add(args.kind)
         spec = child.plan.spec
         return subprocess.Popen(
             [

@@ -123,8 +123,11 @@ class _Loader:
         a proxy restart) and sends it to this new subscriber at once; workers' heartbeats
         name the generation they serve, which also only ever moves the count forward. The
         wait ends with the first message of any other topic: the latched one, if any, comes
-        before it.
+        before it. On a fresh bus (`NodeArgs.fresh_bus`: the first loader of a new launch)
+        nothing can be latched yet, and there is no wait.
         """
+        if self.node.args.fresh_bus:
+            return
         deadline = self.node.clock() + self.config.resume_wait_ms * 1_000_000
         while not self.node.stopping and self.serving is None:
             left_ms = (deadline - self.node.clock()) / 1e6

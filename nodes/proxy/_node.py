@@ -57,7 +57,7 @@ def run(config: ProxyConfig, args: NodeArgs) -> ExitCode:
                 node.pub_endpoint,
                 node.sub_endpoint,
                 LATCHED_TOPICS,
-                keep=node.run.path / "latched",
+                keep=node.run.latched,
                 curve=node.args.curve,
                 gate=node.gate,
             )
