@@ -259,9 +259,10 @@ class Launcher:
         self.beats = Beats(proxy.plan.label if proxy is not None else None, clock())
         self._bus_read_ns = clock()
         # Whether the bus starts empty (see `NodeArgs.fresh_bus`): this launch's own proxy,
-        # with no latched values kept in the run directory by an earlier one.
+        # no other host's launch publishing on it, and no latched values kept in the run
+        # directory by an earlier launch.
         kept = run.latched.is_dir() and any(run.latched.iterdir())
-        self._fresh_bus = plan.proxy is not None and not kept
+        self._fresh_bus = plan.proxy is not None and not plan.launch.hosts and not kept
         self._kinds_run: set[str] = set()  # kinds of which a process has been started
         # What supervision saw and when (monotonic ns, node, what): for benches and tests.
         self.events: list[tuple[int, str, str]] = []

@@ -79,9 +79,10 @@ class NodeArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # noticing it (its place in the reverse start order), so the nodes stop in order.
     supervisor_pid: Annotated[int, msgspec.Meta(ge=0)] = 0
     stop_after_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
-    # No latched value can be on the bus yet for this node: its launch started the bus itself,
-    # with none kept from an earlier launch, and no process of its kind ran before it. A
-    # node that waits for a latched value at start-up (the loader's model) need not.
+    # No latched value can be on the bus yet for this node: its launch (on one host) started
+    # the bus itself, with none kept from an earlier launch, and no process of its kind ran
+    # before it. A node that waits for a latched value at start-up (the loader's model) need
+    # not.
     fresh_bus: bool = False
     # Fault injection only: the file whose offset steps this node's wall clock (`bus.clock`).
     clock_offset_file: str = ""

@@ -30,6 +30,7 @@ from vigil.errors import DeadlineExceeded, RequestError, VigilError
 from vigil.launch.model import NodeSpec, RestartPolicy
 from vigil.launch.supervisor import Launcher
 from vigil.models.repository import RepositoryConfig
+from vigil.nodes.contract import NodeArgs
 from vigil.nodes.ingest import IngestConfig
 from vigil.nodes.loader import LoaderConfig
 from vigil.nodes.logger import LoggerConfig
@@ -323,6 +324,13 @@ def child_pid(launcher: Launcher, label: str) -> int:
         if child.plan.label == label:
             return child.pid
     raise KeyError(label)
+
+
+def told_fresh_bus(launcher: Launcher, label: str) -> bool:
+    """Whether the launcher told `label`'s current process that the bus is fresh (from the
+    arguments on its command line)."""
+    argv = Path(f"/proc/{child_pid(launcher, label)}/cmdline").read_bytes().split(b"\0")
+    return msgspec.json.decode(argv[3], type=NodeArgs).fresh_bus
 
 
 def restarted(launcher: Launcher, label: str, old_pid: int) -> bool:

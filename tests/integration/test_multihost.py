@@ -38,6 +38,7 @@ from vigil.nodes.logger.store import StoreConfig
 from vigil.nodes.worker import EngineConfig, WorkerConfig
 from vigil.schemas import InferResult
 from vigil.testing.launchfiles import launch_file, node, write
+from vigil.testing.pipeline import told_fresh_bus
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,8 @@ def test_requests_on_host_a_are_served_by_workers_on_host_b(hosts: Hosts) -> Non
             (root / "host-b.log").open("wb") as log_b,
         ):
             launcher.start()
+            # Another host's launch publishes on this bus: nobody is told it is fresh.
+            assert not any(told_fresh_bus(launcher, p.label) for p in plan_a.processes)
             host_b = subprocess.Popen(
                 [
                     *hosts.wrap_b,

@@ -23,7 +23,6 @@ from vigil.bus.rundir import RunDir
 from vigil.client import Client
 from vigil.launch import Launcher, LaunchError, RestartPolicy, load
 from vigil.launch.model import Limits, NodeSpec
-from vigil.nodes.contract import NodeArgs
 from vigil.nodes.demo_sink import SinkConfig
 from vigil.nodes.logger import LoggerConfig
 from vigil.nodes.logger.store import StoreConfig, read_entries
@@ -31,7 +30,13 @@ from vigil.nodes.worker import FAULT_HANG_STREAM, WorkerConfig
 from vigil.schemas import AuditId, Heartbeat, LogRecord, SafetyState, StateChange, Topic
 from vigil.testing.launchfiles import launch_file, node, write
 from vigil.testing.modelgen import signed_pair
-from vigil.testing.pipeline import FAST_INGEST, child_pid, classifier_serving, restarted
+from vigil.testing.pipeline import (
+    FAST_INGEST,
+    child_pid,
+    classifier_serving,
+    restarted,
+    told_fresh_bus,
+)
 
 pytestmark = pytest.mark.verifies("SR-SUP-001")
 
@@ -264,12 +269,6 @@ def test_stop_ladder_kills_a_hung_worker_and_stops_a_healthy_node_at_sigint(
     assert _ladder(logs, "ingest") == ["SIGINT"]
 
 
-def _told_fresh(launcher: Launcher, label: str) -> bool:
-    """Whether the launcher told `label`'s current process that the bus is fresh."""
-    argv = Path(f"/proc/{child_pid(launcher, label)}/cmdline").read_bytes().split(b"\0")
-    return msgspec.json.decode(argv[3], type=NodeArgs).fresh_bus
-
-
 @pytest.mark.verifies("SR-STA-001")
 def test_only_the_first_process_of_a_kind_on_an_empty_bus_is_told_it_is_fresh(
     short_tmp: Path,
@@ -280,7 +279,7 @@ def test_only_the_first_process_of_a_kind_on_an_empty_bus_is_told_it_is_fresh(
     run directory kept latched values are told otherwise."""
     nodes = [_LOGGER, node("sink", SinkConfig(), replicas=2)]
     with _launch(short_tmp, nodes) as launcher:
-        assert [_told_fresh(launcher, n) for n in ("logger", "sink.1", "sink.2")] == [
+        assert [told_fresh_bus(launcher, n) for n in ("logger", "sink.1", "sink.2")] == [
             True,
             True,
             False,
@@ -291,7 +290,7 @@ def test_only_the_first_process_of_a_kind_on_an_empty_bus_is_told_it_is_fresh(
         while not restarted(launcher, "sink.1", old_pid):
             assert time.monotonic() < deadline, "sink not restarted"
             launcher.supervise(0.05)
-        assert not _told_fresh(launcher, "sink.1")
+        assert not told_fresh_bus(launcher, "sink.1")
         # A latched value on the bus: the proxy keeps it in the run directory.
         state = StateChange(
             state=SafetyState.NORMAL, previous=SafetyState.NORMAL, cause="test", since_ns=1
@@ -302,4 +301,4 @@ def test_only_the_first_process_of_a_kind_on_an_empty_bus_is_told_it_is_fresh(
                 pub.publish(Topic.SAFETY_STATE, state)
                 launcher.supervise(0.05)
     with _launch(short_tmp, nodes) as again:
-        assert not any(_told_fresh(again, n) for n in ("logger", "sink.1", "sink.2"))
+        assert not any(told_fresh_bus(again, n) for n in ("logger", "sink.1", "sink.2"))
