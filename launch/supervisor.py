@@ -33,7 +33,7 @@ from vigil.launch._privileges import NodeUser, PrivilegeError, child_setup, node
 from vigil.launch.model import LaunchPlan, PlannedProcess
 from vigil.nodes._logging import log_stream
 from vigil.nodes._preload import environ
-from vigil.nodes.contract import ExitCode
+from vigil.nodes.contract import ExitCode, NodeArgs
 from vigil.nodes.kinds import node_kind
 from vigil.schemas import (
     TOPICS,
@@ -362,20 +362,19 @@ class Launcher:
             if child.user is not None:
                 os.chown(log_path, child.user.uid, child.user.gid)
         shared = any(c.user is not None for c in self.children)
+        if self._fresh_bus and args.kind not in self._kinds_run:
+            args = msgspec.structs.replace(args, fresh_bus=True)
+        self._kinds_run.add(args.kind)
         child.ready = False
         try:
-            child.popen = self._popen(child, shared)
+            child.popen = self._popen(child, args, shared)
         except (OSError, subprocess.SubprocessError) as exc:
             raise LaunchError(f"cannot start {args.label}: {exc}") from exc
         child.pid = child.popen.pid
         self.events.append((self.clock(), args.label, "spawn"))
         self.log.info("node.started", node=args.label, pid=child.pid)
 
-    def _popen(self, child: _Child, shared: bool) -> subprocess.Popen[bytes]:
-        args = child.plan.args
-        if self._fresh_bus and args.kind not in self._kinds_run:
-            args = msgspec.structs.replace(args, fresh_bus=True)
-        self._kinds_run.add(args.kind)
+    def _popen(self, child: _Child, args: NodeArgs, shared: bool) -> subprocess.Popen[bytes]:
         spec = child.plan.spec
         return subprocess.Popen(
             [
