@@ -15,10 +15,23 @@ import struct
 import time
 from pathlib import Path
 
-__all__ = ["step", "use_offset_file", "wall_ns"]
+__all__ = ["step", "to_next_tick", "use_offset_file", "wall_ns"]
 
 _OFFSET = struct.Struct("<q")
 _shared: mmap.mmap | None = None
+
+
+def to_next_tick(period_s: float, now_ns: int | None = None) -> float:
+    """Seconds from `now_ns` (the monotonic clock's reading by default) until the next whole
+    multiple of `period_s`: a full period when `now_ns` is one.
+
+    Periodic senders that wait for it instead of a plain `period_s` line up: every process
+    on a host shares the clock, so their messages arrive together and each reader (the proxy,
+    a subscriber's I/O thread) wakes once per period for all of them, not once per sender.
+    """
+    period_ns = max(1, round(period_s * 1e9))
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    return (period_ns - now % period_ns) / 1e9
 
 
 # implements: SR-TIM-002

@@ -23,6 +23,7 @@ import msgspec
 import structlog
 import zmq
 
+from vigil.bus.clock import to_next_tick
 from vigil.bus.deadline import Deadline
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import GraphNode, RunDir, RunDirInUse, RunGraph
@@ -156,7 +157,7 @@ class _LauncherBeat(threading.Thread):
                     # The last beat says the launcher stops on purpose: let it leave.
                     pub.socket.setsockopt(zmq.LINGER, 200)
                     return
-                self._stop_event.wait(self._period_ms / 1000)
+                self._stop_event.wait(to_next_tick(self._period_ms / 1000))
 
     def stop(self) -> None:
         """Send the last beat, saying the launcher stops on purpose, and end the thread."""

@@ -20,7 +20,7 @@ import psutil
 import structlog
 import zmq
 
-from vigil.bus.clock import use_offset_file
+from vigil.bus.clock import to_next_tick, use_offset_file
 from vigil.bus.curve import Gate, Refusal, secure
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
@@ -130,7 +130,7 @@ class HeartbeatThread(threading.Thread):
                     # watching it instead of reporting a missing heartbeat; let it leave.
                     pub.socket.setsockopt(zmq.LINGER, 200)
                     return
-                self._stop_event.wait(period)
+                self._stop_event.wait(to_next_tick(period))
 
     def _report_log(self, pub: Publisher, stream: LogStream) -> None:
         """Say once when the node's log lines start to be lost (a full disk) and once when

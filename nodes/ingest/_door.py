@@ -52,9 +52,11 @@ _UCRED = struct.Struct("3i")
 # node itself opens later.
 ACCEPT_MARGIN = 128
 # The door's thread sleeps at least this long between looks (memory due a look soon), and at
-# most `_IDLE_MS` while nothing happens (the accept guard's refusals have no event to wake it).
+# most `_IDLE_MS` while nothing happens (the accept guard's refusals have no event to wake it:
+# they are counted and reported up to this late). Memory is looked at every quarter second
+# anyway (`_LOOK_AT_LEAST_NS`), so waking more often for the count alone only costs CPU.
 _TICK_MS = 10
-_IDLE_MS = 100
+_IDLE_MS = 250
 _REPORT_EVERY_NS = 1_000_000_000
 # Memory "still growing": by at least this much since the last look.
 _GROWTH = 1 << 20
