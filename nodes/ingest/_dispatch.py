@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import zmq
 
@@ -13,6 +15,8 @@ from vigil.bus.envelope import TraceContext
 from vigil.nodes.ingest._fairqueue import FairQueue
 
 __all__ = ["Dispatcher", "Request", "WorkerSlot"]
+
+_K = TypeVar("_K", int, str)
 
 
 @dataclass(slots=True)
@@ -68,6 +72,10 @@ class WorkerSlot:
     held: dict[int, int] = field(default_factory=dict)  # request id -> its frame's pixels
     owners: dict[int, str] = field(default_factory=dict)  # request id -> its peer
     inflight: set[int] = field(default_factory=set)
+    # What `held` and `owners` hold, counted: frames per size and requests per peer. Read on
+    # every dispatch decision, so they cost one entry per size or peer, not one per request.
+    sizes: Counter[int] = field(default_factory=Counter)
+    peers: Counter[str] = field(default_factory=Counter)
     name: str = ""
     suspect: bool = False
     pid: int = 0
@@ -79,13 +87,37 @@ class WorkerSlot:
         """How many more requests the worker can take now."""
         return self.capacity - len(self.held)
 
+    def hold(self, rid: int, pixels: int, peer: str) -> None:
+        """The worker is given request `rid` (a frame of `pixels`, from `peer`); again, when
+        its work came back from it while it was silent and it took the request once more."""
+        self.release(rid)
+        self.held[rid] = pixels
+        self.owners[rid] = peer
+        self.inflight.add(rid)
+        self.sizes[pixels] += 1
+        self.peers[peer] += 1
+
+    def release(self, rid: int) -> None:
+        """The worker no longer holds request `rid` (answered, or ended without it)."""
+        self.inflight.discard(rid)
+        pixels = self.held.pop(rid, None)
+        if pixels is not None:
+            _uncount(self.sizes, pixels)
+        peer = self.owners.pop(rid, None)
+        if peer is not None:
+            _uncount(self.peers, peer)
+
     def held_work_ns(self, price: Callable[[int], int]) -> int:
         """The work of what the worker holds, at today's `price` of a frame's pixels."""
-        return sum(price(pixels) for pixels in self.held.values())
+        return sum(price(pixels) * count for pixels, count in self.sizes.items())
 
     def holds_for(self, peer: str) -> bool:
         """Whether it holds work of `peer`."""
-        return peer in self.owners.values()
+        return peer in self.peers
+
+    def other_peers(self, peer: str) -> int:
+        """How many peers other than `peer` it holds work of."""
+        return len(self.peers) - (peer in self.peers)
 
     def serves(self, model: str) -> bool:
         """Whether it serves requests naming `model` ("" names none: any model serves)."""
@@ -96,9 +128,17 @@ class WorkerSlot:
 _MAX_SKIPPED = 16
 
 
+def _uncount(counter: Counter[_K], key: _K) -> None:
+    """One fewer of `key`, gone from `counter` at none (so its length counts what is held)."""
+    if counter[key] <= 1:
+        del counter[key]
+    else:
+        counter[key] -= 1
+
+
 def _guessing(slot: WorkerSlot, priced: Callable[[int], bool]) -> bool:
     """Whether a worker holds work of a frame size that has no price yet."""
-    return any(not priced(pixels) for pixels in slot.held.values())
+    return any(not priced(pixels) for pixels in slot.sizes)
 
 
 def _takes(
@@ -125,8 +165,7 @@ def _preference(slot: WorkerSlot, peer: str, shared: bool) -> tuple[int, int, in
     work, then one holding the fewest other peers' work, so peers keep to their own workers."""
     if not shared:
         return (0, 0, slot.credit)
-    others = len(set(slot.owners.values()) - {peer})
-    return (slot.holds_for(peer), -others, slot.credit)
+    return (slot.holds_for(peer), -slot.other_peers(peer), slot.credit)
 
 
 @dataclass(slots=True)
@@ -346,9 +385,7 @@ class Dispatcher:
                     if not spread:  # its workers are full: so they are for the rest of its work
                         passed.add(peer)
                     continue
-                slot.held[request.rid] = request.pixels
-                slot.owners[request.rid] = request.peer
-                slot.inflight.add(request.rid)
+                slot.hold(request.rid, request.pixels, request.peer)
                 request.worker = slot.identity
                 request.background = background
                 if not background:
@@ -383,9 +420,7 @@ class Dispatcher:
         """A worker answered `rid`: its room grows back; the request, if still open."""
         slot = self.workers.get(identity)
         if slot is not None:
-            slot.held.pop(rid, None)
-            slot.owners.pop(rid, None)
-            slot.inflight.discard(rid)
+            slot.release(rid)
         return self._forget(self.open.pop(rid, None))
 
     def close(self, rid: int) -> Request | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
-from vigil.nodes.ingest._dispatch import Dispatcher, Request
+from vigil.nodes.ingest._dispatch import Dispatcher, Request, WorkerSlot
 
 pytestmark = pytest.mark.verifies("SR-ERR-001", "SR-DLN-001", "SR-DLN-002")
 
@@ -623,3 +625,26 @@ def test_a_request_within_its_share_is_not_left_behind_a_flood_its_workers_canno
     dispatcher.complete(first.worker, first.rid)
     _from(dispatcher, "calm", 1)
     assert [r.peer for _, r in dispatcher.assignments(now_ns=10)] == ["calm"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(1, 12), st.sampled_from([100, 50_176, 2_073_600])),
+        max_size=60,
+    )
+)
+def test_a_workers_counts_always_match_what_it_holds(steps: list[tuple[bool, int, int]]) -> None:
+    """Whatever a worker is given and gives back (twice, or never given, included), its
+    held work and its peers are those of the requests it holds, priced one by one."""
+    slot = WorkerSlot(identity=b"w", last_heard_ns=0)
+    for give, rid, pixels in steps:
+        if give:
+            slot.hold(rid, pixels, f"peer{rid % 3}")
+        else:
+            slot.release(rid)
+    assert slot.held_work_ns(lambda p: 3 * p + 7) == sum(3 * p + 7 for p in slot.held.values())
+    for peer in ("peer0", "peer1", "peer2"):
+        assert slot.holds_for(peer) == (peer in slot.owners.values())
+        assert slot.other_peers(peer) == len(set(slot.owners.values()) - {peer})
+    assert sorted(slot.sizes) == sorted(set(slot.held.values()))
