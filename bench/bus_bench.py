@@ -11,10 +11,13 @@ process (validation, admission, dispatch), and a worker process that reads every
 each frame where it lies (a checksum pass) and answers; a few requests in flight. Once through
 shared memory (the client copies the frame into its pool's slot, the worker reads it in place)
 and once as buffer frames over the sockets; beside them, memcpy of the same frames in this
-process, the same run.
+process, the same run, and the client's copy alone (`pool_put_gb_s`: the same frames put into
+the slots of a pool in this process, nothing else running): what the pipeline costs beyond
+the one copy it cannot avoid.
 
 Prints a table; `--json PATH` writes vigil_msgs_s, raw_msgs_s, vigil_rtt_us, raw_rtt_us
-(p50/p99), large_frame_gb_s (shared memory), large_frame_buffer_gb_s and memcpy_gb_s.
+(p50/p99), large_frame_gb_s (shared memory), large_frame_buffer_gb_s, memcpy_gb_s and
+pool_put_gb_s.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from vigil.bus.channel import Channel
 from vigil.bus.proxy import Proxy
 from vigil.bus.pubsub import Publisher, Subscriber
 from vigil.bus.rundir import RunDir
-from vigil.bus.shm import SharedFrames, pool_dir
+from vigil.bus.shm import FramePool, SharedFrames, pool_dir
 from vigil.client import Client
 from vigil.launch import Launcher, load
 from vigil.nodes.ingest import IngestConfig
@@ -301,6 +304,22 @@ def _memcpy_gb_s(frames: list[np.ndarray], seconds: float) -> float:
     return copies * frames[0].nbytes / elapsed / 1e9
 
 
+def _pool_put_gb_s(directory: Path, frames: list[np.ndarray], seconds: float) -> float:
+    """The client's one copy alone: frames put into the slots of a pool like the bench's
+    (8 slots, each written in turn), in this process, with nothing else running. Unlike
+    `memcpy_gb_s` (one target, which stays in the cache with the frames) it writes as much
+    memory as the pipeline's frames in flight occupy."""
+    with FramePool(directory, slots=8, slot_bytes=frames[0].nbytes) as pool:
+        views = [memoryview(frame).cast("B") for frame in frames]
+        for slot in range(pool.slots):  # pages touched once, as the warm pass does
+            pool.put(slot, views[0])
+        puts, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            pool.put(puts % pool.slots, views[puts % len(views)])
+            puts += 1
+    return puts * frames[0].nbytes / elapsed / 1e9
+
+
 def large_frames(tmp: Path, seconds: float) -> dict[str, float]:
     """GB/s of 6 MB frames client -> ingest -> worker: shared memory, buffers, and memcpy."""
     rng = np.random.default_rng(0)
@@ -326,6 +345,7 @@ def large_frames(tmp: Path, seconds: float) -> dict[str, float]:
             sink.kill()
             sink.join()
     out["memcpy_gb_s"] = round(_memcpy_gb_s(frames, seconds), 3)
+    out["pool_put_gb_s"] = round(_pool_put_gb_s(tmp, frames, seconds), 3)
     return out
 
 
@@ -396,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         f" GB/s, buffer frames {large['large_frame_buffer_gb_s']:.2f} GB/s; memcpy"
         f" {large['memcpy_gb_s']:.2f} GB/s (shared memory / memcpy"
         f" {large['large_frame_gb_s'] / large['memcpy_gb_s']:.2f}, goal >= 0.5)"
+    )
+    alone = large["pool_put_gb_s"]
+    print(
+        f"the client's copy alone (into 8 pool slots, one process) {alone:.2f} GB/s"
+        f" (shared memory / copy alone {large['large_frame_gb_s'] / alone:.2f})"
     )
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=2))
