@@ -61,7 +61,7 @@ class Liveness:
     def beat(self, name: str, kind: str, pid: int, timeout_ns: int, now_ns: int) -> bool:
         """A heartbeat (or a watched topic) arrived; True when it was overdue until now."""
         if kind != TOPIC_KIND:
-            if now_ns - self.last_any_ns > self._period_ns():
+            if now_ns - self.last_any_ns > self._silent_ns():
                 self._bus_back(now_ns)
             self.last_any_ns = now_ns  # the bus carries beats
             self._heard = True
@@ -110,18 +110,19 @@ class Liveness:
         """Entries past their deadline since the last call (each reported once).
 
         Every heartbeat travels through the bus proxy. While no beat at all (this watchdog's
-        own included) arrived for a whole period, the bus is what is silent, not each node:
-        nobody is judged by heartbeat then, and once the silence outlasts a heartbeat
-        deadline the proxy (its entry, or one made for it) is overdue. The request path
-        never crosses the proxy, so its capacity stays whole.
+        own included) arrived for a period and a half (`_silent_ns`), the bus is what is
+        silent, not each node: nobody is judged by heartbeat then, and once the silence
+        outlasts a heartbeat deadline the proxy (its entry, or one made for it) is overdue.
+        The request path never crosses the proxy, so its capacity stays whole.
         """
         beating = [e for e in self.entries.values() if e.kind != TOPIC_KIND]
         period = self._period_ns()
         quiet = now_ns - self.last_any_ns
+        silent = quiet > self._silent_ns()
         late = [
             e
             for e in self.entries.values()
-            if not e.overdue and now_ns > e.due_ns and (e.kind == TOPIC_KIND or quiet <= period)
+            if not e.overdue and now_ns > e.due_ns and (e.kind == TOPIC_KIND or not silent)
         ]
         if beating and quiet > period * 5 // 2:
             proxy = self.entries.setdefault(
@@ -138,6 +139,17 @@ class Liveness:
         """The shortest heartbeat period watched (a deadline is 2.5 periods)."""
         timeouts = [e.timeout_ns for e in self.entries.values() if e.kind != TOPIC_KIND]
         return min(timeouts, default=self.default_timeout_ns) * 2 // 5
+
+    def _silent_ns(self) -> int:
+        """How long the bus carries no beat before it counts as silent: a period and a half.
+
+        A host's nodes beat on the same ticks (`bus.clock.to_next_tick`), so the bus carries
+        a burst of beats once a period and nothing between; half a period of slack keeps a
+        late burst from looking like the bus coming back. No more: a node whose beat a real
+        silence swallowed beats again within a period of its end, and that must still be
+        before its deadline (2.5 periods), or the silence would be held against it.
+        """
+        return self._period_ns() * 3 // 2
 
     def _bus_back(self, now_ns: int) -> None:
         """Beats arrive again after the bus was silent: nobody is late for that silence."""

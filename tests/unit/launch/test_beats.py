@@ -97,3 +97,22 @@ def test_beats_read_on_a_timer_do_not_make_the_bus_look_back_from_a_silence() ->
                 beats.beat(label, pid, read * MS, since_ns=last_read * MS)
         last_read = read
     assert [(s.label, s.hung) for s in beats.check(1100 * MS)] == [("worker.1", True)]
+
+
+def test_beats_in_one_late_burst_a_period_do_not_hide_a_hung_child() -> None:
+    """Beats come in a burst once a period (a host's nodes beat on the same ticks), some
+    bursts 60 % of a period late, read every half period: no read takes the gap before a
+    late burst for the bus coming back, and the hung child is silent on time."""
+    beats = _beats()
+    last_read = 0
+    silent_at = None
+    for read in range(50, 1001, 50):
+        bursts = [t + (60 if (t // 100) % 2 else 0) for t in range(100, 1001, 100)]
+        if any(last_read < at <= read for at in bursts):
+            for pid, label in enumerate(("proxy", "logger"), start=1):
+                beats.beat(label, pid, read * MS, since_ns=last_read * MS)
+        last_read = read
+        if any(s.label == "worker.1" for s in beats.check(read * MS)):
+            silent_at = read
+            break
+    assert silent_at == 300

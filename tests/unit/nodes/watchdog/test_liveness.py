@@ -109,3 +109,20 @@ def test_time_the_watchdog_did_not_run_is_forgiven() -> None:
     live = _live(("worker.1", "worker"), ("worker.2", "worker"))
     live.forgive(1000 * MS)
     assert live.overdue(1100 * MS) == []
+
+
+def test_beats_in_one_late_burst_a_period_do_not_hide_a_hung_node() -> None:
+    """A host's nodes beat on the same ticks, so beats come in a burst once a period, some
+    bursts 40 % of a period late: the gap before such a burst is no bus silence, and a hung
+    node is still overdue 2.5 periods after its last beat."""
+    live = _live(("worker.1", "worker"), ("worker.2", "worker"), ("logger", "logger"))
+    found_at = None
+    for now_ms in range(10, 1001, 10):
+        burst = now_ms % 100 == (40 if (now_ms // 100) % 2 else 0)
+        if burst:
+            _keep_bus_alive(live, now_ms * MS, "worker.1")
+        if any(e.name == "worker.1" for e in live.overdue(now_ms * MS)):
+            found_at = now_ms
+            break
+    assert found_at == 260
+    assert live.bus_returns == 0
