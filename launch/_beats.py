@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vigil.nodes.contract import silent_bus_ns
+
 __all__ = ["Beats", "Silence"]
 
 
@@ -34,17 +36,6 @@ class Silence:
     pid: int
     silent_ns: int
     hung: bool
-
-
-def _silent_ns(period_ns: int) -> int:
-    """How long the bus carries no beat before it counts as silent: a period and a half.
-
-    A host's nodes beat on the same ticks (`bus.clock.to_next_tick`), so beats come in one
-    burst a period; half a period of slack keeps a late burst from looking like the bus
-    coming back (which would reset a hung child's deadline). No more: a child whose beat a
-    real silence swallowed beats again within a period of its end, still before 2.5 periods.
-    """
-    return period_ns * 3 // 2
 
 
 # implements: SR-SUP-004, SR-WDG-004
@@ -78,12 +69,12 @@ class Beats:
 
         `since_ns`: the beat arrived no earlier than this (the launcher reads the bus on a
         timer, so a beat is stamped when it is read). Only the time up to it is known to
-        have been silent: a bus that carried nothing for longer than `_silent_ns` before it is
+        have been silent: a bus that carried nothing for longer than `silent_bus_ns` before it is
         back.
         """
         periods = [e.period_ns for e in self._entries.values()]
         arrived_after = now_ns if since_ns is None else since_ns
-        if periods and arrived_after - self.last_any_ns > _silent_ns(min(periods)):
+        if periods and arrived_after - self.last_any_ns > silent_bus_ns(min(periods)):
             self._bus_back(now_ns)
         self.last_any_ns = now_ns  # the bus carries beats
         entry = self._entries.get(label)
@@ -103,13 +94,13 @@ class Beats:
     def check(self, now_ns: int) -> list[Silence]:
         """Children newly silent, and those now hung (each hung one reported until killed).
 
-        While no heartbeat at all arrived for a period and a half (`_silent_ns`), only the
+        While no heartbeat at all arrived for a period and a half (`silent_bus_ns`), only the
         proxy can be judged: nothing reaches the launcher because nothing passes the proxy.
         """
         if not self._entries:
             return []
         period = min(e.period_ns for e in self._entries.values())
-        quiet = now_ns - self.last_any_ns > _silent_ns(period)
+        quiet = now_ns - self.last_any_ns > silent_bus_ns(period)
         found = []
         for label, entry in self._entries.items():
             if quiet and label != self.proxy:

@@ -34,6 +34,7 @@ __all__ = [
     "NodeKind",
     "Queue",
     "published",
+    "silent_bus_ns",
 ]
 
 # Every node beats, logs and probes its way onto the bus from its runtime.
@@ -44,6 +45,20 @@ ALWAYS_PUBLISHED: Final = frozenset({Topic.HEARTBEAT, Topic.LOG, Topic.BUS_PROBE
 LAUNCHER_PUBLISHES: Final = frozenset(
     {Topic.DIAGNOSTIC, Topic.AUDIT, Topic.NODE_EXIT, Topic.HEARTBEAT}
 )
+
+
+def silent_bus_ns(period_ns: int) -> int:
+    """How long the bus carries no heartbeat before it counts as silent (the watchdog's and
+    the launcher's rule): a period and a half.
+
+    A host's nodes beat on the same ticks (`bus.clock.to_next_tick`), so beats come in one
+    burst a period and nothing between; half a period of slack keeps a late burst from
+    looking like the bus coming back (which would reset a hung node's deadline). No more: a
+    node whose beat a real silence swallowed beats again within a period of its end, and
+    that must still be before its deadline (2.5 periods), or the silence would be held
+    against it.
+    """
+    return period_ns * 3 // 2
 
 
 class ExitCode(enum.IntEnum):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from vigil.nodes.contract import silent_bus_ns
+
 __all__ = ["PROXY", "TOPIC_KIND", "Liveness", "Watched"]
 
 TOPIC_KIND = "topic"
@@ -141,15 +143,8 @@ class Liveness:
         return min(timeouts, default=self.default_timeout_ns) * 2 // 5
 
     def _silent_ns(self) -> int:
-        """How long the bus carries no beat before it counts as silent: a period and a half.
-
-        A host's nodes beat on the same ticks (`bus.clock.to_next_tick`), so the bus carries
-        a burst of beats once a period and nothing between; half a period of slack keeps a
-        late burst from looking like the bus coming back. No more: a node whose beat a real
-        silence swallowed beats again within a period of its end, and that must still be
-        before its deadline (2.5 periods), or the silence would be held against it.
-        """
-        return self._period_ns() * 3 // 2
+        """How long the bus carries no beat before it counts as silent (`silent_bus_ns`)."""
+        return silent_bus_ns(self._period_ns())
 
     def _bus_back(self, now_ns: int) -> None:
         """Beats arrive again after the bus was silent: nobody is late for that silence."""
