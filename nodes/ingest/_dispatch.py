@@ -159,6 +159,18 @@ def _takes(
     return slot.held_work_ns(price) + price(request.pixels) <= hold_ns
 
 
+def _has_room(
+    slot: WorkerSlot, price: Callable[[int], int] | None, hold_ns: int, cheapest_ns: int
+) -> bool:
+    """Whether `slot` could take a request costing `cheapest_ns` (see `_takes`, of which this
+    is the part that holds for every queued request when `cheapest_ns` is the cheapest)."""
+    if slot.credit <= 0 or slot.suspect:
+        return False
+    if price is None or not hold_ns or not slot.held:
+        return True
+    return slot.held_work_ns(price) + cheapest_ns <= hold_ns
+
+
 def _preference(slot: WorkerSlot, peer: str, shared: bool) -> tuple[int, int, int]:
     """How much `slot` suits a request of `peer` (larger: better): the most free credit;
     while several peers are active (`shared`), first a worker that already holds the peer's
@@ -347,9 +359,16 @@ class Dispatcher:
         # popped one by one: they could use up the skips before another peer's turn): those
         # held by the yield, and those at their share of workers with those workers full.
         passed: set[str] = set()
+        # Once no worker has room for the cheapest request queued, none fits anywhere: the
+        # pass ends there, instead of popping and putting back the rest of the queue (under
+        # a steady backlog, every pass would otherwise pass over `_MAX_SKIPPED` requests).
+        sizes = self.queue.sizes
+        cheapest_ns = min(map(price, sizes)) if price is not None and hold_ns and sizes else 0
         try:
             while self.queue.count and len(skipped) < _MAX_SKIPPED:
-                if not any(w.credit > 0 and not w.suspect for w in self.workers.values()):
+                if not any(
+                    _has_room(w, price, hold_ns, cheapest_ns) for w in self.workers.values()
+                ):
                     return
                 request = self.queue.pop(skip=passed)
                 if request is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,6 +36,7 @@ class Queued(Protocol):
     peer: str
     cost_ns: int
     nbytes: int
+    pixels: int  # its frame's size, fixed while it is queued
     queued: bool
     tag: int
 
@@ -154,6 +155,7 @@ class FairQueue:
         self._classes = [_Class() for _ in range(PRIORITIES)]
         self.count = 0
         self.bytes = 0
+        self.sizes: Counter[int] = Counter()  # queued requests per frame size (pixels)
 
     def __len__(self) -> int:
         return self.count
@@ -174,6 +176,7 @@ class FairQueue:
         self._classes[item.priority].push(item, front=front)
         self.count += 1
         self.bytes += item.nbytes
+        self.sizes[item.pixels] += 1
 
     def pop(self, skip: frozenset[str] | set[str] = frozenset()) -> Queued | None:
         """The next request to serve: highest class first, the smallest tag within it; none
@@ -195,6 +198,10 @@ class FairQueue:
         cls.forget(item)
         self.count -= 1
         self.bytes -= item.nbytes
+        if self.sizes[item.pixels] <= 1:
+            del self.sizes[item.pixels]  # so the sizes are those of what is queued
+        else:
+            self.sizes[item.pixels] -= 1
 
     def backlogged(self, priority: int, peer: str) -> bool:
         """Whether `peer` has requests waiting in class `priority`."""

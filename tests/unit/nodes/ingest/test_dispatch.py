@@ -15,7 +15,7 @@ pytestmark = pytest.mark.verifies("SR-ERR-001", "SR-DLN-001", "SR-DLN-002")
 TRACE = TraceContext(bytes(range(1, 17)), bytes(range(1, 9)))
 
 
-def _request(dispatcher: Dispatcher, due_ns: int = 1_000) -> Request:
+def _request(dispatcher: Dispatcher, due_ns: int = 1_000, pixels: int = 0) -> Request:
     return Request(
         rid=dispatcher.new_rid(),
         client=b"client",
@@ -26,11 +26,14 @@ def _request(dispatcher: Dispatcher, due_ns: int = 1_000) -> Request:
         frames=[],
         stream_id="cam-1",
         frame_ts_us=1,
+        pixels=pixels,
     )
 
 
-def _admitted(dispatcher: Dispatcher, count: int, due_ns: int = 1_000) -> list[Request]:
-    requests = [_request(dispatcher, due_ns) for _ in range(count)]
+def _admitted(
+    dispatcher: Dispatcher, count: int, due_ns: int = 1_000, pixels: int = 0
+) -> list[Request]:
+    requests = [_request(dispatcher, due_ns, pixels) for _ in range(count)]
     for request in requests:
         assert dispatcher.admit(request)
     return requests
@@ -368,9 +371,7 @@ def test_a_worker_holding_enough_work_is_given_no_more() -> None:
     """With a price and a hold limit, a worker that holds work is given more only while it
     stays within the limit; an idle worker always takes the next request."""
     dispatcher = Dispatcher(max_queue=8)
-    requests = _admitted(dispatcher, 3)
-    for request in requests:
-        request.pixels = 100
+    _admitted(dispatcher, 3, pixels=100)
     _worker(dispatcher, b"w1", 8)
 
     def price(pixels: int) -> int:
@@ -382,13 +383,63 @@ def test_a_worker_holding_enough_work_is_given_no_more() -> None:
     assert [r.rid for _, r in dispatcher.assignments(price, hold_ns=2000)] == [3]
 
 
+def _counting_pops(dispatcher: Dispatcher) -> list[int]:
+    """Count the requests each pass takes off the queue (passed over ones included)."""
+    pops = [0]
+    pop = dispatcher.queue.pop
+
+    def counted(skip: frozenset[str] | set[str] = frozenset()) -> object:
+        pops[0] += 1
+        return pop(skip)
+
+    dispatcher.queue.pop = counted  # type: ignore[method-assign,assignment]
+    return pops
+
+
+def test_a_pass_ends_once_no_worker_has_room_for_the_cheapest_queued_request() -> None:
+    """Under a steady backlog the workers are at their hold limit: a pass takes no request
+    off the queue only to put it back, and the queue keeps its order."""
+    dispatcher = Dispatcher(max_queue=64)
+    _admitted(dispatcher, 40, pixels=100)
+    _worker(dispatcher, b"w1", 16)
+    pops = _counting_pops(dispatcher)
+
+    def price(pixels: int) -> int:
+        return pixels * 10  # 1000 ns a request
+
+    assert [r.rid for _, r in dispatcher.assignments(price, hold_ns=2000)] == [1, 2]
+    assert pops[0] == 2
+    assert list(dispatcher.assignments(price, hold_ns=2000)) == []
+    assert pops[0] == 2
+    assert [r.rid for r in dispatcher.queue] == list(range(3, 41))
+    dispatcher.complete(b"w1", 1)
+    assert [r.rid for _, r in dispatcher.assignments(price, hold_ns=2000)] == [3]
+    assert pops[0] == 3
+
+
+def test_a_cheaper_request_behind_ones_that_do_not_fit_still_goes() -> None:
+    """A worker with room for a small request but not a large one is given the small one
+    from behind the large ones, which keep their places."""
+    dispatcher = Dispatcher(max_queue=64)
+    _admitted(dispatcher, 1, pixels=100)
+    _worker(dispatcher, b"w1", 16)
+
+    def price(pixels: int) -> int:
+        return pixels * 10
+
+    assert [r.rid for _, r in dispatcher.assignments(price, hold_ns=2000)] == [1]
+    _admitted(dispatcher, 3, pixels=150)  # 1500 ns each: 2500 held would be past the limit
+    _admitted(dispatcher, 1, pixels=50)
+    assert [r.rid for _, r in dispatcher.assignments(price, hold_ns=2000)] == [5]
+    assert [r.rid for r in dispatcher.queue] == [2, 3, 4]
+
+
 def test_frames_of_an_unpriced_size_go_one_at_a_time_to_all_workers_but_one() -> None:
     """Until a frame size has a price, a worker holds one such request at most and one
     worker holds none: priced work passes the unpriced ones, which keep their order."""
     dispatcher = Dispatcher(max_queue=8)
-    requests = _admitted(dispatcher, 6)
-    for request, pixels in zip(requests, [50, 50, 50, 100, 50, 100], strict=True):
-        request.pixels = pixels
+    for pixels in [50, 50, 50, 100, 50, 100]:
+        _admitted(dispatcher, 1, pixels=pixels)
     for name in (b"w1", b"w2", b"w3"):
         _worker(dispatcher, name, 4)
 
@@ -424,11 +475,17 @@ def test_requests_passed_over_go_back_to_the_head_of_their_peers_fifo() -> None:
 
 
 def _from(
-    dispatcher: Dispatcher, peer: str, count: int, now_ns: int = 0, priority: int = 0
+    dispatcher: Dispatcher,
+    peer: str,
+    count: int,
+    now_ns: int = 0,
+    *,
+    priority: int = 0,
+    pixels: int = 0,
 ) -> list[Request]:
     requests = []
     for _ in range(count):
-        request = _request(dispatcher, due_ns=10**12)
+        request = _request(dispatcher, due_ns=10**12, pixels=pixels)
         request.peer, request.admitted_ns, request.priority = peer, now_ns, priority
         assert dispatcher.admit(request)
         requests.append(request)
@@ -577,18 +634,15 @@ def test_a_bulk_request_runs_in_the_background_while_others_are_active() -> None
     def assign(now_ns: int) -> dict[str, bool]:
         return {r.peer: r.background for _, r in dispatcher.assignments(price, 0, priced, now_ns)}
 
-    lone = _from(dispatcher, "large", 1)[0]
-    lone.pixels = 2000
+    lone = _from(dispatcher, "large", 1, pixels=2000)[0]
     assert assign(0) == {"large": False}  # no one else is active
     assert lone.worker is not None
     dispatcher.complete(lone.worker, lone.rid)
     # 400: within the limit; 900: priced over it; 2000: never measured.
     for pixels, now_ns, bulk in ((400, 10, False), (900, 20, True), (2000, 30, True)):
-        calm = _from(dispatcher, "calm", 1)[0]
-        calm.pixels = 400
+        calm = _from(dispatcher, "calm", 1, pixels=400)[0]
         assert assign(now_ns) == {"calm": False}
-        request = _from(dispatcher, "large", 1)[0]
-        request.pixels = pixels
+        request = _from(dispatcher, "large", 1, pixels=pixels)[0]
         if bulk:  # held while the calm request is in flight, released after it
             assert assign(now_ns + 1) == {}
             assert calm.worker is not None
@@ -603,7 +657,7 @@ def test_a_bulk_request_runs_in_the_background_while_others_are_active() -> None
     unmeasured = Dispatcher(max_queue=100, active_ns=10_000, bulk_ns=500)
     _worker(unmeasured, b"w1", 8)
     for peer in ("large", "calm"):
-        _from(unmeasured, peer, 1)[0].pixels = 5000
+        _from(unmeasured, peer, 1, pixels=5000)
     assert [r.background for _, r in unmeasured.assignments(price, 0, None, 0)] == [False] * 2
 
 

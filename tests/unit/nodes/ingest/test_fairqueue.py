@@ -18,6 +18,7 @@ class _Item:
     priority: int = 0
     cost_ns: int = 1
     nbytes: int = 1
+    pixels: int = 1
     queued: bool = False
     tag: int = 0
 
