@@ -14,8 +14,10 @@ onnxruntime thread budget (`--threads`, default: every core) for every system:
 
 Every served system runs closed loop at each concurrency (`--concurrency`, default 1 4 16 64)
 from one asyncio client in this process (keep-alive HTTP/1.1 for the peers). Systems are
-measured in interleaved repetitions (A B C D A B C D ...; each started afresh) and each
-figure is the median over repetitions, with its spread (min, max). For each point: images/s,
+measured in interleaved repetitions, every other one in reverse order (A B C D D C B A ...;
+each started afresh), so a machine that slows down or speeds up during the run does not
+favour the systems measured first; each figure is the median over repetitions, with its
+spread (min, max). For each point: images/s,
 p50/p99 latency, CPU-seconds per image over the server's whole process tree, and its peak
 resident memory (RSS summed over the tree, sampled; `pss_mib` counts shared pages once).
 
@@ -826,7 +828,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         for rep in range(1, args.reps + 1):
-            for system in args.systems:
+            # A B C D, then D C B A: a drift in the host's speed over the run weighs on every
+            # system alike instead of on whichever comes last in each repetition.
+            for system in args.systems if rep % 2 else args.systems[::-1]:
                 if system == "inprocess":
                     found = inprocess(model, args, log)
                     ceilings.append(found)

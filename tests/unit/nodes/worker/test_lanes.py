@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from vigil.nodes.worker._lanes import Lanes, LoneChoice, Plan, plan
+from vigil.nodes.worker._lanes import Lanes, LoneChoice, Plan, SpareCores, plan
 
 
 def test_lone_request_on_idle_worker_runs_wide() -> None:
@@ -72,6 +72,57 @@ def test_a_fixed_lone_choice_ignores_the_host_and_the_times() -> None:
     assert all(wide.wide() for _ in range(40))
     narrow = LoneChoice(always=False, idle_cores=lambda: 2.0)
     assert not any(narrow.wide() for _ in range(40))
+
+
+def _spare_cores(busy_s: list[float], running: list[int]) -> tuple[SpareCores, list[float]]:
+    """SpareCores on a 2-core host whose busy time is `busy_s` at 0 s, 1 s, 2 s ... (this
+    process idle), and whose running threads are counted as `running`, look after look."""
+    clock = iter(range(len(busy_s)))
+    busy = iter(busy_s)
+    counts = iter(running)
+    pauses: list[float] = []
+    spare = SpareCores(
+        host=lambda: (float(next(clock)), next(busy)),
+        own=lambda: 0.0,
+        running=lambda: next(counts),
+        cores=2,
+        pause=pauses.append,
+    )
+    return spare, pauses
+
+
+def test_threads_still_handing_over_a_request_leave_the_cores_spare() -> None:
+    """The client, ingest and I/O threads that carried a lone request are often still on a
+    CPU when it arrives: looked at again a moment later they are gone, and the host counts
+    as idle."""
+    spare, pauses = _spare_cores([0.0, 0.1], running=[5, 4, 2])
+    assert spare() == pytest.approx(1.9)  # what the others' busy time leaves
+    assert len(pauses) == 2
+
+
+def test_a_load_that_began_a_moment_ago_leaves_no_core() -> None:
+    """Threads that stay on the CPUs look after look take the cores before the busy time
+    shows them."""
+    spare, pauses = _spare_cores([0.0, 0.1], running=[4, 4, 4])
+    assert spare() == 0.0
+    assert len(pauses) == 2
+
+
+def test_a_quiet_host_is_looked_at_once() -> None:
+    """One look that leaves the cores the busy time left is enough; a thread more than the
+    hand-over allowance, look after look, takes a core."""
+    spare, pauses = _spare_cores([0.0, 0.1, 0.2], running=[2, 3, 3, 3])
+    assert spare() == pytest.approx(1.9)
+    assert pauses == []
+    assert spare() == 1.0
+    assert len(pauses) == 2
+
+
+def test_cores_kept_busy_by_others_are_not_spare() -> None:
+    """Others used 1.6 of 2 cores since the last look: no wide run, whatever runs now."""
+    spare, pauses = _spare_cores([0.0, 1.6], running=[])
+    assert round(spare(), 6) == 0.4
+    assert pauses == []
 
 
 def test_busy_lane_leaves_the_rest_narrow() -> None:
