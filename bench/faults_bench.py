@@ -257,6 +257,11 @@ class Pipeline:
             "steady state",
         )
 
+    def state_said_since(self, t0: int) -> bool:
+        """Whether the watchdog said its state since `t0` (a latched value seen before is
+        not passed on again by the subscriber)."""
+        return any(t >= t0 for t, _, _ in self.d.states)
+
     def first_degraded(self, t0: int) -> int | None:
         return next(
             (t for t, s, _ in self.d.states if t >= t0 and s is not SafetyState.NORMAL), None
@@ -315,11 +320,15 @@ def _process_trial(p: Pipeline, label: str, sig: signal.Signals, report: Report)
             ),
             _DETECT_S,
         )
+        # The proxy carries the state: until the watchdog says it again through the new one
+        # (it does once beats come back), the last state seen is the one from before.
+        said = target != "proxy"
         trial.recovered = _wait_for(
             p,
             lambda: (
                 time.monotonic_ns()
                 if p.restarted(target, old)
+                and (said or p.state_said_since(trial.t0))
                 and _normal_since(p, trial.t0)
                 and p.results_since(trial.t0) > 0
                 else None
