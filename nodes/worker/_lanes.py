@@ -140,7 +140,10 @@ class LoneChoice:
     threads wait for each other and a request runs slower than on one core (measured on a
     2-core host under load: 150 ms wide against 80 ms narrow for one ResNet-50 image, 60
     against 80 when quiet). So the worker keeps a moving average of each way's time for a
-    lone frame, takes the faster, and tries the other every `explore_every` lone requests.
+    lone frame and takes the faster. While narrow is the faster it tries wide every
+    `explore_every` lone requests, to see the host quiet again; while wide is, every lone
+    request runs wide: its own times show at once when it slows down, and a narrow try
+    would only double one request's latency in `explore_every`.
     Wide is neither tried nor taken while the host has no idle core (`idle_cores`, in
     cores, since the last call): one wide try on a host kept busy by others can take
     seconds, each parallel section waiting for a thread the scheduler left off the CPU.
@@ -173,8 +176,9 @@ class LoneChoice:
             return True  # wide first: on an idle host it is the fast way
         if self.narrow_ns is None:
             return False
-        faster = self.wide_ns <= self.narrow_ns
-        return not faster if self._lone % self.explore_every == 0 else faster
+        if self.wide_ns <= self.narrow_ns:
+            return True  # its own runs keep its time current: narrow needs no tries
+        return self._lone % self.explore_every == 0
 
     def observe(self, *, wide: bool, elapsed_ns: int) -> None:
         """A lone frame took `elapsed_ns` on the wide or the narrow session."""

@@ -54,6 +54,16 @@ def test_lone_choice_follows_a_host_that_got_busy() -> None:
     assert choice.wide()
 
 
+def test_while_wide_is_faster_every_lone_request_runs_wide() -> None:
+    """Narrow is not tried while wide is faster: wide's own runs keep its time current."""
+    choice = LoneChoice(explore_every=4, weight=1.0, idle_cores=lambda: 1.0)
+    choice.observe(wide=True, elapsed_ns=60)
+    choice.observe(wide=False, elapsed_ns=80)
+    assert [choice.wide() for _ in range(12)] == [True] * 12
+    choice.observe(wide=True, elapsed_ns=90)  # slower now: narrow from the next one on
+    assert not choice.wide()
+
+
 def test_lone_choice_stays_narrow_while_no_core_is_idle() -> None:
     """On a host that others keep busy, wide is neither tried first nor explored later,
     and it is tried again once a core is idle."""
