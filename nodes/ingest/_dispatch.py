@@ -6,17 +6,14 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import zmq
 
 from vigil.bus.deadline import Deadline
 from vigil.bus.envelope import TraceContext
-from vigil.nodes.ingest._fairqueue import FairQueue
+from vigil.nodes.ingest._fairqueue import FairQueue, uncount
 
 __all__ = ["Dispatcher", "Request", "WorkerSlot"]
-
-_K = TypeVar("_K", int, str)
 
 
 @dataclass(slots=True)
@@ -102,10 +99,10 @@ class WorkerSlot:
         self.inflight.discard(rid)
         pixels = self.held.pop(rid, None)
         if pixels is not None:
-            _uncount(self.sizes, pixels)
+            uncount(self.sizes, pixels)
         peer = self.owners.pop(rid, None)
         if peer is not None:
-            _uncount(self.peers, peer)
+            uncount(self.peers, peer)
 
     def held_work_ns(self, price: Callable[[int], int]) -> int:
         """The work of what the worker holds, at today's `price` of a frame's pixels."""
@@ -128,14 +125,6 @@ class WorkerSlot:
 _MAX_SKIPPED = 16
 
 
-def _uncount(counter: Counter[_K], key: _K) -> None:
-    """One fewer of `key`, gone from `counter` at none (so its length counts what is held)."""
-    if counter[key] <= 1:
-        del counter[key]
-    else:
-        counter[key] -= 1
-
-
 def _guessing(slot: WorkerSlot, priced: Callable[[int], bool]) -> bool:
     """Whether a worker holds work of a frame size that has no price yet."""
     return any(not priced(pixels) for pixels in slot.sizes)
@@ -150,25 +139,21 @@ def _takes(
 ) -> bool:
     """Whether `slot` may be given `request` now (see `Dispatcher.assignments`); `spread`:
     whether the request's peer may take one more worker."""
-    if slot.credit <= 0 or slot.suspect or not slot.serves(request.model):
+    if not slot.serves(request.model) or (not spread and not slot.holds_for(request.peer)):
         return False
-    if not spread and not slot.holds_for(request.peer):
-        return False
-    if price is None or not hold_ns or not slot.held:
-        return True
-    return slot.held_work_ns(price) + price(request.pixels) <= hold_ns
+    return _has_room(slot, price, hold_ns, price(request.pixels) if price is not None else 0)
 
 
 def _has_room(
-    slot: WorkerSlot, price: Callable[[int], int] | None, hold_ns: int, cheapest_ns: int
+    slot: WorkerSlot, price: Callable[[int], int] | None, hold_ns: int, cost_ns: int
 ) -> bool:
-    """Whether `slot` could take a request costing `cheapest_ns` (see `_takes`, of which this
-    is the part that holds for every queued request when `cheapest_ns` is the cheapest)."""
+    """Whether `slot` has room now for a request costing `cost_ns`: credit, not suspect, and
+    what it holds stays within `hold_ns` of work with it (an idle worker always has room)."""
     if slot.credit <= 0 or slot.suspect:
         return False
     if price is None or not hold_ns or not slot.held:
         return True
-    return slot.held_work_ns(price) + cheapest_ns <= hold_ns
+    return slot.held_work_ns(price) + cost_ns <= hold_ns
 
 
 def _preference(slot: WorkerSlot, peer: str, shared: bool) -> tuple[int, int, int]:

@@ -20,9 +20,9 @@ import itertools
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-__all__ = ["FairQueue", "Queued"]
+__all__ = ["FairQueue", "Queued", "uncount"]
 
 PRIORITIES = 8
 # Stale heap entries tolerated beyond the live ones before the heap is rebuilt.
@@ -145,6 +145,17 @@ class _Class:
         return None
 
 
+_K = TypeVar("_K", int, str)
+
+
+def uncount(counter: Counter[_K], key: _K) -> None:
+    """One fewer of `key`, gone from `counter` at none (so its keys are those still counted)."""
+    if counter[key] <= 1:
+        del counter[key]
+    else:
+        counter[key] -= 1
+
+
 # implements: SR-RL-002
 class FairQueue:
     """Requests waiting for a worker, bounded in count and in bytes."""
@@ -198,10 +209,7 @@ class FairQueue:
         cls.forget(item)
         self.count -= 1
         self.bytes -= item.nbytes
-        if self.sizes[item.pixels] <= 1:
-            del self.sizes[item.pixels]  # so the sizes are those of what is queued
-        else:
-            self.sizes[item.pixels] -= 1
+        uncount(self.sizes, item.pixels)
 
     def backlogged(self, priority: int, peer: str) -> bool:
         """Whether `peer` has requests waiting in class `priority`."""
